@@ -1,0 +1,1 @@
+"""Everything with side effects: profiles, decision records, model calls, reviews, deliveries."""

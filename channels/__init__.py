@@ -1,0 +1,1 @@
+"""Delivery through Apprise, template rendering, consent, quiet hours and frequency caps."""

@@ -1,0 +1,188 @@
+"""The compiler: a validated journey to its immutable `Plan`, versioned by content hash.
+
+Deterministic: the same document always compiles to the same plans and versions; any
+change of meaning (a step, an expression, a template a send uses, a setting) gives a new
+version. Pure: no I/O beyond what validation already read, no Temporal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from engine import plan as p
+from engine import spec
+from engine.durations import parse_duration
+from engine.validator import CheckedDocument
+
+__all__ = ["DEFAULT_MAX_DURATION", "compile_checked", "compile_journey", "plan_version"]
+
+DEFAULT_MAX_DURATION = "30d"
+
+
+def plan_version(data: dict[str, Any]) -> str:
+    """Short hash of a plan's canonical JSON (without its own version field)."""
+    body = {k: v for k, v in data.items() if k != "version"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+
+
+def _settings(document: spec.Document, journey: spec.Journey) -> p.PlanSettings:
+    merged: dict[str, Any] = {}
+    for layer in (document.settings, journey.settings):
+        if layer is None:
+            continue
+        for name in layer.model_fields_set:
+            merged[name] = getattr(layer, name)
+    quiet = merged.get("quiet_hours")
+    cap = merged.get("frequency_cap")
+    return p.PlanSettings(
+        timezone=merged.get("timezone") or "UTC",
+        quiet_hours=p.QuietHoursPlan(start=quiet.start, end=quiet.end) if quiet else None,
+        frequency_cap=p.FrequencyCapPlan(max=cap.max, per_seconds=parse_duration(cap.per))
+        if cap
+        else None,
+        max_duration_seconds=parse_duration(merged.get("max_duration") or DEFAULT_MAX_DURATION),
+    )
+
+
+def _entry(entry: spec.Entry) -> p.PlanEntry:
+    if entry.reentry in ("never", "always"):
+        return p.PlanEntry(event=entry.event, when=entry.when, reentry=entry.reentry, key=entry.key)
+    return p.PlanEntry(
+        event=entry.event,
+        when=entry.when,
+        reentry="after",
+        reentry_seconds=parse_duration(entry.reentry),
+        key=entry.key,
+    )
+
+
+def _compile_step(step: spec.Step, following: str | None, document: spec.Document) -> p.PlanStep:
+    nxt = step.next or following
+    if isinstance(step, spec.SendStep):
+        channels = [step.channel] if isinstance(step.channel, str) else list(step.channel or [])
+        if not channels:
+            template = document.templates[step.send]
+            channels = [f for f in ("email", "sms", "push") if getattr(template, f) is not None][:1]
+        return p.SendPlan(
+            id=step.id,
+            template=step.send,
+            channels=tuple(channels),
+            to=step.to,
+            on_capped=step.on_capped,
+            on_failure=step.on_failure,
+            next=nxt,
+        )
+    if isinstance(step, spec.WaitStep):
+        wait = step.wait
+        if isinstance(wait, spec.WaitEvent):
+            return p.WaitPlan(
+                id=step.id,
+                mode="event",
+                event=wait.event,
+                when=wait.when,
+                within_seconds=parse_duration(wait.within) if wait.within else None,
+                on_timeout=step.on_timeout or (nxt if wait.within else None),
+                next=nxt,
+            )
+        if isinstance(wait, spec.WaitUntil):
+            return p.WaitPlan(id=step.id, mode="until", until=wait.until, next=nxt)
+        return p.WaitPlan(id=step.id, mode="timer", seconds=parse_duration(wait), next=nxt)
+    if isinstance(step, spec.BranchStep):
+        return p.BranchPlan(
+            id=step.id,
+            rules=tuple(p.BranchRulePlan(when=r.when, goto=r.goto) for r in step.branch),
+            otherwise=step.else_ or nxt,
+        )
+    if isinstance(step, spec.SplitStep):
+        return p.SplitPlan(
+            id=step.id,
+            arms=tuple(
+                p.SplitArm(name=arm, weight=weight, goto=step.paths[arm])
+                for arm, weight in step.split.items()
+            ),
+        )
+    if isinstance(step, spec.ScoreStep):
+        return p.ScorePlan(id=step.id, model=step.score, features=dict(step.features), next=nxt)
+    if isinstance(step, spec.ReviewStep):
+        return p.ReviewPlan(
+            id=step.id,
+            queue=step.review,
+            title=step.title,
+            details=step.details,
+            decisions=dict(step.decisions),
+            sla_seconds=parse_duration(step.sla) if step.sla else None,
+            on_timeout=step.on_timeout,
+            escalate_to=step.escalate_to,
+        )
+    if isinstance(step, spec.SetStep):
+        return p.SetPlan(id=step.id, assignments=dict(step.set), next=nxt)
+    if isinstance(step, spec.CallStep):
+        call = step.call
+        return p.CallPlan(
+            id=step.id,
+            method=call.method,
+            url=call.url,
+            json_body=dict(call.json_) if call.json_ else None,
+            headers=dict(call.headers) if call.headers else None,
+            timeout_seconds=parse_duration(call.timeout),
+            on_failure=step.on_failure,
+            next=nxt,
+        )
+    if isinstance(step, spec.ExitStep):
+        return p.ExitPlan(id=step.id, outcome=step.exit)
+    raise TypeError(f"unhandled step type {type(step).__name__}")  # pragma: no cover
+
+
+def compile_journey(
+    journey: spec.Journey, document: spec.Document, template_sources: dict[str, dict[str, str]]
+) -> p.Plan:
+    """Compile one journey that validated cleanly."""
+    steps: dict[str, p.PlanStep] = {}
+    for position, step in enumerate(journey.steps):
+        following = journey.steps[position + 1].id if position + 1 < len(journey.steps) else None
+        steps[step.id] = _compile_step(step, following, document)
+    used_templates = sorted({s.template for s in steps.values() if isinstance(s, p.SendPlan)})
+    used_models = sorted({s.model for s in steps.values() if isinstance(s, p.ScorePlan)})
+    used_channels = sorted(
+        {c for s in steps.values() if isinstance(s, p.SendPlan) for c in s.channels}
+    )
+    body: dict[str, Any] = {
+        "journey_id": journey.id,
+        "version": "",
+        "language_version": 1,
+        "name": journey.name,
+        "description": journey.description,
+        "entry": _entry(journey.entry),
+        "exit_on": tuple(
+            p.PlanExit(event=e.event, when=e.when, outcome=e.outcome) for e in journey.exit_on
+        ),
+        "holdout_percent": spec.holdout_percent(journey.holdout),
+        "settings": _settings(document, journey),
+        "start": journey.steps[0].id,
+        "steps": steps,
+        "templates": {
+            name: dict(sorted(template_sources.get(name, {}).items())) for name in used_templates
+        },
+        "models": {name: document.models[name].model_dump(mode="json") for name in used_models},
+        "channels": tuple(used_channels),
+    }
+    draft = p.Plan.model_validate(body)
+    return draft.model_copy(update={"version": plan_version(draft.model_dump(mode="json"))})
+
+
+def compile_checked(checked: CheckedDocument) -> dict[str, p.Plan]:
+    """Plans for every journey of a checked document that has no errors of its own."""
+    document = checked.document
+    if document is None:
+        return {}
+    failing = {v.journey for v in checked.errors if v.journey} | checked.broken_journeys
+    catalogue_broken = any(v.journey is None for v in checked.errors)
+    plans: dict[str, p.Plan] = {}
+    for journey in document.journeys:
+        if catalogue_broken or journey.id in failing or journey.id in plans:
+            continue
+        plans[journey.id] = compile_journey(journey, document, checked.template_sources)
+    return plans

@@ -1,0 +1,304 @@
+"""The database models (SQLModel) and the keyword-only functions that read and write them.
+
+SQLite by default (a file under the state directory), PostgreSQL when `DATABASE_URL` says
+so; the schema is created on start. Tables: plan versions (immutable, with their YAML),
+events (deduplicated by message id), profiles, runs, the outbox, API keys. Nothing here
+knows Temporal; workflows never import this module (activities and the API do).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, UniqueConstraint, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import StaticPool
+from sqlmodel import Field, Session, SQLModel, col, create_engine, select
+
+__all__ = [
+    "ApiKey",
+    "EventRecord",
+    "OutboxMessage",
+    "PlanVersion",
+    "Profile",
+    "Run",
+    "activate_plan",
+    "active_plans",
+    "check_api_key",
+    "create_api_key",
+    "get_profile",
+    "make_engine",
+    "open_runs_for",
+    "session_scope",
+    "store_event",
+    "upsert_profile",
+    "utcnow",
+]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class PlanVersion(SQLModel, table=True):
+    """One compiled version of a journey; immutable once stored. `active` marks the live one."""
+
+    __tablename__ = "plan_versions"
+    __table_args__ = (UniqueConstraint("journey_id", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    journey_id: str = Field(index=True, max_length=100)
+    version: str = Field(max_length=32)
+    plan_json: str
+    source_yaml: str
+    active: bool = Field(default=False, index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    activated_at: datetime | None = None
+
+
+class EventRecord(SQLModel, table=True):
+    """An accepted event, stored before the API answers 2xx; `message_id` deduplicates."""
+
+    __tablename__ = "events"
+
+    message_id: str = Field(primary_key=True, max_length=200)
+    type: str = Field(max_length=20)
+    name: str | None = Field(default=None, max_length=200, index=True)
+    customer_id: str = Field(index=True, max_length=200)
+    properties: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    timestamp: datetime
+    received_at: datetime = Field(default_factory=utcnow)
+    routed: bool = Field(default=False, index=True)
+
+
+class Profile(SQLModel, table=True):
+    """A customer's traits (from `identify` and `set` steps) and channel addresses."""
+
+    __tablename__ = "profiles"
+
+    customer_id: str = Field(primary_key=True, max_length=200)
+    traits: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Run(SQLModel, table=True):
+    """One journey run as the console, the API and audits see it."""
+
+    __tablename__ = "runs"
+
+    run_id: str = Field(primary_key=True, max_length=100)
+    workflow_id: str = Field(index=True, max_length=400)
+    journey_id: str = Field(index=True, max_length=100)
+    version: str = Field(max_length=32)
+    customer_id: str = Field(index=True, max_length=200)
+    key: str | None = Field(default=None, max_length=200)
+    status: str = Field(default="running", index=True, max_length=20)
+    step: str | None = Field(default=None, max_length=100)
+    outcome: str | None = Field(default=None, max_length=100)
+    holdout: bool = False
+    trigger_message_id: str | None = Field(default=None, max_length=200)
+    path: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    started_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    ended_at: datetime | None = None
+
+
+class OutboxMessage(SQLModel, table=True):
+    """A message a send step produced; with no channel URL set, this is where it goes."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (UniqueConstraint("run_id", "step_id", "visit"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    workflow_id: str = Field(index=True, max_length=400)
+    run_id: str = Field(max_length=100)
+    step_id: str = Field(max_length=100)
+    visit: int
+    journey_id: str = Field(max_length=100)
+    customer_id: str = Field(index=True, max_length=200)
+    channel: str = Field(max_length=50)
+    recipient: str | None = Field(default=None, max_length=400)
+    subject: str | None = None
+    body: str
+    status: str = Field(default="captured", max_length=20)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key for an event source; only its SHA-256 is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100)
+    key_hash: str = Field(unique=True, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+# ----------------------------------------------------------------------------- engine
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url`` with the schema created; SQLite gets WAL and a busy timeout."""
+    if url.startswith("sqlite"):
+        kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+        if url in ("sqlite://", "sqlite:///:memory:"):
+            kwargs["poolclass"] = StaticPool
+        engine = create_engine(url, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+    else:
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    SQLModel.metadata.create_all(engine)
+    return engine
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+# ----------------------------------------------------------------------------- plans
+
+
+def activate_plan(
+    session: Session, *, journey_id: str, version: str, plan_json: str, source_yaml: str
+) -> tuple[str, str | None]:
+    """Store (if new) and activate a plan version. Returns ``(status, previous_version)``.
+
+    ``status`` is ``unchanged`` when that version is already active, else ``new``.
+    """
+    current = session.exec(
+        select(PlanVersion).where(
+            PlanVersion.journey_id == journey_id, col(PlanVersion.active).is_(True)
+        )
+    ).first()
+    if current is not None and current.version == version:
+        return "unchanged", current.version
+    stored = session.exec(
+        select(PlanVersion).where(
+            PlanVersion.journey_id == journey_id, PlanVersion.version == version
+        )
+    ).first()
+    if stored is None:
+        stored = PlanVersion(
+            journey_id=journey_id, version=version, plan_json=plan_json, source_yaml=source_yaml
+        )
+        session.add(stored)
+    previous = current.version if current is not None else None
+    if current is not None:
+        current.active = False
+        session.add(current)
+    stored.active = True
+    stored.activated_at = utcnow()
+    session.add(stored)
+    session.flush()
+    return "new", previous
+
+
+def active_plans(session: Session) -> Sequence[PlanVersion]:
+    return session.exec(select(PlanVersion).where(col(PlanVersion.active).is_(True))).all()
+
+
+# ----------------------------------------------------------------------------- events and profiles
+
+
+def store_event(session: Session, record: EventRecord) -> bool:
+    """Store an event; False (and nothing changed) if its message id was seen before."""
+    if session.get(EventRecord, record.message_id) is not None:
+        return False
+    try:
+        with session.begin_nested():
+            session.add(record)
+    except IntegrityError:
+        return False
+    return True
+
+
+def get_profile(session: Session, customer_id: str) -> dict[str, Any]:
+    profile = session.get(Profile, customer_id)
+    return dict(profile.traits) if profile is not None else {}
+
+
+def upsert_profile(session: Session, *, customer_id: str, traits: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``traits`` into the customer's profile; a None value removes the trait."""
+    profile = session.get(Profile, customer_id)
+    merged = dict(profile.traits) if profile is not None else {}
+    for name, value in traits.items():
+        if value is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = value
+    if profile is None:
+        profile = Profile(customer_id=customer_id, traits=merged)
+    else:
+        profile.traits = merged
+        profile.updated_at = utcnow()
+    session.add(profile)
+    session.flush()
+    return merged
+
+
+def open_runs_for(
+    session: Session, *, customer_id: str, journey_ids: Sequence[str]
+) -> Sequence[Run]:
+    if not journey_ids:
+        return []
+    return session.exec(
+        select(Run).where(
+            Run.customer_id == customer_id,
+            col(Run.journey_id).in_(journey_ids),
+            Run.status == "running",
+        )
+    ).all()
+
+
+# ----------------------------------------------------------------------------- API keys
+
+
+def _hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def create_api_key(session: Session, *, name: str, key: str | None = None) -> str:
+    """Store a key's hash and return the key (generated when not given)."""
+    key = key or "jk_" + secrets.token_urlsafe(24)
+    digest = _hash_key(key)
+    if session.exec(select(ApiKey).where(ApiKey.key_hash == digest)).first() is None:
+        session.add(ApiKey(name=name, key_hash=digest))
+        session.flush()
+    return key
+
+
+def check_api_key(session: Session, key: str) -> ApiKey | None:
+    """The key's record if ``key`` is valid."""
+    digest = _hash_key(key)
+    for candidate in session.exec(select(ApiKey).where(ApiKey.key_hash == digest)).all():
+        if secrets.compare_digest(candidate.key_hash, digest):
+            return candidate
+    return None
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)

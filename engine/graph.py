@@ -1,0 +1,255 @@
+"""The journey map: a compiled plan drawn as Mermaid text or as a standalone SVG.
+
+Mermaid renders on GitHub and in most docs tools; the SVG needs nothing at all (no network,
+no browser), so it can go into a ticket or a review. Pure functions of a `Plan`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from html import escape
+
+from engine import plan as p
+
+__all__ = ["Edge", "edges_of", "to_mermaid", "to_svg"]
+
+END = "__end__"
+
+
+@dataclass(frozen=True)
+class Edge:
+    source: str
+    target: str
+    label: str = ""
+
+
+def _label(step: p.PlanStep) -> str:
+    if isinstance(step, p.SendPlan):
+        return f"send {step.template} via {' / '.join(step.channels)}"
+    if isinstance(step, p.WaitPlan):
+        if step.mode == "timer":
+            from engine.durations import format_duration
+
+            return f"wait {format_duration(step.seconds or 0)}"
+        if step.mode == "until":
+            return f"wait until {step.until} local"
+        return f"wait for {step.event}"
+    if isinstance(step, p.BranchPlan):
+        return "branch"
+    if isinstance(step, p.SplitPlan):
+        return "split " + " / ".join(f"{a.name} {a.weight:g}%" for a in step.arms)
+    if isinstance(step, p.ScorePlan):
+        return f"score {step.model}"
+    if isinstance(step, p.ReviewPlan):
+        return f"review in {step.queue}"
+    if isinstance(step, p.SetPlan):
+        return "set " + ", ".join(step.assignments)
+    if isinstance(step, p.CallPlan):
+        return f"call {step.method}"
+    return f"exit: {step.outcome}"
+
+
+def edges_of(plan: p.Plan) -> list[Edge]:
+    """Every transition of the plan; a run that falls off the end goes to ``END``."""
+    from engine.durations import format_duration
+
+    edges: list[Edge] = []
+    for step in plan.steps.values():
+        if isinstance(step, p.BranchPlan):
+            edges.extend(Edge(step.id, r.goto, r.when) for r in step.rules)
+            edges.append(Edge(step.id, step.otherwise or END, "else"))
+        elif isinstance(step, p.SplitPlan):
+            edges.extend(Edge(step.id, a.goto, f"{a.name} {a.weight:g}%") for a in step.arms)
+        elif isinstance(step, p.ReviewPlan):
+            edges.extend(
+                Edge(step.id, target, decision) for decision, target in step.decisions.items()
+            )
+            if step.on_timeout:
+                edges.append(
+                    Edge(
+                        step.id,
+                        step.on_timeout,
+                        f"no decision in {format_duration(step.sla_seconds or 0)}",
+                    )
+                )
+        elif isinstance(step, p.ExitPlan):
+            continue
+        else:
+            label = "received" if isinstance(step, p.WaitPlan) and step.mode == "event" else ""
+            edges.append(Edge(step.id, step.next or END, label))
+            if (
+                isinstance(step, p.WaitPlan)
+                and step.mode == "event"
+                and step.on_timeout
+                and step.on_timeout != step.next
+            ):
+                edges.append(
+                    Edge(
+                        step.id,
+                        step.on_timeout,
+                        f"not within {format_duration(step.within_seconds or 0)}",
+                    )
+                )
+            elif (
+                isinstance(step, p.WaitPlan)
+                and step.mode == "event"
+                and step.within_seconds
+                and step.on_timeout == step.next
+            ):
+                edges[-1] = Edge(step.id, step.next or END, "received or timed out")
+            if isinstance(step, p.SendPlan | p.CallPlan) and step.on_failure:
+                edges.append(Edge(step.id, step.on_failure, "failed"))
+    return edges
+
+
+def _mermaid_text(text: str) -> str:
+    return text.replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
+
+
+def to_mermaid(plan: p.Plan) -> str:
+    """Mermaid flowchart text of the plan."""
+    lines = [
+        "flowchart TD",
+        f'    entry(["{_mermaid_text("on " + plan.entry.event)}"]) --> {plan.start}',
+    ]
+    shapes = {
+        "send": ('["', '"]'),
+        "wait": ('(["', '"])'),
+        "branch": ('{"', '"}'),
+        "split": ('{{"', '"}}'),
+        "score": ('[["', '"]]'),
+        "review": ('[/"', '"/]'),
+        "set": ('["', '"]'),
+        "call": ('[["', '"]]'),
+        "exit": ('(("', '"))'),
+    }
+    for step in plan.steps.values():
+        left, right = shapes[step.type]
+        lines.append(f"    {step.id}{left}{_mermaid_text(step.id + ': ' + _label(step))}{right}")
+    edges = edges_of(plan)
+    if any(e.target == END for e in edges):
+        lines.append('    __end__(("completed"))')
+    for edge in edges:
+        arrow = f' -->|"{_mermaid_text(edge.label)}"| ' if edge.label else " --> "
+        lines.append(f"    {edge.source}{arrow}{edge.target}")
+    for exit_on in plan.exit_on:
+        lines.append(f"    %% at any step: {exit_on.event} ends the run as {exit_on.outcome}")
+    if plan.exit_on:
+        text = "; ".join(f"on {e.event}: exit {e.outcome}" for e in plan.exit_on)
+        lines.append(f'    exits>"{_mermaid_text("at any step: " + text)}"]')
+    return "\n".join(lines) + "\n"
+
+
+def _ranks(plan: p.Plan, edges: list[Edge]) -> dict[str, int]:
+    """Longest-path layering over the plan with back edges ignored."""
+    out: dict[str, list[str]] = {}
+    for edge in edges:
+        out.setdefault(edge.source, []).append(edge.target)
+    order = [*plan.steps, END]
+    position = {node: i for i, node in enumerate(order)}
+    rank = {node: 0 for node in order}
+    for node in order:  # steps are in file order, which is mostly topological
+        for target in out.get(node, []):
+            if position[target] > position[node]:
+                rank[target] = max(rank[target], rank[node] + 1)
+    for _ in range(len(order)):
+        changed = False
+        for node in order:
+            for target in out.get(node, []):
+                if position[target] > position[node] and rank[target] <= rank[node]:
+                    rank[target] = rank[node] + 1
+                    changed = True
+        if not changed:
+            break
+    return rank
+
+
+def to_svg(plan: p.Plan) -> str:
+    """A standalone SVG drawing of the plan."""
+    edges = edges_of(plan)
+    nodes = [*plan.steps]
+    if any(e.target == END for e in edges):
+        nodes.append(END)
+    rank = _ranks(plan, edges)
+    rows: dict[int, list[str]] = {}
+    for node in nodes:
+        rows.setdefault(rank[node], []).append(node)
+    box_w, box_h, gap_x, gap_y, margin = 220, 46, 40, 56, 30
+    width = max(len(r) for r in rows.values()) * (box_w + gap_x) + 2 * margin + 160
+    top = margin + 50
+    centre: dict[str, tuple[float, float]] = {}
+    for r, members in sorted(rows.items()):
+        row_w = len(members) * box_w + (len(members) - 1) * gap_x
+        x0 = (width - row_w) / 2
+        for i, node in enumerate(members):
+            centre[node] = (
+                x0 + i * (box_w + gap_x) + box_w / 2,
+                top + r * (box_h + gap_y) + box_h / 2,
+            )
+    height = top + (max(rows) + 1) * (box_h + gap_y) + margin
+    colours = {
+        "send": "#e3f2fd",
+        "wait": "#fff8e1",
+        "branch": "#f3e5f5",
+        "split": "#f3e5f5",
+        "score": "#e8f5e9",
+        "review": "#ffebee",
+        "set": "#eceff1",
+        "call": "#eceff1",
+        "exit": "#fafafa",
+    }
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
+        f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="Helvetica, Arial, sans-serif" font-size="12">',
+        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
+        'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#555"/></marker></defs>',
+        '<rect width="100%" height="100%" fill="white"/>',
+        f'<text x="{margin}" y="{margin + 4}" font-size="16" font-weight="bold">{escape(plan.name or plan.journey_id)}</text>',
+        f'<text x="{margin}" y="{margin + 24}" fill="#555">{escape(plan.journey_id)} · version {plan.version} · '
+        f"starts on {escape(plan.entry.event)}"
+        + escape("".join(f" · {e.event} exits as {e.outcome}" for e in plan.exit_on))
+        + "</text>",
+    ]
+    for edge in edges:
+        (x1, y1), (x2, y2) = centre[edge.source], centre[edge.target]
+        if rank[edge.target] > rank[edge.source]:
+            start, end = (x1, y1 + box_h / 2), (x2, y2 - box_h / 2)
+            path = f"M {start[0]:.0f} {start[1]:.0f} L {end[0]:.0f} {end[1]:.0f}"
+            lx, ly = (start[0] + end[0]) / 2, (start[1] + end[1]) / 2
+        else:  # a loop back: around the right-hand side
+            sx, ex = x1 + box_w / 2, x2 + box_w / 2
+            bend = max(sx, ex) + 50
+            path = (
+                f"M {sx:.0f} {y1:.0f} C {bend:.0f} {y1:.0f} {bend:.0f} {y2:.0f} {ex:.0f} {y2:.0f}"
+            )
+            lx, ly = bend, (y1 + y2) / 2
+        parts.append(f'<path d="{path}" fill="none" stroke="#555" marker-end="url(#arrow)"/>')
+        if edge.label:
+            text = edge.label if len(edge.label) <= 40 else edge.label[:37] + "..."
+            parts.append(
+                f'<text x="{lx:.0f}" y="{ly:.0f}" fill="#333" font-size="11" text-anchor="middle" '
+                f'stroke="white" stroke-width="3" paint-order="stroke">{escape(text)}</text>'
+            )
+    for node in nodes:
+        x, y = centre[node]
+        if node == END:
+            parts.append(
+                f'<ellipse cx="{x:.0f}" cy="{y:.0f}" rx="60" ry="20" fill="#f1f8e9" stroke="#558b2f"/>'
+            )
+            parts.append(f'<text x="{x:.0f}" y="{y + 4:.0f}" text-anchor="middle">completed</text>')
+            continue
+        step = plan.steps[node]
+        label = _label(step)
+        label = label if len(label) <= 34 else label[:31] + "..."
+        parts.append(
+            f'<rect x="{x - box_w / 2:.0f}" y="{y - box_h / 2:.0f}" width="{box_w}" height="{box_h}" rx="8" '
+            f'fill="{colours[step.type]}" stroke="#555"/>'
+        )
+        parts.append(
+            f'<text x="{x:.0f}" y="{y - 4:.0f}" text-anchor="middle" font-weight="bold">{escape(node)}</text>'
+        )
+        parts.append(
+            f'<text x="{x:.0f}" y="{y + 12:.0f}" text-anchor="middle" fill="#333">{escape(label)}</text>'
+        )
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,361 @@
+"""Safe YAML loading with positions: journeys files (and their `include:`s) to plain data.
+
+Only YAML's core tags are accepted (no `!!python/...`), files are size-capped, and alias
+expansion is bounded, so a hostile file cannot run code or exhaust memory. Every value and
+mapping key keeps its file, line and column in a `SourceMap` for the validator's messages.
+`${VAR}` references are kept verbatim: they are resolved only at run time.
+
+Nothing here validates journeys; problems are returned as `Violation`s, never raised.
+"""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass, field
+from pathlib import Path as FsPath
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from engine.violations import KEY, Location, Path, SourceMap, Violation
+
+__all__ = ["MAX_FILE_BYTES", "MAX_NODES", "LoadedDocument", "load_document", "load_text"]
+
+MAX_FILE_BYTES = 2 * 1024 * 1024
+MAX_NODES = 200_000
+MAX_INCLUDES = 200
+
+_CORE = "tag:yaml.org,2002:"
+_SCALAR_TAGS = {f"{_CORE}{t}" for t in ("str", "int", "float", "bool", "null", "timestamp")}
+_MERGEABLE = ("journeys", "events", "channels", "models", "templates")
+
+
+@dataclass
+class LoadedDocument:
+    """A journeys document as plain data, where each value came from, and load problems."""
+
+    data: dict[str, Any]
+    source: SourceMap
+    root: FsPath
+    violations: list[Violation] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not any(v.severity == "error" for v in self.violations)
+
+
+class _LoadError(Exception):
+    def __init__(self, code: str, message: str, line: int, column: int, hint: str | None = None):
+        super().__init__(message)
+        self.code, self.message, self.line, self.column, self.hint = (
+            code,
+            message,
+            line,
+            column,
+            hint,
+        )
+
+
+class _Builder:
+    """Turns a composed YAML node tree into plain data, recording positions."""
+
+    def __init__(self, file: str, source: SourceMap, prefix: Path = ()) -> None:
+        self.file = file
+        self.source = source
+        self.prefix = prefix
+        self.nodes = 0
+        self.constructor = yaml.SafeLoader("")
+
+    def _mark(self, node: Node) -> Location:
+        return Location(self.file, node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def build(self, node: Node, path: Path, depth: int = 0) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise _LoadError(
+                "yaml-too-large",
+                f"document expands to more than {MAX_NODES} values (aliases used as a bomb?)",
+                node.start_mark.line + 1,
+                node.start_mark.column + 1,
+            )
+        if depth > 64:
+            raise _LoadError(
+                "yaml-too-large",
+                "document nests more than 64 levels deep",
+                node.start_mark.line + 1,
+                node.start_mark.column + 1,
+            )
+        self.source.add(self.prefix + path, self._mark(node))
+        if isinstance(node, ScalarNode):
+            return self._scalar(node)
+        if isinstance(node, SequenceNode):
+            self._check_tag(node, f"{_CORE}seq")
+            return [self.build(child, (*path, i), depth + 1) for i, child in enumerate(node.value)]
+        if isinstance(node, MappingNode):
+            self._check_tag(node, f"{_CORE}map")
+            self.constructor.flatten_mapping(node)  # resolves `<<: *anchor` merges
+            result: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key = self._scalar(key_node) if isinstance(key_node, ScalarNode) else None
+                if not isinstance(key, str | int | float | bool) or isinstance(key, bool):
+                    raise _LoadError(
+                        "yaml",
+                        "mapping keys must be plain text",
+                        key_node.start_mark.line + 1,
+                        key_node.start_mark.column + 1,
+                    )
+                text_key = str(key)
+                if text_key in result:
+                    raise _LoadError(
+                        "duplicate-key",
+                        f"key '{text_key}' appears twice in this mapping",
+                        key_node.start_mark.line + 1,
+                        key_node.start_mark.column + 1,
+                        "remove one of them",
+                    )
+                self.source.add((*self.prefix, *path, text_key, KEY), self._mark(key_node))
+                result[text_key] = self.build(value_node, (*path, text_key), depth + 1)
+            return result
+        raise _LoadError("yaml", "unsupported YAML node", node.start_mark.line + 1, 1)
+
+    def _check_tag(self, node: Node, expected: str) -> None:
+        if node.tag != expected:
+            self._unsafe(node)
+
+    def _unsafe(self, node: Node) -> None:
+        raise _LoadError(
+            "unsafe-yaml",
+            f"YAML tag '{node.tag}' is not allowed: journeys files hold plain data only",
+            node.start_mark.line + 1,
+            node.start_mark.column + 1,
+            "remove the tag",
+        )
+
+    def _scalar(self, node: ScalarNode) -> Any:
+        if node.tag not in _SCALAR_TAGS:
+            self._unsafe(node)
+        if node.tag in (f"{_CORE}str", f"{_CORE}timestamp"):
+            return str(node.value)  # dates stay text; the language parses its own times
+        return self.constructor.construct_object(node, deep=True)
+
+
+def _parse(text: str, file: str, source: SourceMap, prefix: Path = ()) -> Any:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = exc.problem or exc.context or "cannot be parsed"
+        raise _LoadError("yaml", f"YAML syntax error: {problem}", line, column) from exc
+    except yaml.YAMLError as exc:
+        raise _LoadError("yaml", f"YAML error: {exc}", 1, 1) from exc
+    if node is None:
+        return None
+    return _Builder(file, source, prefix).build(node, ())
+
+
+def _violation(exc: _LoadError, file: str) -> Violation:
+    return Violation(exc.code, exc.message, file, exc.line, exc.column, hint=exc.hint)
+
+
+def load_text(
+    text: str, *, file: str = "journeys.yaml", root: FsPath | None = None
+) -> LoadedDocument:
+    """Load a journeys document from text (includes resolve against ``root``)."""
+    source = SourceMap(default_file=file)
+    doc = LoadedDocument({}, source, root or FsPath("."), files=[file])
+    if len(text.encode("utf-8", "replace")) > MAX_FILE_BYTES:
+        doc.violations.append(
+            Violation(
+                "yaml-too-large", f"file is larger than {MAX_FILE_BYTES // 1024} KiB", file, 1, 1
+            )
+        )
+        return doc
+    try:
+        data = _parse(text, file, source)
+    except _LoadError as exc:
+        doc.violations.append(_violation(exc, file))
+        return doc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        doc.violations.append(
+            Violation(
+                "type",
+                "a journeys file must be a mapping with `version:` and `journeys:`",
+                file,
+                1,
+                1,
+            )
+        )
+        return doc
+    doc.data = data
+    _resolve_includes(doc, data, data.pop("include", None), doc.source, doc.root, seen={file})
+    return doc
+
+
+def load_document(path: str | FsPath) -> LoadedDocument:
+    """Load a journeys file from disk. Problems come back as violations, never exceptions."""
+    fs_path = FsPath(path)
+    file = str(path)
+    try:
+        raw = _read_capped(fs_path)
+    except OSError as exc:
+        doc = LoadedDocument({}, SourceMap(file), fs_path.parent, files=[file])
+        doc.violations.append(
+            Violation("file", f"cannot read {file}: {exc.strerror or exc}", file, 1, 1)
+        )
+        return doc
+    except _LoadError as exc:
+        doc = LoadedDocument({}, SourceMap(file), fs_path.parent, files=[file])
+        doc.violations.append(_violation(exc, file))
+        return doc
+    return load_text(raw, file=file, root=fs_path.parent)
+
+
+def _read_capped(path: FsPath) -> str:
+    with path.open("rb") as handle:
+        raw = handle.read(MAX_FILE_BYTES + 1)
+    if len(raw) > MAX_FILE_BYTES:
+        raise _LoadError(
+            "yaml-too-large", f"file is larger than {MAX_FILE_BYTES // 1024} KiB", 1, 1
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _LoadError("yaml", f"file is not UTF-8 text (byte {exc.start})", 1, 1) from exc
+
+
+def _resolve_includes(
+    doc: LoadedDocument,
+    data: dict[str, Any],
+    includes: Any,
+    owner: SourceMap,
+    root: FsPath,
+    seen: set[str],
+) -> None:
+    """Merge the files ``includes`` names (relative to ``root``) into ``data``."""
+    if includes is None:
+        return
+    where = owner.locate(("include",))
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        doc.violations.append(
+            Violation(
+                "type",
+                "include: must be a list of file patterns",
+                where.file,
+                where.line,
+                where.column,
+            )
+        )
+        return
+    for pattern in includes:
+        matches = sorted(glob.glob(str(root / pattern)))
+        if not matches:
+            doc.violations.append(
+                Violation(
+                    "include",
+                    f"include: '{pattern}' matches no file",
+                    where.file,
+                    where.line,
+                    where.column,
+                    hint=f"paths are relative to {root}",
+                )
+            )
+        for match in matches:
+            if match in seen:
+                continue
+            seen.add(match)
+            if len(seen) > MAX_INCLUDES:
+                doc.violations.append(
+                    Violation(
+                        "include",
+                        f"more than {MAX_INCLUDES} included files",
+                        where.file,
+                        where.line,
+                        where.column,
+                    )
+                )
+                return
+            _merge_file(doc, data, match, seen)
+
+
+def _merge_file(doc: LoadedDocument, data: dict[str, Any], match: str, seen: set[str]) -> None:
+    doc.files.append(match)
+    local = SourceMap(match)
+    try:
+        included = _parse(_read_capped(FsPath(match)), match, local)
+    except (OSError, _LoadError) as exc:
+        if isinstance(exc, _LoadError):
+            doc.violations.append(_violation(exc, match))
+        else:
+            doc.violations.append(Violation("include", f"cannot read {match}: {exc}", match, 1, 1))
+        return
+    if included is None:
+        return
+    if not isinstance(included, dict):
+        doc.violations.append(Violation("type", "an included file must be a mapping", match, 1, 1))
+        return
+    for key in included:
+        if key not in (*_MERGEABLE, "version", "include"):
+            loc = local.locate((key,), key=True)
+            doc.violations.append(
+                Violation(
+                    "include",
+                    f"'{key}' cannot be set in an included file",
+                    match,
+                    loc.line,
+                    loc.column,
+                    hint=f"included files may hold: {', '.join(_MERGEABLE)}",
+                )
+            )
+    for section in _MERGEABLE:
+        part = included.get(section)
+        if part is None:
+            continue
+        if section == "journeys":
+            if not isinstance(part, list):
+                loc = local.locate((section,))
+                doc.violations.append(
+                    Violation("type", "journeys: must be a list", match, loc.line, loc.column)
+                )
+                continue
+            target = data.setdefault("journeys", [])
+            if not isinstance(target, list):
+                continue
+            for journey_index, journey in enumerate(part):
+                new_index = len(target)
+                target.append(journey)
+                _copy_marks(local, doc.source, ("journeys", journey_index), ("journeys", new_index))
+        elif isinstance(part, dict):
+            target_map = data.setdefault(section, {})
+            if not isinstance(target_map, dict):
+                continue
+            for name, value in part.items():
+                if name in target_map:
+                    loc = local.locate((section, name), key=True)
+                    doc.violations.append(
+                        Violation(
+                            "duplicate-id",
+                            f"{section[:-1]} '{name}' is already defined in another file",
+                            match,
+                            loc.line,
+                            loc.column,
+                            hint="names must be unique across included files",
+                        )
+                    )
+                    continue
+                target_map[name] = value
+                _copy_marks(local, doc.source, (section, name), (section, name))
+    _resolve_includes(doc, data, included.get("include"), local, FsPath(match).parent, seen)
+
+
+def _copy_marks(src: SourceMap, dst: SourceMap, old: Path, new: Path) -> None:
+    size = len(old)
+    for path, loc in src.marks.items():
+        if path[:size] == old:
+            dst.add(new + path[size:], loc)

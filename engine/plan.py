@@ -1,0 +1,206 @@
+"""Compiled plans: the immutable, self-contained form of one journey that a run interprets.
+
+A `Plan` names every step's successor explicitly, holds durations in seconds, keeps
+expressions and templates as source text (parsed once per plan version by their users) and
+carries the templates and model specs it uses, so that its `version`, a hash of its canonical
+JSON, changes exactly when its meaning does. Channel URLs are never part of a plan: they are
+configuration, and may hold secrets. Pure data: no I/O, no Temporal.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "BranchPlan",
+    "BranchRulePlan",
+    "CallPlan",
+    "ExitPlan",
+    "FrequencyCapPlan",
+    "Plan",
+    "PlanEntry",
+    "PlanExit",
+    "PlanSettings",
+    "PlanStep",
+    "QuietHoursPlan",
+    "ReviewPlan",
+    "ScorePlan",
+    "SendPlan",
+    "SetPlan",
+    "SplitArm",
+    "SplitPlan",
+    "WaitPlan",
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class QuietHoursPlan(_Frozen):
+    start: str
+    end: str
+
+
+class FrequencyCapPlan(_Frozen):
+    max: int
+    per_seconds: int
+
+
+class PlanSettings(_Frozen):
+    """Settings after merging the file's defaults with the journey's own."""
+
+    timezone: str = "UTC"
+    quiet_hours: QuietHoursPlan | None = None
+    frequency_cap: FrequencyCapPlan | None = None
+    max_duration_seconds: int = 30 * 86400
+
+
+class PlanEntry(_Frozen):
+    event: str
+    when: str | None = None
+    reentry: Literal["never", "always", "after"] = "never"
+    reentry_seconds: int | None = None
+    key: str | None = None
+
+
+class PlanExit(_Frozen):
+    event: str
+    when: str | None = None
+    outcome: str
+
+
+class _PlanStep(_Frozen):
+    id: str
+
+
+class SendPlan(_PlanStep):
+    type: Literal["send"] = "send"
+    template: str
+    channels: tuple[str, ...]
+    to: str | None = None
+    on_capped: Literal["delay", "skip"] = "delay"
+    on_failure: str | None = None
+    next: str | None
+
+
+class WaitPlan(_PlanStep):
+    """`mode` is `timer` (seconds), `until` (local HH:MM) or `event` (within, when)."""
+
+    type: Literal["wait"] = "wait"
+    mode: Literal["timer", "until", "event"]
+    seconds: int | None = None
+    until: str | None = None
+    event: str | None = None
+    within_seconds: int | None = None
+    when: str | None = None
+    on_timeout: str | None = None
+    next: str | None
+
+
+class BranchRulePlan(_Frozen):
+    when: str
+    goto: str
+
+
+class BranchPlan(_PlanStep):
+    type: Literal["branch"] = "branch"
+    rules: tuple[BranchRulePlan, ...]
+    otherwise: str | None
+
+
+class SplitArm(_Frozen):
+    name: str
+    weight: float
+    goto: str
+
+
+class SplitPlan(_PlanStep):
+    type: Literal["split"] = "split"
+    arms: tuple[SplitArm, ...]
+
+
+class ScorePlan(_PlanStep):
+    type: Literal["score"] = "score"
+    model: str
+    features: dict[str, str]
+    next: str | None
+
+
+class ReviewPlan(_PlanStep):
+    type: Literal["review"] = "review"
+    queue: str
+    title: str
+    details: str | None = None
+    decisions: dict[str, str]
+    sla_seconds: int | None = None
+    on_timeout: str | None = None
+    escalate_to: str | None = None
+
+
+class SetPlan(_PlanStep):
+    type: Literal["set"] = "set"
+    assignments: dict[str, str]
+    next: str | None
+
+
+class CallPlan(_PlanStep):
+    type: Literal["call"] = "call"
+    method: str
+    url: str
+    json_body: dict[str, str] | None = None
+    headers: dict[str, str] | None = None
+    timeout_seconds: int
+    on_failure: str | None = None
+    next: str | None
+
+
+class ExitPlan(_PlanStep):
+    type: Literal["exit"] = "exit"
+    outcome: str
+
+
+PlanStep = Annotated[
+    SendPlan
+    | WaitPlan
+    | BranchPlan
+    | SplitPlan
+    | ScorePlan
+    | ReviewPlan
+    | SetPlan
+    | CallPlan
+    | ExitPlan,
+    Field(discriminator="type"),
+]
+
+
+class Plan(_Frozen):
+    """One journey, compiled. ``version`` is the short hash of everything else."""
+
+    journey_id: str
+    version: str
+    language_version: int = 1
+    name: str | None = None
+    description: str | None = None
+    entry: PlanEntry
+    exit_on: tuple[PlanExit, ...] = ()
+    holdout_percent: float = 0.0
+    settings: PlanSettings
+    start: str
+    steps: dict[str, PlanStep]
+    templates: dict[str, dict[str, str]] = Field(default_factory=dict)
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    channels: tuple[str, ...] = ()
+
+    def step(self, step_id: str) -> PlanStep:
+        """The step called ``step_id`` (KeyError if the plan has none)."""
+        return self.steps[step_id]
+
+    @property
+    def events(self) -> frozenset[str]:
+        """Every event name this plan starts on, waits for or exits on."""
+        names = {self.entry.event, *(e.event for e in self.exit_on)}
+        names.update(s.event for s in self.steps.values() if isinstance(s, WaitPlan) and s.event)
+        return frozenset(names)

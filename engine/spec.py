@@ -1,0 +1,544 @@
+"""The journey language as pydantic models: what a designer writes in `journeys.yaml`.
+
+One model per step type, gathered in the `Step` tagged union (the type key a step carries,
+`send:`, `wait:`, ..., is its tag). Each model's docstring and field descriptions are what the
+published JSON Schema shows designers in their editor. Structure only lives here: graph,
+expression, template and cross-reference checks are in `engine.validator`. Nothing here
+imports temporalio or does I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, ClassVar, Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    WithJsonSchema,
+    field_validator,
+)
+
+from engine.durations import parse_duration, parse_time_of_day
+
+__all__ = [
+    "STEP_MODELS",
+    "STEP_TYPES",
+    "BranchRule",
+    "BranchStep",
+    "CallSpec",
+    "CallStep",
+    "Document",
+    "EmailTemplate",
+    "Entry",
+    "ExitOn",
+    "ExitStep",
+    "FrequencyCap",
+    "HttpModel",
+    "Journey",
+    "ModelSpec",
+    "OnnxModel",
+    "PushTemplate",
+    "PythonModel",
+    "QuietHours",
+    "ReviewStep",
+    "ScoreStep",
+    "SendStep",
+    "SetStep",
+    "Settings",
+    "SplitStep",
+    "Step",
+    "TemplateSpec",
+    "WaitEvent",
+    "WaitStep",
+    "WaitUntil",
+    "step_type_of",
+]
+
+ID_PATTERN = r"^[a-z0-9_]+$"
+
+
+def _shape(value: Any, keys: tuple[str, ...]) -> str | None:
+    """Tag of a value that may be text or a mapping with one of ``keys`` (for clear errors)."""
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return next((key for key in keys if key in value), keys[0] if len(keys) == 1 else None)
+    if isinstance(value, BaseModel):
+        return next((key for key in keys if hasattr(value, key)), None)
+    return None
+
+
+def _check_duration(value: str) -> str:
+    parse_duration(value)
+    return value
+
+
+def _check_time(value: str) -> str:
+    parse_time_of_day(value)
+    return value
+
+
+def _check_reentry(value: str) -> str:
+    if value not in ("never", "always"):
+        parse_duration(value)
+    return value
+
+
+def _check_timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ValueError, KeyError) as exc:
+        raise ValueError(
+            f"'{value}' is not an IANA time zone (like 'Asia/Seoul' or 'UTC')"
+        ) from exc
+    return value
+
+
+Duration = Annotated[
+    str,
+    AfterValidator(_check_duration),
+    Field(description="A duration: a number and a unit (s, m, h, d, w), e.g. 30s, 4h, 3d, 1d12h."),
+]
+TimeOfDay = Annotated[
+    str, AfterValidator(_check_time), Field(description="A local time of day, 24-hour HH:MM.")
+]
+
+
+def _expression_text(value: Any) -> Any:
+    """A plain YAML number or boolean (`vars.n: 1`) is an expression too."""
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, int | float):
+        return repr(value)
+    return value
+
+
+Expr = Annotated[
+    str,
+    BeforeValidator(_expression_text),
+    WithJsonSchema(
+        {
+            "type": ["string", "number", "boolean"],
+            "description": "An expression (Python-like; see docs/journeys.md), e.g. event.amount > 100.",
+        }
+    ),
+    Field(
+        min_length=1,
+        description="An expression (Python-like; see docs/journeys.md), e.g. event.amount > 100.",
+    ),
+]
+TemplateText = Annotated[
+    str, Field(description="A Jinja2 template, e.g. 'Hi {{ profile.first_name }}'.")
+]
+StepRef = Annotated[str, Field(pattern=ID_PATTERN, description="The id of a step in this journey.")]
+Identifier = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+class QuietHours(_Model):
+    """Local hours (the customer's timezone) when no message is sent; sends wait until `end`."""
+
+    start: TimeOfDay
+    end: TimeOfDay
+
+
+class FrequencyCap(_Model):
+    """At most `max` messages per customer within `per`, counted across ALL journeys."""
+
+    max: int = Field(ge=1, le=1000)
+    per: Duration
+
+
+class Settings(_Model):
+    """Defaults for every journey; a journey's own `settings:` overrides them key by key."""
+
+    timezone: Annotated[str, AfterValidator(_check_timezone)] | None = Field(
+        None, description="IANA zone used when profile.timezone is missing (default UTC)."
+    )
+    quiet_hours: QuietHours | None = Field(None, description="Set to null to send at any hour.")
+    frequency_cap: FrequencyCap | None = Field(None, description="Set to null for no cap.")
+    max_duration: Duration | None = Field(
+        None, description="A run still open after this exits with outcome 'expired' (default 30d)."
+    )
+
+
+# ----------------------------------------------------------------------------- catalogue
+
+EventPropertyType = Literal[
+    "string", "number", "integer", "boolean", "timestamp", "object", "list", "any"
+]
+
+
+class _ModelBase(_Model):
+    timeout: Duration = Field("2s", description="How long one call may take before the fallback.")
+    fallback: float = Field(description="Score used when the model fails or times out (recorded).")
+    range: tuple[float, float] | None = Field(
+        None, description="[min, max] a valid score lies in; outside it, the fallback is used."
+    )
+    example: dict[str, Any] | None = Field(
+        None, description="Example features `journeys models check` calls the model with."
+    )
+    version: str | None = Field(None, description="The model's version, recorded with each score.")
+
+
+class PythonModel(_ModelBase):
+    """A model called in-process: `function: package.module:function` takes a dict of features."""
+
+    kind: Literal["python"]
+    function: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class HttpModel(_ModelBase):
+    """A model behind HTTP: Open Inference Protocol v2 (KServe, MLServer, Triton) or plain JSON."""
+
+    kind: Literal["http"]
+    url: str = Field(description="The inference URL; ${VAR} is read from the environment.")
+    protocol: Literal["oip", "json"] = Field("oip", description="oip (v2 infer) or json.")
+    body: TemplateText | None = Field(None, description="json protocol: the request body template.")
+    score: str | None = Field(
+        None, description="json protocol: dotted path to the score in the reply."
+    )
+    output: str | None = Field(None, description="oip protocol: the output tensor's name.")
+    token: str | None = Field(None, description="Bearer token, normally '${VAR}'.")
+    retries: int = Field(2, ge=0, le=10)
+
+
+class OnnxModel(_ModelBase):
+    """A local ONNX file run with onnxruntime (inputs named like the features)."""
+
+    kind: Literal["onnx"]
+    path: str = Field(description="The .onnx file, relative to journeys.yaml.")
+    output: str | None = Field(None, description="The output to read the score from.")
+
+
+ModelSpec = Annotated[PythonModel | HttpModel | OnnxModel, Field(discriminator="kind")]
+
+
+class EmailTemplate(_Model):
+    """An email: subject, an HTML part (inline or a file) and an optional plain-text part."""
+
+    subject: TemplateText
+    html: TemplateText | None = None
+    html_file: str | None = Field(
+        None, description="HTML template file, relative to journeys.yaml."
+    )
+    text: TemplateText | None = None
+
+
+class PushTemplate(_Model):
+    """A push notification with a title."""
+
+    title: TemplateText
+    body: TemplateText
+
+
+class TemplateSpec(_Model):
+    """A message in one or more channel forms; a send picks the form of its channel."""
+
+    email: EmailTemplate | None = None
+    sms: TemplateText | None = None
+    push: (
+        Annotated[
+            Annotated[TemplateText, Tag("text")] | Annotated[PushTemplate, Tag("title")],
+            Discriminator(
+                lambda v: _shape(v, ("title",)),
+                custom_error_type="push_shape",
+                custom_error_message="push: must be text or {title: ..., body: ...}",
+            ),
+        ]
+        | None
+    ) = None
+    text: TemplateText | None = Field(
+        None, description="Plain text for any other channel (ops, chat)."
+    )
+
+
+# ----------------------------------------------------------------------------- journeys
+
+
+class Entry(_Model):
+    """Which event starts a run, and for whom."""
+
+    event: str = Field(min_length=1, max_length=200)
+    when: Expr | None = Field(None, description="Only enter when this holds.")
+    reentry: Annotated[str, AfterValidator(_check_reentry)] = Field(
+        "never",
+        description="never | always | a duration: how soon the same customer may enter again.",
+    )
+    key: Expr | None = Field(
+        None,
+        description="One run per (customer, key) instead of per customer, e.g. event.invoice_id.",
+    )
+
+
+class ExitOn(_Model):
+    """At any step, this event ends the run with `outcome`."""
+
+    event: str = Field(min_length=1, max_length=200)
+    when: Expr | None = None
+    outcome: Identifier
+
+
+class _Step(_Model):
+    step_type: ClassVar[str]
+    id: Identifier = Field(
+        description="Unique within the journey; names the step in runs and audits."
+    )
+    next: StepRef | None = Field(
+        None, description="The step after this one (default: the following)."
+    )
+    description: str | None = None
+
+
+class SendStep(_Step):
+    """Renders a template and sends it on a channel, respecting consent, quiet hours and the cap."""
+
+    step_type: ClassVar[str] = "send"
+    send: Identifier = Field(description="The template to send.")
+    channel: (
+        Annotated[
+            Annotated[Identifier, Tag("text")] | Annotated[list[Identifier], Tag("list")],
+            Discriminator(
+                lambda v: _shape(v, ()),
+                custom_error_type="channel_shape",
+                custom_error_message="channel: must be a channel name or a list of them",
+            ),
+        ]
+        | None
+    ) = Field(
+        None,
+        description="A channel, or a list tried in order as fallbacks (default: the template's one form).",
+    )
+    to: Expr | None = Field(
+        None, description="The recipient (default: the channel's address on the profile)."
+    )
+    on_capped: Literal["delay", "skip"] = "delay"
+    on_failure: StepRef | None = None
+
+
+class WaitUntil(_Model):
+    """Wait until the next such local time of the customer."""
+
+    until: TimeOfDay
+
+
+class WaitEvent(_Model):
+    """Wait for an event; it becomes `event` for the following steps."""
+
+    event: str = Field(min_length=1, max_length=200)
+    within: Duration | None = None
+    when: Expr | None = None
+
+
+class WaitStep(_Step):
+    """A durable timer, the next local time of day, or a wait for an event."""
+
+    step_type: ClassVar[str] = "wait"
+    wait: Annotated[
+        Annotated[Duration, Tag("text")]
+        | Annotated[WaitUntil, Tag("until")]
+        | Annotated[WaitEvent, Tag("event")],
+        Discriminator(
+            lambda v: _shape(v, ("event", "until")),
+            custom_error_type="wait_shape",
+            custom_error_message=(
+                "wait: must be a duration like '3d', {until: 'HH:MM'} or {event: name, within: 3d}"
+            ),
+        ),
+    ]
+    on_timeout: StepRef | None = Field(
+        None, description="Where to go when `within` passes without the event."
+    )
+
+
+class BranchRule(_Model):
+    when: Expr
+    goto: StepRef
+
+
+class BranchStep(_Step):
+    """First matching condition wins; `else` when none matches (default: the following step)."""
+
+    step_type: ClassVar[str] = "branch"
+    branch: list[BranchRule] = Field(min_length=1)
+    else_: StepRef | None = Field(None, alias="else")
+
+
+class SplitStep(_Step):
+    """A random but stable A/B/n split per customer; weights are percentages summing to 100."""
+
+    step_type: ClassVar[str] = "split"
+    split: dict[Identifier, Annotated[float, Field(ge=0, le=100)]] = Field(min_length=1)
+    paths: dict[Identifier, StepRef]
+
+
+class ScoreStep(_Step):
+    """Calls a risk model; the result is in `scores.<model>`."""
+
+    step_type: ClassVar[str] = "score"
+    score: Identifier = Field(description="A model declared under `models:`.")
+    features: dict[str, Expr] = Field(default_factory=dict)
+
+
+class ReviewStep(_Step):
+    """Opens a human-review task and waits for a decision."""
+
+    step_type: ClassVar[str] = "review"
+    review: Identifier = Field(description="The queue the task goes to.")
+    title: TemplateText
+    details: TemplateText | None = None
+    decisions: dict[Identifier, StepRef] = Field(min_length=1)
+    sla: Duration | None = None
+    on_timeout: StepRef | None = None
+    escalate_to: Identifier | None = Field(
+        None, description="Queue to re-queue to once, at the SLA."
+    )
+
+
+class SetStep(_Step):
+    """Sets journey variables (`vars.x`) or profile attributes (`profile.x`)."""
+
+    step_type: ClassVar[str] = "set"
+    set: dict[Annotated[str, Field(pattern=r"^(vars|profile)\.[A-Za-z0-9_]+$")], Expr] = Field(
+        min_length=1
+    )
+
+
+class CallSpec(_Model):
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    url: str = Field(description="The URL (a template; ${VAR} is read from the environment).")
+    json_: dict[str, Expr] | None = Field(
+        None, alias="json", description="Body fields, each an expression."
+    )
+    headers: dict[str, str] | None = None
+    timeout: Duration = "10s"
+
+
+class CallStep(_Step):
+    """An outbound HTTP call with durable retries; the response is in `vars.<step id>`."""
+
+    step_type: ClassVar[str] = "call"
+    call: CallSpec
+    on_failure: StepRef | None = None
+
+
+class ExitStep(_Step):
+    """Ends the run with an outcome."""
+
+    step_type: ClassVar[str] = "exit"
+    exit: Identifier
+
+
+STEP_MODELS: tuple[type[_Step], ...] = (
+    SendStep,
+    WaitStep,
+    BranchStep,
+    SplitStep,
+    ScoreStep,
+    ReviewStep,
+    SetStep,
+    CallStep,
+    ExitStep,
+)
+STEP_TYPES: tuple[str, ...] = tuple(m.step_type for m in STEP_MODELS)
+
+
+def step_type_of(raw: Any) -> str | None:
+    """The type key a raw step mapping carries (the first one, if it has several)."""
+    if isinstance(raw, BaseModel):
+        return getattr(raw, "step_type", None)
+    if isinstance(raw, dict):
+        for key in STEP_TYPES:
+            if key in raw:
+                return key
+    return None
+
+
+Step = Annotated[
+    Annotated[SendStep, Tag("send")]
+    | Annotated[WaitStep, Tag("wait")]
+    | Annotated[BranchStep, Tag("branch")]
+    | Annotated[SplitStep, Tag("split")]
+    | Annotated[ScoreStep, Tag("score")]
+    | Annotated[ReviewStep, Tag("review")]
+    | Annotated[SetStep, Tag("set")]
+    | Annotated[CallStep, Tag("call")]
+    | Annotated[ExitStep, Tag("exit")],
+    Discriminator(
+        step_type_of,
+        custom_error_type="step_type",
+        custom_error_message="a step needs one type key: " + ", ".join(STEP_TYPES),
+    ),
+]
+
+
+class Journey(_Model):
+    """A customer journey: who enters, the steps they go through, and what ends it."""
+
+    id: Identifier = Field(
+        description="[a-z0-9_]+, unique and stable: it names runs and analytics."
+    )
+    name: str | None = None
+    description: str | None = None
+    entry: Entry
+    exit_on: list[ExitOn] = Field(default_factory=list)
+    holdout: str | float | None = Field(
+        None, description="Global control group, e.g. '5%': enters, is recorded, gets nothing."
+    )
+    settings: Settings | None = None
+    steps: list[Step] = Field(min_length=1)
+
+    @field_validator("holdout")
+    @classmethod
+    def _holdout(cls, value: str | float | None) -> str | float | None:
+        if value is not None:
+            holdout_percent(value)
+        return value
+
+
+def holdout_percent(value: str | float | None) -> float:
+    """The holdout as a percentage: `'5%'` and `5` both mean five percent."""
+    if value is None:
+        return 0.0
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", value)
+        if not match:
+            raise ValueError(f"holdout '{value}' must be a percentage like '5%'")
+        number = float(match.group(1))
+    else:
+        number = float(value)
+    if not 0 <= number < 100:
+        raise ValueError(f"holdout {value} must be between 0% and 100%")
+    return number
+
+
+class Document(_Model):
+    """A journeys file: settings, the catalogue (events, channels, models, templates), journeys."""
+
+    version: Literal[1] = Field(description="The language version; only 1 exists.")
+    settings: Settings = Field(default_factory=Settings)
+    events: dict[str, dict[Identifier, EventPropertyType]] = Field(
+        default_factory=dict,
+        description="Optional event schemas; expressions are checked against them.",
+    )
+    channels: dict[Identifier, str] = Field(
+        default_factory=dict, description="Apprise URLs by channel name; use ${VAR} for secrets."
+    )
+    models: dict[Identifier, ModelSpec] = Field(default_factory=dict)
+    templates: dict[Identifier, TemplateSpec] = Field(default_factory=dict)
+    journeys: list[Journey] = Field(default_factory=list)

@@ -1,0 +1,1162 @@
+"""The validator: a pure function from a loaded journeys document to every violation in it.
+
+It checks structure (pydantic, with the closest valid key for typos), the step graph
+(duplicate ids, dangling references, unreachable steps, loops that never wait),
+expressions and templates (parsed once here, with names and event properties checked
+against the declared schemas) and cross references (templates, channels, models).
+It never raises on any input and knows nothing of Temporal or the database.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import types
+import typing
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
+
+from engine import spec
+from engine.loader import LoadedDocument
+from engine.violations import Path, Violation
+from rules import (
+    CompiledTemplate,
+    ExpressionError,
+    TemplateError,
+    compile_expression,
+    compile_template,
+)
+
+__all__ = ["CheckedDocument", "check_document", "closest", "validate"]
+
+TRIGGER_FIELDS = ("properties", "name", "timestamp", "message_id")
+CUSTOMER_FIELDS = ("id", "email", "phone", "push_token")
+JOURNEY_FIELDS = ("id", "version", "run_id", "step")
+REVIEW_FIELDS = ("decision", "reviewer", "note", "at")
+SCORE_FIELDS = ("score", "model", "model_version", "latency_ms", "fallback_used")
+MAX_TEMPLATE_FILE = 256 * 1024
+
+
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The closest of ``choices`` to a misspelt ``word``, if one is close enough."""
+    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    options = sorted(set(choices))
+    match = closest(word, options)
+    if match:
+        return f"did you mean '{match}'?"
+    if options and len(options) <= 12:
+        return "valid: " + ", ".join(options)
+    return None
+
+
+@dataclass
+class CheckedDocument:
+    """What validation produced: the typed document (if structurally sound) and violations."""
+
+    loaded: LoadedDocument
+    document: spec.Document | None
+    violations: list[Violation]
+    templates: dict[tuple[str, str], CompiledTemplate] = field(default_factory=dict)
+    template_sources: dict[str, dict[str, str]] = field(default_factory=dict)
+    broken_journeys: set[str] = field(default_factory=set)
+
+    @property
+    def errors(self) -> list[Violation]:
+        return [v for v in self.violations if v.severity == "error"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def validate(loaded: LoadedDocument) -> list[Violation]:
+    """Every violation in ``loaded``, in file order; empty when it is valid."""
+    return check_document(loaded).violations
+
+
+def check_document(loaded: LoadedDocument) -> CheckedDocument:
+    """Validate ``loaded``; never raises, whatever the input."""
+    checker = _Checker(loaded)
+    try:
+        checker.run()
+    except Exception as exc:
+        checker.add("internal", (), f"the validator failed on this document: {exc!r}")
+    checker.violations.sort(key=lambda v: (v.file, v.line, v.column, v.message))
+    return CheckedDocument(
+        loaded=loaded,
+        document=checker.document,
+        violations=checker.violations,
+        templates=checker.compiled_templates,
+        template_sources=checker.template_sources,
+        broken_journeys=checker.broken_journeys,
+    )
+
+
+# ----------------------------------------------------------------------------- pydantic errors
+
+_TAGGED_PARENTS: dict[str, frozenset[str]] = {
+    "wait": frozenset({"text", "until", "event"}),
+    "push": frozenset({"text", "title"}),
+    "channel": frozenset({"text", "list"}),
+}
+
+
+def _clean_loc(loc: tuple[int | str, ...]) -> Path:
+    """Drop the union tags pydantic puts in error locations, leaving the data path."""
+    out: list[str | int] = []
+    items = list(loc)
+    i = 0
+    while i < len(items):
+        elem = items[i]
+        out.append(elem)
+        i += 1
+        if i >= len(items):
+            break
+        nxt = items[i]
+        if isinstance(elem, int) and len(out) >= 2 and out[-2] == "steps":
+            i += 1  # the step union's tag
+        elif (
+            (len(out) >= 2 and out[-2] == "models" and nxt in ("python", "http", "onnx"))
+            or (isinstance(elem, str) and elem in _TAGGED_PARENTS and nxt in _TAGGED_PARENTS[elem])
+            or (
+                isinstance(nxt, str)
+                and nxt.startswith(("function-", "list[", "dict[", "str", "float"))
+            )
+        ):
+            i += 1
+    return tuple(out)
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The concrete types inside an annotation (through Annotated, unions, Optional)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        found: list[Any] = []
+        for arg in typing.get_args(annotation):
+            found.extend(_unwrap(arg))
+        return found
+    return [annotation]
+
+
+def _model_at(root: type[BaseModel], path: Path, data: Any) -> type[BaseModel] | None:
+    """The model class that validates the mapping at ``path`` below ``root``."""
+    current: list[Any] = [root]
+    value = data
+    for elem in path:
+        nxt: list[Any] = []
+        for candidate in current:
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                if not isinstance(elem, str):
+                    continue
+                for name, info in candidate.model_fields.items():
+                    if elem in (name, info.alias):
+                        nxt.extend(_unwrap(info.annotation))
+            else:
+                origin = typing.get_origin(candidate)
+                args = typing.get_args(candidate)
+                if origin is list and args:
+                    nxt.extend(_unwrap(args[0]))
+                elif origin is dict and len(args) == 2:
+                    nxt.extend(_unwrap(args[1]))
+        value = (
+            value.get(elem)
+            if isinstance(value, dict)
+            else (
+                value[elem]
+                if isinstance(value, list) and isinstance(elem, int) and elem < len(value)
+                else None
+            )
+        )
+        current = nxt
+    models = [c for c in current if isinstance(c, type) and issubclass(c, BaseModel)]
+    if len(models) > 1 and isinstance(value, dict):
+        for model in models:
+            key = getattr(model, "step_type", None)
+            if key and key in value:
+                return model
+        kind = value.get("kind")
+        for model in models:
+            literal = model.model_fields.get("kind")
+            if kind and literal and kind in typing.get_args(literal.annotation):
+                return model
+    return models[0] if models else None
+
+
+def _allowed_keys(model: type[BaseModel]) -> list[str]:
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+def _describe(value: Any) -> str:
+    names = {
+        str: "text",
+        int: "a whole number",
+        float: "a number",
+        bool: "true/false",
+        list: "a list",
+        dict: "a mapping",
+        type(None): "nothing",
+    }
+    return names.get(type(value), type(value).__name__)
+
+
+# ----------------------------------------------------------------------------- the checker
+
+
+class _Checker:
+    def __init__(self, loaded: LoadedDocument) -> None:
+        self.loaded = loaded
+        self.source = loaded.source
+        self.raw: dict[str, Any] = loaded.data if isinstance(loaded.data, dict) else {}
+        self.violations: list[Violation] = list(loaded.violations)
+        self.document: spec.Document | None = None
+        self.compiled_templates: dict[tuple[str, str], CompiledTemplate] = {}
+        self.template_sources: dict[str, dict[str, str]] = {}
+        self.broken_journeys: set[str] = set()
+        self.broken_steps: dict[str, set[str]] = {}
+
+    # -- reporting
+
+    def add(
+        self,
+        code: str,
+        path: Path,
+        message: str,
+        *,
+        hint: str | None = None,
+        key: bool = False,
+        warning: bool = False,
+    ) -> None:
+        loc = self.source.locate(path, key=key)
+        journey, step = self._names_at(path)
+        self.violations.append(
+            Violation(
+                code=code,
+                message=message,
+                file=loc.file,
+                line=loc.line,
+                column=loc.column,
+                journey=journey,
+                step=step,
+                hint=hint,
+                severity="warning" if warning else "error",
+            )
+        )
+
+    def _names_at(self, path: Path) -> tuple[str | None, str | None]:
+        journey = step = None
+        if len(path) >= 2 and path[0] == "journeys" and isinstance(path[1], int):
+            journeys = self.raw.get("journeys")
+            if isinstance(journeys, list) and path[1] < len(journeys):
+                raw_journey = journeys[path[1]]
+                if isinstance(raw_journey, dict):
+                    journey = (
+                        raw_journey.get("id") if isinstance(raw_journey.get("id"), str) else None
+                    )
+                    if len(path) >= 4 and path[2] == "steps" and isinstance(path[3], int):
+                        steps = raw_journey.get("steps")
+                        if (
+                            isinstance(steps, list)
+                            and path[3] < len(steps)
+                            and isinstance(steps[path[3]], dict)
+                        ):
+                            sid = steps[path[3]].get("id")
+                            step = sid if isinstance(sid, str) else f"#{path[3] + 1}"
+        return journey, step
+
+    def add_pydantic(
+        self, root: type[BaseModel], prefix: Path, data: Any, errors: list[ErrorDetails]
+    ) -> None:
+        for error in errors:
+            loc = _clean_loc(tuple(error["loc"]))
+            path = prefix + loc
+            kind = error["type"]
+            value = error.get("input")
+            field_name = next((str(p) for p in reversed(loc) if isinstance(p, str)), "value")
+            if kind == "extra_forbidden":
+                key = str(loc[-1])
+                parent = _model_at(root, loc[:-1], data)
+                allowed = _allowed_keys(parent) if parent else []
+                if (
+                    parent is not None
+                    and issubclass(parent, tuple(spec.STEP_MODELS))
+                    and key in spec.STEP_TYPES
+                ):
+                    self.add(
+                        "step-type",
+                        path,
+                        f"a step has one type key, but this one has '{getattr(parent, 'step_type', '?')}' and '{key}'",
+                        key=True,
+                        hint="split it into two steps",
+                    )
+                    continue
+                self.add(
+                    "unknown-key",
+                    path,
+                    f"unknown key '{key}'",
+                    key=True,
+                    hint=_did_you_mean(key, allowed),
+                )
+            elif kind == "missing":
+                self.add("missing-key", path[:-1], f"missing required key '{loc[-1]}'")
+            elif kind == "literal_error" and loc == ("version",):
+                self.add(
+                    "version",
+                    path,
+                    f"language version {value!r} is not supported: this engine reads version 1",
+                    hint="set version: 1",
+                )
+            elif kind == "value_error":
+                message = str(error["msg"]).removeprefix("Value error, ")
+                code = "duration" if "duration" in message or "time of day" in message else "value"
+                self.add(code, path, message)
+            elif kind == "string_pattern_mismatch":
+                self.add(
+                    "identifier",
+                    path,
+                    f"{field_name}: '{value}' is not a valid id",
+                    hint="use lowercase letters, digits and _ (like payment_recovery)",
+                )
+            elif kind in ("step_type", "wait_shape", "push_shape", "channel_shape"):
+                self.add("type", path, str(error["msg"]))
+            elif kind.endswith("_type") or kind in (
+                "model_attributes_type",
+                "dict_type",
+                "list_type",
+            ):
+                expected = str(error["msg"]).removeprefix("Input should be ")
+                self.add("type", path, f"{field_name}: expected {expected}, got {_describe(value)}")
+            else:
+                self.add("value", path, f"{field_name}: {error['msg']}")
+
+    # -- the run
+
+    def run(self) -> None:
+        if any(
+            v.severity == "error" and v.code in ("yaml", "unsafe-yaml", "yaml-too-large", "file")
+            for v in self.loaded.violations
+        ):
+            return
+        catalogue = self._check_catalogue()
+        journeys = self._check_journeys(catalogue)
+        self.document = spec.Document.model_construct(**catalogue, journeys=journeys)
+        self._check_templates(self.document)
+        self._check_catalogue_secrets()
+        seen: dict[str, int] = {}
+        for index, journey in self._journeys_with_index(journeys):
+            if journey.id in seen:
+                self.add(
+                    "duplicate-id",
+                    ("journeys", index, "id"),
+                    f"journey id '{journey.id}' is used twice",
+                    hint="journey ids must be unique",
+                )
+            seen[journey.id] = index
+            _JourneyChecker(self, self.document, journey, index).run()
+
+    def _journeys_with_index(
+        self, journeys: list[spec.Journey]
+    ) -> Iterator[tuple[int, spec.Journey]]:
+        raw = self.raw.get("journeys")
+        ids = (
+            [j.get("id") if isinstance(j, dict) else None for j in raw]
+            if isinstance(raw, list)
+            else []
+        )
+        used: set[int] = set()
+        for journey in journeys:
+            index = next((i for i, rid in enumerate(ids) if rid == journey.id and i not in used), 0)
+            used.add(index)
+            yield index, journey
+
+    def _check_catalogue(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        fields = spec.Document.model_fields
+        if "version" not in self.raw:
+            self.add(
+                "version", (), "missing 'version: 1' at the top of the file", hint="add version: 1"
+            )
+        for key in self.raw:
+            if key not in fields:
+                self.add(
+                    "unknown-key",
+                    (key,),
+                    f"unknown key '{key}'",
+                    key=True,
+                    hint=_did_you_mean(key, [*fields, "include"]),
+                )
+        for name, info in fields.items():
+            if name == "journeys":
+                continue
+            if name not in self.raw:
+                values[name] = info.get_default(call_default_factory=True)
+                continue
+            adapter = _field_adapter(spec.Document, name)
+            try:
+                values[name] = adapter.validate_python(self.raw[name])
+            except ValidationError as exc:
+                wrapper = {name: self.raw[name]}
+                self.add_pydantic(spec.Document, (), wrapper, _prefixed(exc, name))
+                values[name] = self._salvage(name, info)
+        return values
+
+    def _salvage(self, name: str, info: Any) -> Any:
+        """Keep the valid entries of a catalogue section that has some invalid ones."""
+        raw = self.raw.get(name)
+        if name in ("events", "channels", "models", "templates") and isinstance(raw, dict):
+            value_type = typing.get_args(_unwrap(info.annotation)[0])[1]
+            adapter: TypeAdapter[Any] = TypeAdapter(value_type)
+            kept: dict[str, Any] = {}
+            for key, item in raw.items():
+                try:
+                    kept[key] = adapter.validate_python(item)
+                except ValidationError:
+                    kept[key] = None  # declared, but broken: references to it are not "unknown"
+            return kept
+        return info.get_default(call_default_factory=True)
+
+    def _check_journeys(self, catalogue: dict[str, Any]) -> list[spec.Journey]:
+        raw = self.raw.get("journeys")
+        if raw is None:
+            return []
+        if not isinstance(raw, list):
+            self.add("type", ("journeys",), f"journeys: expected a list, got {_describe(raw)}")
+            return []
+        result: list[spec.Journey] = []
+        head_fields = {k: v for k, v in spec.Journey.model_fields.items() if k != "steps"}
+        for index, raw_journey in enumerate(raw):
+            path: Path = ("journeys", index)
+            if not isinstance(raw_journey, dict):
+                self.add("type", path, f"a journey must be a mapping, got {_describe(raw_journey)}")
+                continue
+            head_ok = True
+            head: dict[str, Any] = {}
+            for key in raw_journey:
+                if key not in spec.Journey.model_fields:
+                    self.add(
+                        "unknown-key",
+                        (*path, key),
+                        f"unknown key '{key}'",
+                        key=True,
+                        hint=_did_you_mean(key, spec.Journey.model_fields),
+                    )
+                    head_ok = False
+            for name, info in head_fields.items():
+                if name not in raw_journey:
+                    if info.is_required():
+                        self.add("missing-key", path, f"missing required key '{name}'")
+                        head_ok = False
+                    else:
+                        head[name] = info.get_default(call_default_factory=True)
+                    continue
+                try:
+                    head[name] = _field_adapter(spec.Journey, name).validate_python(
+                        raw_journey[name]
+                    )
+                    if name == "holdout":
+                        spec.holdout_percent(head[name])
+                except ValidationError as exc:
+                    self.add_pydantic(
+                        spec.Journey, path, {name: raw_journey[name]}, _prefixed(exc, name)
+                    )
+                    head_ok = False
+                except ValueError as exc:
+                    self.add("value", (*path, name), str(exc))
+                    head_ok = False
+            steps, broken_ids = self._check_steps(path, raw_journey)
+            if broken_ids or steps is None or not head_ok:
+                journey_id = raw_journey.get("id")
+                if isinstance(journey_id, str):
+                    self.broken_journeys.add(journey_id)
+            if not head_ok or "id" not in head:
+                continue
+            journey = spec.Journey.model_construct(**head, steps=steps or [])
+            self.broken_steps[journey.id] = broken_ids
+            result.append(journey)
+        return result
+
+    def _check_steps(
+        self, path: Path, raw_journey: dict[str, Any]
+    ) -> tuple[list[spec.Step] | None, set[str]]:
+        """The steps that validate, and the ids of those that do not (None: no usable list)."""
+        raw_steps = raw_journey.get("steps")
+        if raw_steps is None:
+            self.add("missing-key", path, "missing required key 'steps'")
+            return None, set()
+        if not isinstance(raw_steps, list) or not raw_steps:
+            self.add("type", (*path, "steps"), "steps: expected a non-empty list of steps")
+            return None, set()
+        adapter = _STEP_ADAPTER
+        steps: list[spec.Step] = []
+        broken: set[str] = set()
+        for index, raw_step in enumerate(raw_steps):
+            raw_id = raw_step.get("id") if isinstance(raw_step, dict) else None
+            marker = raw_id if isinstance(raw_id, str) else f"#{index + 1}"
+            step_path = (*path, "steps", index)
+            if isinstance(raw_step, dict) and spec.step_type_of(raw_step) is None:
+                unknown = [k for k in raw_step if k not in ("id", "next", "description")]
+                guess = next(
+                    (closest(k, spec.STEP_TYPES) for k in unknown if closest(k, spec.STEP_TYPES)),
+                    None,
+                )
+                self.add(
+                    "step-type",
+                    step_path,
+                    "a step needs one type key: " + ", ".join(spec.STEP_TYPES),
+                    hint=f"did you mean '{guess}'?" if guess else None,
+                )
+                broken.add(marker)
+                continue
+            try:
+                steps.append(adapter.validate_python(raw_step))
+            except ValidationError as exc:
+                self.add_pydantic(
+                    spec.Journey, path, {"steps": {index: raw_step}}, _prefixed(exc, "steps", index)
+                )
+                broken.add(marker)
+        return steps, broken
+
+    def _check_catalogue_secrets(self) -> None:
+        channels = self.raw.get("channels")
+        if not isinstance(channels, dict):
+            return
+        for name, url in channels.items():
+            if (
+                isinstance(url, str)
+                and "${" not in url
+                and ("@" in url or ("://" in url and ":" in url.split("://", 1)[1].split("/")[0]))
+            ):
+                self.add(
+                    "secret",
+                    ("channels", name),
+                    f"channel '{name}' has its URL written in the file; it may hold credentials",
+                    hint='put it in an environment variable and write "${VAR}"',
+                    warning=True,
+                )
+
+    # -- templates
+
+    def _check_templates(self, document: spec.Document) -> None:
+        for name, template in (document.templates or {}).items():
+            if template is None:
+                continue
+            for form, text, html in self._template_parts(name, template):
+                try:
+                    compiled = compile_template(text, html=html)
+                except TemplateError as exc:
+                    self.add(
+                        "template",
+                        ("templates", name, *form.split(".")),
+                        f"template '{name}' ({form}), line {exc.line}: {exc.message}",
+                        hint=exc.hint,
+                    )
+                    continue
+                self.compiled_templates[(name, form)] = compiled
+                self.template_sources.setdefault(name, {})[form] = text
+            if not any(
+                k[0] == name for k in self.compiled_templates
+            ) and not self._template_has_form(template):
+                self.add(
+                    "template",
+                    ("templates", name),
+                    f"template '{name}' has no message form",
+                    hint="give it sms:, email:, push: or text:",
+                )
+
+    @staticmethod
+    def _template_has_form(template: spec.TemplateSpec) -> bool:
+        return any(getattr(template, f) is not None for f in ("email", "sms", "push", "text"))
+
+    def _template_parts(
+        self, name: str, template: spec.TemplateSpec
+    ) -> Iterator[tuple[str, str, bool]]:
+        if template.sms is not None:
+            yield "sms", template.sms, False
+        if template.text is not None:
+            yield "text", template.text, False
+        if isinstance(template.push, str):
+            yield "push", template.push, False
+        elif template.push is not None:
+            yield "push.title", template.push.title, False
+            yield "push.body", template.push.body, False
+        email = template.email
+        if email is not None:
+            yield "email.subject", email.subject, False
+            if email.text is not None:
+                yield "email.text", email.text, False
+            if email.html is not None and email.html_file is not None:
+                self.add(
+                    "value", ("templates", name, "email"), "email: give html or html_file, not both"
+                )
+            if email.html is not None:
+                yield "email.html", email.html, True
+            elif email.html_file is not None:
+                html = self._read_template_file(name, email.html_file)
+                if html is not None:
+                    yield "email.html", html, True
+            elif email.text is None:
+                self.add(
+                    "missing-key",
+                    ("templates", name, "email"),
+                    "email: needs a body: html, html_file or text",
+                )
+
+    def _read_template_file(self, name: str, relative: str) -> str | None:
+        path = ("templates", name, "email", "html_file")
+        root = self.loaded.root.resolve()
+        target = (root / relative).resolve()
+        if root not in target.parents:
+            self.add("template", path, f"html_file '{relative}' is outside the journeys folder")
+            return None
+        try:
+            data = target.read_bytes()[: MAX_TEMPLATE_FILE + 1]
+        except OSError:
+            self.add(
+                "unknown-template",
+                path,
+                f"html_file '{relative}' does not exist",
+                hint=f"paths are relative to {root}",
+            )
+            return None
+        if len(data) > MAX_TEMPLATE_FILE:
+            self.add("template", path, f"html_file '{relative}' is larger than 256 KiB")
+            return None
+        return data.decode("utf-8", "replace")
+
+
+_STEP_ADAPTER: TypeAdapter[spec.Step] = TypeAdapter(spec.Step)
+
+
+@functools.cache
+def _field_adapter(model: type[BaseModel], name: str) -> TypeAdapter[Any]:
+    """A (cached) validator for one field of ``model`` on its own."""
+    return TypeAdapter(model.model_fields[name].annotation)  # type: ignore[arg-type]
+
+
+def _prefixed(exc: ValidationError, *prefix: str | int) -> list[ErrorDetails]:
+    """The errors of ``exc`` with ``prefix`` put before each location."""
+    errors = exc.errors(include_url=False)
+    for error in errors:
+        error["loc"] = (*prefix, *error["loc"])
+    return errors
+
+
+# ----------------------------------------------------------------------------- one journey
+
+
+@dataclass
+class _Edge:
+    target: str
+    path: Path
+    kind: str  # next | goto | else | path | decision | on_timeout | on_failure | arrival
+
+
+class _JourneyChecker:
+    def __init__(
+        self, checker: _Checker, document: spec.Document, journey: spec.Journey, index: int
+    ) -> None:
+        self.c = checker
+        self.doc = document
+        self.journey = journey
+        self.path: Path = ("journeys", index)
+        self.ids = [s.id for s in journey.steps]
+        self.index_of = {s.id: i for i, s in reversed(list(enumerate(journey.steps)))}
+        self.broken = checker.broken_steps.get(journey.id, set())
+
+    def step_path(self, position: int, *rest: str | int) -> Path:
+        return (*self.path, "steps", position, *rest)
+
+    def run(self) -> None:
+        unique = self._check_duplicates()
+        edges = self._edges()
+        self._check_references(edges)
+        if unique and not self.broken:  # the graph is only known when every step is
+            self._check_reachability(edges)
+            self._check_loops(edges)
+        events = self._event_flow(edges)
+        self._check_entry_and_exits()
+        for position, step in enumerate(self.journey.steps):
+            self._check_step(position, step, events.get(step.id, set()))
+
+    # -- graph
+
+    def _check_duplicates(self) -> bool:
+        seen: set[str] = set()
+        unique = True
+        for position, step in enumerate(self.journey.steps):
+            if step.id in seen:
+                unique = False
+                self.c.add(
+                    "duplicate-id",
+                    self.step_path(position, "id"),
+                    f"step id '{step.id}' is used twice in journey '{self.journey.id}'",
+                    hint="step ids must be unique within a journey",
+                )
+            seen.add(step.id)
+        return unique
+
+    def _edges(self) -> dict[str, list[_Edge]]:
+        edges: dict[str, list[_Edge]] = {}
+        steps = self.journey.steps
+        for position, step in enumerate(steps):
+            out: list[_Edge] = []
+            following = steps[position + 1].id if position + 1 < len(steps) else None
+            default = step.next or following
+            default_path = (
+                self.step_path(position, "next") if step.next else self.step_path(position)
+            )
+            if isinstance(step, spec.BranchStep):
+                for i, rule in enumerate(step.branch):
+                    out.append(
+                        _Edge(rule.goto, self.step_path(position, "branch", i, "goto"), "goto")
+                    )
+                if step.else_:
+                    out.append(_Edge(step.else_, self.step_path(position, "else"), "else"))
+                elif default:
+                    out.append(_Edge(default, default_path, "next"))
+            elif isinstance(step, spec.SplitStep):
+                for arm, target in step.paths.items():
+                    out.append(_Edge(target, self.step_path(position, "paths", arm), "path"))
+            elif isinstance(step, spec.ReviewStep):
+                for decision, target in step.decisions.items():
+                    out.append(
+                        _Edge(target, self.step_path(position, "decisions", decision), "decision")
+                    )
+                if step.on_timeout:
+                    out.append(
+                        _Edge(step.on_timeout, self.step_path(position, "on_timeout"), "on_timeout")
+                    )
+            elif isinstance(step, spec.ExitStep):
+                pass
+            else:
+                if default:
+                    kind = (
+                        "arrival"
+                        if isinstance(step, spec.WaitStep) and isinstance(step.wait, spec.WaitEvent)
+                        else "next"
+                    )
+                    out.append(_Edge(default, default_path, kind))
+                if isinstance(step, spec.WaitStep) and step.on_timeout:
+                    out.append(
+                        _Edge(step.on_timeout, self.step_path(position, "on_timeout"), "on_timeout")
+                    )
+                if isinstance(step, spec.SendStep | spec.CallStep) and step.on_failure:
+                    out.append(
+                        _Edge(step.on_failure, self.step_path(position, "on_failure"), "on_failure")
+                    )
+            ignored_next = isinstance(
+                step, spec.BranchStep | spec.SplitStep | spec.ReviewStep | spec.ExitStep
+            ) and not (isinstance(step, spec.BranchStep) and not step.else_)
+            if step.next and ignored_next:
+                self.c.add(
+                    "value",
+                    self.step_path(position, "next"),
+                    f"next: is never taken after a {step.step_type} step",
+                    hint="remove it"
+                    + (" or use else:" if isinstance(step, spec.BranchStep) else ""),
+                )
+            edges[step.id] = out if step.id not in edges else edges[step.id] + out
+        return edges
+
+    def _check_references(self, edges: Mapping[str, list[_Edge]]) -> None:
+        for out in edges.values():
+            for edge in out:
+                if edge.target not in self.index_of and edge.target not in self.broken:
+                    self.c.add(
+                        "unknown-step",
+                        edge.path,
+                        f"{edge.kind.replace('arrival', 'next')} names step '{edge.target}', "
+                        f"which journey '{self.journey.id}' does not have",
+                        hint=_did_you_mean(edge.target, self.ids),
+                    )
+
+    def _check_reachability(self, edges: Mapping[str, list[_Edge]]) -> None:
+        if not self.ids:
+            return
+        reached = {self.ids[0]}
+        todo = [self.ids[0]]
+        while todo:
+            for edge in edges.get(todo.pop(), []):
+                if edge.target in self.index_of and edge.target not in reached:
+                    reached.add(edge.target)
+                    todo.append(edge.target)
+        for position, step_id in enumerate(self.ids):
+            if step_id not in reached and self.index_of[step_id] == position:
+                self.c.add(
+                    "unreachable",
+                    self.step_path(position),
+                    f"step '{step_id}' can never be reached",
+                    hint="point a next:, goto:, paths: or decisions: at it, or remove it",
+                )
+
+    def _check_loops(self, edges: Mapping[str, list[_Edge]]) -> None:
+        waiting = {
+            s.id for s in self.journey.steps if isinstance(s, spec.WaitStep | spec.ReviewStep)
+        }
+        graph = {
+            node: [e for e in out if e.target in self.index_of and e.target not in waiting]
+            for node, out in edges.items()
+            if node not in waiting
+        }
+        for component in _strongly_connected(graph):
+            if len(component) == 1:
+                only = next(iter(component))
+                if not any(e.target == only for e in graph.get(only, [])):
+                    continue
+            # report the edge that jumps back into the component
+            back = [
+                (node, edge)
+                for node in component
+                for edge in graph.get(node, [])
+                if edge.target in component and self.index_of[edge.target] <= self.index_of[node]
+            ]
+            _, edge = (
+                min(back, key=lambda item: self.index_of[item[0]])
+                if back
+                else (
+                    next(iter(component)),
+                    _Edge("", self.step_path(self.index_of[next(iter(component))]), "next"),
+                )
+            )
+            members = ", ".join(sorted(component, key=lambda s: self.index_of[s]))
+            self.c.add(
+                "loop-without-wait",
+                edge.path,
+                f"steps {members} form a loop with no wait: it would spin forever",
+                hint="add a wait step inside the loop",
+            )
+
+    def _event_flow(self, edges: Mapping[str, list[_Edge]]) -> dict[str, set[str]]:
+        """Which events `event` may be at each step (the entry event, or an awaited one)."""
+        flow: dict[str, set[str]] = {sid: set() for sid in self.ids}
+        if not self.ids:
+            return flow
+        flow[self.ids[0]] = {self.journey.entry.event}
+        by_id = {s.id: s for s in self.journey.steps}
+        changed = True
+        rounds = 0
+        while changed and rounds < len(self.ids) + 2:
+            changed = False
+            rounds += 1
+            for sid, out in edges.items():
+                step = by_id[sid]
+                for edge in out:
+                    if edge.target not in flow:
+                        continue
+                    if (
+                        edge.kind == "arrival"
+                        and isinstance(step, spec.WaitStep)
+                        and isinstance(step.wait, spec.WaitEvent)
+                    ):
+                        incoming = {step.wait.event}
+                    else:
+                        incoming = flow[sid]
+                    if not incoming <= flow[edge.target]:
+                        flow[edge.target] |= incoming
+                        changed = True
+        return flow
+
+    # -- entry, exits and steps
+
+    def _declared_event(self, name: str, path: Path) -> None:
+        if self.doc.events and name not in self.doc.events:
+            self.c.add(
+                "unknown-event",
+                path,
+                f"event '{name}' is not declared under events:",
+                hint=_did_you_mean(name, self.doc.events)
+                or "declare it to have its properties checked",
+                warning=True,
+            )
+
+    def _check_entry_and_exits(self) -> None:
+        entry = self.journey.entry
+        self._declared_event(entry.event, (*self.path, "entry", "event"))
+        if entry.when:
+            self.expression((*self.path, "entry", "when"), entry.when, {entry.event})
+        if entry.key:
+            self.expression((*self.path, "entry", "key"), entry.key, {entry.event})
+        for i, exit_on in enumerate(self.journey.exit_on):
+            self._declared_event(exit_on.event, (*self.path, "exit_on", i, "event"))
+            if exit_on.when:
+                self.expression((*self.path, "exit_on", i, "when"), exit_on.when, {exit_on.event})
+
+    def _check_step(self, position: int, step: spec.Step, events: set[str]) -> None:
+        at = self.step_path
+        if isinstance(step, spec.SendStep):
+            self._check_send(position, step, events)
+        elif isinstance(step, spec.WaitStep):
+            if isinstance(step.wait, spec.WaitEvent):
+                self._declared_event(step.wait.event, at(position, "wait", "event"))
+                if step.wait.when:
+                    self.expression(at(position, "wait", "when"), step.wait.when, {step.wait.event})
+                if step.on_timeout and not step.wait.within:
+                    self.c.add(
+                        "value",
+                        at(position, "on_timeout"),
+                        "on_timeout: needs wait.within",
+                        hint="add within: 3d (how long to wait for the event)",
+                    )
+            elif step.on_timeout:
+                self.c.add(
+                    "value",
+                    at(position, "on_timeout"),
+                    "on_timeout: only applies to a wait for an event",
+                    hint="remove it",
+                )
+        elif isinstance(step, spec.BranchStep):
+            for i, rule in enumerate(step.branch):
+                self.expression(at(position, "branch", i, "when"), rule.when, events)
+        elif isinstance(step, spec.SplitStep):
+            total = sum(step.split.values())
+            if abs(total - 100) > 1e-9:
+                self.c.add(
+                    "split",
+                    at(position, "split"),
+                    f"split weights add up to {total:g}, not 100",
+                    hint="weights are percentages",
+                )
+            if set(step.split) != set(step.paths):
+                missing = sorted(set(step.split) - set(step.paths))
+                extra = sorted(set(step.paths) - set(step.split))
+                detail = "; ".join(
+                    part
+                    for part in (
+                        f"no path for arm {', '.join(missing)}" if missing else "",
+                        f"path for unknown arm {', '.join(extra)}" if extra else "",
+                    )
+                    if part
+                )
+                self.c.add(
+                    "split",
+                    at(position, "paths"),
+                    f"paths: must name exactly the split's arms: {detail}",
+                )
+        elif isinstance(step, spec.ScoreStep):
+            if step.score not in self.doc.models:
+                self.c.add(
+                    "unknown-model",
+                    at(position, "score"),
+                    f"model '{step.score}' is not declared under models:",
+                    hint=_did_you_mean(step.score, self.doc.models),
+                )
+            for name, expr in step.features.items():
+                self.expression(at(position, "features", name), expr, events)
+        elif isinstance(step, spec.ReviewStep):
+            self.template(at(position, "title"), step.title, events)
+            if step.details:
+                self.template(at(position, "details"), step.details, events)
+            if step.on_timeout and not step.sla:
+                self.c.add(
+                    "value",
+                    at(position, "on_timeout"),
+                    "on_timeout: needs sla:",
+                    hint="add sla: 4h (how long the task may wait for a decision)",
+                )
+            if step.escalate_to and not step.sla:
+                self.c.add(
+                    "value",
+                    at(position, "escalate_to"),
+                    "escalate_to: needs sla:",
+                    hint="add sla: 4h (escalation happens when the SLA passes)",
+                )
+        elif isinstance(step, spec.SetStep):
+            for target, expr in step.set.items():
+                self.expression(at(position, "set", target), expr, events)
+        elif isinstance(step, spec.CallStep):
+            self.template(at(position, "call", "url"), step.call.url, events)
+            for name, expr in (step.call.json_ or {}).items():
+                self.expression(at(position, "call", "json", name), expr, events)
+            for name, value in (step.call.headers or {}).items():
+                self.template(at(position, "call", "headers", name), value, events)
+
+    def _check_send(self, position: int, step: spec.SendStep, events: set[str]) -> None:
+        at = self.step_path
+        template = self.doc.templates.get(step.send) if step.send in self.doc.templates else None
+        known = step.send in self.doc.templates
+        if not known:
+            self.c.add(
+                "unknown-template",
+                at(position, "send"),
+                f"template '{step.send}' is not declared under templates:",
+                hint=_did_you_mean(step.send, self.doc.templates),
+            )
+        channels = [step.channel] if isinstance(step.channel, str) else list(step.channel or [])
+        if not channels and template is not None:
+            forms = [f for f in ("email", "sms", "push") if getattr(template, f) is not None]
+            if len(forms) == 1:
+                channels = forms
+            else:
+                self.c.add(
+                    "missing-key",
+                    at(position),
+                    f"send: template '{step.send}' has several forms; say which with channel:",
+                    hint="channel: " + " | ".join(forms or ["email", "sms", "push"]),
+                )
+        for i, channel in enumerate(channels):
+            where = (
+                at(position, "channel", i)
+                if isinstance(step.channel, list)
+                else at(position, "channel")
+            )
+            if channel not in self.doc.channels:
+                self.c.add(
+                    "unknown-channel",
+                    where,
+                    f"channel '{channel}' is not declared under channels:",
+                    hint=_did_you_mean(channel, self.doc.channels),
+                )
+            if template is not None and not _template_form_for(template, channel):
+                self.c.add(
+                    "template",
+                    where,
+                    f"template '{step.send}' has no form for channel '{channel}'",
+                    hint=f"add {channel if channel in ('email', 'sms', 'push') else 'text'}: to the template",
+                )
+        if step.to:
+            self.expression(at(position, "to"), step.to, events)
+        if template is not None:
+            for (name, form), compiled in self.c.compiled_templates.items():
+                if name == step.send:
+                    self._check_paths(
+                        at(position, "send"),
+                        compiled.attribute_paths,
+                        events,
+                        what=f"template '{name}' ({form})",
+                    )
+
+    # -- expressions and templates
+
+    def expression(self, path: Path, source: str, events: set[str]) -> None:
+        try:
+            compiled = compile_expression(source)
+        except ExpressionError as exc:
+            self.c.add("expression", path, f"expression {source!r}: {exc.message}", hint=exc.hint)
+            return
+        self._check_paths(path, compiled.attribute_paths, events, what=f"expression {source!r}")
+
+    def template(self, path: Path, source: str, events: set[str]) -> None:
+        try:
+            compiled = compile_template(source, html=False)
+        except TemplateError as exc:
+            self.c.add("template", path, f"template line {exc.line}: {exc.message}", hint=exc.hint)
+            return
+        self._check_paths(path, compiled.attribute_paths, events, what="template")
+
+    def _check_paths(
+        self, path: Path, paths: Iterable[tuple[str, ...]], events: set[str], *, what: str
+    ) -> None:
+        reported: set[tuple[str, ...]] = set()
+        for ref in paths:
+            problem = self._path_problem(ref, events)
+            if problem and ref[:2] not in reported:
+                reported.add(ref[:2])
+                message, hint, code = problem
+                self.c.add(code, path, f"{what}: {message}", hint=hint)
+
+    def _path_problem(
+        self, ref: tuple[str, ...], events: set[str]
+    ) -> tuple[str, str | None, str] | None:
+        if len(ref) < 2:
+            return None
+        root, name = ref[0], ref[1]
+        fixed = {
+            "trigger": TRIGGER_FIELDS,
+            "customer": CUSTOMER_FIELDS,
+            "journey": JOURNEY_FIELDS,
+            "review": REVIEW_FIELDS,
+        }
+        if root in fixed and name not in fixed[root]:
+            return (f"'{root}' has no '{name}'", _did_you_mean(name, fixed[root]), "unknown-name")
+        if root == "scores":
+            if name not in self.doc.models:
+                return (
+                    f"scores.{name}: no model '{name}' is declared",
+                    _did_you_mean(name, self.doc.models),
+                    "unknown-model",
+                )
+            if len(ref) >= 3 and ref[2] not in SCORE_FIELDS:
+                return (
+                    f"scores.{name} has no '{ref[2]}'",
+                    _did_you_mean(ref[2], SCORE_FIELDS),
+                    "unknown-name",
+                )
+            return None
+        if root == "event":
+            return self._event_property(name, events)
+        if root == "trigger" and name == "properties" and len(ref) >= 3:
+            return self._event_property(ref[2], {self.journey.entry.event})
+        return None
+
+    def _event_property(self, prop: str, events: set[str]) -> tuple[str, str | None, str] | None:
+        for event in sorted(events):
+            schema = self.doc.events.get(event)
+            if schema is not None and prop not in schema:
+                return (
+                    f"event '{event}' has no property '{prop}'",
+                    _did_you_mean(prop, schema) or f"declare it under events: {event}:",
+                    "event-property",
+                )
+        return None
+
+
+def _template_form_for(template: spec.TemplateSpec, channel: str) -> bool:
+    if channel == "email":
+        return template.email is not None
+    if channel == "sms":
+        return template.sms is not None or template.text is not None
+    if channel == "push":
+        return template.push is not None or template.text is not None
+    return template.text is not None or template.sms is not None
+
+
+def _strongly_connected(graph: Mapping[str, list[_Edge]]) -> list[set[str]]:
+    """Tarjan's algorithm, iterative (journeys may be long)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    result: list[set[str]] = []
+    counter = 0
+    for start in graph:
+        if start in index:
+            continue
+        work: list[tuple[str, int]] = [(start, 0)]
+        while work:
+            node, child = work.pop()
+            if child == 0:
+                index[node] = low[node] = counter
+                counter += 1
+                stack.append(node)
+                on_stack.add(node)
+            out = [e.target for e in graph.get(node, []) if e.target in graph]
+            if child < len(out):
+                work.append((node, child + 1))
+                target = out[child]
+                if target not in index:
+                    work.append((target, 0))
+                elif target in on_stack:
+                    low[node] = min(low[node], index[target])
+                continue
+            for target in out:
+                if target in on_stack:
+                    low[node] = min(low[node], low[target])
+            if low[node] == index[node]:
+                component: set[str] = set()
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.add(member)
+                    if member == node:
+                        break
+                result.append(component)
+    return result

@@ -1,0 +1,1 @@
+"""Demo risk models for the example catalogue (synthetic; not for real decisions)."""

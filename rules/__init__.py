@@ -1,0 +1,34 @@
+"""The journey expression and template languages: pure, no I/O, no ``temporalio``.
+
+Public API: ``compile_expression`` -> ``Expression.evaluate`` (simpleeval, fixed function
+allow-list, None-tolerant semantics, size caps) and ``compile_template`` ->
+``CompiledTemplate.render`` (Jinja2 sandbox, StrictUndefined, fixed filter list).
+Compile-time problems raise ``ExpressionError``/``TemplateError`` (with a column or line
+and a hint); run-time problems raise only ``EvaluationError``/``RenderError``.
+Nothing here caches compiled objects globally; callers keep them in their plans.
+"""
+
+from .expressions import (
+    CONTEXT_NAMES,
+    EvaluationError,
+    Expression,
+    ExpressionError,
+    compile_expression,
+)
+from .filters import FILTER_NAMES
+from .functions import FUNCTION_NAMES
+from .templates import CompiledTemplate, RenderError, TemplateError, compile_template
+
+__all__ = [
+    "CONTEXT_NAMES",
+    "FILTER_NAMES",
+    "FUNCTION_NAMES",
+    "CompiledTemplate",
+    "EvaluationError",
+    "Expression",
+    "ExpressionError",
+    "RenderError",
+    "TemplateError",
+    "compile_expression",
+    "compile_template",
+]

@@ -1,0 +1,806 @@
+"""Journey expressions: compile once (parse and check), evaluate many times, safely.
+
+Lives here: ``compile_expression`` (parse, static checks, constant checking), the frozen
+``Expression`` plan with its ``evaluate``, the evaluator (a ``simpleeval`` subclass with
+our own None-tolerant semantics and size caps), and the capped arithmetic that the
+template sandbox reuses. Must not live here: I/O, clock reads, ``temporalio`` imports,
+and any global cache of compiled expressions (callers keep their ``Expression`` objects).
+
+Semantics. Attribute access works on mappings only (``event.amount`` is
+``event["amount"]``); a missing key, or an attribute of ``None`` or of a non-mapping, is
+``None``. Subscripts work on mappings and on strings/lists/tuples (indexes and slices,
+steps allowed); a missing key or index is ``None``. A comparison (``== != < <= > >= in
+not in``) with ``None`` on either side, or between incomparable types, is ``False``.
+Arithmetic with ``None`` is ``None``. ``and``/``or``/``not`` and ``a if c else b`` behave
+as in Python. ``evaluate`` raises nothing but ``EvaluationError``.
+
+Compile-time errors (``ExpressionError.message``; ``column`` is a 0-based character
+offset into the source):
+
+==========================================================  ==================================
+message                                                     when
+==========================================================  ==================================
+``expression must be text, got <type>``                     source is not a ``str``
+``expression is too long (<n> characters, max 1000)``       source longer than 1000 chars
+``expression is empty``                                     blank source
+``cannot parse expression: <Python's message>``             syntax error (hint for newlines)
+``only a single expression is allowed (no statements,       ``x = 1``, ``a; b``, ``import os``
+assignments or ';')``
+``expression is nested too deeply (depth <n>, max 30)``     AST deeper than 30 levels
+``expression is too complex (<n> nodes, max 200)``          more than 200 AST nodes
+``'<name>' is not allowed: names starting with '_' are      any name or attribute ``_...``
+private``
+``method calls are not allowed: .<name>()``                 ``x.append(1)``, ``'{}'.format(x)``
+``only the allowed functions can be called, by name``       ``x[0]()``, ``(a or b)()``
+``unknown function '<name>'``                               not in ``FUNCTION_NAMES`` (hint)
+``<name>() takes <arity> (<n> given)``                      wrong number of arguments
+``keyword arguments are not allowed``                       ``round(x, n=2)``
+``unknown name '<name>'``                                   not in ``names`` (hint)
+``operator '<op>' is not allowed``                          ``& | ^ << >> @ ~ is``, ``is not``
+``lambda is not allowed``                                   ``lambda: 1``
+``comprehensions are not allowed``                          ``[x for x in y]`` and friends
+``f-strings are not allowed``                               ``f"{x}"``
+``assignment expressions (:=) are not allowed``             ``(x := 1)``
+``starred expressions (*) are not allowed``                 ``[*x]``, ``f(*x)``
+``dict unpacking (**) is not allowed``                      ``{**x}``
+``<type> literals are not allowed``                         ``b''``, ``1j``, ``...``
+``<Node> is not allowed in expressions``                    anything else
+``power too large: exponent <n> exceeds 100``               constant part, e.g. ``10**10**10``
+``power too large: the result would have more than 300      e.g. ``99**99``
+digits``
+``string result too long (max 10000 chars)``               e.g. ``'a' * 10**9``
+``list result too long (max 1000 items)`` (also tuple)      e.g. ``[0] * 5000``
+``<Python's message>``                                      any other failing constant part,
+                                                            e.g. ``division by zero``
+==========================================================  ==================================
+
+When several problems exist, forbidden constructs are reported before unknown names and
+functions, and then the leftmost first. Any part of an expression that reads no context
+name (and calls no time function) is evaluated at compile time, so ``10**10**10`` or
+``1/0`` can never reach a running journey. At run time the same caps apply and every
+failure is ``EvaluationError("cannot evaluate '<source>': <reason>")``.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import math
+import operator
+import warnings
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Final, NamedTuple, cast
+
+from simpleeval import EvalWithCompoundTypes  # type: ignore[import-untyped,unused-ignore]
+
+from .functions import FUNCTION_NAMES, FUNCTIONS, Clock, describe_arity
+
+__all__ = [
+    "CONTEXT_NAMES",
+    "EvaluationError",
+    "Expression",
+    "ExpressionError",
+    "compile_expression",
+]
+
+CONTEXT_NAMES: Final[frozenset[str]] = frozenset(
+    {"event", "trigger", "profile", "customer", "vars", "scores", "review", "journey", "now"}
+)
+"""The names an expression or template may read (the contract's Context table)."""
+
+MAX_SOURCE_LENGTH: Final = 1000
+MAX_DEPTH: Final = 30
+MAX_NODES: Final = 200
+MAX_EXPONENT: Final = 100
+MAX_POWER_DIGITS: Final = 300
+MAX_STRING_LENGTH: Final = 10_000
+MAX_COLLECTION_ITEMS: Final = 1000
+
+_STRING_TOO_LONG: Final = f"string result too long (max {MAX_STRING_LENGTH} chars)"
+_STATEMENT: Final = "only a single expression is allowed (no statements, assignments or ';')"
+
+
+class ExpressionError(ValueError):
+    """An expression was rejected at compile time.
+
+    ``column`` is a 0-based character offset into the source (best effort); ``hint``
+    suggests a fix, e.g. ``"did you mean 'profile'?"``.
+    """
+
+    def __init__(self, message: str, *, column: int = 0, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.column = column
+        self.hint = hint
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message,), {"column": self.column, "hint": self.hint})
+
+
+class EvaluationError(Exception):
+    """Evaluating a compiled expression failed; the only error ``evaluate`` raises."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class LimitExceededError(Exception):
+    """An operation would build a value over the size caps (strings, lists, powers)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+# --- capped arithmetic, shared with the template sandbox -------------------------------
+
+_SIZED: Final = (str, list, tuple)
+
+
+def _number_text(number: object) -> str:
+    if isinstance(number, int) and abs(number) >= 10**21:
+        try:
+            return f"{float(number):.3g}"
+        except OverflowError:
+            return "beyond 1e308"
+    return str(number)
+
+
+def _check_size(sample: object, size: int) -> None:
+    if isinstance(sample, str):
+        if size > MAX_STRING_LENGTH:
+            raise LimitExceededError(_STRING_TOO_LONG)
+    elif size > MAX_COLLECTION_ITEMS:
+        kind = type(sample).__name__
+        raise LimitExceededError(f"{kind} result too long (max {MAX_COLLECTION_ITEMS} items)")
+
+
+def capped_add(left: Any, right: Any) -> Any:
+    """``left + right``, refusing strings and lists over the size caps."""
+    if isinstance(left, _SIZED) and isinstance(right, _SIZED):
+        _check_size(left, len(left) + len(right))
+    return left + right
+
+
+def capped_multiply(left: Any, right: Any) -> Any:
+    """``left * right``, refusing repetition past the size caps (``'a' * 10**9``)."""
+    if isinstance(left, _SIZED) and isinstance(right, int):
+        _check_size(left, len(left) * max(right, 0))
+    elif isinstance(right, _SIZED) and isinstance(left, int):
+        _check_size(right, len(right) * max(left, 0))
+    return left * right
+
+
+def capped_power(base: Any, exponent: Any) -> Any:
+    """``base ** exponent`` with ``|exponent| <= 100`` and at most 300 result digits."""
+    if isinstance(exponent, int | float | Decimal) and not (
+        -MAX_EXPONENT <= exponent <= MAX_EXPONENT
+    ):
+        raise LimitExceededError(
+            f"power too large: exponent {_number_text(exponent)} exceeds {MAX_EXPONENT}"
+        )
+    if (
+        isinstance(base, int | float | Decimal)
+        and isinstance(exponent, int | float | Decimal)
+        and exponent > 0
+        and base not in (0, 1, -1)
+        and float(exponent) * math.log10(base if base > 0 else -base) > MAX_POWER_DIGITS
+    ):
+        raise LimitExceededError(
+            f"power too large: the result would have more than {MAX_POWER_DIGITS} digits"
+        )
+    return base**exponent
+
+
+def numeric_modulo(left: Any, right: Any) -> Any:
+    """``left % right`` for numbers; ``%`` string formatting could build huge strings."""
+    if isinstance(left, str | bytes):
+        raise TypeError("'%' works on numbers only (string formatting is not allowed)")
+    return left % right
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
+    """``"did you mean 'x'?"`` for the closest candidate, or ``None``."""
+    close = difflib.get_close_matches(word, sorted(candidates), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+# --- evaluator -----------------------------------------------------------------------
+
+
+def _none_propagating(
+    operation: Callable[[Any, Any], Any],
+) -> Callable[[Any, Any], Any]:
+    def apply(left: Any, right: Any) -> Any:
+        if left is None or right is None:
+            return None
+        return operation(left, right)
+
+    return apply
+
+
+def _negate(value: Any) -> Any:
+    return None if value is None else -value
+
+
+def _plus(value: Any) -> Any:
+    return None if value is None else +value
+
+
+_OPERATORS: Final[Mapping[type[ast.AST], Callable[..., Any]]] = {
+    ast.Add: _none_propagating(capped_add),
+    ast.Sub: _none_propagating(operator.sub),
+    ast.Mult: _none_propagating(capped_multiply),
+    ast.Div: _none_propagating(operator.truediv),
+    ast.FloorDiv: _none_propagating(operator.floordiv),
+    ast.Mod: _none_propagating(numeric_modulo),
+    ast.Pow: _none_propagating(capped_power),
+    ast.Not: operator.not_,
+    ast.USub: _negate,
+    ast.UAdd: _plus,
+}
+
+_COMPARISONS: Final[Mapping[type[ast.cmpop], Callable[[Any, Any], Any]]] = {
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.In: lambda item, container: item in container,
+    ast.NotIn: lambda item, container: item not in container,
+}
+
+_Handler = Callable[[Any, Any], Any]
+
+
+def _callee_name(node: ast.Call) -> str:
+    """The called function's name; the checker guarantees every callee is a bare name."""
+    return cast(ast.Name, node.func).id
+
+
+def _constant_value(_evaluator: object, node: ast.Constant) -> Any:
+    # Literals are at most MAX_SOURCE_LENGTH long, so no size check is needed here.
+    return node.value
+
+
+class _SafeEvaluator(EvalWithCompoundTypes):  # type: ignore[misc,unused-ignore]
+    """simpleeval's evaluator with journey semantics; one short-lived instance per call.
+
+    A fresh instance per ``evaluate`` keeps concurrent evaluations apart. The stock
+    ``__init__`` costs ~9us (a warnings filter, a new node table, a scan of the function
+    table), more than evaluating a typical expression, so this one only stores the
+    per-call state and dispatches through the class-level ``_HANDLERS`` table. Values
+    never reach ``getattr`` and callees are resolved by name from ``FUNCTIONS``, so
+    simpleeval's per-node scan of results for dangerous callables is skipped too.
+    """
+
+    operators = _OPERATORS
+
+    def __init__(self, context: Mapping[str, Any], clock: Clock, source: str) -> None:
+        self.names = context
+        self.clock = clock
+        self.expr = source
+
+    def _eval(self, node: ast.AST) -> Any:
+        return _HANDLERS[type(node)](self, node)
+
+    def _eval_name(self, node: ast.Name) -> Any:
+        return self.names.get(node.id)
+
+    def _eval_attribute(self, node: ast.Attribute) -> Any:
+        value = self._eval(node.value)
+        if isinstance(value, Mapping):
+            return value.get(node.attr)
+        return None
+
+    def _eval_subscript(self, node: ast.Subscript) -> Any:
+        container = self._eval(node.value)
+        key = self._eval(node.slice)
+        if container is None or key is None:
+            return None
+        if isinstance(container, Mapping):
+            try:
+                return container.get(key)
+            except TypeError:  # unhashable key: it cannot be there
+                return None
+        if isinstance(container, str | list | tuple):
+            if isinstance(key, slice):
+                return container[key]
+            if isinstance(key, int):
+                try:
+                    return container[key]
+                except IndexError:
+                    return None
+        return None
+
+    def _eval_compare(self, node: ast.Compare) -> bool:
+        left = self._eval(node.left)
+        for comparison, comparator in zip(node.ops, node.comparators, strict=True):
+            right = self._eval(comparator)
+            if left is None or right is None:
+                return False
+            try:
+                holds = _COMPARISONS[type(comparison)](left, right)
+            except TypeError:  # 'a' < 1, 1 in 'abc': incomparable means "no"
+                return False
+            if not holds:
+                return False
+            left = right
+        return True
+
+    def _eval_call(self, node: ast.Call) -> Any:
+        spec = FUNCTIONS[_callee_name(node)]
+        arguments = [self._eval(argument) for argument in node.args]
+        if spec.reads_clock:
+            return spec.implementation(self.clock, *arguments)
+        return spec.implementation(*arguments)
+
+
+_HANDLERS: Final[dict[type[ast.AST], _Handler]] = {
+    ast.Name: _SafeEvaluator._eval_name,
+    ast.Attribute: _SafeEvaluator._eval_attribute,
+    ast.Subscript: _SafeEvaluator._eval_subscript,
+    ast.Compare: _SafeEvaluator._eval_compare,
+    ast.Call: _SafeEvaluator._eval_call,
+    ast.Constant: _constant_value,
+    ast.BinOp: _SafeEvaluator._eval_binop,
+    ast.UnaryOp: _SafeEvaluator._eval_unaryop,
+    ast.BoolOp: _SafeEvaluator._eval_boolop,
+    ast.IfExp: _SafeEvaluator._eval_ifexp,
+    ast.List: _SafeEvaluator._eval_list,
+    ast.Tuple: _SafeEvaluator._eval_tuple,
+    ast.Set: _SafeEvaluator._eval_set,
+    ast.Dict: _SafeEvaluator._eval_dict,
+    ast.Slice: _SafeEvaluator._eval_slice,
+}
+
+
+def _failure_reason(error: BaseException) -> str:
+    if isinstance(error, LimitExceededError):
+        return error.message
+    return str(error) or type(error).__name__
+
+
+@dataclass(frozen=True)
+class Expression:
+    """A compiled expression: what it reads, and a parsed tree ready to evaluate.
+
+    ``attribute_paths`` lists the longest dotted paths read from a context name, in
+    source order, e.g. ``("event", "amount")`` for ``event.amount`` or
+    ``event["amount"]``; a bare name read appears only in ``names``.
+    """
+
+    source: str
+    names: frozenset[str]
+    attribute_paths: tuple[tuple[str, ...], ...]
+    functions: frozenset[str]
+    _tree: ast.expr = field(repr=False, compare=False)
+
+    def evaluate(self, context: Mapping[str, Any], *, timezone: str = "UTC") -> Any:
+        """Evaluate against ``context`` (a mapping of context names to values).
+
+        ``context["now"]`` (an aware datetime or ISO-8601 string) is read only by the
+        time functions; ``timezone`` (IANA name) is used by ``local_hour()``. Raises
+        ``EvaluationError`` and nothing else.
+        """
+        try:
+            evaluator = _SafeEvaluator(context, Clock(context.get("now"), timezone), self.source)
+            return evaluator.eval(self.source, previously_parsed=self._tree)
+        except Exception as error:
+            raise EvaluationError(
+                f"cannot evaluate {self.source!r}: {_failure_reason(error)}"
+            ) from error
+
+
+# --- compile-time checks --------------------------------------------------------------
+
+_SINGLETONS = (ast.expr_context, ast.operator, ast.boolop, ast.unaryop, ast.cmpop)
+_OPERATOR_SYMBOLS: Final[Mapping[type[ast.AST], str]] = {
+    ast.BitAnd: "&",
+    ast.BitOr: "|",
+    ast.BitXor: "^",
+    ast.LShift: "<<",
+    ast.RShift: ">>",
+    ast.MatMult: "@",
+    ast.Invert: "~",
+    ast.Is: "is",
+    ast.IsNot: "is not",
+}
+_OPERATOR_HINTS: Final[Mapping[str, str]] = {
+    "&": "use 'and'",
+    "|": "use 'or'",
+    "^": "use ** for powers",
+    "~": "use 'not'",
+    "is": "use == to compare, or exists(x) to test for a missing value",
+    "is not": "use != to compare, or exists(x) to test for a missing value",
+}
+_FORBIDDEN: Final[Mapping[type[ast.AST], str]] = {
+    ast.Lambda: "lambda is not allowed",
+    ast.ListComp: "comprehensions are not allowed",
+    ast.SetComp: "comprehensions are not allowed",
+    ast.DictComp: "comprehensions are not allowed",
+    ast.GeneratorExp: "comprehensions are not allowed",
+    ast.JoinedStr: "f-strings are not allowed",
+    ast.NamedExpr: "assignment expressions (:=) are not allowed",
+    ast.Starred: "starred expressions (*) are not allowed",
+}
+_PLAIN: Final = (
+    ast.BoolOp,
+    ast.IfExp,
+    ast.List,
+    ast.Tuple,
+    ast.Set,
+    ast.Subscript,
+    ast.Slice,
+    ast.Dict,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.Compare,
+)
+_FORBIDDEN_RANK, _UNKNOWN_RANK = 0, 1
+
+
+class _Problem(NamedTuple):
+    rank: int
+    column: int
+    message: str
+    hint: str | None
+
+
+class _Source:
+    """Maps ast positions (line, UTF-8 byte column) to character offsets in the source."""
+
+    def __init__(self, source: str, lead: int) -> None:
+        self.text = source
+        body = source[lead:]
+        self.lines = body.split("\n")
+        self.starts: list[int] = []
+        offset = lead
+        for line in self.lines:
+            self.starts.append(offset)
+            offset += len(line) + 1
+
+    def offset(self, lineno: int | None, byte_column: int | None) -> int:
+        if lineno is None or not 1 <= lineno <= len(self.lines):
+            return 0
+        line = self.lines[lineno - 1]
+        prefix = line.encode()[: byte_column or 0].decode(errors="ignore")
+        return self.starts[lineno - 1] + len(prefix)
+
+    def start_of(self, node: ast.AST) -> int:
+        return self.offset(getattr(node, "lineno", None), getattr(node, "col_offset", None))
+
+    def end_of(self, node: ast.AST) -> int:
+        return self.offset(getattr(node, "end_lineno", None), getattr(node, "end_col_offset", None))
+
+    def find(self, symbol: str, after: ast.AST, before: ast.AST, fallback: ast.AST) -> int:
+        start, stop = self.end_of(after), self.start_of(before)
+        found = self.text.find(symbol, start, stop)
+        return found if found >= 0 else self.start_of(fallback)
+
+    def attribute_column(self, node: ast.Attribute) -> int:
+        return self.end_of(node) - len(node.attr)
+
+
+class _Checker:
+    """Walks a parsed expression, collecting what it reads and everything it may not do."""
+
+    def __init__(self, source: _Source, names: Collection[str]) -> None:
+        self.source = source
+        self.allowed_names = names
+        self.problems: list[_Problem] = []
+        self.names_read: set[str] = set()
+        self.functions_called: set[str] = set()
+
+    def report(self, rank: int, column: int, message: str, hint: str | None = None) -> None:
+        self.problems.append(_Problem(rank, column, message, hint))
+
+    def report_private(self, name: str, column: int) -> None:
+        self.report(
+            _FORBIDDEN_RANK, column, f"'{name}' is not allowed: names starting with '_' are private"
+        )
+
+    def visit(self, node: ast.AST) -> None:
+        if isinstance(node, ast.Name):
+            self.check_name(node)
+        elif isinstance(node, ast.Call):
+            self.check_call(node)
+        elif isinstance(node, ast.Attribute):
+            if node.attr.startswith("_"):
+                self.report_private(node.attr, self.source.attribute_column(node))
+            self.visit(node.value)
+        elif isinstance(node, ast.Constant):
+            self.check_constant(node)
+        elif type(node) in _FORBIDDEN:
+            self.report(_FORBIDDEN_RANK, self.source.start_of(node), _FORBIDDEN[type(node)])
+        elif isinstance(node, _PLAIN):
+            self.check_operators(node)
+            for child in ast.iter_child_nodes(node):
+                if not isinstance(child, _SINGLETONS):
+                    self.visit(child)
+        else:
+            message = f"{type(node).__name__} is not allowed in expressions"
+            self.report(_FORBIDDEN_RANK, self.source.start_of(node), message)
+
+    def check_name(self, node: ast.Name) -> None:
+        column = self.source.start_of(node)
+        if node.id.startswith("_"):
+            self.report_private(node.id, column)
+        elif node.id not in self.allowed_names:
+            hint = did_you_mean(node.id, self.allowed_names)
+            if node.id in FUNCTION_NAMES:
+                hint = f"'{node.id}' is a function: call it, e.g. {node.id}(...)"
+            elif hint is None:
+                hint = f"available names: {', '.join(sorted(self.allowed_names))}"
+            self.report(_UNKNOWN_RANK, column, f"unknown name '{node.id}'", hint)
+        else:
+            self.names_read.add(node.id)
+
+    def check_call(self, node: ast.Call) -> None:
+        callee = node.func
+        if isinstance(callee, ast.Name):
+            self.check_function_name(node, callee)
+        elif isinstance(callee, ast.Attribute):
+            column = self.source.attribute_column(callee)
+            if callee.attr.startswith("_"):
+                self.report_private(callee.attr, column)
+            hint = (
+                f"call it as a function instead: {callee.attr}(...)"
+                if callee.attr in FUNCTION_NAMES
+                else f"allowed functions: {', '.join(sorted(FUNCTION_NAMES))}"
+            )
+            message = f"method calls are not allowed: .{callee.attr}()"
+            self.report(_FORBIDDEN_RANK, column, message, hint)
+            self.visit(callee.value)
+        else:
+            message = "only the allowed functions can be called, by name"
+            self.report(_FORBIDDEN_RANK, self.source.start_of(node), message)
+            self.visit(callee)
+        for keyword in node.keywords:
+            self.report(
+                _FORBIDDEN_RANK,
+                self.source.start_of(keyword),
+                "keyword arguments are not allowed",
+                "pass arguments by position, e.g. round(x, 2)",
+            )
+            self.visit(keyword.value)
+        for argument in node.args:
+            self.visit(argument)
+
+    def check_function_name(self, node: ast.Call, callee: ast.Name) -> None:
+        column = self.source.start_of(callee)
+        name = callee.id
+        if name.startswith("_"):
+            self.report_private(name, column)
+            return
+        if name not in FUNCTION_NAMES:
+            hint = did_you_mean(name, FUNCTION_NAMES)
+            if name in self.allowed_names:
+                hint = f"'{name}' is a value, not a function"
+            elif hint is None:
+                hint = f"allowed functions: {', '.join(sorted(FUNCTION_NAMES))}"
+            self.report(_UNKNOWN_RANK, column, f"unknown function '{name}'", hint)
+            return
+        self.functions_called.add(name)
+        spec = FUNCTIONS[name]
+        given = len(node.args)
+        too_many = spec.max_args is not None and given > spec.max_args
+        if (given < spec.min_args or too_many) and not node.keywords:
+            message = f"{name}() takes {describe_arity(spec)} ({given} given)"
+            self.report(_UNKNOWN_RANK, column, message)
+
+    def check_constant(self, node: ast.Constant) -> None:
+        value = node.value
+        if value is None or isinstance(value, str | int | float):  # bool is an int
+            return
+        kind = "Ellipsis" if value is Ellipsis else type(value).__name__
+        message = f"{kind} literals are not allowed"
+        self.report(_FORBIDDEN_RANK, self.source.start_of(node), message)
+
+    def check_operators(self, node: ast.AST) -> None:
+        pairs: list[tuple[ast.AST, ast.AST, ast.AST]]
+        if isinstance(node, ast.BinOp):
+            pairs = [(node.op, node.left, node.right)]
+        elif isinstance(node, ast.UnaryOp):
+            pairs = [(node.op, node, node.operand)]
+        elif isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            pairs = [
+                (comparison, operands[index], operands[index + 1])
+                for index, comparison in enumerate(node.ops)
+            ]
+        elif isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values, strict=True):
+                if key is None:
+                    column = self.source.start_of(value)
+                    self.report(_FORBIDDEN_RANK, column, "dict unpacking (**) is not allowed")
+            return
+        else:
+            return
+        for op, before, after in pairs:
+            symbol = _OPERATOR_SYMBOLS.get(type(op))
+            if symbol is None:
+                continue
+            if before is node:  # unary: the operator is the node's first character
+                column = self.source.start_of(node)
+            else:
+                column = self.source.find(symbol.split()[0], before, after, node)
+            message = f"operator '{symbol}' is not allowed"
+            self.report(_FORBIDDEN_RANK, column, message, _OPERATOR_HINTS.get(symbol))
+
+
+def _measure(root: ast.AST) -> tuple[int, int, ast.AST]:
+    """Node count, maximum depth and the first node at that depth (iteratively)."""
+    count, deepest, deepest_node = 0, 0, root
+    stack: list[tuple[ast.AST, int]] = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if depth > deepest:
+            deepest, deepest_node = depth, node
+        for child in ast.iter_child_nodes(node):
+            if not isinstance(child, _SINGLETONS):
+                stack.append((child, depth + 1))
+    return count, deepest, deepest_node
+
+
+def _string_key(node: ast.Subscript) -> str | None:
+    key = node.slice
+    if isinstance(key, ast.Constant) and isinstance(key.value, str):
+        return key.value
+    return None
+
+
+def _path_of(node: ast.AST) -> tuple[str, ...] | None:
+    parts: list[str] = []
+    while True:
+        if isinstance(node, ast.Attribute):
+            parts.append(node.attr)
+            node = node.value
+        elif isinstance(node, ast.Subscript) and (key := _string_key(node)) is not None:
+            parts.append(key)
+            node = node.value
+        elif isinstance(node, ast.Name):
+            parts.append(node.id)
+            return tuple(reversed(parts))
+        else:
+            return None
+
+
+def _extends_path(parent: ast.AST | None, child: ast.AST) -> bool:
+    if isinstance(parent, ast.Attribute):
+        return parent.value is child
+    if isinstance(parent, ast.Subscript):
+        return parent.value is child and _string_key(parent) is not None
+    return False
+
+
+def _attribute_paths(root: ast.expr) -> tuple[tuple[str, ...], ...]:
+    found: dict[tuple[str, ...], tuple[int, int]] = {}
+    stack: list[tuple[ast.AST, ast.AST | None]] = [(root, None)]
+    while stack:
+        node, parent = stack.pop()
+        if isinstance(node, ast.Attribute | ast.Subscript) and not _extends_path(parent, node):
+            path = _path_of(node)
+            if path is not None and len(path) > 1:
+                position = (node.lineno, node.col_offset)
+                found[path] = min(found.get(path, position), position)
+        stack.extend((child, node) for child in ast.iter_child_nodes(node))
+    return tuple(sorted(found, key=found.__getitem__))
+
+
+def _constant_parts(root: ast.expr) -> list[ast.expr]:
+    """The largest subtrees that read no context name and no clock."""
+    parts: list[ast.expr] = []
+
+    def children(node: ast.AST) -> list[ast.expr]:
+        if isinstance(node, ast.Call):
+            return list(node.args)
+        return [child for child in ast.iter_child_nodes(node) if isinstance(child, ast.expr)]
+
+    def is_constant(node: ast.expr) -> bool:
+        if isinstance(node, ast.Name):
+            return False
+        kids = children(node)
+        verdicts = [is_constant(kid) for kid in kids]
+        constant = all(verdicts)
+        if isinstance(node, ast.Call) and FUNCTIONS[_callee_name(node)].reads_clock:
+            constant = False
+        if not constant:
+            parts.extend(kid for kid, verdict in zip(kids, verdicts, strict=True) if verdict)
+        return constant
+
+    if is_constant(root):
+        parts.append(root)
+    return [part for part in parts if not isinstance(part, ast.Constant)]
+
+
+def _syntax_error(source: str, lead: int, error: SyntaxError) -> ExpressionError:
+    lines = source[lead:].split("\n")
+    lineno = error.lineno if error.lineno and 1 <= error.lineno <= len(lines) else 1
+    line = lines[lineno - 1]
+    offset = error.offset if error.offset and 0 < error.offset <= len(line) + 1 else len(line) + 1
+    column = lead + sum(len(previous) + 1 for previous in lines[: lineno - 1]) + offset - 1
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            statements = ast.parse(source[lead:], mode="exec").body
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        statements = []
+    if statements:
+        hint = "use == to compare" if isinstance(statements[0], ast.Assign) else None
+        return ExpressionError(_STATEMENT, column=column, hint=hint)
+    hint = None
+    if "\n" in source.strip():
+        hint = "to split an expression over several lines, wrap it in parentheses"
+    return ExpressionError(f"cannot parse expression: {error.msg}", column=column, hint=hint)
+
+
+def _parse(source: str) -> tuple[ast.expr, int]:
+    if not isinstance(source, str):
+        raise ExpressionError(f"expression must be text, got {type(source).__name__}")
+    if len(source) > MAX_SOURCE_LENGTH:
+        raise ExpressionError(
+            f"expression is too long ({len(source)} characters, max {MAX_SOURCE_LENGTH})",
+            column=MAX_SOURCE_LENGTH,
+        )
+    lead = len(source) - len(source.lstrip())
+    if lead == len(source):
+        raise ExpressionError("expression is empty")
+    try:
+        # Python accepts "1if x else 2" or an unknown escape like \d with only a warning,
+        # which a validator run should not print. (Compile time only: filters are global.)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return ast.parse(source[lead:], mode="eval").body, lead
+    except SyntaxError as error:
+        raise _syntax_error(source, lead, error) from None
+    except (RecursionError, MemoryError):
+        raise ExpressionError(f"expression is nested too deeply (max depth {MAX_DEPTH})") from None
+    except ValueError as error:  # e.g. a NUL character
+        raise ExpressionError(f"cannot parse expression: {error}") from None
+
+
+def compile_expression(source: str, *, names: Collection[str] = CONTEXT_NAMES) -> Expression:
+    """Parse and check ``source`` once; the result can be evaluated many times.
+
+    ``names`` are the context names the expression may read. Raises ``ExpressionError``
+    (see the module docstring for every message).
+    """
+    tree, lead = _parse(source)
+    positions = _Source(source, lead)
+
+    count, depth, deepest = _measure(tree)
+    if depth > MAX_DEPTH:
+        raise ExpressionError(
+            f"expression is nested too deeply (depth {depth}, max {MAX_DEPTH})",
+            column=positions.start_of(deepest),
+        )
+    if count > MAX_NODES:
+        raise ExpressionError(f"expression is too complex ({count} nodes, max {MAX_NODES})")
+
+    checker = _Checker(positions, names)
+    checker.visit(tree)
+    if checker.problems:
+        first = min(checker.problems, key=lambda problem: (problem.rank, problem.column))
+        raise ExpressionError(first.message, column=first.column, hint=first.hint)
+
+    for part in _constant_parts(tree):
+        try:
+            _SafeEvaluator({}, Clock(None, "UTC"), source)._eval(part)
+        except Exception as error:
+            column = positions.start_of(part)
+            raise ExpressionError(_failure_reason(error), column=column) from None
+
+    return Expression(
+        source=source,
+        names=frozenset(checker.names_read),
+        attribute_paths=_attribute_paths(tree),
+        functions=frozenset(checker.functions_called),
+        _tree=tree,
+    )

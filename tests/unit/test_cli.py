@@ -1,0 +1,156 @@
+"""The designer's command line: validate, schema, graph, show."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from engine.cli import app
+from tests.unit.journey_docs import journey_doc, line_of
+
+ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "journeys.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_validate_prints_a_summary_per_journey(tmp_path: Path) -> None:
+    path = _write(tmp_path, journey_doc("- {id: hi, send: offer, channel: sms}"))
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ok  j  version ")
+    assert result.output.rstrip().endswith("1 steps  enters on payment_failed")
+
+
+def test_validate_prints_each_violation_and_exits_1(tmp_path: Path) -> None:
+    text = journey_doc(
+        """
+        - id: hi
+          send: offer
+          chanel: sms
+        - id: pause
+          wait: soon
+        """
+    )
+    path = _write(tmp_path, text)
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert (
+        f"{path}:{line_of(text, 'chanel')}:9: j/hi: unknown key 'chanel' (did you mean 'channel'?)"
+        in lines
+    )
+    assert any(
+        line.startswith(f"{path}:{line_of(text, 'wait: soon')}:")
+        and "'soon' is not a duration" in line
+        for line in lines
+    )
+    assert lines[-1] == f"{path}: 2 errors"
+
+
+def test_validate_json_format_for_tools(tmp_path: Path) -> None:
+    path = _write(tmp_path, journey_doc("- {id: hi, send: nope, channel: sms}"))
+    result = runner.invoke(app, ["validate", str(path), "--format", "json"])
+    assert result.exit_code == 1
+    payload = json.loads(result.output)
+    assert payload["ok"] is False
+    assert payload["violations"][0]["code"] == "unknown-template"
+    assert payload["violations"][0]["journey"] == "j"
+
+
+def test_schema_describes_every_step_type(tmp_path: Path) -> None:
+    out = tmp_path / "schema.json"
+    result = runner.invoke(app, ["schema", "-o", str(out)])
+    assert result.exit_code == 0
+    schema = json.loads(out.read_text())
+    defs = schema["$defs"]
+    for name in (
+        "SendStep",
+        "WaitStep",
+        "BranchStep",
+        "SplitStep",
+        "ScoreStep",
+        "ReviewStep",
+        "SetStep",
+        "CallStep",
+        "ExitStep",
+    ):
+        assert defs[name]["description"], name
+        assert defs[name]["additionalProperties"] is False
+    assert "include" in schema["properties"]
+
+
+def test_schema_accepts_the_example_catalogue() -> None:
+    jsonschema = __import__("importlib").util.find_spec("jsonschema")
+    if jsonschema is None:  # pragma: no cover - jsonschema comes with the dev tools
+        raise AssertionError("jsonschema is a dev dependency")
+    import jsonschema as js
+    import yaml
+
+    result = runner.invoke(app, ["schema"])
+    schema = json.loads(result.output)
+    document = yaml.safe_load((ROOT / "journeys.yaml").read_text())
+    js.validate(document, schema)
+    broken = dict(document)
+    broken["journeys"] = [dict(document["journeys"][0], stepz=[])]
+    try:
+        js.validate(broken, schema)
+    except js.ValidationError:
+        pass
+    else:
+        raise AssertionError("the schema accepted an unknown key")
+
+
+def test_graph_mermaid_of_the_example() -> None:
+    result = runner.invoke(
+        app, ["graph", "payment_recovery", "--file", str(ROOT / "journeys.yaml")]
+    )
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert text.startswith("flowchart TD\n")
+    assert 'route_by_risk -->|"scores.default_risk.score #gt;= 0.7"| ops_review' in text
+    assert 'ops_review -->|"approve"| offer_date' in text
+    assert 'wait_for_payment -->|"not within 3d"| reminder_email' in text
+
+
+def test_graph_svg_is_standalone(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["graph", "onboarding", "--file", str(ROOT / "journeys.yaml"), "--format", "svg"]
+    )
+    assert result.exit_code == 0
+    svg = result.output
+    assert svg.startswith('<svg xmlns="http://www.w3.org/2000/svg"')
+    assert "tips_test" in svg and "push_tips 50%" in svg
+    assert "http://" not in svg.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_graph_of_an_unknown_journey_exits_2() -> None:
+    result = runner.invoke(app, ["graph", "nope", "--file", str(ROOT / "journeys.yaml")])
+    assert result.exit_code == 2
+    assert "no journey 'nope'" in result.output
+
+
+def test_show_prints_the_plan_and_version() -> None:
+    result = runner.invoke(app, ["show", "abandoned_cart", "--file", str(ROOT / "journeys.yaml")])
+    assert result.exit_code == 0
+    plan = json.loads(result.stdout)
+    assert plan["journey_id"] == "abandoned_cart"
+    assert plan["settings"]["quiet_hours"] == {"start": "22:00", "end": "09:00"}
+    assert len(plan["version"]) == 12
+
+
+def test_installed_command_validates_the_example_from_the_repo_root() -> None:
+    exe = shutil.which("journeys", path=str(Path(sys.executable).parent))
+    assert exe, "the journeys command is installed by `pip install -e .`"
+    done = subprocess.run([exe, "validate"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(done.stdout.splitlines()) == 4

@@ -1,0 +1,1 @@
+"""Temporal workflow code only: the journey interpreter. Deterministic; no I/O."""
