@@ -14,45 +14,40 @@ not in``) with ``None`` on either side, or between incomparable types, is ``Fals
 Arithmetic with ``None`` is ``None``. ``and``/``or``/``not`` and ``a if c else b`` behave
 as in Python. ``evaluate`` raises nothing but ``EvaluationError``.
 
-Compile-time errors (``ExpressionError.message``; ``column`` is a 0-based character
-offset into the source):
+Compile-time errors: ``ExpressionError.message`` is exactly one of these (``<...>`` filled
+in); ``column`` is a 0-based character offset into the source.
 
-==========================================================  ==================================
-message                                                     when
-==========================================================  ==================================
-``expression must be text, got <type>``                     source is not a ``str``
-``expression is too long (<n> characters, max 1000)``       source longer than 1000 chars
-``expression is empty``                                     blank source
-``cannot parse expression: <Python's message>``             syntax error (hint for newlines)
-``only a single expression is allowed (no statements,       ``x = 1``, ``a; b``, ``import os``
-assignments or ';')``
-``expression is nested too deeply (depth <n>, max 30)``     AST deeper than 30 levels
-``expression is too complex (<n> nodes, max 200)``          more than 200 AST nodes
-``'<name>' is not allowed: names starting with '_' are      any name or attribute ``_...``
-private``
-``method calls are not allowed: .<name>()``                 ``x.append(1)``, ``'{}'.format(x)``
-``only the allowed functions can be called, by name``       ``x[0]()``, ``(a or b)()``
-``unknown function '<name>'``                               not in ``FUNCTION_NAMES`` (hint)
-``<name>() takes <arity> (<n> given)``                      wrong number of arguments
-``keyword arguments are not allowed``                       ``round(x, n=2)``
-``unknown name '<name>'``                                   not in ``names`` (hint)
-``operator '<op>' is not allowed``                          ``& | ^ << >> @ ~ is``, ``is not``
-``lambda is not allowed``                                   ``lambda: 1``
-``comprehensions are not allowed``                          ``[x for x in y]`` and friends
-``f-strings are not allowed``                               ``f"{x}"``
-``assignment expressions (:=) are not allowed``             ``(x := 1)``
-``starred expressions (*) are not allowed``                 ``[*x]``, ``f(*x)``
-``dict unpacking (**) is not allowed``                      ``{**x}``
-``<type> literals are not allowed``                         ``b''``, ``1j``, ``...``
-``<Node> is not allowed in expressions``                    anything else
-``power too large: exponent <n> exceeds 100``               constant part, e.g. ``10**10**10``
-``power too large: the result would have more than 300      e.g. ``99**99``
-digits``
-``string result too long (max 10000 chars)``               e.g. ``'a' * 10**9``
-``list result too long (max 1000 items)`` (also tuple)      e.g. ``[0] * 5000``
-``<Python's message>``                                      any other failing constant part,
-                                                            e.g. ``division by zero``
-==========================================================  ==================================
+- ``expression must be text, got <type>``
+- ``expression is too long (<n> characters, max 1000)``
+- ``expression is empty``
+- ``cannot parse expression: <Python's message>`` (e.g. ``invalid syntax``, ``'(' was never
+  closed``; for a multi-line source the hint says to wrap it in parentheses)
+- ``only a single expression is allowed (no statements, assignments or ';')``: ``x = 1``,
+  ``a; b``, ``import os``
+- ``expression is nested too deeply (depth <n>, max 30)``
+- ``expression is too complex (<n> nodes, max 200)``
+- ``'<name>' is not allowed: names starting with '_' are private``: any name or attribute
+  starting with ``_`` (``__import__('os')``, ``x.__class__``). String subscripts such as
+  ``event["_id"]`` are allowed: they only ever read a mapping key.
+- ``method calls are not allowed: .<name>()``: ``tags.append(1)``, ``'{0}'.format(x)``
+- ``only the allowed functions can be called, by name``: ``event.items[0]()``
+- ``unknown function '<name>'`` (hint: the closest allowed function)
+- ``<name>() takes <arity> (<n> given)``, e.g. ``round() takes 1 or 2 arguments (3 given)``
+- ``keyword arguments are not allowed``: ``round(x, n=2)``
+- ``unknown name '<name>'`` (hint: the closest allowed name)
+- ``operator '<op>' is not allowed``: ``& | ^ << >> @ ~ is`` and ``is not``
+- ``lambda is not allowed``; ``comprehensions are not allowed``; ``f-strings are not
+  allowed``; ``assignment expressions (:=) are not allowed``; ``starred expressions (*) are
+  not allowed``; ``dict unpacking (**) is not allowed``
+- ``<type> literals are not allowed``: ``b''``, ``1j``, ``...``
+- ``<Node> is not allowed in expressions``: any other syntax
+- from a part that reads no context and always fails: ``power too large: exponent <n>
+  exceeds 100`` (``10**10**10``), ``power too large: the result would have more than 300
+  digits`` (``10000**80``), ``string result too long (max 10000 chars)`` (``'a' * 10**9``),
+  ``list result too long (max 1000 items)`` (also ``tuple``), or Python's own message
+  (``division by zero``).
+
+Slices, steps included, are allowed (``event.items[::2]``).
 
 When several problems exist, forbidden constructs are reported before unknown names and
 functions, and then the leftmost first. Any part of an expression that reads no context
@@ -795,7 +790,7 @@ def compile_expression(source: str, *, names: Collection[str] = CONTEXT_NAMES) -
             _SafeEvaluator({}, Clock(None, "UTC"), source)._eval(part)
         except Exception as error:
             column = positions.start_of(part)
-            raise ExpressionError(_failure_reason(error), column=column) from None
+            raise ExpressionError(_failure_reason(error), column=column) from error
 
     return Expression(
         source=source,

@@ -17,12 +17,13 @@ evaluator turns it into an ``EvaluationError``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal, localcontext
 from types import MappingProxyType
 from typing import Any, NamedTuple
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 __all__ = [
     "FUNCTIONS",
@@ -47,7 +48,7 @@ def load_zone(name: str) -> ZoneInfo:
     """The IANA timezone ``name``; ``ValueError("unknown timezone 'X'")`` if there is none."""
     try:
         return ZoneInfo(name)
-    except Exception:  # ZoneInfoNotFoundError, ValueError for odd keys, OSError for folders
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):  # OSError: a folder
         raise ValueError(f"unknown timezone {_preview(name)}") from None
 
 
@@ -175,7 +176,7 @@ def _round(value: object, digits: object = 0) -> int | float | None:
         raise ValueError(f"round() digits must be between -{limit} and {limit}")
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         raise TypeError(f"round() expects a number, got {type(value).__name__}")
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+    if isinstance(value, float) and not math.isfinite(value):
         return value
     exact = Decimal(value) if isinstance(value, int) else Decimal(str(value))
     with localcontext() as decimal_context:

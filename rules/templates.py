@@ -5,22 +5,18 @@ import), ``compile_template`` with its static checks, and ``CompiledTemplate.ren
 Must not live here: filter implementations (``rules.filters``), I/O (template files are
 read by the caller), ``temporalio`` imports, and state shared between renders.
 
-Compile-time errors (``TemplateError.message``; ``line`` is 1-based in the template):
+Compile-time errors: ``TemplateError.message`` is exactly one of these; ``line`` is
+1-based within the template.
 
-====================================================  =========================================
-message                                               when
-====================================================  =========================================
-``template must be text, got <type>``                 source is not a ``str``
-``cannot parse template: <Jinja's message>``          syntax error, or Jinja rejects it
-``'<name>' is not allowed: names starting with '_'    ``{{ x.__class__ }}``, ``{{ x['_y'] }}``,
-are private``                                         ``{% set _x = 1 %}``
-``calls are not allowed in templates``                ``{{ tags.append(1) }}``, ``{{ range(3) }}``
-``'{% <tag> %}' is not allowed in templates``         include, import, from, extends, macro,
-                                                      call, autoescape
-``unknown filter '<name>'``                           not in ``FILTER_NAMES`` (hint)
-``unknown test '<name>'``                             ``{% if x is nonsense %}`` (hint)
-``unknown name '<name>'``                             a free name not in ``names`` (hint)
-====================================================  =========================================
+- ``template must be text, got <type>``
+- ``cannot parse template: <Jinja's message>``: syntax errors, or anything Jinja rejects
+- ``'<name>' is not allowed: names starting with '_' are private``: attributes
+  (``{{ ''.__class__ }}``), string subscripts (``{{ x['_y'] }}``) and names (``{% set _x %}``)
+- ``calls are not allowed in templates``: ``{{ tags.append(1) }}``, ``{{ range(3) }}``
+- ``'{% <tag> %}' is not allowed in templates``: include, import, from ... import, extends,
+  macro, call, autoescape
+- ``unknown filter '<name>'`` / ``unknown test '<name>'`` (hint: the closest one)
+- ``unknown name '<name>'``: a free name not in ``names`` (hint: the closest one)
 
 Forbidden constructs are reported before unknown filters/tests, those before unknown
 names, then the first line first.

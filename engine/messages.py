@@ -1,0 +1,294 @@
+"""The messages that cross the runtime's boundaries: workflow input, signals, updates,
+queries, and each activity's one input and one output model.
+
+Plain pydantic data shared by the API, the workflow and the activities (all of them
+import it, so it imports neither Temporal nor the database). Field names are part of
+recorded histories: add fields with defaults, never rename or remove one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.plan import Plan
+
+__all__ = [
+    "QUERY_STATE",
+    "SEARCH_ATTRIBUTES",
+    "SIGNAL_EVENT",
+    "TASK_QUEUE",
+    "UPDATE_REVIEW",
+    "WORKFLOW_NAME",
+    "CallHttpInput",
+    "CallHttpResult",
+    "CustomerContext",
+    "EvaluateInput",
+    "EvaluateResult",
+    "EventMessage",
+    "JourneyRunInput",
+    "LoadProfileInput",
+    "LocalTimeInput",
+    "LocalTimeResult",
+    "OpenReviewInput",
+    "PathEntry",
+    "RecordRunInput",
+    "ReviewDecision",
+    "ReviewDecisionResult",
+    "ReviewTaskRef",
+    "RunState",
+    "ScoreInput",
+    "ScoreResult",
+    "SendMessageInput",
+    "SendMessageResult",
+    "UpdateProfileInput",
+    "workflow_id_for",
+]
+
+TASK_QUEUE = "journeys"
+WORKFLOW_NAME = "JourneyRunWorkflow"
+SIGNAL_EVENT = "event"
+UPDATE_REVIEW = "decide_review"
+QUERY_STATE = "state"
+SEARCH_ATTRIBUTES = {
+    "JourneyId": "Keyword",
+    "JourneyVersion": "Keyword",
+    "CustomerId": "Keyword",
+    "CurrentStep": "Keyword",
+    "Outcome": "Keyword",
+}
+
+
+def workflow_id_for(journey_id: str, customer_id: str, key: str | None = None) -> str:
+    """The deterministic workflow id of a run: ``journey/<journey>/<customer>[/<key>]``."""
+    base = f"journey/{journey_id}/{customer_id}"
+    return f"{base}/{key}" if key else base
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class EventMessage(_Message):
+    """An event as a run sees it (the trigger, or one that arrives by signal)."""
+
+    name: str
+    customer_id: str
+    message_id: str
+    timestamp: datetime
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+
+class CustomerContext(_Message):
+    """The customer as expressions see it: `customer` and `profile`."""
+
+    id: str
+    email: str | None = None
+    phone: str | None = None
+    push_token: str | None = None
+    timezone: str | None = None
+    traits: dict[str, Any] = Field(default_factory=dict)
+
+
+class JourneyRunInput(_Message):
+    """What a run starts with. The plan is pinned here for the run's whole life."""
+
+    plan: Plan
+    customer_id: str
+    key: str | None = None
+    trigger: EventMessage
+
+
+class PathEntry(_Message):
+    """One step of a run's path: what happened, when, and why."""
+
+    step: str
+    type: str
+    at: datetime
+    outcome: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class ReviewTaskRef(_Message):
+    task_id: str
+    queue: str
+    decisions: list[str]
+    due_at: datetime | None = None
+    escalated: bool = False
+
+
+class RunState(_Message):
+    """The query answer: where a run is and how it got there."""
+
+    journey_id: str
+    version: str
+    customer_id: str
+    key: str | None = None
+    status: Literal["running", "completed", "exited", "expired", "failed"] = "running"
+    outcome: str | None = None
+    current_step: str | None = None
+    waiting_for: str | None = None
+    wake_at: datetime | None = None
+    holdout: bool = False
+    path: list[PathEntry] = Field(default_factory=list)
+    vars: dict[str, Any] = Field(default_factory=dict)
+    scores: dict[str, Any] = Field(default_factory=dict)
+    review: dict[str, Any] | None = None
+    open_review: ReviewTaskRef | None = None
+
+
+class ReviewDecision(_Message):
+    """The Update a reviewer's decision arrives as."""
+
+    task_id: str
+    decision: str
+    reviewer: str
+    note: str | None = None
+
+
+class ReviewDecisionResult(_Message):
+    accepted: bool
+    next_step: str | None = None
+
+
+# ----------------------------------------------------------------------------- activities
+
+
+class EvaluateInput(_Message):
+    """Evaluate expressions for a decision (recorded in history with what they read).
+
+    ``mode``: ``first`` returns the index of the first truthy expression (branch rules);
+    ``all`` returns every value (set, features, keys); ``bucket`` places the customer in
+    a stable bucket for a split or holdout (``salt`` names the split).
+    """
+
+    step_id: str
+    purpose: str
+    mode: Literal["first", "all", "bucket"] = "first"
+    expressions: list[str] = Field(default_factory=list)
+    context: dict[str, Any] = Field(default_factory=dict)
+    timezone: str = "UTC"
+    weights: list[float] = Field(default_factory=list)
+    salt: str = ""
+
+
+class EvaluateResult(_Message):
+    values: list[Any] = Field(default_factory=list)
+    first_true: int | None = None
+    bucket: int | None = None
+    reads: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+
+
+class LocalTimeInput(_Message):
+    """When is the next local ``until`` time, or when do quiet hours end (None: not quiet)."""
+
+    now: datetime
+    timezone: str
+    until: str | None = None
+    quiet_start: str | None = None
+    quiet_end: str | None = None
+
+
+class LocalTimeResult(_Message):
+    fire_at: datetime | None = None
+    local: str | None = None
+    reason: str | None = None
+
+
+class LoadProfileInput(_Message):
+    customer_id: str
+
+
+class RecordRunInput(_Message):
+    run_id: str
+    workflow_id: str
+    journey_id: str
+    version: str
+    customer_id: str
+    key: str | None = None
+    status: str = "running"
+    step: str | None = None
+    outcome: str | None = None
+    holdout: bool = False
+    trigger_message_id: str | None = None
+    path: list[PathEntry] = Field(default_factory=list)
+
+
+class SendMessageInput(_Message):
+    workflow_id: str
+    run_id: str
+    journey_id: str
+    step_id: str
+    visit: int
+    channels: list[str]
+    template: str
+    forms: dict[str, str]
+    to: str | None = None
+    context: dict[str, Any] = Field(default_factory=dict)
+    timezone: str = "UTC"
+
+
+class SendMessageResult(_Message):
+    status: Literal["sent", "captured", "skipped", "failed"]
+    channel: str | None = None
+    reason: str | None = None
+    delivery_id: str | None = None
+
+
+class ScoreInput(_Message):
+    workflow_id: str
+    step_id: str
+    model: str
+    spec: dict[str, Any]
+    features: dict[str, Any]
+
+
+class ScoreResult(_Message):
+    score: float
+    model: str
+    model_version: str | None = None
+    latency_ms: float = 0.0
+    fallback_used: bool = False
+    error: str | None = None
+
+
+class OpenReviewInput(_Message):
+    workflow_id: str
+    run_id: str
+    journey_id: str
+    customer_id: str
+    step_id: str
+    visit: int
+    queue: str
+    title: str
+    details: str | None = None
+    decisions: list[str]
+    due_at: datetime | None = None
+    context: dict[str, Any] = Field(default_factory=dict)
+    path: list[PathEntry] = Field(default_factory=list)
+    timezone: str = "UTC"
+
+
+class CallHttpInput(_Message):
+    workflow_id: str
+    step_id: str
+    visit: int
+    method: str
+    url: str
+    json_body: dict[str, Any] | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_seconds: int = 10
+    context: dict[str, Any] = Field(default_factory=dict)
+
+
+class CallHttpResult(_Message):
+    status_code: int
+    body: Any = None
+
+
+class UpdateProfileInput(_Message):
+    customer_id: str
+    traits: dict[str, Any]
