@@ -20,7 +20,9 @@ async def connect(settings: RuntimeSettings) -> Client:
         tls = TLSConfig(
             client_cert=Path(settings.temporal_tls_cert).read_bytes(),
             client_private_key=Path(settings.temporal_tls_key).read_bytes(),
-            server_root_ca_cert=Path(settings.temporal_tls_ca).read_bytes() if settings.temporal_tls_ca else None,
+            server_root_ca_cert=Path(settings.temporal_tls_ca).read_bytes()
+            if settings.temporal_tls_ca
+            else None,
         )
     elif settings.temporal_api_key:
         tls = True

@@ -7,7 +7,10 @@ import pytest
 from tests.unit.journey_docs import HEAD, check, journey_doc, line_of, only_error
 
 UNSAFE_EXPRESSIONS = [
-    ("__import__('os').system('id')", "'__import__' is not allowed: names starting with '_' are private"),
+    (
+        "__import__('os').system('id')",
+        "'__import__' is not allowed: names starting with '_' are private",
+    ),
     ("event.__class__.__mro__", "'__class__' is not allowed: names starting with '_' are private"),
     ("'{0.__class__}'.format(event)", "method calls are not allowed: .format()"),
     ("rand() > 0.5", "unknown function 'rand'"),
@@ -50,13 +53,17 @@ def test_unknown_function_hint_names_the_closest() -> None:
         """
     )
     violation = only_error(check(text))
-    assert violation.message == "expression 'dayz_since(trigger.timestamp) > 3': unknown function 'dayz_since'"
+    assert (
+        violation.message
+        == "expression 'dayz_since(trigger.timestamp) > 3': unknown function 'dayz_since'"
+    )
     assert violation.hint == "did you mean 'days_since'?"
 
 
 def test_unknown_context_name_in_an_entry_rule() -> None:
     text = journey_doc("- {id: done, exit: ok}").replace(
-        "entry: {event: payment_failed}", "entry: {event: payment_failed, when: profil.segment == 'vip'}"
+        "entry: {event: payment_failed}",
+        "entry: {event: payment_failed, when: profil.segment == 'vip'}",
     )
     violation = only_error(check(text))
     assert violation.message == "expression \"profil.segment == 'vip'\": unknown name 'profil'"
@@ -72,7 +79,10 @@ def _with_template(sms: str) -> str:
 @pytest.mark.parametrize(
     ("sms", "message"),
     [
-        ("\"{{ ''.__class__.__mro__ }}\"", "'__class__' is not allowed: names starting with '_' are private"),
+        (
+            "\"{{ ''.__class__.__mro__ }}\"",
+            "'__class__' is not allowed: names starting with '_' are private",
+        ),
         ('"Hi {{ first_name }}"', "unknown name 'first_name'"),
         ('"{{ vars.tags.append(1) }}"', "calls are not allowed in templates"),
         ('"{{ profile.first_name | shout }}"', "unknown filter 'shout'"),
@@ -99,7 +109,10 @@ def test_template_reading_a_property_the_event_lacks() -> None:
     text = _with_template('"Hi {{ event.amonut }}"')
     violation = only_error(check(text))
     assert violation.code == "event-property"
-    assert violation.message == "template 'offer' (sms): event 'payment_failed' has no property 'amonut'"
+    assert (
+        violation.message
+        == "template 'offer' (sms): event 'payment_failed' has no property 'amonut'"
+    )
     assert violation.hint == "did you mean 'amount'?"
     assert violation.line == line_of(text, "send: offer")
 
