@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy engine rules workflows activities channels worker.py
+	$(BIN)/mypy engine rules workflows activities channels service models worker.py
 
 test: lint typecheck
 	$(BIN)/python -m pytest -q

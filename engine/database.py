@@ -28,6 +28,7 @@ __all__ = [
     "OutboxMessage",
     "PlanVersion",
     "Profile",
+    "ReviewTask",
     "Run",
     "activate_plan",
     "active_plans",
@@ -129,6 +130,35 @@ class OutboxMessage(SQLModel, table=True):
     body: str
     status: str = Field(default="captured", max_length=20)
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class ReviewTask(SQLModel, table=True):
+    """A human-review task a `review` step opened; decided in the console or by the API."""
+
+    __tablename__ = "review_tasks"
+    __table_args__ = (UniqueConstraint("run_id", "step_id", "visit"),)
+
+    id: str = Field(primary_key=True, max_length=64)
+    workflow_id: str = Field(index=True, max_length=400)
+    run_id: str = Field(max_length=100)
+    journey_id: str = Field(index=True, max_length=100)
+    customer_id: str = Field(index=True, max_length=200)
+    step_id: str = Field(max_length=100)
+    visit: int
+    queue: str = Field(index=True, max_length=100)
+    title: str
+    details: str | None = None
+    decisions: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="open", index=True, max_length=20)
+    escalated: bool = False
+    claimed_by: str | None = Field(default=None, max_length=100)
+    decision: str | None = Field(default=None, max_length=100)
+    reviewer: str | None = Field(default=None, max_length=100)
+    note: str | None = None
+    case: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    due_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    decided_at: datetime | None = None
 
 
 class ApiKey(SQLModel, table=True):

@@ -3,7 +3,8 @@
 Only YAML's core tags are accepted (no `!!python/...`), files are size-capped, and alias
 expansion is bounded, so a hostile file cannot run code or exhaust memory. Every value and
 mapping key keeps its file, line and column in a `SourceMap` for the validator's messages.
-`${VAR}` references are kept verbatim: they are resolved only at run time.
+`${VAR}` references are kept verbatim: they are resolved only at run time. As in YAML 1.2,
+only `true` and `false` are booleans: `yes`/`no`/`on`/`off` stay words (a step called `no`).
 
 Nothing here validates journeys; problems are returned as `Violation`s, never raised.
 """
@@ -138,6 +139,8 @@ class _Builder:
             self._unsafe(node)
         if node.tag in (f"{_CORE}str", f"{_CORE}timestamp"):
             return str(node.value)  # dates stay text; the language parses its own times
+        if node.tag == f"{_CORE}bool" and node.value.lower() not in ("true", "false"):
+            return str(node.value)  # YAML 1.2: `yes`, `no`, `on`, `off` are words, not booleans
         return self.constructor.construct_object(node, deep=True)
 
 

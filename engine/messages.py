@@ -37,6 +37,7 @@ __all__ = [
     "RecordRunInput",
     "ReviewDecision",
     "ReviewDecisionResult",
+    "ReviewTaskChange",
     "ReviewTaskRef",
     "RunState",
     "ScoreInput",
@@ -270,6 +271,18 @@ class OpenReviewInput(_Message):
     context: dict[str, Any] = Field(default_factory=dict)
     path: list[PathEntry] = Field(default_factory=list)
     timezone: str = "UTC"
+
+
+class ReviewTaskChange(_Message):
+    """What `escalate_review_task` and `close_review_task` change on a task."""
+
+    task_id: str
+    status: str
+    queue: str | None = None
+    due_at: datetime | None = None
+    decision: str | None = None
+    reviewer: str | None = None
+    note: str | None = None
 
 
 class CallHttpInput(_Message):

@@ -1,11 +1,579 @@
 """The full `journeys` command: the design-time commands of `engine.cli` plus the runtime
-ones (up, deploy, emit, identify, runs)."""
+ones: `up` (the whole system on this machine), `deploy`, and the API's thin clients
+`emit`, `identify` and `runs`.
+
+Exit codes follow `engine.cli`: 0 fine, 1 the journeys file has errors or the API refused
+the request, 2 bad usage or the API cannot be reached. Secrets (the API key) travel in the
+environment and the key file, never on a command line or in a log.
+"""
 
 from __future__ import annotations
 
-from engine.cli import app
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shlex
+import socket
+import sys
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-__all__ = ["app", "main"]
+import httpx
+import typer
+import yaml
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, func, select
+
+from engine.catalog import Catalog, build_catalog
+from engine.cli import app
+from engine.database import (
+    Run,
+    activate_plan,
+    active_plans,
+    create_api_key,
+    make_engine,
+    session_scope,
+)
+from engine.settings import RuntimeSettings
+from service.devserver import DevServerNotFound, dev_server_command, dev_server_ready
+from service.supervisor import ChildExited, ShutdownRequested, Supervisor
+
+__all__ = ["DeployLine", "app", "deploy_catalog", "load_or_create_api_key", "main"]
+
+CODE_ROOT = Path(__file__).resolve().parent.parent
+API_KEY_FILE = "api_key"
+DEFAULT_STATE_DIR = Path("state")
+
+
+# ----------------------------------------------------------------------------- deploy
+
+
+@dataclass(frozen=True)
+class DeployLine:
+    """What deploying did to one journey."""
+
+    journey_id: str
+    status: Literal["new", "unchanged", "retired"]
+    version: str | None
+    previous: str | None = None
+    runs_staying: int = 0
+
+    def format(self) -> str:
+        if self.status == "unchanged":
+            return f"{self.journey_id}: unchanged (version {self.version})"
+        if self.status == "retired":
+            return (
+                f"{self.journey_id}: retired (was {self.previous}, no longer in the file), "
+                f"{self.runs_staying} runs stay on {self.previous}"
+            )
+        if self.previous is None:
+            return f"{self.journey_id}: new version {self.version}"
+        return (
+            f"{self.journey_id}: new version {self.version} (was {self.previous}), "
+            f"{self.runs_staying} runs stay on {self.previous}"
+        )
+
+
+def _running_on(session: Session, journey_id: str, version: str) -> int:
+    statement = (
+        select(func.count())
+        .select_from(Run)
+        .where(
+            col(Run.journey_id) == journey_id,
+            col(Run.version) == version,
+            col(Run.status) == "running",
+        )
+    )
+    return int(session.exec(statement).one())
+
+
+def _journey_yaml(catalog: Catalog, journey_id: str, fallback: str) -> str:
+    """The journey's own section of the document as YAML (what an auditor reads back)."""
+    journeys = catalog.checked.loaded.data.get("journeys")
+    if isinstance(journeys, list):
+        for journey in journeys:
+            if isinstance(journey, dict) and journey.get("id") == journey_id:
+                return yaml.safe_dump(journey, sort_keys=False, allow_unicode=True)
+    return fallback
+
+
+def deploy_catalog(catalog: Catalog, *, engine: Engine, source_text: str) -> list[DeployLine]:
+    """Store and activate every plan of a valid ``catalog``, in one transaction.
+
+    Runs in flight keep their version; journeys no longer in the file stop taking new
+    entrants (their runs in flight carry on).
+    """
+    if not catalog.ok:
+        raise ValueError("only a valid catalogue can be deployed")
+    lines: list[DeployLine] = []
+    with session_scope(engine) as session:
+        for journey_id, plan in catalog.plans.items():
+            status, previous = activate_plan(
+                session,
+                journey_id=journey_id,
+                version=plan.version,
+                plan_json=plan.model_dump_json(),
+                source_yaml=_journey_yaml(catalog, journey_id, source_text),
+            )
+            if status == "unchanged":
+                lines.append(DeployLine(journey_id, "unchanged", plan.version))
+                continue
+            staying = _running_on(session, journey_id, previous) if previous else 0
+            lines.append(DeployLine(journey_id, "new", plan.version, previous, staying))
+        for stale in active_plans(session):
+            if stale.journey_id in catalog.plans:
+                continue
+            stale.active = False
+            session.add(stale)
+            staying = _running_on(session, stale.journey_id, stale.version)
+            lines.append(DeployLine(stale.journey_id, "retired", None, stale.version, staying))
+    return lines
+
+
+def _echo_violations(catalog: Catalog, file: Path) -> None:
+    """The same lines `journeys validate` prints."""
+    for violation in catalog.violations:
+        typer.echo(violation.format())
+    if not catalog.ok:
+        count = len(catalog.checked.errors)
+        typer.echo(f"{file}: {count} error{'s' if count != 1 else ''}")
+
+
+def _sqlite_parent(url: str) -> None:
+    """Create the directory of a SQLite file URL (the state dir on a first run)."""
+    if url.startswith("sqlite:///") and url not in ("sqlite:///:memory:",):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _deploy_file(file: Path, *, database_url: str) -> list[DeployLine]:
+    catalog = build_catalog(file)
+    _echo_violations(catalog, file)
+    if not catalog.ok:
+        raise typer.Exit(1)
+    _sqlite_parent(database_url)
+    engine = make_engine(database_url)
+    try:
+        return deploy_catalog(catalog, engine=engine, source_text=file.read_text(encoding="utf-8"))
+    finally:
+        engine.dispose()
+
+
+@app.command()
+def deploy(
+    file: Annotated[Path, typer.Argument(help="The journeys file.")] = Path("journeys.yaml"),
+) -> None:
+    """Validate, then store and activate new journey versions (runs in flight keep theirs)."""
+    settings = RuntimeSettings.from_env()
+    for line in _deploy_file(file, database_url=settings.database_url):
+        typer.echo(line.format())
+
+
+# ----------------------------------------------------------------------------- up
+
+
+def load_or_create_api_key(state_dir: Path) -> str:
+    """The key in ``<state>/api_key``, created (mode 0600) on the first start."""
+    path = state_dir / API_KEY_FILE
+    with contextlib.suppress(FileNotFoundError):
+        key = path.read_text(encoding="utf-8").strip()
+        if key:
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+            return key
+    key = "jk_" + secrets.token_urlsafe(24)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(key + "\n")
+    path.chmod(0o600)
+    return key
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR: a port in TIME_WAIT from our last stop is free for our servers too.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _child_env(
+    *,
+    state_dir: Path,
+    database_url: str,
+    temporal_address: str,
+    api_url: str,
+    ui_url: str,
+    api_key: str,
+    journeys_file: Path,
+) -> dict[str, str]:
+    env = dict(os.environ)
+    # The embedded server speaks plain gRPC on loopback: drop any cluster credentials.
+    for name in ("TEMPORAL_TLS_CERT", "TEMPORAL_TLS_KEY", "TEMPORAL_TLS_CA", "TEMPORAL_API_KEY"):
+        env.pop(name, None)
+    env.update(
+        JOURNEYS_STATE_DIR=str(state_dir),
+        DATABASE_URL=database_url,
+        TEMPORAL_ADDRESS=temporal_address,
+        TEMPORAL_NAMESPACE="default",
+        JOURNEYS_API_URL=api_url,
+        JOURNEYS_TEMPORAL_UI=ui_url,
+        JOURNEYS_API_KEY=api_key,
+        JOURNEYS_FILE=str(journeys_file),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _example(*, api_url: str, state_dir: Path) -> str:
+    prefix = []
+    if api_url != "http://127.0.0.1:8000":
+        prefix.append(f"JOURNEYS_API_URL={api_url}")
+    if state_dir != DEFAULT_STATE_DIR.resolve():
+        prefix.append(f"JOURNEYS_STATE_DIR={shlex.quote(str(state_dir))}")
+    return " ".join(
+        [
+            *prefix,
+            "journeys emit payment_failed --customer c1 --prop amount=25000 --prop currency=KRW",
+            "--prop days_past_due=3 --prop invoice_id=inv-1",
+        ]
+    )
+
+
+@app.command()
+def up(
+    state_dir: Annotated[
+        Path, typer.Option("--state-dir", help="Where the databases, key and logs live.")
+    ] = DEFAULT_STATE_DIR,
+    port: Annotated[int, typer.Option("--port", help="The API's port.")] = 8000,
+    temporal_port: Annotated[
+        int, typer.Option("--temporal-port", help="The Temporal dev server's gRPC port.")
+    ] = 7233,
+    ui_port: Annotated[int, typer.Option("--ui-port", help="Temporal's Web UI port.")] = 8233,
+    file: Annotated[Path, typer.Option("--file", "-f", help="The journeys file.")] = Path(
+        "journeys.yaml"
+    ),
+) -> None:
+    """Run everything on this machine: Temporal dev server, worker, API. Ctrl-C stops it."""
+    state = state_dir.resolve()
+    journeys_file = file.resolve()
+    catalog = build_catalog(journeys_file)
+    if not catalog.ok:
+        _echo_violations(catalog, file)
+        raise typer.Exit(1)
+    busy = [p for p in dict.fromkeys((port, temporal_port, ui_port)) if _port_in_use(p)]
+    if busy:
+        typer.echo(
+            f"port{'s' if len(busy) > 1 else ''} {', '.join(map(str, busy))} already in use "
+            "on 127.0.0.1 (is another `journeys up` running?): choose others with --port, "
+            "--temporal-port, --ui-port",
+            err=True,
+        )
+        raise typer.Exit(2)
+    try:
+        server_argv = dev_server_command(state_dir=state, port=temporal_port, ui_port=ui_port)
+    except DevServerNotFound as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+
+    (state / "logs").mkdir(parents=True, exist_ok=True)
+    api_key = os.environ.get("JOURNEYS_API_KEY") or load_or_create_api_key(state)
+    database_url = f"sqlite:///{state / 'journeys.db'}"
+    temporal_address = f"127.0.0.1:{temporal_port}"
+    api_url = f"http://127.0.0.1:{port}"
+    ui_url = f"http://127.0.0.1:{ui_port}"
+    env = _child_env(
+        state_dir=state,
+        database_url=database_url,
+        temporal_address=temporal_address,
+        api_url=api_url,
+        ui_url=ui_url,
+        api_key=api_key,
+        journeys_file=journeys_file,
+    )
+
+    exit_code = 0
+    with Supervisor(log_dir=state / "logs") as supervisor:
+        try:
+            typer.echo(f"starting Temporal dev server on {temporal_address} (state in {state})")
+            supervisor.start("temporal", server_argv, env=env)
+            supervisor.wait_until(
+                "the Temporal dev server",
+                lambda: asyncio.run(dev_server_ready(temporal_address, timeout=3.0)),
+                timeout=120,
+            )
+            for line in _deploy_file(journeys_file, database_url=database_url):
+                typer.echo(f"deploy  {line.format()}")
+            engine = make_engine(database_url)
+            with session_scope(engine) as session:
+                create_api_key(session, name="journeys up", key=api_key)
+            engine.dispose()
+            supervisor.check()
+            supervisor.start("worker", [sys.executable, str(CODE_ROOT / "worker.py")], env=env)
+            supervisor.start(
+                "api",
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--factory",
+                    "service.api:create_app",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                env=env,
+            )
+            supervisor.wait_until("the API", lambda: _healthy(api_url), timeout=120)
+            typer.echo(
+                "\n".join(
+                    [
+                        "",
+                        "journeys is up",
+                        f"  API          {api_url}",
+                        f"  API key      {api_key}",
+                        f"  Temporal UI  {ui_url}",
+                        f"  logs         {state / 'logs'}",
+                        "  try:",
+                        f"    {_example(api_url=api_url, state_dir=state)}",
+                        "",
+                        "Ctrl-C stops everything.",
+                    ]
+                )
+            )
+            supervisor.run()
+        except ShutdownRequested:
+            pass
+        except ChildExited as exc:
+            supervisor.report(exc.child)
+            exit_code = 1
+        except TimeoutError as exc:
+            typer.echo(f"journeys up: {exc}; see the logs in {state / 'logs'}", err=True)
+            exit_code = 1
+    typer.echo("stopped")
+    raise typer.Exit(exit_code)
+
+
+# ----------------------------------------------------------------------------- API clients
+
+
+def _parse_pairs(pairs: Sequence[str], *, option: str) -> dict[str, Any]:
+    """``k=v`` pairs; a value that parses as JSON (25000, true, null, [1]) is that value."""
+    parsed: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name.strip():
+            typer.echo(f"{option} {pair!r}: expected NAME=VALUE", err=True)
+            raise typer.Exit(2)
+        try:
+            value: Any = json.loads(text)
+        except ValueError:
+            value = text
+        parsed[name.strip()] = value
+    return parsed
+
+
+def _client_settings() -> tuple[str, str | None]:
+    settings = RuntimeSettings.from_env()
+    key = settings.api_key
+    if not key:
+        with contextlib.suppress(OSError):
+            key = (settings.state_dir / API_KEY_FILE).read_text(encoding="utf-8").strip() or None
+    return settings.api_url, key
+
+
+@contextlib.contextmanager
+def _api() -> Iterator[httpx.Client]:
+    url, key = _client_settings()
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with httpx.Client(base_url=url, headers=headers, timeout=15.0) as client:
+        try:
+            yield client
+        except httpx.ConnectError as exc:
+            typer.echo(f"cannot reach the API at {url}: is `journeys up` running?", err=True)
+            raise typer.Exit(2) from exc
+        except httpx.TimeoutException as exc:
+            typer.echo(f"the API at {url} did not answer in time", err=True)
+            raise typer.Exit(2) from exc
+
+
+def _answer(response: httpx.Response) -> Any:
+    """The JSON of a successful answer; a clear message and exit 1 otherwise."""
+    if response.status_code == 401:
+        typer.echo(
+            f"the API at {response.url.copy_with(path='/', query=None)} refused the key "
+            "(401): set JOURNEYS_API_KEY to the key `journeys up` printed (it is also in "
+            "<state>/api_key)",
+            err=True,
+        )
+        raise typer.Exit(1)
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = response.text
+    if response.is_error:
+        detail = body.get("detail", body) if isinstance(body, Mapping) else body
+        typer.echo(f"the API answered {response.status_code}: {_flat(detail)}", err=True)
+        problems = body.get("errors") if isinstance(body, Mapping) else None
+        lines = [
+            f"{problem.get('field')}: {problem.get('message')}"
+            for problem in (problems if isinstance(problems, list) else [])
+            if isinstance(problem, Mapping)
+        ]
+        if lines != [detail]:
+            for line in lines:
+                typer.echo(f"  {line}", err=True)
+        raise typer.Exit(1)
+    return body
+
+
+def _flat(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _readable(value: Any) -> str:
+    """A value of an answer on one line: lists joined, skipped entries with their reason."""
+    if value is None or value == []:
+        return "-"
+    if isinstance(value, list):
+        return ", ".join(_readable(item) for item in value)
+    if isinstance(value, Mapping) and "journey_id" in value and "reason" in value:
+        return f"{value['journey_id']} ({value['reason']})"
+    return _flat(value)
+
+
+def _echo_answer(body: Any) -> None:
+    if not isinstance(body, Mapping):
+        typer.echo(_flat(body))
+        return
+    for name, value in body.items():
+        typer.echo(f"{name}: {_readable(value)}")
+
+
+@app.command()
+def emit(
+    event: Annotated[str, typer.Argument(help="The event name, e.g. payment_failed.")],
+    customer: Annotated[str, typer.Option("--customer", help="The customer id.")],
+    prop: Annotated[
+        list[str] | None,
+        typer.Option("--prop", help="A property NAME=VALUE (JSON values parse); repeatable."),
+    ] = None,
+    message_id: Annotated[
+        str | None,
+        typer.Option("--message-id", help="Deduplication id (default: a new one)."),
+    ] = None,
+) -> None:
+    """Send an event to the API (POST /v1/events), as an event source would."""
+    # The API speaks Segment's wire format (camelCase), like the CDPs that feed it.
+    body = {
+        "type": "track",
+        "event": event,
+        "userId": customer,
+        "properties": _parse_pairs(prop or [], option="--prop"),
+        "messageId": message_id or f"cli-{uuid.uuid4()}",
+    }
+    with _api() as client:
+        answer = _answer(client.post("/v1/events", json=body))
+    typer.echo(f"message id: {body['messageId']}")
+    _echo_answer(answer)
+
+
+@app.command()
+def identify(
+    customer: Annotated[str, typer.Argument(help="The customer id.")],
+    trait: Annotated[
+        list[str] | None,
+        typer.Option("--trait", help="A trait NAME=VALUE (JSON values parse; null removes)."),
+    ] = None,
+) -> None:
+    """Set a customer's traits (POST /v1/identify): email, phone, timezone, anything."""
+    body = {
+        "type": "identify",
+        "userId": customer,
+        "traits": _parse_pairs(trait or [], option="--trait"),
+        "messageId": f"cli-{uuid.uuid4()}",
+    }
+    with _api() as client:
+        answer = _answer(client.post("/v1/identify", json=body))
+    typer.echo(f"message id: {body['messageId']}")
+    _echo_answer(answer)
+
+
+_RUN_COLUMNS = (
+    ("RUN ID", ("run_id", "id")),
+    ("JOURNEY", ("journey_id", "journey")),
+    ("CUSTOMER", ("customer_id", "customer")),
+    ("STATUS", ("status",)),
+    ("STEP", ("step", "current_step")),
+    ("OUTCOME", ("outcome",)),
+    ("STARTED", ("started_at", "started")),
+)
+
+
+def _cell(row: Mapping[str, Any], names: Sequence[str]) -> str:
+    for name in names:
+        value = row.get(name)
+        if value is not None:
+            text = str(value)
+            # Timestamps: to the second, without the zone noise.
+            if name.startswith("started") and "T" in text:
+                text = text.replace("T", " ")[:19]
+            return text
+    return "-"
+
+
+def format_runs_table(runs: Sequence[Mapping[str, Any]]) -> str:
+    """Runs as an aligned text table, one line per run."""
+    rows = [[header for header, _ in _RUN_COLUMNS]]
+    rows += [[_cell(run, names) for _, names in _RUN_COLUMNS] for run in runs]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_RUN_COLUMNS))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+@app.command()
+def runs(
+    customer: Annotated[str | None, typer.Option("--customer", help="Only this customer.")] = None,
+    journey: Annotated[str | None, typer.Option("--journey", help="Only this journey.")] = None,
+    status: Annotated[
+        str | None, typer.Option("--status", help="running, completed, exited, ...")
+    ] = None,
+) -> None:
+    """List runs (GET /v1/runs) as a table."""
+    params = {
+        name: value
+        for name, value in (("customer", customer), ("journey", journey), ("status", status))
+        if value
+    }
+    with _api() as client:
+        body = _answer(client.get("/v1/runs", params=params))
+    found = body.get("runs", body.get("items", [])) if isinstance(body, Mapping) else body
+    if not isinstance(found, list):
+        typer.echo(_flat(body))
+        return
+    if not found:
+        typer.echo("no runs")
+        return
+    typer.echo(format_runs_table([r for r in found if isinstance(r, Mapping)]))
 
 
 def main() -> None:

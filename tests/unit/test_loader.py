@@ -77,3 +77,11 @@ def test_duplicate_mapping_keys_are_refused(tmp_path: Path) -> None:
     path.write_text("version: 1\nchannels: {}\nchannels: {}\n")
     loaded = load_document(path)
     assert [(v.code, v.line) for v in loaded.violations] == [("duplicate-key", 3)]
+
+
+def test_yes_and_no_are_words_not_booleans(tmp_path: Path) -> None:
+    path = tmp_path / "journeys.yaml"
+    path.write_text("version: 1\nchannels: {yes: a, no: b}\nflag: true\n")
+    loaded = load_document(path)
+    assert loaded.data["channels"] == {"yes": "a", "no": "b"}
+    assert loaded.data["flag"] is True

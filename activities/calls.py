@@ -1,0 +1,85 @@
+"""The `call` step's activity: an outbound HTTP call, retried durably by Temporal.
+
+A 4xx answer (other than 408 and 429) is the other system saying no: not retried. 5xx,
+timeouts and connection errors are retried under the step's retry policy.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import httpx
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from engine.environment import MissingVariableError, resolve_env
+from engine.errors import ErrorType
+from engine.messages import CallHttpInput, CallHttpResult
+from rules import CompiledTemplate, RenderError, compile_template
+
+__all__ = ["call_http"]
+
+MAX_RESPONSE = 256 * 1024
+
+
+@functools.lru_cache(maxsize=1024)
+def _template(source: str) -> CompiledTemplate:
+    return compile_template(source, html=False)
+
+
+def _render(text: str, context: dict[str, Any]) -> str:
+    try:
+        return resolve_env(_template(text).render(context, max_length=8192))
+    except MissingVariableError as error:
+        raise ApplicationError(
+            str(error), type=ErrorType.BAD_CONFIGURATION, non_retryable=True
+        ) from None
+    except RenderError as error:
+        raise ApplicationError(
+            error.message, type=ErrorType.TEMPLATE_ERROR, non_retryable=True
+        ) from None
+
+
+@activity.defn(name="call_http")
+async def call_http(request: CallHttpInput) -> CallHttpResult:
+    """Make the call; the JSON answer (or text) becomes `vars.<step id>`."""
+    url = _render(request.url, request.context)
+    headers = {name: _render(value, request.context) for name, value in request.headers.items()}
+    headers.setdefault(
+        "Idempotency-Key", f"{request.workflow_id}:{request.step_id}:{request.visit}"
+    )
+    try:
+        async with httpx.AsyncClient(
+            timeout=request.timeout_seconds, follow_redirects=False
+        ) as client:
+            response = await client.request(
+                request.method, url, json=request.json_body, headers=headers
+            )
+    except httpx.HTTPError as error:
+        raise ApplicationError(
+            f"{request.method} to the {request.step_id} endpoint failed: {type(error).__name__}",
+            type=ErrorType.HTTP_CALL_FAILED,
+        ) from None
+    status = response.status_code
+    if 400 <= status < 500 and status not in (408, 429):
+        raise ApplicationError(
+            f"{request.method} answered {status}",
+            type=ErrorType.HTTP_CALL_REJECTED,
+            non_retryable=True,
+        )
+    if status >= 400:
+        raise ApplicationError(
+            f"{request.method} answered {status}", type=ErrorType.HTTP_CALL_FAILED
+        )
+    content = response.content[:MAX_RESPONSE]
+    body: Any
+    try:
+        body = (
+            response.json()
+            if content and len(response.content) <= MAX_RESPONSE
+            else content.decode("utf-8", "replace")
+        )
+    except ValueError:
+        body = content.decode("utf-8", "replace")
+    return CallHttpResult(status_code=status, body=body)

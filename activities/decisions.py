@@ -1,0 +1,139 @@
+"""Decision activities (run as local activities): expressions, stable buckets, local times.
+
+They are pure computations, but they run as activities so that the history records each
+decision with what it read and what it chose, which is what an auditor replays.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from temporalio import activity
+
+from engine.durations import parse_time_of_day
+from engine.messages import EvaluateInput, EvaluateResult, LocalTimeInput, LocalTimeResult
+from rules import EvaluationError, Expression, ExpressionError, compile_expression
+
+__all__ = ["bucket_of", "evaluate", "local_time", "next_local_time", "quiet_hours_end"]
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(source: str) -> Expression:
+    # Plans are validated before deploy, so this parses each expression once per process.
+    return compile_expression(source)
+
+
+def _read(context: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = context
+    for part in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def bucket_of(salt: str, weights: list[float]) -> int:
+    """The arm (index into ``weights``, percentages) a salt falls in: stable, uniform."""
+    digest = hashlib.sha256(salt.encode("utf-8")).digest()
+    point = int.from_bytes(digest[:8], "big") / 2**64 * sum(weights)
+    total = 0.0
+    for index, weight in enumerate(weights):
+        total += weight
+        if point < total:
+            return index
+    return len(weights) - 1
+
+
+@activity.defn(name="evaluate")
+async def evaluate(request: EvaluateInput) -> EvaluateResult:
+    """Evaluate a decision's expressions; an expression that fails counts as false/None."""
+    if request.mode == "bucket":
+        return EvaluateResult(bucket=bucket_of(request.salt, request.weights))
+    values: list[Any] = []
+    reads: dict[str, Any] = {}
+    errors: list[str] = []
+    first_true: int | None = None
+    for index, source in enumerate(request.expressions):
+        try:
+            expression = _compiled(source)
+            for path in expression.attribute_paths:
+                reads[".".join(path)] = _read(request.context, path)
+            value = expression.evaluate(request.context, timezone=request.timezone)
+        except (EvaluationError, ExpressionError) as error:
+            errors.append(str(getattr(error, "message", error)))
+            value = None
+        values.append(value)
+        if request.mode == "first" and value and first_true is None:
+            first_true = index
+            break
+    return EvaluateResult(
+        values=values, first_true=first_true, reads=reads, error="; ".join(errors) or None
+    )
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (KeyError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def next_local_time(now: datetime, zone: ZoneInfo, hhmm: str) -> datetime:
+    """The next instant (after ``now``) when the local clock in ``zone`` shows ``hhmm``.
+
+    Across a DST change the wall-clock time is kept (09:00 stays 09:00 local); a time that
+    does not exist that day (a spring-forward gap) fires at the first instant after it.
+    """
+    hour, minute = parse_time_of_day(hhmm)
+    local_now = now.astimezone(zone)
+    for days in range(0, 3):
+        day = (local_now + timedelta(days=days)).date()
+        candidate = datetime(day.year, day.month, day.day, hour, minute, tzinfo=zone)
+        instant = candidate.astimezone(UTC)
+        # A wall time in a gap round-trips to another wall time: take the instant after it.
+        if instant.astimezone(zone).replace(tzinfo=None) != candidate.replace(tzinfo=None):
+            instant = candidate.replace(fold=1).astimezone(UTC)
+        if instant > now:
+            return instant
+    raise AssertionError("unreachable: a local time recurs within two days")
+
+
+def quiet_hours_end(now: datetime, zone: ZoneInfo, start: str, end: str) -> datetime | None:
+    """When the quiet hours around ``now`` end, or None when ``now`` is not in them."""
+    start_h, start_m = parse_time_of_day(start)
+    end_h, end_m = parse_time_of_day(end)
+    local = now.astimezone(zone)
+    minutes = local.hour * 60 + local.minute
+    begin, finish = start_h * 60 + start_m, end_h * 60 + end_m
+    quiet = begin <= minutes < finish if begin < finish else minutes >= begin or minutes < finish
+    if not quiet:
+        return None
+    return next_local_time(now, zone, end)
+
+
+@activity.defn(name="local_time")
+async def local_time(request: LocalTimeInput) -> LocalTimeResult:
+    """The next local ``until`` time, or the end of the quiet hours now in force."""
+    zone = _zone(request.timezone)
+    now = request.now if request.now.tzinfo else request.now.replace(tzinfo=UTC)
+    if request.until:
+        fire = next_local_time(now, zone, request.until)
+        return LocalTimeResult(
+            fire_at=fire,
+            local=fire.astimezone(zone).isoformat(),
+            reason=f"next {request.until} in {zone.key}",
+        )
+    if request.quiet_start and request.quiet_end:
+        fire_at = quiet_hours_end(now, zone, request.quiet_start, request.quiet_end)
+        if fire_at is None:
+            return LocalTimeResult()
+        return LocalTimeResult(
+            fire_at=fire_at,
+            local=fire_at.astimezone(zone).isoformat(),
+            reason=f"quiet hours {request.quiet_start}-{request.quiet_end} in {zone.key}",
+        )
+    return LocalTimeResult()

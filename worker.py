@@ -1,0 +1,97 @@
+"""Runs a journeys worker: the journey interpreter and every activity, wired together.
+
+`python worker.py` works on its own; configure it with the environment (see
+engine/settings.py): TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TLS or TEMPORAL_API_KEY,
+DATABASE_URL. Run as many as you like against one Temporal cluster and database.
+This is the one place that wires the activities to their database and settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `python worker.py` from anywhere
+
+from activities import calls, decisions, scoring
+from activities.messaging import MessagingActivities
+from activities.reviews import ReviewActivities
+from activities.runs import RunActivities
+from engine.database import make_engine
+from engine.settings import RuntimeSettings
+from service.temporal_client import connect
+from workflows.journey_run import JourneyRunWorkflow
+
+__all__ = ["build_worker", "main"]
+
+log = logging.getLogger("journeys.worker")
+
+
+def build_worker(
+    client: Client,
+    *,
+    db: Engine,
+    task_queue: str,
+    activity_executor: ThreadPoolExecutor | None = None,
+) -> Worker:
+    """A worker for ``task_queue`` with the interpreter and all activities."""
+    runs = RunActivities(db=db)
+    messaging = MessagingActivities(db=db)
+    reviews = ReviewActivities(db=db)
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[JourneyRunWorkflow],
+        activities=[
+            decisions.evaluate,
+            decisions.local_time,
+            runs.load_profile,
+            runs.record_run,
+            runs.update_profile,
+            messaging.send_message,
+            scoring.score_customer,
+            reviews.open_review_task,
+            reviews.escalate_review_task,
+            reviews.close_review_task,
+            calls.call_http,
+        ],
+        activity_executor=activity_executor,
+        # Measured here: a small cache slows multi-step runs; 20 pollers keep the server busy.
+        max_cached_workflows=10_000,
+        max_concurrent_workflow_task_polls=20,
+        max_concurrent_activities=200,
+        max_concurrent_local_activities=200,
+    )
+
+
+async def main() -> None:
+    """Connect, run until SIGINT/SIGTERM, then drain and stop."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = RuntimeSettings.from_env()
+    if settings.database_url.startswith("sqlite"):
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+    db = make_engine(settings.database_url)
+    client = await connect(settings)
+    worker = build_worker(client, db=db, task_queue=settings.task_queue)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("worker polling task queue %r on %s", settings.task_queue, settings.temporal_address)
+    async with worker:
+        await stop.wait()
+        log.info("stopping worker")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

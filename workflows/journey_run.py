@@ -1,0 +1,832 @@
+"""`JourneyRunWorkflow`: one customer's run through one pinned plan version.
+
+The interpreter is a bounded loop that dispatches each step through one table of short
+handlers (ending in `assert_never`), each returning the next step id. Decisions (branch
+rules, wait conditions, exits, splits, holdout, local times) are made in local
+activities, so the history records each with what it read and what it chose; side effects
+(messages, scores, review tasks, HTTP calls, profile writes) are activities. Events arrive
+by signal, review decisions by a validated Update, and the state is a query.
+
+Deterministic: time, ids and randomness come only from `workflow.*`; no I/O here. Every
+change to behaviour of recorded runs goes behind `workflow.patched(...)` with a history
+added to tests/histories/.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any, assert_never
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from engine import plan as p
+    from engine.errors import ErrorType
+    from engine.messages import (
+        QUERY_STATE,
+        SIGNAL_EVENT,
+        UPDATE_REVIEW,
+        WORKFLOW_NAME,
+        CallHttpInput,
+        CallHttpResult,
+        CustomerContext,
+        EvaluateInput,
+        EvaluateResult,
+        EventMessage,
+        JourneyRunInput,
+        LoadProfileInput,
+        LocalTimeInput,
+        LocalTimeResult,
+        OpenReviewInput,
+        PathEntry,
+        RecordRunInput,
+        ReviewDecision,
+        ReviewDecisionResult,
+        ReviewTaskChange,
+        ReviewTaskRef,
+        RunState,
+        ScoreInput,
+        ScoreResult,
+        SendMessageInput,
+        SendMessageResult,
+        UpdateProfileInput,
+    )
+
+__all__ = ["MAX_STEPS", "JourneyRunWorkflow"]
+
+MAX_STEPS = 10_000
+MAX_INBOX = 200
+JOURNEY_ID = SearchAttributeKey.for_keyword("JourneyId")
+CURRENT_STEP = SearchAttributeKey.for_keyword("CurrentStep")
+OUTCOME = SearchAttributeKey.for_keyword("Outcome")
+
+_LOCAL = timedelta(seconds=30)
+_DB_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
+)
+_SEND_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    maximum_interval=timedelta(minutes=5),
+    non_retryable_error_types=[
+        ErrorType.TEMPLATE_ERROR,
+        ErrorType.PERMANENT_DELIVERY_FAILURE,
+        ErrorType.BAD_CONFIGURATION,
+    ],
+)
+_CALL_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    maximum_interval=timedelta(minutes=2),
+    maximum_attempts=8,
+    non_retryable_error_types=[
+        ErrorType.HTTP_CALL_REJECTED,
+        ErrorType.TEMPLATE_ERROR,
+        ErrorType.BAD_CONFIGURATION,
+    ],
+)
+
+
+class _RunEnded(Exception):
+    """Raised inside the interpreter to end the run (exit_on, max_duration)."""
+
+    def __init__(self, status: str, outcome: str) -> None:
+        super().__init__(outcome)
+        self.status = status
+        self.outcome = outcome
+
+
+@workflow.defn(name=WORKFLOW_NAME)
+class JourneyRunWorkflow:
+    """Interprets one plan version for one customer (and key)."""
+
+    @workflow.init
+    def __init__(self, input: JourneyRunInput) -> None:
+        self.input = input
+        self.plan = input.plan
+        self.state = RunState(
+            journey_id=input.plan.journey_id,
+            version=input.plan.version,
+            customer_id=input.customer_id,
+            key=input.key,
+        )
+        self.event: EventMessage = input.trigger
+        self.customer = CustomerContext(id=input.customer_id)
+        self.inbox: list[EventMessage] = []
+        self.exit_checked = 0
+        self.visits: dict[str, int] = {}
+        self.decision: ReviewDecision | None = None
+        self.review_closed_at: datetime | None = None
+        self.deadline: datetime | None = None
+        self.handlers: dict[str, Callable[[Any], Awaitable[str | None]]] = {
+            "send": self._send,
+            "wait": self._wait,
+            "branch": self._branch,
+            "split": self._split,
+            "score": self._score,
+            "review": self._review,
+            "set": self._set,
+            "call": self._call,
+            "exit": self._exit,
+        }
+
+    # ------------------------------------------------------------------ messages in
+
+    @workflow.signal(name=SIGNAL_EVENT)
+    def on_event(self, event: EventMessage) -> None:
+        """An event for this customer that the plan waits for or exits on."""
+        self.inbox.append(event)
+        if len(self.inbox) > MAX_INBOX:
+            dropped = len(self.inbox) - MAX_INBOX
+            del self.inbox[:dropped]
+            self.exit_checked = max(0, self.exit_checked - dropped)
+
+    @workflow.update(name=UPDATE_REVIEW)
+    async def decide_review(self, decision: ReviewDecision) -> ReviewDecisionResult:
+        """A reviewer's decision on the open review task (checked by the validator)."""
+        self.decision = decision
+        review = self.plan.steps.get(self.state.current_step or "")
+        target = (
+            review.decisions.get(decision.decision) if isinstance(review, p.ReviewPlan) else None
+        )
+        return ReviewDecisionResult(accepted=True, next_step=target)
+
+    @decide_review.validator
+    def _validate_decision(self, decision: ReviewDecision) -> None:
+        task = self.state.open_review
+        if task is None or self.decision is not None:
+            raise ValueError("this run has no open review task: it was decided or closed already")
+        if decision.task_id != task.task_id:
+            raise ValueError(f"review task {decision.task_id} is not the open task of this run")
+        if decision.decision not in task.decisions:
+            raise ValueError(
+                f"'{decision.decision}' is not a decision of this task: choose one of {', '.join(task.decisions)}"
+            )
+        if not decision.reviewer.strip():
+            raise ValueError("a decision needs the reviewer's name")
+
+    @workflow.query(name=QUERY_STATE)
+    def query_state(self) -> RunState:
+        """Where the run is, the path so far, variables and scores."""
+        return self.state
+
+    # ------------------------------------------------------------------ the interpreter
+
+    @workflow.run
+    async def run(self, input: JourneyRunInput) -> RunState:
+        started = workflow.now()
+        self.deadline = started + timedelta(seconds=self.plan.settings.max_duration_seconds)
+        await self._load_profile()
+        self._path(
+            "entry",
+            "entry",
+            detail={"event": input.trigger.name, "message_id": input.trigger.message_id},
+        )
+        try:
+            await self._record()
+            if self.plan.holdout_percent > 0 and await self._in_holdout():
+                await self._hold_out()
+            else:
+                await self._interpret()
+            self._finish("completed", "completed")
+        except _RunEnded as ended:
+            self._finish(ended.status, ended.outcome)
+        except ActivityError as error:
+            # A step whose activity failed for good (bad template, broken configuration):
+            # end the run visibly as failed instead of leaving it open.
+            step = self.state.current_step or "entry"
+            self._path(step, "error", outcome="failed", detail={"reason": _cause(error)})
+            self._finish("failed", f"{step}_failed")
+        await self._record()
+        return self.state
+
+    async def _interpret(self) -> None:
+        step_id: str | None = self.plan.start
+        for _ in range(MAX_STEPS):
+            await self._check_exits()
+            if step_id is None:
+                return
+            step = self.plan.steps[step_id]
+            self.visits[step_id] = self.visits.get(step_id, 0) + 1
+            self.state.current_step = step_id
+            step_id = await self.handlers[step.type](step)
+        raise _RunEnded("failed", "step_limit")
+
+    def _finish(self, status: str, outcome: str) -> None:
+        self.state.status = status  # type: ignore[assignment]
+        self.state.outcome = outcome
+        self.state.waiting_for = None
+        self.state.wake_at = None
+        self._path("end", status, outcome=outcome)
+        self._upsert(outcome=outcome)
+
+    # ------------------------------------------------------------------ step handlers
+
+    async def _send(self, step: p.SendPlan) -> str | None:
+        quiet = self.plan.settings.quiet_hours
+        if quiet is not None:
+            window = await self._local_time(
+                LocalTimeInput(
+                    now=workflow.now(),
+                    timezone=self._timezone(),
+                    quiet_start=quiet.start,
+                    quiet_end=quiet.end,
+                )
+            )
+            if window.fire_at is not None:
+                self._path(
+                    step.id,
+                    step.type,
+                    outcome="deferred",
+                    detail={
+                        "until": window.fire_at.isoformat(),
+                        "local": window.local,
+                        "reason": window.reason,
+                    },
+                )
+                await self._sleep_until(
+                    window.fire_at, waiting_for=f"quiet hours to end ({window.local})"
+                )
+        to = None
+        if step.to:
+            to_value = await self._evaluate(step.id, "to", "all", [step.to])
+            to = None if to_value.values[0] is None else str(to_value.values[0])
+        forms = self.plan.templates.get(step.template, {})
+        try:
+            result: SendMessageResult = await workflow.execute_activity(
+                "send_message",
+                SendMessageInput(
+                    workflow_id=workflow.info().workflow_id,
+                    run_id=workflow.info().run_id,
+                    journey_id=self.plan.journey_id,
+                    step_id=step.id,
+                    visit=self.visits[step.id],
+                    channels=list(step.channels),
+                    template=step.template,
+                    forms=forms,
+                    to=to,
+                    context=self._context(),
+                    timezone=self._timezone(),
+                ),
+                result_type=SendMessageResult,
+                start_to_close_timeout=timedelta(seconds=60),
+                schedule_to_close_timeout=timedelta(hours=24),
+                retry_policy=_SEND_RETRY,
+            )
+        except ActivityError as error:
+            result = SendMessageResult(status="failed", reason=_cause(error))
+        self._path(
+            step.id,
+            step.type,
+            outcome=result.status,
+            detail={"channel": result.channel, "reason": result.reason, "template": step.template},
+        )
+        if result.status == "failed" and step.on_failure:
+            return step.on_failure
+        return step.next
+
+    async def _wait(self, step: p.WaitPlan) -> str | None:
+        if step.mode == "timer":
+            wake = workflow.now() + timedelta(seconds=step.seconds or 0)
+            self._path(step.id, step.type, outcome="waiting", detail={"until": wake.isoformat()})
+            await self._sleep_until(wake, waiting_for=f"timer until {wake.isoformat()}")
+            await self._load_profile()
+            return step.next
+        if step.mode == "until":
+            local = await self._local_time(
+                LocalTimeInput(now=workflow.now(), timezone=self._timezone(), until=step.until)
+            )
+            wake = local.fire_at or workflow.now()
+            self._path(
+                step.id,
+                step.type,
+                outcome="waiting",
+                detail={"until": wake.isoformat(), "local": local.local},
+            )
+            await self._sleep_until(wake, waiting_for=f"local time {step.until} ({local.local})")
+            await self._load_profile()
+            return step.next
+        if step.mode == "event":
+            timeout_at = (
+                workflow.now() + timedelta(seconds=step.within_seconds)
+                if step.within_seconds
+                else None
+            )
+            self._path(
+                step.id,
+                step.type,
+                outcome="waiting",
+                detail={
+                    "event": step.event,
+                    "until": timeout_at.isoformat() if timeout_at else None,
+                },
+            )
+            event = await self._await_event(step, timeout_at)
+            await self._load_profile()
+            if event is None:
+                self._path(step.id, step.type, outcome="timed_out")
+                return step.on_timeout or step.next
+            self.event = event
+            self._path(
+                step.id,
+                step.type,
+                outcome="received",
+                detail={"event": event.name, "message_id": event.message_id},
+            )
+            return step.next
+        assert_never(step.mode)
+
+    async def _branch(self, step: p.BranchPlan) -> str | None:
+        result = await self._evaluate(
+            step.id, "branch", "first", [rule.when for rule in step.rules]
+        )
+        target = (
+            step.rules[result.first_true].goto if result.first_true is not None else step.otherwise
+        )
+        self._path(
+            step.id,
+            step.type,
+            outcome=target or "end",
+            detail={"rule": result.first_true, "reads": result.reads, "error": result.error},
+        )
+        return target
+
+    async def _split(self, step: p.SplitPlan) -> str | None:
+        result = await workflow.execute_local_activity(
+            "evaluate",
+            EvaluateInput(
+                step_id=step.id,
+                purpose="split",
+                mode="bucket",
+                weights=[a.weight for a in step.arms],
+                salt=self._salt(step.id),
+            ),
+            result_type=EvaluateResult,
+            start_to_close_timeout=_LOCAL,
+        )
+        arm = step.arms[result.bucket or 0]
+        self._path(step.id, step.type, outcome=arm.name, detail={"arm": arm.name})
+        return arm.goto
+
+    async def _score(self, step: p.ScorePlan) -> str | None:
+        names = list(step.features)
+        features = await self._evaluate(
+            step.id, "features", "all", [step.features[n] for n in names]
+        )
+        values = dict(zip(names, features.values, strict=True))
+        result: ScoreResult = await workflow.execute_activity(
+            "score_customer",
+            ScoreInput(
+                workflow_id=workflow.info().workflow_id,
+                step_id=step.id,
+                model=step.model,
+                spec=self.plan.models.get(step.model, {}),
+                features=values,
+            ),
+            result_type=ScoreResult,
+            start_to_close_timeout=timedelta(seconds=60),
+            retry_policy=RetryPolicy(maximum_attempts=3),
+        )
+        self.state.scores[step.model] = result.model_dump(mode="json")
+        self._path(
+            step.id,
+            step.type,
+            outcome=f"{result.score:g}",
+            detail={
+                "model": step.model,
+                "features": values,
+                "fallback_used": result.fallback_used,
+                "error": result.error,
+            },
+        )
+        return step.next
+
+    async def _review(self, step: p.ReviewPlan) -> str | None:
+        info = workflow.info()
+        due = workflow.now() + timedelta(seconds=step.sla_seconds) if step.sla_seconds else None
+        task_id: str = await workflow.execute_activity(
+            "open_review_task",
+            OpenReviewInput(
+                workflow_id=info.workflow_id,
+                run_id=info.run_id,
+                journey_id=self.plan.journey_id,
+                customer_id=self.input.customer_id,
+                step_id=step.id,
+                visit=self.visits[step.id],
+                queue=step.queue,
+                title=step.title,
+                details=step.details,
+                decisions=list(step.decisions),
+                due_at=due,
+                context=self._context(),
+                path=self.state.path,
+                timezone=self._timezone(),
+            ),
+            result_type=str,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=_DB_RETRY,
+        )
+        self.decision = None
+        self.state.open_review = ReviewTaskRef(
+            task_id=task_id, queue=step.queue, decisions=list(step.decisions), due_at=due
+        )
+        self._path(
+            step.id, step.type, outcome="opened", detail={"task_id": task_id, "queue": step.queue}
+        )
+        escalated = False
+        while True:
+            decided = await self._wait_for(
+                lambda: self.decision is not None,
+                due,
+                waiting_for=f"review in {self.state.open_review.queue}",
+            )
+            if decided and self.decision is not None:
+                decision = self.decision
+                self.state.open_review = None
+                self.state.review = {
+                    "decision": decision.decision,
+                    "reviewer": decision.reviewer,
+                    "note": decision.note,
+                    "at": workflow.now().isoformat(),
+                }
+                await self._review_activity(
+                    "close_review_task", task_id, status="decided", decision=decision
+                )
+                self._path(
+                    step.id,
+                    step.type,
+                    outcome=decision.decision,
+                    detail={
+                        "task_id": task_id,
+                        "reviewer": decision.reviewer,
+                        "note": decision.note,
+                    },
+                )
+                return step.decisions[decision.decision]
+            if step.escalate_to and not escalated and step.sla_seconds:
+                escalated = True
+                due = workflow.now() + timedelta(seconds=step.sla_seconds)
+                self.state.open_review = ReviewTaskRef(
+                    task_id=task_id,
+                    queue=step.escalate_to,
+                    decisions=list(step.decisions),
+                    due_at=due,
+                    escalated=True,
+                )
+                await self._review_activity(
+                    "escalate_review_task",
+                    task_id,
+                    status="open",
+                    queue=step.escalate_to,
+                    due_at=due,
+                )
+                self._path(
+                    step.id,
+                    step.type,
+                    outcome="escalated",
+                    detail={"task_id": task_id, "queue": step.escalate_to},
+                )
+                continue
+            self.state.open_review = None
+            await self._review_activity("close_review_task", task_id, status="expired")
+            self._path(step.id, step.type, outcome="timed_out", detail={"task_id": task_id})
+            return step.on_timeout
+
+    async def _review_activity(
+        self,
+        name: str,
+        task_id: str,
+        *,
+        status: str,
+        decision: ReviewDecision | None = None,
+        queue: str | None = None,
+        due_at: datetime | None = None,
+    ) -> None:
+        change = ReviewTaskChange(task_id=task_id, status=status, queue=queue, due_at=due_at)
+        if decision is not None:
+            change.decision = decision.decision
+            change.reviewer = decision.reviewer
+            change.note = decision.note
+        await workflow.execute_activity(
+            name,
+            change,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=_DB_RETRY,
+        )
+
+    async def _set(self, step: p.SetPlan) -> str | None:
+        targets = list(step.assignments)
+        result = await self._evaluate(step.id, "set", "all", [step.assignments[t] for t in targets])
+        profile_updates: dict[str, Any] = {}
+        for target, value in zip(targets, result.values, strict=True):
+            scope, name = target.split(".", 1)
+            if scope == "vars":
+                self.state.vars[name] = value
+            else:
+                profile_updates[name] = value
+                self.customer.traits[name] = value
+        if profile_updates:
+            await workflow.execute_activity(
+                "update_profile",
+                UpdateProfileInput(customer_id=self.input.customer_id, traits=profile_updates),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_DB_RETRY,
+            )
+        self._path(
+            step.id,
+            step.type,
+            outcome="set",
+            detail={
+                "values": dict(zip(targets, result.values, strict=True)),
+                "error": result.error,
+            },
+        )
+        return step.next
+
+    async def _call(self, step: p.CallPlan) -> str | None:
+        body: dict[str, Any] | None = None
+        if step.json_body is not None:
+            names = list(step.json_body)
+            values = await self._evaluate(
+                step.id, "json", "all", [step.json_body[n] for n in names]
+            )
+            body = dict(zip(names, values.values, strict=True))
+        try:
+            result: CallHttpResult = await workflow.execute_activity(
+                "call_http",
+                CallHttpInput(
+                    workflow_id=workflow.info().workflow_id,
+                    step_id=step.id,
+                    visit=self.visits[step.id],
+                    method=step.method,
+                    url=step.url,
+                    json_body=body,
+                    headers=dict(step.headers or {}),
+                    timeout_seconds=step.timeout_seconds,
+                    context=self._context(),
+                ),
+                result_type=CallHttpResult,
+                start_to_close_timeout=timedelta(seconds=step.timeout_seconds + 5),
+                schedule_to_close_timeout=timedelta(hours=1),
+                retry_policy=_CALL_RETRY,
+            )
+        except ActivityError as error:
+            self._path(step.id, step.type, outcome="failed", detail={"reason": _cause(error)})
+            if step.on_failure:
+                return step.on_failure
+            raise _RunEnded("failed", f"{step.id}_failed") from None
+        self.state.vars[step.id] = result.body
+        self._path(step.id, step.type, outcome=str(result.status_code))
+        return step.next
+
+    async def _exit(self, step: p.ExitPlan) -> str | None:
+        raise _RunEnded("completed", step.outcome)
+
+    # ------------------------------------------------------------------ holdout
+
+    async def _in_holdout(self) -> bool:
+        result: EvaluateResult = await workflow.execute_local_activity(
+            "evaluate",
+            EvaluateInput(
+                step_id="holdout",
+                purpose="holdout",
+                mode="bucket",
+                weights=[self.plan.holdout_percent, 100 - self.plan.holdout_percent],
+                salt=self._salt("holdout"),
+            ),
+            result_type=EvaluateResult,
+            start_to_close_timeout=_LOCAL,
+        )
+        return result.bucket == 0
+
+    async def _hold_out(self) -> None:
+        """Enter, get nothing, and still record how the run ends (exit events), for comparison."""
+        self.state.holdout = True
+        self._path("holdout", "holdout", outcome="held_out")
+        await self._record()
+        assert self.deadline is not None
+        await self._sleep_until(self.deadline, waiting_for="holdout: exit events only")
+
+    # ------------------------------------------------------------------ waiting
+
+    async def _sleep_until(self, wake: datetime, *, waiting_for: str) -> None:
+        await self._wait_for(lambda: False, wake, waiting_for=waiting_for)
+
+    async def _wait_for(
+        self, done: Callable[[], bool], until: datetime | None, *, waiting_for: str
+    ) -> bool:
+        """Wait until ``done()`` or ``until``, handling exit events meanwhile. True if done."""
+        self.state.waiting_for = waiting_for
+        self.state.wake_at = until
+        self._upsert()
+        await self._record()
+        try:
+            while True:
+                await self._check_exits()
+                if done():
+                    return True
+                now = workflow.now()
+                limit = until
+                if self.deadline is not None and (limit is None or self.deadline < limit):
+                    limit = self.deadline
+                if limit is not None and now >= limit:
+                    if self.deadline is not None and now >= self.deadline:
+                        raise _RunEnded("expired", "expired")
+                    return False
+                timeout = (limit - now).total_seconds() if limit is not None else None
+                try:
+                    await workflow.wait_condition(
+                        lambda: done() or len(self.inbox) > self.exit_checked, timeout=timeout
+                    )
+                except TimeoutError:
+                    continue
+        finally:
+            self.state.waiting_for = None
+            self.state.wake_at = None
+
+    def _queued(self, name: str) -> int | None:
+        """Index of the first exit-checked event called ``name`` waiting in the inbox."""
+        return next(
+            (i for i, e in enumerate(self.inbox[: self.exit_checked]) if e.name == name), None
+        )
+
+    async def _await_event(
+        self, step: p.WaitPlan, timeout_at: datetime | None
+    ) -> EventMessage | None:
+        """The first event called ``step.event`` (already queued or arriving) whose `when` holds."""
+        assert step.event is not None
+        name = step.event
+        while True:
+            while (index := self._queued(name)) is not None:
+                event = self.inbox.pop(index)
+                self.exit_checked -= 1
+                if step.when:
+                    check = await self._evaluate(
+                        step.id, "wait.when", "first", [step.when], event=event
+                    )
+                    if check.first_true is None:
+                        self._path(
+                            step.id,
+                            step.type,
+                            outcome="ignored",
+                            detail={"message_id": event.message_id, "reads": check.reads},
+                        )
+                        continue
+                return event
+            arrived = await self._wait_for(
+                lambda: self._queued(name) is not None, timeout_at, waiting_for=f"event {name}"
+            )
+            if not arrived:
+                return None
+
+    async def _check_exits(self) -> None:
+        """Look at events not yet checked against `exit_on`; end the run if one matches."""
+        while self.exit_checked < len(self.inbox):
+            event = self.inbox[self.exit_checked]
+            self.exit_checked += 1
+            for rule in self.plan.exit_on:
+                if rule.event != event.name:
+                    continue
+                if rule.when:
+                    check = await self._evaluate(
+                        "exit_on", "exit_on.when", "first", [rule.when], event=event
+                    )
+                    if check.first_true is None:
+                        continue
+                self.event = event
+                self._path(
+                    self.state.current_step or "entry",
+                    "exit_on",
+                    outcome=rule.outcome,
+                    detail={"event": event.name, "message_id": event.message_id},
+                )
+                raise _RunEnded("exited", rule.outcome)
+
+    # ------------------------------------------------------------------ local activities
+
+    async def _evaluate(
+        self,
+        step_id: str,
+        purpose: str,
+        mode: str,
+        expressions: list[str],
+        *,
+        event: EventMessage | None = None,
+    ) -> EvaluateResult:
+        request = EvaluateInput(
+            step_id=step_id,
+            purpose=purpose,
+            mode=mode,
+            expressions=expressions,
+            context=self._context(event),
+            timezone=self._timezone(),
+        )
+        result: EvaluateResult = await workflow.execute_local_activity(
+            "evaluate", request, result_type=EvaluateResult, start_to_close_timeout=_LOCAL
+        )
+        return result
+
+    async def _local_time(self, request: LocalTimeInput) -> LocalTimeResult:
+        result: LocalTimeResult = await workflow.execute_local_activity(
+            "local_time", request, result_type=LocalTimeResult, start_to_close_timeout=_LOCAL
+        )
+        return result
+
+    async def _load_profile(self) -> None:
+        self.customer = await workflow.execute_local_activity(
+            "load_profile",
+            LoadProfileInput(customer_id=self.input.customer_id),
+            result_type=CustomerContext,
+            start_to_close_timeout=_LOCAL,
+            retry_policy=_DB_RETRY,
+        )
+
+    async def _record(self) -> None:
+        info = workflow.info()
+        await workflow.execute_local_activity(
+            "record_run",
+            RecordRunInput(
+                run_id=info.run_id,
+                workflow_id=info.workflow_id,
+                journey_id=self.plan.journey_id,
+                version=self.plan.version,
+                customer_id=self.input.customer_id,
+                key=self.input.key,
+                status=self.state.status,
+                step=self.state.current_step,
+                outcome=self.state.outcome,
+                holdout=self.state.holdout,
+                trigger_message_id=self.input.trigger.message_id,
+                path=self.state.path,
+            ),
+            start_to_close_timeout=_LOCAL,
+            retry_policy=_DB_RETRY,
+        )
+
+    # ------------------------------------------------------------------ context and records
+
+    def _timezone(self) -> str:
+        return self.customer.timezone or self.plan.settings.timezone
+
+    def _salt(self, name: str) -> str:
+        return f"{self.plan.journey_id}:{self.plan.version}:{self.input.customer_id}:{name}"
+
+    def _context(self, event: EventMessage | None = None) -> dict[str, Any]:
+        current = event or self.event
+        trigger = self.input.trigger
+        return {
+            "event": current.properties,
+            "trigger": {
+                "name": trigger.name,
+                "timestamp": trigger.timestamp.isoformat(),
+                "message_id": trigger.message_id,
+                "properties": trigger.properties,
+            },
+            "profile": self.customer.traits,
+            "customer": {
+                "id": self.customer.id,
+                "email": self.customer.email,
+                "phone": self.customer.phone,
+                "push_token": self.customer.push_token,
+            },
+            "vars": self.state.vars,
+            "scores": self.state.scores,
+            "review": self.state.review,
+            "journey": {
+                "id": self.plan.journey_id,
+                "version": self.plan.version,
+                "run_id": workflow.info().run_id,
+                "step": self.state.current_step,
+            },
+            "now": workflow.now().isoformat(),
+        }
+
+    def _path(
+        self,
+        step: str,
+        kind: str,
+        *,
+        outcome: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        self.state.path.append(
+            PathEntry(step=step, type=kind, at=workflow.now(), outcome=outcome, detail=detail or {})
+        )
+
+    def _upsert(self, *, outcome: str | None = None) -> None:
+        """Current step and outcome as search attributes, when the run was started with them
+        (the starter knows whether the server has them registered)."""
+        if workflow.info().typed_search_attributes.get(JOURNEY_ID) is None:
+            return
+        updates = [CURRENT_STEP.value_set(self.state.current_step or "entry")]
+        if outcome is not None:
+            updates.append(OUTCOME.value_set(outcome))
+        workflow.upsert_search_attributes(updates)
+
+
+def _cause(error: ActivityError) -> str:
+    cause = error.cause
+    if isinstance(cause, ApplicationError):
+        return f"{cause.type or 'error'}: {cause.message}"
+    return str(cause or error)
