@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
@@ -42,7 +43,14 @@ def build_worker(
     task_queue: str,
     activity_executor: ThreadPoolExecutor | None = None,
 ) -> Worker:
-    """A worker for ``task_queue`` with the interpreter and all activities."""
+    """A worker for ``task_queue`` with the interpreter and all activities.
+
+    Activities that touch the database are plain functions run on ``activity_executor``
+    (a thread pool), so a slow or locked database never stalls the worker's event loop.
+    """
+    executor = activity_executor or ThreadPoolExecutor(
+        max_workers=64, thread_name_prefix="activity"
+    )
     runs = RunActivities(db=db)
     messaging = MessagingActivities(db=db)
     reviews = ReviewActivities(db=db)
@@ -63,11 +71,12 @@ def build_worker(
             reviews.close_review_task,
             calls.call_http,
         ],
-        activity_executor=activity_executor,
+        activity_executor=executor,
+        graceful_shutdown_timeout=timedelta(seconds=30),
         # Measured here: a small cache slows multi-step runs; 20 pollers keep the server busy.
         max_cached_workflows=10_000,
         max_concurrent_workflow_task_polls=20,
-        max_concurrent_activities=200,
+        max_concurrent_activities=64,
         max_concurrent_local_activities=200,
     )
 

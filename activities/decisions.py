@@ -86,7 +86,8 @@ def next_local_time(now: datetime, zone: ZoneInfo, hhmm: str) -> datetime:
     """The next instant (after ``now``) when the local clock in ``zone`` shows ``hhmm``.
 
     Across a DST change the wall-clock time is kept (09:00 stays 09:00 local); a time that
-    does not exist that day (a spring-forward gap) fires at the first instant after it.
+    does not exist that day (inside a spring-forward gap) is shifted by the gap, as clocks
+    are: 02:30 on the night of 02:00 -> 03:00 fires at 03:30.
     """
     hour, minute = parse_time_of_day(hhmm)
     local_now = now.astimezone(zone)
@@ -94,9 +95,6 @@ def next_local_time(now: datetime, zone: ZoneInfo, hhmm: str) -> datetime:
         day = (local_now + timedelta(days=days)).date()
         candidate = datetime(day.year, day.month, day.day, hour, minute, tzinfo=zone)
         instant = candidate.astimezone(UTC)
-        # A wall time in a gap round-trips to another wall time: take the instant after it.
-        if instant.astimezone(zone).replace(tzinfo=None) != candidate.replace(tzinfo=None):
-            instant = candidate.replace(fold=1).astimezone(UTC)
         if instant > now:
             return instant
     raise AssertionError("unreachable: a local time recurs within two days")

@@ -40,7 +40,7 @@ class MessagingActivities:
         self.db = db
 
     @activity.defn(name="send_message")
-    async def send_message(self, request: SendMessageInput) -> SendMessageResult:
+    def send_message(self, request: SendMessageInput) -> SendMessageResult:
         """Send on the first channel with an address, or record why nothing was sent."""
         with session_scope(self.db) as session:
             earlier = session.exec(

@@ -31,7 +31,7 @@ class ReviewActivities:
         self.db = db
 
     @activity.defn(name="open_review_task")
-    async def open_review_task(self, request: OpenReviewInput) -> str:
+    def open_review_task(self, request: OpenReviewInput) -> str:
         """Open (once per step visit) the task; returns its id."""
         try:
             title = _template(request.title).render(
@@ -86,12 +86,12 @@ class ReviewActivities:
             return task.id
 
     @activity.defn(name="escalate_review_task")
-    async def escalate_review_task(self, change: ReviewTaskChange) -> None:
+    def escalate_review_task(self, change: ReviewTaskChange) -> None:
         """Re-queue an open task (once) at its SLA."""
         self._change(change, escalate=True)
 
     @activity.defn(name="close_review_task")
-    async def close_review_task(self, change: ReviewTaskChange) -> None:
+    def close_review_task(self, change: ReviewTaskChange) -> None:
         """Record the decision (or the expiry) on the task."""
         self._change(change, escalate=False)
 

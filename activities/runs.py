@@ -30,7 +30,7 @@ class RunActivities:
         self.db = db
 
     @activity.defn(name="load_profile")
-    async def load_profile(self, request: LoadProfileInput) -> CustomerContext:
+    def load_profile(self, request: LoadProfileInput) -> CustomerContext:
         """The customer's traits and addresses, read fresh."""
         with session_scope(self.db) as session:
             profile = session.get(Profile, request.customer_id)
@@ -38,13 +38,13 @@ class RunActivities:
         return customer_from_traits(request.customer_id, traits)
 
     @activity.defn(name="update_profile")
-    async def update_profile(self, request: UpdateProfileInput) -> None:
+    def update_profile(self, request: UpdateProfileInput) -> None:
         """A `set: {profile.x: ...}` step's writes."""
         with session_scope(self.db) as session:
             upsert_profile(session, customer_id=request.customer_id, traits=request.traits)
 
     @activity.defn(name="record_run")
-    async def record_run(self, request: RecordRunInput) -> None:
+    def record_run(self, request: RecordRunInput) -> None:
         """Upsert the run's row: status, step, outcome and path (idempotent)."""
         with session_scope(self.db) as session:
             run = session.get(Run, request.run_id)

@@ -59,6 +59,7 @@ __all__ = ["MAX_STEPS", "JourneyRunWorkflow"]
 
 MAX_STEPS = 10_000
 MAX_INBOX = 200
+MAX_SEEN = 1000
 JOURNEY_ID = SearchAttributeKey.for_keyword("JourneyId")
 CURRENT_STEP = SearchAttributeKey.for_keyword("CurrentStep")
 OUTCOME = SearchAttributeKey.for_keyword("Outcome")
@@ -114,6 +115,7 @@ class JourneyRunWorkflow:
         self.event: EventMessage = input.trigger
         self.customer = CustomerContext(id=input.customer_id)
         self.inbox: list[EventMessage] = []
+        self.seen: list[str] = [input.trigger.message_id]
         self.exit_checked = 0
         self.visits: dict[str, int] = {}
         self.decision: ReviewDecision | None = None
@@ -135,7 +137,12 @@ class JourneyRunWorkflow:
 
     @workflow.signal(name=SIGNAL_EVENT)
     def on_event(self, event: EventMessage) -> None:
-        """An event for this customer that the plan waits for or exits on."""
+        """An event for this customer that the plan waits for or exits on (once per message id)."""
+        if event.message_id in self.seen:
+            return  # a re-routed event: the router may signal twice
+        self.seen.append(event.message_id)
+        if len(self.seen) > MAX_SEEN:
+            del self.seen[: len(self.seen) - MAX_SEEN]
         self.inbox.append(event)
         if len(self.inbox) > MAX_INBOX:
             dropped = len(self.inbox) - MAX_INBOX
@@ -603,6 +610,7 @@ class JourneyRunWorkflow:
     async def _hold_out(self) -> None:
         """Enter, get nothing, and still record how the run ends (exit events), for comparison."""
         self.state.holdout = True
+        self.state.current_step = "holdout"
         self._path("holdout", "holdout", outcome="held_out")
         await self._record()
         assert self.deadline is not None

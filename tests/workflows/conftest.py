@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from sqlalchemy.engine import Engine
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -21,7 +23,14 @@ from temporalio.worker import Worker
 
 from engine.catalog import build_catalog_from_text
 from engine.database import session_scope, upsert_profile
-from engine.messages import WORKFLOW_NAME, EventMessage, JourneyRunInput, RunState, workflow_id_for
+from engine.messages import (
+    SEARCH_ATTRIBUTES,
+    WORKFLOW_NAME,
+    EventMessage,
+    JourneyRunInput,
+    RunState,
+    workflow_id_for,
+)
 from engine.plan import Plan
 from tests.database import fresh_engine
 from worker import build_worker
@@ -33,6 +42,14 @@ TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
 async def env() -> AsyncIterator[WorkflowEnvironment]:
     environment = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(TEST_SERVER), data_converter=pydantic_data_converter
+    )
+    await environment.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=environment.client.namespace,
+            search_attributes={
+                name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for name in SEARCH_ATTRIBUTES
+            },
+        )
     )
     try:
         yield environment

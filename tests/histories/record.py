@@ -1,0 +1,270 @@
+"""Records the histories in this folder: the example catalogue's journeys, run on the
+time-skipping server with the real worker. Run it when a journey scenario is added:
+
+    .venv/bin/python -m tests.histories.record
+
+Existing files are kept (they are what old runs look like); pass --overwrite to redo them.
+Every file here must keep replaying on the current interpreter (tests/workflows/test_replay.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import threading
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from activities.decisions import bucket_of
+from engine.catalog import build_catalog
+from engine.database import make_engine, session_scope, upsert_profile
+from engine.messages import WORKFLOW_NAME, EventMessage, JourneyRunInput, ReviewDecision, RunState
+from engine.plan import Plan
+from worker import build_worker
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+QUEUE = "record-histories"
+
+Scenario = Callable[[WorkflowEnvironment, WorkflowHandle[Any, RunState]], Awaitable[None]]
+
+
+def _event(name: str, customer: str, at: datetime, **properties: Any) -> EventMessage:
+    # `at` is the test server's clock, which time skipping has moved ahead of the real one.
+    return EventMessage(
+        name=name,
+        customer_id=customer,
+        message_id=uuid.uuid4().hex,
+        timestamp=at,
+        properties=properties,
+    )
+
+
+def _customer(plan: Plan, prefix: str) -> str:
+    """A customer id outside the plan's holdout (so the history shows the whole journey)."""
+    holdout = plan.holdout_percent
+    for i in range(1000):
+        customer = f"{prefix}{i}"
+        if (
+            not holdout
+            or bucket_of(
+                f"{plan.journey_id}:{plan.version}:{customer}:holdout", [holdout, 100 - holdout]
+            )
+            == 1
+        ):
+            return customer
+    raise AssertionError("no customer outside the holdout")
+
+
+async def _until_review(env: WorkflowEnvironment, handle: WorkflowHandle[Any, RunState]) -> str:
+    for _ in range(200):
+        state = await handle.query("state", result_type=RunState)
+        if state.open_review is not None:
+            return state.open_review.task_id
+        await env.sleep(timedelta(seconds=1))
+    raise AssertionError("no review task opened")
+
+
+async def _approve_then_pay(
+    env: WorkflowEnvironment, handle: WorkflowHandle[Any, RunState]
+) -> None:
+    task_id = await _until_review(env, handle)
+    await handle.execute_update(
+        "decide_review",
+        ReviewDecision(task_id=task_id, decision="approve", reviewer="olga", note="first miss"),
+        result_type=None,
+    )
+    await env.sleep(timedelta(days=1, hours=2))
+    await handle.signal(
+        "event",
+        _event(
+            "payment_received",
+            handle.id.split("/")[2],
+            await env.get_current_time(),
+            amount=25000,
+            currency="KRW",
+        ),
+    )
+
+
+async def _nothing(env: WorkflowEnvironment, handle: WorkflowHandle[Any, RunState]) -> None:
+    return None
+
+
+async def _three_failures(env: WorkflowEnvironment, handle: WorkflowHandle[Any, RunState]) -> None:
+    customer = handle.id.split("/")[2]
+    for _ in range(2):
+        await env.sleep(timedelta(minutes=1))
+        await handle.signal(
+            "event",
+            _event(
+                "login_failed",
+                customer,
+                await env.get_current_time(),
+                ip="203.0.113.9",
+                device="web",
+            ),
+        )
+
+
+async def _purchase(env: WorkflowEnvironment, handle: WorkflowHandle[Any, RunState]) -> None:
+    await env.sleep(timedelta(days=2))
+    await handle.signal(
+        "event",
+        _event("first_purchase", handle.id.split("/")[2], await env.get_current_time(), amount=30),
+    )
+
+
+SCENARIOS: dict[str, tuple[str, dict[str, Any], dict[str, Any], Scenario]] = {
+    # name: (journey, entry properties, profile traits, what happens during the run)
+    "payment_recovery_high_risk_approved_paid": (
+        "payment_recovery",
+        {"amount": 900000, "currency": "KRW", "days_past_due": 40, "invoice_id": "INV-1"},
+        {
+            "first_name": "Min",
+            "phone": "+821012345678",
+            "email": "min@example.com",
+            "failed_payments_90d": 3,
+            "timezone": "Asia/Seoul",
+        },
+        _approve_then_pay,
+    ),
+    "payment_recovery_low_risk_unpaid": (
+        "payment_recovery",
+        {"amount": 12000, "currency": "KRW", "days_past_due": 1, "invoice_id": "INV-2"},
+        {
+            "first_name": "Jae",
+            "phone": "+821055550000",
+            "email": "jae@example.com",
+            "tenure_months": 60,
+        },
+        _nothing,
+    ),
+    "onboarding_converted": (
+        "onboarding",
+        {"plan": "basic", "source": "ads"},
+        {"first_name": "Kim", "email": "kim@example.com", "push_token": "tok-1"},
+        _purchase,
+    ),
+    "suspicious_login_alerted": (
+        "suspicious_login",
+        {"ip": "203.0.113.9", "device": "web"},
+        {"email": "lee@example.com", "push_token": "tok-2", "timezone": "UTC"},
+        _three_failures,
+    ),
+    "abandoned_cart_reminded": (
+        "abandoned_cart",
+        {"cart_id": "cart-9", "items": 2, "value": 59000, "currency": "KRW"},
+        {"first_name": "Park", "email": "park@example.com", "push_token": "tok-3"},
+        _nothing,
+    ),
+}
+
+
+async def record(out_dir: Path, *, overwrite: bool = False) -> list[Path]:
+    plans = build_catalog(ROOT / "journeys.yaml").plans
+    written: list[Path] = []
+    collections = _CollectionsApi()
+    os.environ["COLLECTIONS_API_URL"] = collections.url
+    with tempfile.TemporaryDirectory() as tmp:
+        db = make_engine(f"sqlite:///{tmp}/journeys.db")
+        env = await WorkflowEnvironment.start_time_skipping(
+            test_server_existing_path=str(Path(sys.executable).parent / "temporal-test-server"),
+            data_converter=pydantic_data_converter,
+        )
+        try:
+            async with build_worker(env.client, db=db, task_queue=QUEUE):
+                for name, (journey, properties, traits, scenario) in SCENARIOS.items():
+                    target = out_dir / f"{name}.json"
+                    if target.exists() and not overwrite:
+                        continue
+                    plan = plans[journey]
+                    customer = _customer(plan, name.split("_")[0][:4])
+                    with session_scope(db) as session:
+                        upsert_profile(session, customer_id=customer, traits=traits)
+                    handle = await _start(
+                        env.client, plan, customer, properties, await env.get_current_time()
+                    )
+                    await scenario(env, handle)
+                    state = await handle.result()
+                    history = await handle.fetch_history()
+                    target.write_text(history.to_json(), encoding="utf-8")
+                    written.append(target)
+                    print(
+                        f"{target.name}: {state.status} {state.outcome} ({len(history.events)} events)"
+                    )
+        finally:
+            await env.shutdown()
+            collections.close()
+    return written
+
+
+class _CollectionsApi:
+    """A stand-in for the collections system the handover step calls, on loopback."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = b'{"case": "C-1"}'
+                self.send_response(201)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def _start(
+    client: Client, plan: Plan, customer: str, properties: dict[str, Any], at: datetime
+) -> WorkflowHandle[Any, RunState]:
+    key = (
+        str(properties["invoice_id"])
+        if plan.entry.key == "event.invoice_id"
+        else (str(properties["cart_id"]) if plan.entry.key == "event.cart_id" else None)
+    )
+    workflow_id = f"journey/{plan.journey_id}/{customer}" + (f"/{key}" if key else "")
+    return await client.start_workflow(
+        WORKFLOW_NAME,
+        JourneyRunInput(
+            plan=plan,
+            customer_id=customer,
+            key=key,
+            trigger=_event(plan.entry.event, customer, at, **properties),
+        ),
+        id=workflow_id,
+        task_queue=QUEUE,
+        result_type=RunState,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args()
+    asyncio.run(record(HERE, overwrite=args.overwrite))
+
+
+if __name__ == "__main__":
+    main()
