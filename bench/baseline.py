@@ -9,7 +9,8 @@ profile and passes it in, as a hand-written integration would.
 
 `python -m bench.baseline` runs a worker for these workflows, configured from the
 environment like `worker.py` (TEMPORAL_ADDRESS, DATABASE_URL, TEMPORAL_TASK_QUEUE), with
-the same worker settings as `worker.build_worker`.
+`worker.build_worker`'s settings (captured from its call to `Worker`, so they cannot
+drift): cache size, pollers, concurrency limits, the activity thread pool.
 
 Only cheap definitions live at module level: the workflow sandbox re-imports this module
 for every run (the engine's workflow module is re-imported the same way).
@@ -31,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.client import Client
     from temporalio.worker import Worker
 
+    import worker as engine_worker
     from activities import scoring
     from activities.messaging import MessagingActivities
     from engine.database import make_engine
@@ -54,6 +56,7 @@ __all__ = [
     "BaselineLoginWorkflow",
     "BaselinePaymentWorkflow",
     "build_baseline_worker",
+    "engine_worker_settings",
     "main",
 ]
 
@@ -242,19 +245,28 @@ WORKFLOWS: dict[str, str] = {
 """Workflow type per journey kind (the kinds of bench/throughput.py)."""
 
 
+def engine_worker_settings(client: Client, *, db: Engine, task_queue: str) -> dict[str, Any]:
+    """The keyword arguments `worker.build_worker` gives `Worker` (captured: nothing is built,
+    since a second worker on one task queue is refused)."""
+    from unittest import mock  # only here: the sandbox re-imports this module for every run
+
+    captured: dict[str, Any] = {}
+
+    def capture(_client: Client, **kwargs: Any) -> None:
+        captured.update(kwargs)
+
+    with mock.patch.object(engine_worker, "Worker", capture):
+        engine_worker.build_worker(client, db=db, task_queue=task_queue)
+    return captured
+
+
 def build_baseline_worker(client: Client, *, db: Engine, task_queue: str) -> Worker:
     """A worker for the baseline workflows, with `worker.build_worker`'s settings."""
+    settings = engine_worker_settings(client, db=db, task_queue=task_queue)
     messaging = MessagingActivities(db=db)
-    return Worker(
-        client,
-        task_queue=task_queue,
-        workflows=[BaselineCartWorkflow, BaselinePaymentWorkflow, BaselineLoginWorkflow],
-        activities=[messaging.send_message, scoring.score_customer],
-        max_cached_workflows=10_000,
-        max_concurrent_workflow_task_polls=20,
-        max_concurrent_activities=200,
-        max_concurrent_local_activities=200,
-    )
+    settings["workflows"] = [BaselineCartWorkflow, BaselinePaymentWorkflow, BaselineLoginWorkflow]
+    settings["activities"] = [messaging.send_message, scoring.score_customer]
+    return Worker(client, **settings)
 
 
 async def main() -> None:

