@@ -47,6 +47,22 @@ def _settings(document: spec.Document, journey: spec.Journey) -> p.PlanSettings:
     )
 
 
+_DEFAULT_TTL = {"email": 86400}
+
+
+def _channel(name: str, value: str | spec.ChannelSpec) -> p.ChannelPlan:
+    """A channel's URL (as written: only ``${VAR}`` references or credential-free) and retries."""
+    if isinstance(value, str):
+        return p.ChannelPlan(url=value, ttl_seconds=_DEFAULT_TTL.get(name, 3600))
+    retry = value.retry
+    return p.ChannelPlan(
+        url=value.url,
+        retry_initial_seconds=parse_duration(retry.initial),
+        retry_max_seconds=parse_duration(retry.maximum_interval),
+        ttl_seconds=parse_duration(retry.ttl) if retry.ttl else _DEFAULT_TTL.get(name, 3600),
+    )
+
+
 def _entry(entry: spec.Entry) -> p.PlanEntry:
     if entry.reentry in ("never", "always"):
         return p.PlanEntry(event=entry.event, when=entry.when, reentry=entry.reentry, key=entry.key)
@@ -168,6 +184,11 @@ def compile_journey(
         },
         "models": {name: document.models[name].model_dump(mode="json") for name in used_models},
         "channels": tuple(used_channels),
+        "channel_config": {
+            name: _channel(name, document.channels[name])
+            for name in sorted({*used_channels, *(["ops"] if "ops" in document.channels else [])})
+            if name in document.channels
+        },
     }
     draft = p.Plan.model_validate(body)
     return draft.model_copy(update={"version": plan_version(draft.model_dump(mode="json"))})

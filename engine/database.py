@@ -24,12 +24,16 @@ from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 __all__ = [
     "ApiKey",
+    "CapReservation",
+    "Delivery",
     "EventRecord",
     "OutboxMessage",
     "PlanVersion",
+    "Preference",
     "Profile",
     "ReviewTask",
     "Run",
+    "Suppression",
     "activate_plan",
     "active_plans",
     "check_api_key",
@@ -159,6 +163,69 @@ class ReviewTask(SQLModel, table=True):
     due_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
     decided_at: datetime | None = None
+
+
+class Delivery(SQLModel, table=True):
+    """One send step visit's delivery: written `pending` before the provider is called and
+    marked after, so a retried activity finds the earlier outcome instead of sending twice.
+    Recipients are stored masked (and hashed for look-ups), never in clear."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("run_id", "step_id", "visit", "channel"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    workflow_id: str = Field(index=True, max_length=400)
+    run_id: str = Field(max_length=100)
+    step_id: str = Field(max_length=100)
+    visit: int
+    journey_id: str = Field(index=True, max_length=100)
+    customer_id: str = Field(index=True, max_length=200)
+    channel: str | None = Field(default=None, max_length=50)
+    template: str | None = Field(default=None, max_length=100)
+    recipient_hash: str | None = Field(default=None, max_length=64)
+    recipient_masked: str | None = Field(default=None, max_length=200)
+    status: str = Field(default="pending", index=True, max_length=20)
+    reason: str | None = None
+    attempts: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    sent_at: datetime | None = None
+
+
+class Preference(SQLModel, table=True):
+    """A customer's opt-in or opt-out for one channel (absent: the channel's default, in)."""
+
+    __tablename__ = "preferences"
+
+    customer_id: str = Field(primary_key=True, max_length=200)
+    channel: str = Field(primary_key=True, max_length=50)
+    opted_in: bool
+    source: str = Field(default="api", max_length=50)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Suppression(SQLModel, table=True):
+    """An address that must not get messages (hard bounce, invalid number, STOP)."""
+
+    __tablename__ = "suppressions"
+
+    channel: str = Field(primary_key=True, max_length=50)
+    address_hash: str = Field(primary_key=True, max_length=64)
+    reason: str = Field(max_length=400)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class CapReservation(SQLModel, table=True):
+    """A slot of a customer's frequency cap, taken atomically before a message is sent."""
+
+    __tablename__ = "cap_reservations"
+    __table_args__ = (UniqueConstraint("run_id", "step_id", "visit"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: str = Field(index=True, max_length=200)
+    run_id: str = Field(max_length=100)
+    step_id: str = Field(max_length=100)
+    visit: int
+    reserved_at: datetime = Field(default_factory=utcnow, index=True)
 
 
 class ApiKey(SQLModel, table=True):

@@ -219,24 +219,40 @@ class RecordRunInput(_Message):
 
 
 class SendMessageInput(_Message):
+    """One send step visit on one channel (`channel`); policies are checked in the activity,
+    just before the provider call and again on every retry. (`channels` is the older,
+    all-channels form kept for recorded histories.)"""
+
     workflow_id: str
     run_id: str
     journey_id: str
     step_id: str
     visit: int
-    channels: list[str]
+    channels: list[str] = Field(default_factory=list)
     template: str
     forms: dict[str, str]
     to: str | None = None
     context: dict[str, Any] = Field(default_factory=dict)
     timezone: str = "UTC"
+    channel: str | None = None
+    channel_url: str | None = None
+    quiet_start: str | None = None
+    quiet_end: str | None = None
+    cap_max: int | None = None
+    cap_per_seconds: int | None = None
 
 
 class SendMessageResult(_Message):
-    status: Literal["sent", "captured", "skipped", "failed"]
+    """`sent` (by the provider), `captured` (dev outbox: no channel URL set), `quiet` and
+    `capped` (try again at `retry_at`), or why nothing was sent on this channel."""
+
+    status: Literal[
+        "sent", "captured", "skipped", "failed", "quiet", "capped", "no_address", "no_consent", "suppressed"
+    ]
     channel: str | None = None
     reason: str | None = None
     delivery_id: str | None = None
+    retry_at: datetime | None = None
 
 
 class ScoreInput(_Message):

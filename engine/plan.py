@@ -17,6 +17,7 @@ __all__ = [
     "BranchPlan",
     "BranchRulePlan",
     "CallPlan",
+    "ChannelPlan",
     "ExitPlan",
     "FrequencyCapPlan",
     "Plan",
@@ -70,6 +71,15 @@ class PlanExit(_Frozen):
     event: str
     when: str | None = None
     outcome: str
+
+
+class ChannelPlan(_Frozen):
+    """A channel as a run needs it: the URL as written (``${VAR}`` unresolved) and retries."""
+
+    url: str
+    retry_initial_seconds: int = 5
+    retry_max_seconds: int = 300
+    ttl_seconds: int = 3600
 
 
 class _PlanStep(_Frozen):
@@ -193,6 +203,7 @@ class Plan(_Frozen):
     templates: dict[str, dict[str, str]] = Field(default_factory=dict)
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     channels: tuple[str, ...] = ()
+    channel_config: dict[str, ChannelPlan] = Field(default_factory=dict)
 
     def step(self, step_id: str) -> PlanStep:
         """The step called ``step_id`` (KeyError if the plan has none)."""

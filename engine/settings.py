@@ -14,6 +14,8 @@ of the embedded single-machine setup that `journeys up` runs.
 | `JOURNEYS_API_URL` | `http://127.0.0.1:8000` | where the CLI's client commands send requests |
 | `JOURNEYS_API_KEY` | unset | seeds an API key (dev); the client commands send it |
 | `JOURNEYS_TEMPORAL_UI` | `http://127.0.0.1:8233` | links to runs in Temporal's Web UI |
+| `JOURNEYS_SECRET_KEY` | unset (`journeys up` generates one) | signs unsubscribe links; the same in every worker and API |
+| `JOURNEYS_PUBLIC_URL` | `JOURNEYS_API_URL` | the API's address as customers' mail clients reach it (unsubscribe links) |
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class RuntimeSettings:
     api_url: str = "http://127.0.0.1:8000"
     api_key: str | None = field(default=None, repr=False)
     temporal_ui: str = "http://127.0.0.1:8233"
+    secret_key: str | None = field(default=None, repr=False)
+    public_url: str = "http://127.0.0.1:8000"
 
     @classmethod
     def from_env(cls) -> RuntimeSettings:
@@ -65,4 +69,8 @@ class RuntimeSettings:
             api_url=(_env("JOURNEYS_API_URL", "http://127.0.0.1:8000") or "").rstrip("/"),
             api_key=_env("JOURNEYS_API_KEY"),
             temporal_ui=(_env("JOURNEYS_TEMPORAL_UI", "http://127.0.0.1:8233") or "").rstrip("/"),
+            secret_key=_env("JOURNEYS_SECRET_KEY"),
+            public_url=(
+                _env("JOURNEYS_PUBLIC_URL") or _env("JOURNEYS_API_URL", "http://127.0.0.1:8000") or ""
+            ).rstrip("/"),
         )

@@ -34,6 +34,8 @@ __all__ = [
     "BranchStep",
     "CallSpec",
     "CallStep",
+    "ChannelRetry",
+    "ChannelSpec",
     "Document",
     "EmailTemplate",
     "Entry",
@@ -182,6 +184,23 @@ class Settings(_Model):
 EventPropertyType = Literal[
     "string", "number", "integer", "boolean", "timestamp", "object", "list", "any"
 ]
+
+
+class ChannelRetry(_Model):
+    """How a channel's sends are retried (by Temporal) before the next fallback or on_failure."""
+
+    initial: Duration = Field("5s", description="The first retry's delay; it doubles each time.")
+    maximum_interval: Duration = Field("5m", description="The longest delay between retries.")
+    ttl: Duration | None = Field(
+        None, description="Give up after this long (default: email 1d, sms and push 1h, others 1h)."
+    )
+
+
+class ChannelSpec(_Model):
+    """A channel with its Apprise URL and retry policy."""
+
+    url: str = Field(description="The Apprise URL; write ${VAR} for anything secret.")
+    retry: ChannelRetry = Field(default_factory=ChannelRetry)
 
 
 class _ModelBase(_Model):
@@ -536,8 +555,9 @@ class Document(_Model):
         default_factory=dict,
         description="Optional event schemas; expressions are checked against them.",
     )
-    channels: dict[Identifier, str] = Field(
-        default_factory=dict, description="Apprise URLs by channel name; use ${VAR} for secrets."
+    channels: dict[Identifier, str | ChannelSpec] = Field(
+        default_factory=dict,
+        description="Apprise URLs by channel name (or {url, retry}); use ${VAR} for secrets.",
     )
     models: dict[Identifier, ModelSpec] = Field(default_factory=dict)
     templates: dict[Identifier, TemplateSpec] = Field(default_factory=dict)

@@ -526,21 +526,20 @@ class _Checker:
         return steps, broken
 
     def _check_catalogue_secrets(self) -> None:
+        """A channel URL with credentials written in the file would end up in plans and
+        histories: refuse it, and ask for an environment variable instead."""
         channels = self.raw.get("channels")
         if not isinstance(channels, dict):
             return
-        for name, url in channels.items():
-            if (
-                isinstance(url, str)
-                and "${" not in url
-                and ("@" in url or ("://" in url and ":" in url.split("://", 1)[1].split("/")[0]))
-            ):
+        for name, value in channels.items():
+            url = value.get("url") if isinstance(value, dict) else value
+            path: Path = ("channels", name, "url") if isinstance(value, dict) else ("channels", name)
+            if isinstance(url, str) and _has_literal_credentials(url):
                 self.add(
                     "secret",
-                    ("channels", name),
-                    f"channel '{name}' has its URL written in the file; it may hold credentials",
-                    hint='put it in an environment variable and write "${VAR}"',
-                    warning=True,
+                    path,
+                    f"channel '{name}' has credentials written in the file",
+                    hint='put the URL (or its secret parts) in an environment variable and write "${VAR}"',
                 )
 
     # -- templates
@@ -640,6 +639,25 @@ _STEP_ADAPTER: TypeAdapter[spec.Step] = TypeAdapter(spec.Step)
 def _field_adapter(model: type[BaseModel], name: str) -> TypeAdapter[Any]:
     """A (cached) validator for one field of ``model`` on its own."""
     return TypeAdapter(model.model_fields[name].annotation)  # type: ignore[arg-type]
+
+
+_SECRET_PARAMS = ("pass", "password", "token", "key", "apikey", "secret", "auth")
+
+
+def _has_literal_credentials(url: str) -> bool:
+    """User info or secret-looking query values written literally (not as ``${VAR}``)."""
+    if "://" not in url:
+        return False
+    rest = url.split("://", 1)[1]
+    netloc = rest.split("/", 1)[0].split("?", 1)[0]
+    if "@" in netloc and "${" not in netloc.split("@", 1)[0]:
+        return True
+    query = rest.split("?", 1)[1] if "?" in rest else ""
+    for pair in query.split("&"):
+        name, _, value = pair.partition("=")
+        if name.lower() in _SECRET_PARAMS and value and "${" not in value:
+            return True
+    return False
 
 
 def _prefixed(exc: ValidationError, *prefix: str | int) -> list[ErrorDetails]:

@@ -102,13 +102,21 @@ def test_last_step_falls_through_to_completion() -> None:
     assert isinstance(only, p.WaitPlan) and only.next is None and only.seconds == 3600
 
 
-def test_plans_carry_no_channel_urls() -> None:
+def test_a_channel_url_with_credentials_in_the_file_is_refused() -> None:
     text = journey_doc("- {id: hi, send: offer, channel: sms}").replace(
         '"${JOURNEYS_SMS_URL}"', '"twilio://SID:TOKEN@+15550001111"'
     )
     catalog = check(text)
-    assert "TOKEN" not in catalog.plans["j"].model_dump_json()
-    assert [v.code for v in catalog.violations] == ["secret"]
+    assert [(v.code, v.severity, v.message) for v in catalog.violations] == [
+        ("secret", "error", "channel 'sms' has credentials written in the file")
+    ]
+    assert catalog.plans == {}
+
+
+def test_plans_keep_channel_urls_unresolved() -> None:
+    plan = check(journey_doc("- {id: hi, send: offer, channel: sms}")).plans["j"]
+    assert plan.channel_config["sms"].url == "${JOURNEYS_SMS_URL}"
+    assert plan.channel_config["sms"].ttl_seconds == 3600
 
 
 def test_formatting_and_comments_do_not_change_the_version() -> None:
