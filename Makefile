@@ -27,8 +27,21 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy engine rules workflows activities channels service models worker.py
 
-test: lint typecheck
+test: lint typecheck mlserver
 	$(BIN)/python -m pytest -q
+
+# MLServer, the Open Inference Protocol server the model tests call, pins packages that
+# clash with ours: it gets its own venv (the tests build it too when it is missing).
+MLSERVER_VENV := .venv-mlserver
+MLSERVER_REQUIREMENTS := tests/models/mlserver-requirements.txt
+
+.PHONY: mlserver
+mlserver: $(MLSERVER_VENV)/.installed
+
+$(MLSERVER_VENV)/.installed: $(MLSERVER_REQUIREMENTS)
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet -r $(MLSERVER_REQUIREMENTS)
+	touch $@
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -205,9 +205,18 @@ class ChannelSpec(_Model):
 
 class _ModelBase(_Model):
     timeout: Duration = Field("2s", description="How long one call may take before the fallback.")
-    fallback: float = Field(description="Score used when the model fails or times out (recorded).")
+    fallback: float = Field(
+        description="Score used when the model fails, times out or answers something that is "
+        "not a finite number in `range` (recorded with fallback_used: true and the error)."
+    )
     range: tuple[float, float] | None = Field(
         None, description="[min, max] a valid score lies in; outside it, the fallback is used."
+    )
+    features: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None,
+        description="The features the model takes, in order. Every score step calling it must "
+        "give exactly these; a model that reads one tensor of N columns (an ONNX model with one "
+        "input, an Open Inference Protocol model) gets them in this order.",
     )
     example: dict[str, Any] | None = Field(
         None, description="Example features `journeys models check` calls the model with."
@@ -216,33 +225,79 @@ class _ModelBase(_Model):
 
 
 class PythonModel(_ModelBase):
-    """A model called in-process: `function: package.module:function` takes a dict of features."""
+    """A model called in-process: `function: package.module:function` takes a dict of features
+    and returns a number or a mapping with `score`."""
 
     kind: Literal["python"]
     function: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+_PositiveClass = Annotated[
+    int | str,
+    Field(
+        description="For a classifier's class probabilities: the class whose probability is the "
+        "score, a label (for a map of probabilities) or a column number from 0 (for a tensor). "
+        "Default: label 1, or the second column of two."
+    ),
+]
 
 
 class HttpModel(_ModelBase):
     """A model behind HTTP: Open Inference Protocol v2 (KServe, MLServer, Triton) or plain JSON."""
 
     kind: Literal["http"]
-    url: str = Field(description="The inference URL; ${VAR} is read from the environment.")
-    protocol: Literal["oip", "json"] = Field("oip", description="oip (v2 infer) or json.")
-    body: TemplateText | None = Field(None, description="json protocol: the request body template.")
-    score: str | None = Field(
-        None, description="json protocol: dotted path to the score in the reply."
+    url: str = Field(
+        description="The endpoint, for oip `.../v2/models/<name>/infer`; write ${VAR} for any "
+        "secret part (read from the environment at call time, never recorded)."
     )
-    output: str | None = Field(None, description="oip protocol: the output tensor's name.")
-    token: str | None = Field(None, description="Bearer token, normally '${VAR}'.")
-    retries: int = Field(2, ge=0, le=10)
+    protocol: Literal["oip", "json"] = Field(
+        "oip",
+        description="oip: one FP64 tensor [1, N] of the features in order; json: `body:` and "
+        "`score:`.",
+    )
+    body: TemplateText | None = Field(
+        None,
+        description="json protocol: the request body, a template that renders JSON; it reads "
+        "`features` (e.g. {{ features.amount }}).",
+    )
+    score: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
+        description="json protocol: dotted path to the score in the reply, e.g. "
+        "result.probability or predictions.0.",
+    )
+    input: str = Field("input-0", description="oip protocol: the input tensor's name.")
+    output: str | None = Field(
+        None,
+        description="oip protocol: the output tensor to read (and to ask for, e.g. "
+        "predict_proba); default: the only one in the reply.",
+    )
+    positive_class: _PositiveClass | None = None
+    token: str | None = Field(
+        None, description="Bearer token, as '${VAR}' (read from the environment at call time)."
+    )
+    retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Tries after the first when the model times out, cannot be reached or "
+        "answers HTTP 429 or 5xx.",
+    )
 
 
 class OnnxModel(_ModelBase):
-    """A local ONNX file run with onnxruntime (inputs named like the features)."""
+    """A local ONNX file run with onnxruntime: inputs named like the features, or one tensor of
+    N columns (the features in the order of `features:`)."""
 
     kind: Literal["onnx"]
     path: str = Field(description="The .onnx file, relative to journeys.yaml.")
-    output: str | None = Field(None, description="The output to read the score from.")
+    output: str | None = Field(
+        None,
+        description="The output to read the score from, e.g. output_probability (a scikit-learn "
+        "classifier exported by skl2onnx); default: the only output, or output_probability or "
+        "probabilities when the model has them.",
+    )
+    positive_class: _PositiveClass | None = None
 
 
 ModelSpec = Annotated[PythonModel | HttpModel | OnnxModel, Field(discriminator="kind")]

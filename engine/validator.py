@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
 import types
 import typing
 from collections.abc import Iterable, Iterator, Mapping
@@ -21,6 +22,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
 from engine import spec
+from engine.durations import parse_duration
 from engine.loader import LoadedDocument
 from engine.violations import Path, Violation
 from rules import (
@@ -31,14 +33,17 @@ from rules import (
     compile_template,
 )
 
-__all__ = ["CheckedDocument", "check_document", "closest", "validate"]
+__all__ = ["MODEL_BODY_NAMES", "CheckedDocument", "check_document", "closest", "validate"]
 
 TRIGGER_FIELDS = ("properties", "name", "timestamp", "message_id")
 CUSTOMER_FIELDS = ("id", "email", "phone", "push_token")
 JOURNEY_FIELDS = ("id", "version", "run_id", "step")
 REVIEW_FIELDS = ("decision", "reviewer", "note", "at")
-SCORE_FIELDS = ("score", "model", "model_version", "latency_ms", "fallback_used")
+SCORE_FIELDS = ("score", "model", "model_version", "latency_ms", "fallback_used", "error")
+MODEL_CALL_BUDGET_SECONDS = 45  # timeout x tries; the workflow gives the activity 60 s
 MAX_TEMPLATE_FILE = 256 * 1024
+MODEL_BODY_NAMES = frozenset({"features", "model"})
+"""The names a json model's `body:` template reads: the step's features and the model's name."""
 
 
 def closest(word: str, choices: Iterable[str]) -> str | None:
@@ -351,6 +356,7 @@ class _Checker:
         self.document = spec.Document.model_construct(**catalogue, journeys=journeys)
         self._check_templates(self.document)
         self._check_catalogue_secrets()
+        self._check_models(self.document)
         seen: dict[str, int] = {}
         for index, journey in self._journeys_with_index(journeys):
             if journey.id in seen:
@@ -541,6 +547,165 @@ class _Checker:
                     f"channel '{name}' has credentials written in the file",
                     hint='put the URL (or its secret parts) in an environment variable and write "${VAR}"',
                 )
+
+    # -- models
+
+    def _check_models(self, document: spec.Document) -> None:
+        """What the model's own declaration can get wrong, beyond its structure."""
+        for name, model in (document.models or {}).items():
+            if model is None:
+                continue
+            at: Path = ("models", name)
+            self._check_model_scores(at, name, model)
+            self._check_model_example(at, name, model)
+            tries = 1 + (model.retries if isinstance(model, spec.HttpModel) else 0)
+            seconds = parse_duration(model.timeout) * tries
+            if seconds > MODEL_CALL_BUDGET_SECONDS:
+                self.add(
+                    "value",
+                    (*at, "timeout"),
+                    f"model '{name}' may take {seconds} s (timeout {model.timeout} x {tries} "
+                    f"tries), longer than the {MODEL_CALL_BUDGET_SECONDS} s a score step waits",
+                    hint="lower timeout: or retries:",
+                )
+            if isinstance(model, spec.OnnxModel):
+                self._check_onnx_file(at, name, model)
+            elif isinstance(model, spec.HttpModel):
+                self._check_http_model(at, name, model)
+
+    def _check_model_scores(self, at: Path, name: str, model: spec.ModelSpec) -> None:
+        if model.range is not None:
+            low, high = model.range
+            if not low < high:
+                self.add(
+                    "value",
+                    (*at, "range"),
+                    f"model '{name}': range [{low:g}, {high:g}] is empty",
+                    hint="write [min, max] with min < max, e.g. [0, 1]",
+                )
+            elif not low <= model.fallback <= high:
+                self.add(
+                    "value",
+                    (*at, "fallback"),
+                    f"model '{name}': fallback {model.fallback:g} is outside its range "
+                    f"[{low:g}, {high:g}]",
+                    hint="a fallback must be a score the journey can route",
+                )
+        if not math.isfinite(model.fallback):
+            self.add(
+                "value", (*at, "fallback"), f"model '{name}': fallback must be a finite number"
+            )
+
+    def _check_model_example(self, at: Path, name: str, model: spec.ModelSpec) -> None:
+        if model.features is not None and len(set(model.features)) != len(model.features):
+            repeated = sorted({f for f in model.features if model.features.count(f) > 1})
+            self.add(
+                "value",
+                (*at, "features"),
+                f"model '{name}' lists feature {', '.join(repeated)} twice",
+            )
+        if model.example is None:
+            return
+        for feature, value in model.example.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                self.add(
+                    "type",
+                    (*at, "example", feature),
+                    f"model '{name}': example feature '{feature}' must be a number, "
+                    f"got {_describe(value)}",
+                )
+            elif not math.isfinite(value):
+                self.add(
+                    "value",
+                    (*at, "example", feature),
+                    f"model '{name}': example feature '{feature}' must be a finite number",
+                )
+        if model.features is not None:
+            missing = [f for f in model.features if f not in model.example]
+            extra = [f for f in model.example if f not in model.features]
+            if missing:
+                self.add(
+                    "value",
+                    (*at, "example"),
+                    f"model '{name}': example has no {', '.join(missing)}",
+                    hint="give every feature listed under features:",
+                )
+            for feature in extra:
+                self.add(
+                    "value",
+                    (*at, "example", feature),
+                    f"model '{name}' takes no feature '{feature}'",
+                    hint=_did_you_mean(feature, model.features),
+                )
+
+    def _check_onnx_file(self, at: Path, name: str, model: spec.OnnxModel) -> None:
+        root = self.loaded.root.resolve()
+        target = (root / model.path).resolve()
+        if not target.is_file():
+            self.add(
+                "model-file",
+                (*at, "path"),
+                f"model '{name}': the file '{model.path}' does not exist",
+                hint=f"paths are relative to {root}",
+            )
+
+    def _check_http_model(self, at: Path, name: str, model: spec.HttpModel) -> None:
+        given = model.model_fields_set
+        if model.protocol == "json":
+            for key in ("body", "score"):
+                if getattr(model, key) is None:
+                    self.add(
+                        "missing-key",
+                        at,
+                        f"model '{name}': protocol json needs {key}:",
+                        hint=(
+                            "body: the request's JSON as a template, e.g. "
+                            "'{\"amount\": {{ features.amount }}}'"
+                            if key == "body"
+                            else "score: the dotted path to the score in the reply, e.g. result.score"
+                        ),
+                    )
+            for key in sorted({"input", "output", "positive_class"} & given):
+                self.add(
+                    "value",
+                    (*at, key),
+                    f"model '{name}': {key}: is for protocol oip",
+                    key=True,
+                    hint="protocol json reads the reply at score:",
+                )
+            if model.body is not None:
+                try:
+                    compile_template(model.body, html=False, names=MODEL_BODY_NAMES)
+                except TemplateError as exc:
+                    self.add(
+                        "template",
+                        (*at, "body"),
+                        f"model '{name}': body, line {exc.line}: {exc.message}",
+                        hint=exc.hint,
+                    )
+        else:
+            for key in sorted({"body", "score"} & given):
+                self.add(
+                    "value",
+                    (*at, key),
+                    f"model '{name}': {key}: is for protocol json",
+                    key=True,
+                    hint="add protocol: json, or remove it (oip sends the features as a tensor)",
+                )
+        if _has_literal_credentials(model.url):
+            self.add(
+                "secret",
+                (*at, "url"),
+                f"model '{name}' has credentials written in its url",
+                hint='put them in an environment variable and write "${VAR}"',
+            )
+        if model.token is not None and "${" not in model.token:
+            self.add(
+                "secret",
+                (*at, "token"),
+                f"model '{name}' has its token written in the file",
+                hint='write token: "${MODEL_TOKEN}" and set MODEL_TOKEN in the environment',
+            )
 
     # -- templates
 
@@ -967,6 +1132,8 @@ class _JourneyChecker:
                     f"model '{step.score}' is not declared under models:",
                     hint=_did_you_mean(step.score, self.doc.models),
                 )
+            else:
+                self._check_score_features(position, step)
             for name, expr in step.features.items():
                 self.expression(at(position, "features", name), expr, events)
         elif isinstance(step, spec.ReviewStep):
@@ -1080,6 +1247,30 @@ class _JourneyChecker:
                 reported.add(ref[:2])
                 message, hint, code = problem
                 self.c.add(code, path, f"{what}: {message}", hint=hint)
+
+    def _check_score_features(self, position: int, step: spec.ScoreStep) -> None:
+        """A step gives exactly the features its model declares (when it declares them)."""
+        model = self.doc.models.get(step.score)
+        if model is None or model.features is None:
+            return
+        missing = [f for f in model.features if f not in step.features]
+        if missing:
+            self.c.add(
+                "model-features",
+                self.step_path(position, "features") if step.features else self.step_path(position),
+                f"model '{step.score}' needs feature {', '.join(missing)}, "
+                "which this step does not give",
+                hint=f"the model takes: {', '.join(model.features)}",
+            )
+        for name in step.features:
+            if name not in model.features:
+                self.c.add(
+                    "model-features",
+                    self.step_path(position, "features", name),
+                    f"model '{step.score}' takes no feature '{name}'",
+                    key=True,
+                    hint=_did_you_mean(name, model.features),
+                )
 
     def _path_problem(
         self, ref: tuple[str, ...], events: set[str]
