@@ -41,6 +41,7 @@ from engine.database import (
 )
 from engine.settings import RuntimeSettings
 from service.devserver import DevServerNotFound, dev_server_command, dev_server_ready
+from service.models_cli import app as models_app
 from service.supervisor import ChildExited, ShutdownRequested, Supervisor
 
 __all__ = ["DeployLine", "app", "deploy_catalog", "load_or_create_api_key", "main"]
@@ -574,6 +575,9 @@ def runs(
         typer.echo("no runs")
         return
     typer.echo(format_runs_table([r for r in found if isinstance(r, Mapping)]))
+
+
+app.add_typer(models_app, name="models")
 
 
 def main() -> None:
