@@ -101,7 +101,11 @@ def validate_features(features: Mapping[str, Any]) -> dict[str, Feature]:
         if isinstance(value, bool):
             checked[name] = value
         elif isinstance(value, int | float):
-            if not math.isfinite(value):
+            try:
+                finite = math.isfinite(value)
+            except OverflowError:  # an int beyond any float
+                raise ModelFailure(f"feature '{name}' is too large to be a number") from None
+            if not finite:
                 raise ModelFailure(f"feature '{name}' is {value}, not a finite number")
             checked[name] = value
         else:
@@ -144,7 +148,10 @@ def _as_score(answer: Any, *, what: str = "the model") -> float:
             shown = text if len(text) <= 40 else text[:37] + "..."
             raise ModelFailure(f"{what} answered text ({shown!r}), not a number")
         raise ModelFailure(f"{what} answered {_kind_of(answer)}, not a number")
-    score = float(answer)
+    try:
+        score = float(answer)
+    except OverflowError:
+        raise ModelFailure(f"{what} answered a number too large for a score") from None
     if not math.isfinite(score):
         raise ModelFailure(f"{what} answered {score}, not a finite number")
     return score
@@ -296,32 +303,38 @@ def _onnx_model_file(path: Path) -> _OnnxModelFile:
         if cached is not None and cached.stamp == stamp:
             _ONNX_SESSIONS.move_to_end(key)
             return cached
-        try:
-            import onnxruntime  # type: ignore[import-untyped]
-        except ImportError:  # pragma: no cover - a dependency of the project
-            raise ModelFailure("onnxruntime is not installed in this worker") from None
-        try:
-            data = path.read_bytes()
-            options = onnxruntime.SessionOptions()
-            # Many scores run at once on few cores: one thread per call, not one per core.
-            options.intra_op_num_threads = 1
-            options.inter_op_num_threads = 1
-            session = onnxruntime.InferenceSession(
-                data, sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as error:
-            raise ModelFailure(
-                f"cannot load the ONNX model {path.name}: {type(error).__name__}: "
-                f"{str(error)[:200]}"
-            ) from None
-        loaded = _OnnxModelFile(
-            session=session, digest=hashlib.sha256(data).hexdigest()[:12], stamp=stamp
-        )
+    # Loaded outside the lock, so a big model loading never holds up the cached ones; two
+    # first calls at once may both load it, which is harmless.
+    loaded = _load_onnx(path, stamp)
+    with _ONNX_LOCK:
         _ONNX_SESSIONS[key] = loaded
         _ONNX_SESSIONS.move_to_end(key)
         while len(_ONNX_SESSIONS) > _ONNX_CACHE_SIZE:
             _ONNX_SESSIONS.popitem(last=False)
-        return loaded
+    return loaded
+
+
+def _load_onnx(path: Path, stamp: tuple[int, int]) -> _OnnxModelFile:
+    try:
+        import onnxruntime  # type: ignore[import-untyped]
+    except ImportError:  # pragma: no cover - a dependency of the project
+        raise ModelFailure("onnxruntime is not installed in this worker") from None
+    try:
+        data = path.read_bytes()
+        options = onnxruntime.SessionOptions()
+        # Many scores run at once on few cores: one thread per call, not one per core.
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(
+            data, sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as error:
+        raise ModelFailure(
+            f"cannot load the ONNX model {path.name}: {type(error).__name__}: {str(error)[:200]}"
+        ) from None
+    return _OnnxModelFile(
+        session=session, digest=hashlib.sha256(data).hexdigest()[:12], stamp=stamp
+    )
 
 
 def _input_tensor(name: str, value: Feature, declared: Any) -> np.ndarray[Any, Any]:

@@ -76,6 +76,7 @@ async def test_a_failing_python_model_yields_the_fallback_and_says_why(
         ({"amount": float("inf")}, "feature 'amount' is inf, not a finite number"),
         ({"amount": 1, "segment": "vip"}, "feature 'segment' is text 'vip', not a number"),
         ({"amount": [1, 2]}, "feature 'amount' is a list [1, 2], not a number"),
+        ({"amount": 10**400}, "feature 'amount' is too large to be a number"),
     ],
 )
 async def test_a_bad_feature_value_is_named_and_the_model_is_not_called(
