@@ -1,0 +1,101 @@
+"""Signed unsubscribe tokens: the capability in a message's unsubscribe link.
+
+A token names a customer and a channel and is signed with HMAC-SHA256 under the
+deployment's secret, ``JOURNEYS_SECRET_KEY`` (the same value in every worker, which signs,
+and every API process, which verifies; `journeys up` generates one and keeps it in its
+state directory). Tokens do not expire: a link in a years-old email must still work.
+Changing the secret invalidates every link already sent.
+
+Format (URL-safe, no padding): ``base64url(json([customer_id, channel])) "." base64url(mac)``.
+Lives here: making, reading and linking tokens. Not here: what an unsubscribe changes
+(`channels.policies`, `service.preferences_api`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+from urllib.parse import quote
+
+__all__ = [
+    "SECRET_KEY_ENV",
+    "make_unsubscribe_token",
+    "read_unsubscribe_token",
+    "unsubscribe_url",
+]
+
+SECRET_KEY_ENV = "JOURNEYS_SECRET_KEY"
+"""The environment variable that holds the signing secret."""
+
+# Separates these MACs from any other use of the same secret.
+_PURPOSE = b"journeys-unsubscribe-v1:"
+_MAX_TOKEN_LENGTH = 2048
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64decode(data: str) -> bytes:
+    padded = data + "=" * (-len(data) % 4)
+    return base64.urlsafe_b64decode(padded.encode("ascii"))
+
+
+def _mac(payload: str, secret: str) -> bytes:
+    if not secret:
+        raise ValueError(f"no secret key to sign unsubscribe links: set {SECRET_KEY_ENV}")
+    return hmac.new(
+        secret.encode("utf-8"), _PURPOSE + payload.encode("ascii"), hashlib.sha256
+    ).digest()
+
+
+def make_unsubscribe_token(*, customer_id: str, channel: str, secret: str) -> str:
+    """A URL-safe token that lets its holder opt ``customer_id`` out of ``channel``."""
+    body = json.dumps([customer_id, channel], separators=(",", ":"), ensure_ascii=False)
+    payload = _b64encode(body.encode("utf-8"))
+    return f"{payload}.{_b64encode(_mac(payload, secret))}"
+
+
+def read_unsubscribe_token(token: str, *, secret: str) -> tuple[str, str]:
+    """``(customer_id, channel)`` from a token this deployment signed.
+
+    Raises `ValueError` with a message fit for the person who clicked when the token is
+    malformed, altered, or signed with another secret. The signature is compared in
+    constant time before anything in the token is trusted.
+    """
+    if len(token) > _MAX_TOKEN_LENGTH or not token.isascii():
+        raise ValueError("this unsubscribe link is malformed")
+    payload, dot, signature = token.partition(".")
+    if not dot or not _BASE64URL.fullmatch(payload) or not _BASE64URL.fullmatch(signature):
+        raise ValueError("this unsubscribe link is malformed")
+    try:
+        given = _b64decode(signature)
+    except (binascii.Error, ValueError):
+        raise ValueError("this unsubscribe link is malformed") from None
+    if not hmac.compare_digest(given, _mac(payload, secret)):
+        raise ValueError(
+            "this unsubscribe link was altered or was not issued by this service "
+            "(its signature does not match)"
+        )
+    try:
+        data = json.loads(_b64decode(payload).decode("utf-8"))
+    except (binascii.Error, ValueError):
+        raise ValueError("this unsubscribe link is malformed") from None
+    if (
+        not isinstance(data, list)
+        or len(data) != 2
+        or not all(isinstance(part, str) and part for part in data)
+    ):
+        raise ValueError("this unsubscribe link is malformed")
+    return data[0], data[1]
+
+
+def unsubscribe_url(base_url: str, token: str) -> str:
+    """The one-click unsubscribe address for ``token`` on the API at ``base_url``
+    (``List-Unsubscribe`` and the link in the message both point here)."""
+    return f"{base_url.rstrip('/')}/v1/unsubscribe/{quote(token, safe='')}"
