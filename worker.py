@@ -42,6 +42,8 @@ def build_worker(
     db: Engine,
     task_queue: str,
     activity_executor: ThreadPoolExecutor | None = None,
+    secret_key: str | None = None,
+    public_url: str = "http://127.0.0.1:8000",
 ) -> Worker:
     """A worker for ``task_queue`` with the interpreter and all activities.
 
@@ -52,7 +54,7 @@ def build_worker(
         max_workers=64, thread_name_prefix="activity"
     )
     runs = RunActivities(db=db)
-    messaging = MessagingActivities(db=db)
+    messaging = MessagingActivities(db=db, secret_key=secret_key, public_url=public_url)
     reviews = ReviewActivities(db=db)
     return Worker(
         client,
@@ -91,7 +93,13 @@ async def main() -> None:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
     db = make_engine(settings.database_url)
     client = await connect(settings)
-    worker = build_worker(client, db=db, task_queue=settings.task_queue)
+    worker = build_worker(
+        client,
+        db=db,
+        task_queue=settings.task_queue,
+        secret_key=settings.secret_key,
+        public_url=settings.public_url,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

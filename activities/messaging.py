@@ -1,31 +1,56 @@
-"""The send activity: render the message and hand it to a channel, once per step visit.
+"""The send activity: one send step visit on one channel, effectively once.
 
-Until a channel URL is configured (channels/ delivers through Apprise), messages go to the
-local outbox table, so a new user sees what would have been sent. The outbox row is keyed by
-run, step and visit, so a retried activity finds the earlier result instead of sending again.
+Just before the provider call, and again on every retry, it checks the policies in order:
+an address, consent, suppression, quiet hours (in the customer's zone, by the attempt's
+scheduled time), the frequency cap (a slot reserved atomically across all journeys). Then
+it renders the template and delivers through Apprise (`channels.delivery`); with no channel
+URL set, the message is captured in the local outbox instead.
+
+Effectively once: a delivery row keyed by run, step, visit and channel is written as
+`sending` before the provider call and marked `sent` after it; a retry that finds it final
+returns the earlier result. The one window left: a worker that dies after the provider
+accepted the message and before `sent` was committed leaves the row `sending`, and the
+retry sends again (at-least-once, in that window only; see docs/architecture.md).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
+from datetime import UTC, datetime
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlmodel import Session, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from channels.rendering import MissingFormError, render_message
-from engine.database import OutboxMessage, session_scope
+from activities.decisions import quiet_hours_end
+from activities.runs import RunActivities
+from channels import policies
+from channels.delivery import DeliveryError, deliver
+from channels.rendering import MissingFormError, RenderedMessage, form_for, render_message
+from channels.unsubscribe import make_unsubscribe_token, unsubscribe_url
+from engine.database import Delivery, OutboxMessage, session_scope, utcnow
+from engine.environment import MissingVariableError, resolve_env
 from engine.errors import ErrorType
 from engine.messages import SendMessageInput, SendMessageResult
-from rules import RenderError
+from rules import EvaluationError, Expression, RenderError, compile_expression
 
 __all__ = ["MessagingActivities", "address_for"]
 
+log = logging.getLogger("journeys.messaging")
+
 _ADDRESS_FIELD = {"email": "email", "sms": "phone", "push": "push_token"}
+_FINAL = {"sent", "captured", "failed", "no_address", "no_consent", "suppressed"}
+Kind = Literal["email", "sms", "push", "text"]
 
 
-def address_for(channel: str, customer: dict[str, object]) -> str | None:
-    """The customer's address on a channel (None: none known)."""
+def address_for(channel: str, customer: dict[str, Any]) -> str | None:
+    """The customer's address on a channel (None: none known); other channels get the id."""
     field = _ADDRESS_FIELD.get(channel)
     if field is None:
         return str(customer.get("id") or "") or None
@@ -33,27 +58,292 @@ def address_for(channel: str, customer: dict[str, object]) -> str | None:
     return str(value) if value not in (None, "") else None
 
 
-class MessagingActivities:
-    """`send_message`, with its database."""
+def _kind(channel: str) -> Kind:
+    return channel if channel in ("email", "sms", "push") else "text"  # type: ignore[return-value]
 
-    def __init__(self, *, db: Engine) -> None:
+
+class MessagingActivities:
+    """`send_message`, with its database and the unsubscribe-link settings."""
+
+    def __init__(
+        self,
+        *,
+        db: Engine,
+        secret_key: str | None = None,
+        public_url: str = "http://127.0.0.1:8000",
+    ) -> None:
         self.db = db
+        self.secret_key = secret_key
+        self.public_url = public_url.rstrip("/")
 
     @activity.defn(name="send_message")
     def send_message(self, request: SendMessageInput) -> SendMessageResult:
-        """Send on the first channel with an address, or record why nothing was sent."""
+        """Send one step visit on one channel, or say why not (or when to try again)."""
+        if request.channel is None:
+            return self._send_legacy(request)
+        return self._send(request, request.channel)
+
+    # ------------------------------------------------------------------ one channel
+
+    def _send(self, request: SendMessageInput, channel: str) -> SendMessageResult:
+        now = _attempt_time()
+        # The workflow holds masked addresses; the real ones are read here, fresh.
+        customer_id = str((request.context.get("customer") or {}).get("id") or "")
+        real = RunActivities(db=self.db).read_customer(customer_id)
+        customer = {
+            "id": real.id,
+            "email": real.email,
+            "phone": real.phone,
+            "push_token": real.push_token,
+        }
+        traits = dict(real.traits)
+        request = request.model_copy(
+            update={"context": {**request.context, "customer": customer, "profile": traits}}
+        )
         with session_scope(self.db) as session:
-            earlier = session.exec(
-                select(OutboxMessage).where(
-                    OutboxMessage.run_id == request.run_id,
-                    OutboxMessage.step_id == request.step_id,
-                    OutboxMessage.visit == request.visit,
-                )
-            ).first()
-            if earlier is not None:
+            earlier = self._delivery(session, request, channel)
+            if earlier is not None and earlier.status in _FINAL:
                 return SendMessageResult(
-                    status="captured", channel=earlier.channel, delivery_id=str(earlier.id)
+                    status=earlier.status,
+                    channel=channel,
+                    reason=earlier.reason,
+                    delivery_id=str(earlier.id),
                 )
+        recipient = self._recipient(request, channel, customer)
+        if recipient is None:
+            return self._final(
+                request, channel, None, "no_address", f"the profile has no {channel} address"
+            )
+        with session_scope(self.db) as session:
+            allowed, why = policies.consent(
+                session, customer_id=customer_id, channel=channel, traits=traits
+            )
+            if not allowed:
+                return self._final(request, channel, recipient, "no_consent", why or "opted out")
+            suppressed = policies.is_suppressed(session, channel=channel, address=recipient)
+            if suppressed:
+                return self._final(request, channel, recipient, "suppressed", suppressed)
+        if request.quiet_start and request.quiet_end:
+            zone = _zone(request.timezone)
+            until = quiet_hours_end(now, zone, request.quiet_start, request.quiet_end)
+            if until is not None:
+                return SendMessageResult(
+                    status="quiet",
+                    channel=channel,
+                    retry_at=until,
+                    reason=f"quiet hours {request.quiet_start}-{request.quiet_end} in {zone.key}",
+                )
+        if request.cap_max and request.cap_per_seconds:
+            decision = policies.reserve_cap_slot(
+                self.db,
+                customer_id=customer_id,
+                run_id=request.run_id,
+                step_id=request.step_id,
+                visit=request.visit,
+                max_count=request.cap_max,
+                per_seconds=request.cap_per_seconds,
+                now=now,
+            )
+            if not decision.granted:
+                return SendMessageResult(
+                    status="capped",
+                    channel=channel,
+                    retry_at=decision.retry_at,
+                    reason=f"frequency cap: {decision.used} of {request.cap_max} messages used",
+                )
+        message = self._render(request, channel)
+        url = self._resolve(request.channel_url)
+        if url is None:
+            return self._capture(request, channel, recipient, message)
+        headers = self._headers(channel, customer_id)
+        delivery_id = self._mark_sending(request, channel, recipient)
+        try:
+            asyncio.run(
+                deliver(
+                    channel=channel,
+                    kind=_kind(channel),
+                    url=url,
+                    recipient=recipient,
+                    message=message,
+                    headers=headers,
+                )
+            )
+        except DeliveryError as error:
+            if error.permanent:
+                with session_scope(self.db) as session:
+                    policies.suppress(
+                        session, channel=channel, address=recipient, reason=error.reason
+                    )
+                self._release_cap(request)
+                return self._final(request, channel, recipient, "failed", error.reason)
+            self._mark(request, channel, "retrying", error.reason)
+            raise ApplicationError(
+                f"{channel} provider unavailable: {error.reason}",
+                type=ErrorType.PROVIDER_UNAVAILABLE,
+            ) from None
+        self._mark(request, channel, "sent", None)
+        return SendMessageResult(status="sent", channel=channel, delivery_id=delivery_id)
+
+    # ------------------------------------------------------------------ pieces
+
+    @staticmethod
+    def _recipient(request: SendMessageInput, channel: str, customer: dict[str, Any]) -> str | None:
+        if request.to_expression:
+            try:
+                value = _compiled(request.to_expression).evaluate(
+                    request.context, timezone=request.timezone
+                )
+            except EvaluationError:
+                value = None
+            return str(value) if value not in (None, "") else None
+        return request.to or address_for(channel, customer)
+
+    def _render(self, request: SendMessageInput, channel: str) -> RenderedMessage:
+        try:
+            form_for(request.forms, channel)
+            return render_message(
+                request.forms, channel, request.context, timezone=request.timezone
+            )
+        except (RenderError, MissingFormError) as error:
+            self._release_cap(request)
+            raise ApplicationError(
+                f"template '{request.template}' cannot be rendered for {channel}: {getattr(error, 'message', error)}",
+                type=ErrorType.TEMPLATE_ERROR,
+                non_retryable=True,
+            ) from None
+
+    @staticmethod
+    def _resolve(channel_url: str | None) -> str | None:
+        if not channel_url:
+            return None
+        try:
+            url = resolve_env(channel_url).strip()
+        except MissingVariableError:
+            return None  # no URL configured: the dev outbox captures the message
+        return url or None
+
+    def _headers(self, channel: str, customer_id: str) -> dict[str, str]:
+        if channel != "email" or not self.secret_key:
+            return {}
+        token = make_unsubscribe_token(
+            customer_id=customer_id, channel=channel, secret=self.secret_key
+        )
+        return {
+            "List-Unsubscribe": f"<{unsubscribe_url(self.public_url, token)}>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        }
+
+    def _delivery(
+        self, session: Session, request: SendMessageInput, channel: str
+    ) -> Delivery | None:
+        return session.exec(
+            select(Delivery).where(
+                Delivery.run_id == request.run_id,
+                Delivery.step_id == request.step_id,
+                Delivery.visit == request.visit,
+                Delivery.channel == channel,
+            )
+        ).first()
+
+    def _upsert(
+        self,
+        request: SendMessageInput,
+        channel: str,
+        recipient: str | None,
+        status: str,
+        reason: str | None,
+    ) -> str:
+        for _ in range(2):  # a concurrent attempt may insert the row first
+            try:
+                with session_scope(self.db) as session:
+                    row = self._delivery(session, request, channel)
+                    if row is None:
+                        row = Delivery(
+                            workflow_id=request.workflow_id,
+                            run_id=request.run_id,
+                            step_id=request.step_id,
+                            visit=request.visit,
+                            journey_id=request.journey_id,
+                            customer_id=str(
+                                (request.context.get("customer") or {}).get("id") or ""
+                            ),
+                            channel=channel,
+                            template=request.template,
+                        )
+                    if recipient is not None:
+                        row.recipient_hash = policies.address_hash(channel, recipient)
+                        row.recipient_masked = policies.mask(channel, recipient)
+                    row.status = status
+                    row.reason = reason
+                    if status == "sending":
+                        row.attempts += 1
+                    if status in ("sent", "captured"):
+                        row.sent_at = utcnow()
+                    session.add(row)
+                    session.flush()
+                    return str(row.id)
+            except IntegrityError:
+                continue
+        raise ApplicationError("could not record the delivery", type=ErrorType.PROVIDER_UNAVAILABLE)
+
+    def _mark_sending(self, request: SendMessageInput, channel: str, recipient: str) -> str:
+        return self._upsert(request, channel, recipient, "sending", None)
+
+    def _mark(
+        self, request: SendMessageInput, channel: str, status: str, reason: str | None
+    ) -> None:
+        self._upsert(request, channel, None, status, reason)
+
+    def _final(
+        self,
+        request: SendMessageInput,
+        channel: str,
+        recipient: str | None,
+        status: str,
+        reason: str,
+    ) -> SendMessageResult:
+        delivery_id = self._upsert(request, channel, recipient, status, reason)
+        return SendMessageResult(
+            status=status, channel=channel, reason=reason, delivery_id=delivery_id
+        )
+
+    def _release_cap(self, request: SendMessageInput) -> None:
+        if request.cap_max:
+            policies.release_cap_slot(
+                self.db, run_id=request.run_id, step_id=request.step_id, visit=request.visit
+            )
+
+    def _capture(
+        self, request: SendMessageInput, channel: str, recipient: str, message: RenderedMessage
+    ) -> SendMessageResult:
+        customer_id = str((request.context.get("customer") or {}).get("id") or "")
+        try:
+            with session_scope(self.db) as session:
+                session.add(
+                    OutboxMessage(
+                        workflow_id=request.workflow_id,
+                        run_id=request.run_id,
+                        step_id=request.step_id,
+                        visit=request.visit,
+                        journey_id=request.journey_id,
+                        customer_id=customer_id,
+                        channel=channel,
+                        recipient=recipient,
+                        subject=message.subject or message.title,
+                        body=message.html or message.body,
+                    )
+                )
+        except IntegrityError:
+            pass  # this visit was captured by an earlier attempt
+        delivery_id = self._upsert(
+            request, channel, recipient, "captured", "no channel URL set: kept in the outbox"
+        )
+        return SendMessageResult(status="captured", channel=channel, delivery_id=delivery_id)
+
+    # ------------------------------------------------------------------ recorded runs
+
+    def _send_legacy(self, request: SendMessageInput) -> SendMessageResult:
+        """The all-channels form of recorded histories: first channel with an address, to the outbox."""
         customer = request.context.get("customer") or {}
         tried: list[str] = []
         for channel in request.channels:
@@ -61,34 +351,26 @@ class MessagingActivities:
             if recipient is None:
                 tried.append(f"{channel}: no address")
                 continue
-            try:
-                message = render_message(
-                    request.forms, channel, request.context, timezone=request.timezone
-                )
-            except (RenderError, MissingFormError) as error:
-                raise ApplicationError(
-                    f"template '{request.template}' cannot be rendered for {channel}: {getattr(error, 'message', error)}",
-                    type=ErrorType.TEMPLATE_ERROR,
-                    non_retryable=True,
-                ) from None
-            row = OutboxMessage(
-                workflow_id=request.workflow_id,
-                run_id=request.run_id,
-                step_id=request.step_id,
-                visit=request.visit,
-                journey_id=request.journey_id,
-                customer_id=str(customer.get("id") or ""),
-                channel=channel,
-                recipient=recipient,
-                subject=message.subject or message.title,
-                body=message.html or message.body,
-            )
-            try:
-                with session_scope(self.db) as session:
-                    session.add(row)
-                    session.flush()
-                    delivery_id = str(row.id)
-            except IntegrityError:
-                delivery_id = None  # a concurrent attempt of this same visit stored it
-            return SendMessageResult(status="captured", channel=channel, delivery_id=delivery_id)
+            return self._capture(request, channel, recipient, self._render(request, channel))
         return SendMessageResult(status="skipped", reason="; ".join(tried) or "no channel")
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(source: str) -> Expression:
+    return compile_expression(source)
+
+
+def _attempt_time() -> datetime:
+    """The attempt's scheduled time (the server's clock), so retries re-check the policies."""
+    try:
+        scheduled = activity.info().current_attempt_scheduled_time
+    except RuntimeError:  # called outside an activity (tests of the pieces)
+        return datetime.now(UTC)
+    return scheduled if scheduled.tzinfo else scheduled.replace(tzinfo=UTC)
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (KeyError, ValueError):
+        return ZoneInfo("UTC")

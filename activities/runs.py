@@ -10,7 +10,7 @@ from temporalio import activity
 from engine.database import Profile, Run, session_scope, upsert_profile, utcnow
 from engine.messages import CustomerContext, LoadProfileInput, RecordRunInput, UpdateProfileInput
 
-__all__ = ["RunActivities", "customer_from_traits"]
+__all__ = ["RunActivities", "customer_from_traits", "mask_address", "masked_customer"]
 
 _ADDRESS_TRAITS = ("email", "phone", "push_token", "timezone")
 
@@ -23,6 +23,38 @@ def customer_from_traits(customer_id: str, traits: dict[str, Any]) -> CustomerCo
     return CustomerContext(id=customer_id, traits=dict(traits), **fields)
 
 
+def is_address_trait(name: str) -> bool:
+    """Traits that hold a way to reach the customer (kept out of workflow histories)."""
+    lowered = name.lower()
+    return lowered in ("phone", "push_token") or "email" in lowered or "phone" in lowered
+
+
+def mask_address(value: Any) -> Any:
+    """``ana@example.com`` -> ``a***@example.com``; ``+821012345678`` -> ``+82******5678``."""
+    if not isinstance(value, str) or not value:
+        return value
+    if "@" in value:
+        local, _, domain = value.partition("@")
+        return f"{local[:1]}***@{domain}"
+    if len(value) <= 6:
+        return "***"
+    return value[:3] + "*" * (len(value) - 7) + value[-4:]
+
+
+def masked_customer(customer: CustomerContext) -> CustomerContext:
+    """The customer as a workflow holds it: addresses masked. Activities that need the real
+    address (sending) read it from the database by customer id, so no history carries it."""
+    traits = {k: mask_address(v) if is_address_trait(k) else v for k, v in customer.traits.items()}
+    return customer.model_copy(
+        update={
+            "traits": traits,
+            "email": mask_address(customer.email),
+            "phone": mask_address(customer.phone),
+            "push_token": mask_address(customer.push_token),
+        }
+    )
+
+
 class RunActivities:
     """Profile reads and writes, and the `runs` table a run keeps up to date."""
 
@@ -31,11 +63,15 @@ class RunActivities:
 
     @activity.defn(name="load_profile")
     def load_profile(self, request: LoadProfileInput) -> CustomerContext:
-        """The customer's traits and addresses, read fresh."""
+        """The customer's traits, read fresh, with addresses masked (see `masked_customer`)."""
+        return masked_customer(self.read_customer(request.customer_id))
+
+    def read_customer(self, customer_id: str) -> CustomerContext:
+        """The customer with real addresses (for activities, never for a workflow)."""
         with session_scope(self.db) as session:
-            profile = session.get(Profile, request.customer_id)
+            profile = session.get(Profile, customer_id)
             traits = dict(profile.traits) if profile is not None else {}
-        return customer_from_traits(request.customer_id, traits)
+        return customer_from_traits(customer_id, traits)
 
     @activity.defn(name="update_profile")
     def update_profile(self, request: UpdateProfileInput) -> None:

@@ -235,6 +235,7 @@ class SendMessageInput(_Message):
     context: dict[str, Any] = Field(default_factory=dict)
     timezone: str = "UTC"
     channel: str | None = None
+    to_expression: str | None = None
     channel_url: str | None = None
     quiet_start: str | None = None
     quiet_end: str | None = None
@@ -247,7 +248,15 @@ class SendMessageResult(_Message):
     `capped` (try again at `retry_at`), or why nothing was sent on this channel."""
 
     status: Literal[
-        "sent", "captured", "skipped", "failed", "quiet", "capped", "no_address", "no_consent", "suppressed"
+        "sent",
+        "captured",
+        "skipped",
+        "failed",
+        "quiet",
+        "capped",
+        "no_address",
+        "no_consent",
+        "suppressed",
     ]
     channel: str | None = None
     reason: str | None = None

@@ -71,6 +71,8 @@ class RuntimeSettings:
             temporal_ui=(_env("JOURNEYS_TEMPORAL_UI", "http://127.0.0.1:8233") or "").rstrip("/"),
             secret_key=_env("JOURNEYS_SECRET_KEY"),
             public_url=(
-                _env("JOURNEYS_PUBLIC_URL") or _env("JOURNEYS_API_URL", "http://127.0.0.1:8000") or ""
+                _env("JOURNEYS_PUBLIC_URL")
+                or _env("JOURNEYS_API_URL", "http://127.0.0.1:8000")
+                or ""
             ).rstrip("/"),
         )

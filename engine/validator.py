@@ -539,7 +539,9 @@ class _Checker:
             return
         for name, value in channels.items():
             url = value.get("url") if isinstance(value, dict) else value
-            path: Path = ("channels", name, "url") if isinstance(value, dict) else ("channels", name)
+            path: Path = (
+                ("channels", name, "url") if isinstance(value, dict) else ("channels", name)
+            )
             if isinstance(url, str) and _has_literal_credentials(url):
                 self.add(
                     "secret",

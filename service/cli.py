@@ -179,14 +179,22 @@ def deploy(
 
 def load_or_create_api_key(state_dir: Path) -> str:
     """The key in ``<state>/api_key``, created (mode 0600) on the first start."""
-    path = state_dir / API_KEY_FILE
+    return _load_or_create_secret(state_dir / API_KEY_FILE, prefix="jk_")
+
+
+def load_or_create_secret_key(state_dir: Path) -> str:
+    """The key that signs unsubscribe links, in ``<state>/secret_key`` (mode 0600)."""
+    return _load_or_create_secret(state_dir / "secret_key", prefix="")
+
+
+def _load_or_create_secret(path: Path, *, prefix: str) -> str:
     with contextlib.suppress(FileNotFoundError):
         key = path.read_text(encoding="utf-8").strip()
         if key:
             if path.stat().st_mode & 0o077:
                 path.chmod(0o600)
             return key
-    key = "jk_" + secrets.token_urlsafe(24)
+    key = prefix + secrets.token_urlsafe(24 if prefix else 32)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
         handle.write(key + "\n")
@@ -213,6 +221,7 @@ def _child_env(
     api_url: str,
     ui_url: str,
     api_key: str,
+    secret_key: str,
     journeys_file: Path,
 ) -> dict[str, str]:
     env = dict(os.environ)
@@ -227,6 +236,8 @@ def _child_env(
         JOURNEYS_API_URL=api_url,
         JOURNEYS_TEMPORAL_UI=ui_url,
         JOURNEYS_API_KEY=api_key,
+        JOURNEYS_SECRET_KEY=secret_key,
+        JOURNEYS_PUBLIC_URL=os.environ.get("JOURNEYS_PUBLIC_URL") or api_url,
         JOURNEYS_FILE=str(journeys_file),
         PYTHONUNBUFFERED="1",
     )
@@ -304,6 +315,7 @@ def up(
         api_url=api_url,
         ui_url=ui_url,
         api_key=api_key,
+        secret_key=os.environ.get("JOURNEYS_SECRET_KEY") or load_or_create_secret_key(state),
         journeys_file=journeys_file,
     )
 

@@ -231,6 +231,90 @@ class JourneyRunWorkflow:
     # ------------------------------------------------------------------ step handlers
 
     async def _send(self, step: p.SendPlan) -> str | None:
+        """Try each channel in order; the activity checks consent, suppression, quiet hours
+        and the cap just before the provider call. Quiet hours and a full cap wait on a
+        durable timer; a channel with no address, no consent or a permanent failure falls
+        back to the next one; when none delivers, `on_failure` (else the next step)."""
+        if not workflow.patched("send-per-channel-policies"):
+            return await self._send_v1(step)
+        settings = self.plan.settings
+        info = workflow.info()
+        for channel in step.channels:
+            config = self.plan.channel_config.get(channel)
+            retry = RetryPolicy(
+                initial_interval=timedelta(seconds=config.retry_initial_seconds if config else 5),
+                maximum_interval=timedelta(seconds=config.retry_max_seconds if config else 300),
+                non_retryable_error_types=list(_SEND_RETRY.non_retryable_error_types or []),
+            )
+            while True:
+                request = SendMessageInput(
+                    workflow_id=info.workflow_id,
+                    run_id=info.run_id,
+                    journey_id=self.plan.journey_id,
+                    step_id=step.id,
+                    visit=self.visits[step.id],
+                    template=step.template,
+                    forms=self.plan.templates.get(step.template, {}),
+                    to_expression=step.to,
+                    context=self._context(),
+                    timezone=self._timezone(),
+                    channel=channel,
+                    channel_url=config.url if config else None,
+                    quiet_start=settings.quiet_hours.start if settings.quiet_hours else None,
+                    quiet_end=settings.quiet_hours.end if settings.quiet_hours else None,
+                    cap_max=settings.frequency_cap.max if settings.frequency_cap else None,
+                    cap_per_seconds=settings.frequency_cap.per_seconds
+                    if settings.frequency_cap
+                    else None,
+                )
+                try:
+                    result: SendMessageResult = await workflow.execute_activity(
+                        "send_message",
+                        request,
+                        result_type=SendMessageResult,
+                        start_to_close_timeout=timedelta(seconds=60),
+                        schedule_to_close_timeout=timedelta(
+                            seconds=config.ttl_seconds if config else 3600
+                        ),
+                        retry_policy=retry,
+                    )
+                except ActivityError as error:
+                    result = SendMessageResult(
+                        status="failed", channel=channel, reason=_cause(error)
+                    )
+                if result.status == "capped" and step.on_capped == "skip":
+                    self._path(
+                        step.id,
+                        step.type,
+                        outcome="capped",
+                        detail={"channel": channel, "reason": result.reason},
+                    )
+                    return step.next
+                if result.status in ("quiet", "capped") and result.retry_at is not None:
+                    self._path(
+                        step.id,
+                        step.type,
+                        outcome="deferred",
+                        detail={
+                            "channel": channel,
+                            "until": result.retry_at.isoformat(),
+                            "reason": result.reason,
+                        },
+                    )
+                    await self._sleep_until(
+                        result.retry_at,
+                        waiting_for=f"{result.reason} (until {result.retry_at.isoformat()})",
+                    )
+                    continue
+                break
+            detail = {"channel": channel, "reason": result.reason, "template": step.template}
+            self._path(step.id, step.type, outcome=result.status, detail=detail)
+            if result.status in ("sent", "captured"):
+                return step.next
+        return step.on_failure or step.next
+
+    async def _send_v1(self, step: p.SendPlan) -> str | None:
+        """The send of runs recorded before per-channel policies (kept for replay)."""
         quiet = self.plan.settings.quiet_hours
         if quiet is not None:
             window = await self._local_time(

@@ -4,6 +4,9 @@ time-skipping server with the real worker. Run it when a journey scenario is add
     .venv/bin/python -m tests.histories.record
 
 Existing files are kept (they are what old runs look like); pass --overwrite to redo them.
+When a change to the interpreter goes behind `workflow.patched(...)`, record the scenarios
+again under a tag naming the patch (``--tag send-per-channel-policies`` writes
+``<scenario>.send-per-channel-policies.json``), so both the old and the new shape replay.
 Every file here must keep replaying on the current interpreter (tests/workflows/test_replay.py).
 """
 
@@ -172,7 +175,7 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any], dict[str, Any], Scenario]] = {
 }
 
 
-async def record(out_dir: Path, *, overwrite: bool = False) -> list[Path]:
+async def record(out_dir: Path, *, overwrite: bool = False, tag: str | None = None) -> list[Path]:
     plans = build_catalog(ROOT / "journeys.yaml").plans
     written: list[Path] = []
     collections = _CollectionsApi()
@@ -186,7 +189,7 @@ async def record(out_dir: Path, *, overwrite: bool = False) -> list[Path]:
         try:
             async with build_worker(env.client, db=db, task_queue=QUEUE):
                 for name, (journey, properties, traits, scenario) in SCENARIOS.items():
-                    target = out_dir / f"{name}.json"
+                    target = out_dir / (f"{name}.{tag}.json" if tag else f"{name}.json")
                     if target.exists() and not overwrite:
                         continue
                     plan = plans[journey]
@@ -262,8 +265,9 @@ async def _start(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--tag", help="suffix for the files: the patch id a change went behind")
     args = parser.parse_args()
-    asyncio.run(record(HERE, overwrite=args.overwrite))
+    asyncio.run(record(HERE, overwrite=args.overwrite, tag=args.tag))
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@ task queue per test and a real database."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest_asyncio
 from sqlalchemy.engine import Engine
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-from temporalio.client import WorkflowHandle
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -24,6 +25,7 @@ from temporalio.worker import Worker
 from engine.catalog import build_catalog_from_text
 from engine.database import session_scope, upsert_profile
 from engine.messages import (
+    QUERY_STATE,
     SEARCH_ATTRIBUTES,
     WORKFLOW_NAME,
     EventMessage,
@@ -35,6 +37,7 @@ from engine.plan import Plan
 from tests.database import fresh_engine
 from worker import build_worker
 
+SECRET_KEY = "test-secret-key-for-unsubscribe-links"
 TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
 
 
@@ -65,7 +68,13 @@ def db(tmp_path: Path) -> Engine:
 @pytest_asyncio.fixture
 async def worker(env: WorkflowEnvironment, db: Engine) -> AsyncIterator[Worker]:
     queue = f"test-{uuid.uuid4().hex[:8]}"
-    running = build_worker(env.client, db=db, task_queue=queue)
+    running = build_worker(
+        env.client,
+        db=db,
+        task_queue=queue,
+        secret_key=SECRET_KEY,
+        public_url="http://journeys.test",
+    )
     async with running:
         yield running
 
@@ -130,3 +139,30 @@ async def send_event(
 def steps_of(state: RunState) -> list[tuple[str, str | None]]:
     """The path as (step, outcome) pairs, entries and ends included."""
     return [(entry.step, entry.outcome) for entry in state.path]
+
+
+async def run_to_end(
+    env: WorkflowEnvironment, handle: WorkflowHandle[Any, RunState], *, polls: int = 600
+) -> RunState:
+    """The run's final state, skipping time only while it sleeps on a timer.
+
+    The time-skipping server does not count a running activity as work in flight: while a
+    test awaits `handle.result()` it may jump past an activity's timeout during a real SMTP
+    conversation, and the attempt is retried while the first one still sends. So tests that
+    talk to real servers wait here: automatic skipping off, and an explicit `env.sleep` to
+    the run's `wake_at` whenever it has no activity pending.
+    """
+    with env.auto_time_skipping_disabled():
+        for _ in range(polls):
+            description = await handle.describe()
+            if description.status != WorkflowExecutionStatus.RUNNING:
+                return await handle.result()
+            if not description.raw_description.pending_activities:
+                state = await handle.query(QUERY_STATE, result_type=RunState)
+                if state.wake_at is not None:
+                    ahead = state.wake_at - await env.get_current_time()
+                    if ahead > timedelta(0):
+                        await env.sleep(ahead + timedelta(seconds=1))
+                        continue
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"run {handle.id} did not end within {polls} polls")
