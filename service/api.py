@@ -69,6 +69,7 @@ from engine.messages import QUERY_STATE
 from engine.plan import Plan
 from engine.settings import RuntimeSettings
 from service.auth import authenticate, require_api_key, unauthorized
+from service.preferences_api import router as preferences_router
 from service.router import EventRouter, RouteResult, SkippedStart
 from service.temporal_client import connect
 
@@ -839,6 +840,7 @@ def create_app(settings: RuntimeSettings | None = None, *, client: Client | None
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _server_fault)
     app.include_router(_build_v1_routes())
+    app.include_router(preferences_router)
 
     @app.get(
         "/healthz",

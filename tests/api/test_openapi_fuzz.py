@@ -38,6 +38,13 @@ EXPECTED_OPERATIONS = {
     "GET /v1/runs/{run_id}",
     "GET /v1/journeys",
     "GET /healthz",
+    "GET /v1/customers/{customer_id}/preferences",
+    "PUT /v1/customers/{customer_id}/preferences",
+    "POST /v1/inbound/sms",
+    "GET /v1/outbox",
+    "GET /v1/deliveries",
+    "GET /v1/unsubscribe/{token}",
+    "POST /v1/unsubscribe/{token}",
 }
 
 
