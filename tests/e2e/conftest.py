@@ -272,6 +272,7 @@ class JourneysStack:
     api: ChildProcess | None = None
     http: httpx.Client | None = None
     deploy_output: str = ""
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -290,6 +291,7 @@ class JourneysStack:
             JOURNEYS_API_KEY=API_KEY,
             JOURNEYS_TEMPORAL_UI=self.temporal.ui_url,
         )
+        env.update(self.extra_env)
         return env
 
     def start(self) -> None:
@@ -495,10 +497,20 @@ def _mid() -> str:
 
 @contextlib.contextmanager
 def start_stack(
-    directory: Path, temporal: TemporalServer, journeys_file: Path
+    directory: Path,
+    temporal: TemporalServer,
+    journeys_file: Path,
+    *,
+    env: dict[str, str] | None = None,
 ) -> Iterator[JourneysStack]:
-    """A started `JourneysStack`, stopped on exit whatever happened."""
-    stack = JourneysStack(directory=directory, temporal=temporal, journeys_file=journeys_file)
+    """A started `JourneysStack` (``env``: settings added to its processes' environment),
+    stopped on exit whatever happened."""
+    stack = JourneysStack(
+        directory=directory,
+        temporal=temporal,
+        journeys_file=journeys_file,
+        extra_env=dict(env or {}),
+    )
     try:
         stack.start()
         yield stack
