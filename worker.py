@@ -55,7 +55,7 @@ def build_worker(
     )
     runs = RunActivities(db=db)
     messaging = MessagingActivities(db=db, secret_key=secret_key, public_url=public_url)
-    reviews = ReviewActivities(db=db)
+    reviews = ReviewActivities(db=db, public_url=public_url)
     return Worker(
         client,
         task_queue=task_queue,

@@ -1,22 +1,39 @@
-"""Review-task activities: open a task (rendering its title and details), escalate, close."""
+"""Review-task activities: open a task (rendering its title and details), escalate, close,
+and announce new and escalated tasks on the plan's `ops` channel.
+
+An announcement is best effort and never fails the activity (a task nobody was told about
+is still in the queue): it goes through Apprise with the queue name as the recipient (an
+ntfy topic, a `{to}` in the URL), or, with no `ops` URL set, into the outbox, and it never
+names the customer's addresses. A catalogue without an `ops` channel announces nothing.
+It happens once per task: when the row is inserted, and
+when it is escalated.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import uuid
 from typing import Any
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from engine.database import ReviewTask, session_scope, utcnow
+from channels.delivery import DeliveryError, deliver
+from channels.rendering import RenderedMessage
+from engine.database import OutboxMessage, ReviewTask, session_scope, utcnow
+from engine.environment import MissingVariableError, resolve_env
 from engine.errors import ErrorType
 from engine.messages import OpenReviewInput, ReviewTaskChange
 from rules import CompiledTemplate, RenderError, compile_template
 
 __all__ = ["ReviewActivities"]
+
+log = logging.getLogger("journeys.reviews")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -27,8 +44,9 @@ def _template(source: str) -> CompiledTemplate:
 class ReviewActivities:
     """Review tasks in the database."""
 
-    def __init__(self, *, db: Engine) -> None:
+    def __init__(self, *, db: Engine, public_url: str = "http://127.0.0.1:8000") -> None:
         self.db = db
+        self.public_url = public_url.rstrip("/")
 
     @activity.defn(name="open_review_task")
     def open_review_task(self, request: OpenReviewInput) -> str:
@@ -83,12 +101,77 @@ class ReviewActivities:
                 case=case,
             )
             session.add(task)
-            return task.id
+            task_id = task.id
+            announcement = (task.queue, task.title, task.workflow_id, task.run_id, task.journey_id)
+        self._announce(request.announce_url, *announcement, task_id=task_id, escalated=False)
+        return task_id
 
     @activity.defn(name="escalate_review_task")
     def escalate_review_task(self, change: ReviewTaskChange) -> None:
-        """Re-queue an open task (once) at its SLA."""
+        """Re-queue an open task (once) at its SLA, and tell the supervisors' queue."""
         self._change(change, escalate=True)
+        with session_scope(self.db) as session:
+            task = session.get(ReviewTask, change.task_id)
+            if task is None:
+                return
+            announcement = (task.queue, task.title, task.workflow_id, task.run_id, task.journey_id)
+        self._announce(change.announce_url, *announcement, task_id=change.task_id, escalated=True)
+
+    def _announce(
+        self,
+        url_template: str | None,
+        queue: str,
+        title: str,
+        workflow_id: str,
+        run_id: str,
+        journey_id: str,
+        *,
+        task_id: str,
+        escalated: bool,
+    ) -> None:
+        link = f"{self.public_url}/console/reviews/{task_id}"
+        heading = ("Escalated: " if escalated else "New review: ") + title
+        body = f"{heading}\nQueue: {queue}\n{link}"
+        if not url_template:
+            return  # the catalogue declares no `ops` channel: nobody asked to be told
+        url: str | None = None
+        if url_template:
+            try:
+                url = resolve_env(url_template).strip() or None
+            except MissingVariableError:
+                url = None
+        if url is None:
+            try:
+                with session_scope(self.db) as session:
+                    session.add(
+                        OutboxMessage(
+                            workflow_id=workflow_id,
+                            run_id=run_id,
+                            step_id=f"review:{task_id[:12]}:{'escalated' if escalated else 'opened'}",
+                            visit=1,
+                            journey_id=journey_id,
+                            customer_id=f"ops:{queue}",
+                            channel="ops",
+                            recipient=queue,
+                            subject=heading,
+                            body=body,
+                        )
+                    )
+            except IntegrityError:
+                pass  # announced by an earlier attempt
+            return
+        try:
+            asyncio.run(
+                deliver(
+                    channel="ops",
+                    kind="text",
+                    url=url,
+                    recipient=queue,
+                    message=RenderedMessage(channel="ops", title=heading, body=body),
+                )
+            )
+        except DeliveryError as error:
+            log.warning("could not announce review task %s in %s: %s", task_id, queue, error.reason)
 
     @activity.defn(name="close_review_task")
     def close_review_task(self, change: ReviewTaskChange) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from sqlalchemy.engine import Engine
@@ -49,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
     from service.temporal_client import connect
 
 __all__ = [
+    "CHANNELS",
     "MODELS",
     "TEMPLATES",
     "WORKFLOWS",
@@ -93,24 +95,42 @@ MODELS: dict[str, dict[str, Any]] = {
         "timeout": "2s",
         "fallback": 0.5,
         "range": [0.0, 1.0],
+        "features": None,
         "example": None,
         "version": None,
         "kind": "python",
         "function": "models.default_risk:predict",
     },
 }
+CHANNELS: dict[str, dict[str, Any]] = {
+    "email": {
+        "url": "${JOURNEYS_EMAIL_URL}",
+        "retry_initial_seconds": 5,
+        "retry_max_seconds": 300,
+        "ttl_seconds": 86400,
+    },
+    "sms": {
+        "url": "${JOURNEYS_SMS_URL}",
+        "retry_initial_seconds": 5,
+        "retry_max_seconds": 300,
+        "ttl_seconds": 3600,
+    },
+    "push": {
+        "url": "${JOURNEYS_PUSH_URL}",
+        "retry_initial_seconds": 5,
+        "retry_max_seconds": 300,
+        "ttl_seconds": 3600,
+    },
+}
+"""The plans' channel configuration (URL, retries, time to live) of bench/journeys.yaml."""
 TIMEZONE = "Asia/Seoul"
 
 # The interpreter's options for the same activities (workflows/journey_run.py).
-_SEND_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=2),
-    maximum_interval=timedelta(minutes=5),
-    non_retryable_error_types=[
-        ErrorType.TEMPLATE_ERROR,
-        ErrorType.PERMANENT_DELIVERY_FAILURE,
-        ErrorType.BAD_CONFIGURATION,
-    ],
-)
+_SEND_NON_RETRYABLE = [
+    ErrorType.TEMPLATE_ERROR,
+    ErrorType.PERMANENT_DELIVERY_FAILURE,
+    ErrorType.BAD_CONFIGURATION,
+]
 _SCORE_RETRY = RetryPolicy(maximum_attempts=3)
 
 
@@ -150,7 +170,9 @@ class _Run:
         }
 
     async def send(self, step_id: str, template: str, channel: str) -> SendMessageResult:
+        """One send on one channel (no quiet hours, no cap: the bench plans have neither)."""
         info = workflow.info()
+        config = CHANNELS[channel]
         result: SendMessageResult = await workflow.execute_activity(
             "send_message",
             SendMessageInput(
@@ -159,17 +181,24 @@ class _Run:
                 journey_id=self.journey_id,
                 step_id=step_id,
                 visit=1,
-                channels=[channel],
                 template=template,
                 forms=TEMPLATES[template],
                 context=self.context(),
                 timezone=self.customer.timezone or TIMEZONE,
+                channel=channel,
+                channel_url=config["url"],
             ),
             result_type=SendMessageResult,
             start_to_close_timeout=timedelta(seconds=60),
-            schedule_to_close_timeout=timedelta(hours=24),
-            retry_policy=_SEND_RETRY,
+            schedule_to_close_timeout=timedelta(seconds=config["ttl_seconds"]),
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=config["retry_initial_seconds"]),
+                maximum_interval=timedelta(seconds=config["retry_max_seconds"]),
+                non_retryable_error_types=_SEND_NON_RETRYABLE,
+            ),
         )
+        if result.status not in ("sent", "captured"):
+            raise ApplicationError(f"{step_id}: {result.status} ({result.reason})")
         return result
 
 

@@ -53,7 +53,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
 from activities.runs import customer_from_traits
-from bench.baseline import MODELS, TEMPLATES, WORKFLOWS
+from bench.baseline import CHANNELS, MODELS, TEMPLATES, WORKFLOWS
 from engine.catalog import build_catalog
 from engine.database import (
     PlanVersion,
@@ -335,6 +335,9 @@ def deploy_bench_catalogue(db: Engine) -> dict[str, Plan]:
         for name, spec in plan.models.items():
             if MODELS.get(name) != spec:
                 raise BenchError(f"model {name!r} differs between {CATALOGUE} and baseline.py")
+        for name, channel in plan.channel_config.items():
+            if CHANNELS.get(name) != channel.model_dump():
+                raise BenchError(f"channel {name!r} differs between {CATALOGUE} and baseline.py")
     text = CATALOGUE.read_text(encoding="utf-8")
     with session_scope(db) as session:
         others = session.exec(
@@ -476,9 +479,7 @@ class Bench:
                 return sample
             result = await self._result(workflow_id)
             sample.observed = time.time()
-            outcome = result.get("outcome") if isinstance(result, dict) else None
-            if outcome != kind.outcome:
-                sample.error = f"outcome {outcome!r}, expected {kind.outcome!r}"
+            sample.error = _run_problem(result, kind)
         except Exception as error:
             sample.error = f"{type(error).__name__}: {error}"
         return sample
@@ -516,9 +517,7 @@ class Bench:
             )
             result = await self._result(workflow_id)
             sample.observed = time.time()
-            outcome = result.get("outcome") if isinstance(result, dict) else None
-            if outcome != kind.outcome:
-                sample.error = f"outcome {outcome!r}, expected {kind.outcome!r}"
+            sample.error = _run_problem(result, kind)
         except Exception as error:
             sample.error = f"{type(error).__name__}: {error}"
         return sample
@@ -593,6 +592,19 @@ class Bench:
         return HistoryStats(
             **{name: round(value / count, 2) for name, value in asdict(totals).items()}
         )
+
+
+def _run_problem(result: Any, kind: JourneyKind) -> str | None:
+    """Why an engine run's final state is not what the bench expects (None: it is)."""
+    if not isinstance(result, dict):
+        return f"unexpected result {result!r}"
+    if result.get("outcome") != kind.outcome:
+        return f"outcome {result.get('outcome')!r}, expected {kind.outcome!r}"
+    sends = [e for e in result.get("path") or [] if e.get("type") == "send"]
+    unsent = [e for e in sends if e.get("outcome") not in ("sent", "captured")]
+    if not sends or unsent:
+        return f"sends not delivered: {unsent or 'none recorded'}"
+    return None
 
 
 def _summarise(

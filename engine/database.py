@@ -2,7 +2,8 @@
 
 SQLite by default (a file under the state directory), PostgreSQL when `DATABASE_URL` says
 so; the schema is created on start. Tables: plan versions (immutable, with their YAML),
-events (deduplicated by message id), profiles, runs, the outbox, API keys. Nothing here
+events (deduplicated by message id), profiles, runs, the outbox, review tasks, deliveries,
+consent and caps, API keys, console users and the review audit trail. Nothing here
 knows Temporal; workflows never import this module (activities and the API do).
 """
 
@@ -23,6 +24,7 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 __all__ = [
+    "ROLES",
     "ApiKey",
     "CapReservation",
     "Delivery",
@@ -31,9 +33,11 @@ __all__ = [
     "PlanVersion",
     "Preference",
     "Profile",
+    "ReviewAudit",
     "ReviewTask",
     "Run",
     "Suppression",
+    "User",
     "activate_plan",
     "active_plans",
     "check_api_key",
@@ -237,6 +241,49 @@ class ApiKey(SQLModel, table=True):
     name: str = Field(max_length=100)
     key_hash: str = Field(unique=True, max_length=64)
     created_at: datetime = Field(default_factory=utcnow)
+
+
+ROLES = ("admin", "designer", "ops", "supervisor", "auditor")
+"""Console roles: ops and supervisors decide review tasks; auditors and designers read."""
+
+
+class User(SQLModel, table=True):
+    """A person who signs in to the console (or calls the review API as themselves).
+
+    Only an argon2 hash of the password is stored. A password printed by `journeys user
+    add` is one-time: `must_change_password` holds until the user sets their own.
+    `session_version` is part of every session cookie; raising it signs the user out
+    everywhere (a password change, a disabled account)."""
+
+    __tablename__ = "users"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, max_length=100)
+    role: str = Field(max_length=20)
+    password_hash: str = Field(max_length=200)
+    must_change_password: bool = True
+    session_version: int = 1
+    disabled: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ReviewAudit(SQLModel, table=True):
+    """Who did what to a review task, when, and from which address: every claim, release,
+    decision, and every refused attempt."""
+
+    __tablename__ = "review_audit"
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: str = Field(index=True, max_length=64)
+    actor: str = Field(max_length=100)
+    role: str | None = Field(default=None, max_length=20)
+    action: str = Field(max_length=20)  # claim, release, decide
+    outcome: str = Field(max_length=20)  # done, refused
+    decision: str | None = Field(default=None, max_length=100)
+    note: str | None = None
+    reason: str | None = None
+    address: str | None = Field(default=None, max_length=100)
+    at: datetime = Field(default_factory=utcnow, index=True)
 
 
 # ----------------------------------------------------------------------------- engine

@@ -296,6 +296,10 @@ class OpenReviewInput(_Message):
     context: dict[str, Any] = Field(default_factory=dict)
     path: list[PathEntry] = Field(default_factory=list)
     timezone: str = "UTC"
+    announce_url: str | None = Field(
+        None,
+        description="The plan's `ops` channel URL (`${VAR}` unresolved): where the task is announced.",
+    )
 
 
 class ReviewTaskChange(_Message):
@@ -305,6 +309,7 @@ class ReviewTaskChange(_Message):
     status: str
     queue: str | None = None
     due_at: datetime | None = None
+    announce_url: str | None = None
     decision: str | None = None
     reviewer: str | None = None
     note: str | None = None

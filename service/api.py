@@ -69,7 +69,10 @@ from engine.messages import QUERY_STATE
 from engine.plan import Plan
 from engine.settings import RuntimeSettings
 from service.auth import authenticate, require_api_key, unauthorized
+from service.console import router as console_router
+from service.console_auth import SessionKeys
 from service.preferences_api import router as preferences_router
+from service.reviews_api import router as reviews_router
 from service.router import EventRouter, RouteResult, SkippedStart
 from service.temporal_client import connect
 
@@ -841,6 +844,11 @@ def create_app(settings: RuntimeSettings | None = None, *, client: Client | None
     app.add_exception_handler(Exception, _server_fault)
     app.include_router(_build_v1_routes())
     app.include_router(preferences_router)
+    app.include_router(reviews_router)
+    app.include_router(console_router)
+    app.state.session_keys = SessionKeys.from_secret(
+        settings.secret_key, public_url=settings.public_url
+    )
 
     @app.get(
         "/healthz",

@@ -43,6 +43,7 @@ from engine.settings import RuntimeSettings
 from service.devserver import DevServerNotFound, dev_server_command, dev_server_ready
 from service.models_cli import app as models_app
 from service.supervisor import ChildExited, ShutdownRequested, Supervisor
+from service.users_cli import apikey_app, user_app
 
 __all__ = ["DeployLine", "app", "deploy_catalog", "load_or_create_api_key", "main"]
 
@@ -590,6 +591,8 @@ def runs(
 
 
 app.add_typer(models_app, name="models")
+app.add_typer(user_app, name="user")
+app.add_typer(apikey_app, name="apikey")
 
 
 def main() -> None:

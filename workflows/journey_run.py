@@ -513,6 +513,7 @@ class JourneyRunWorkflow:
                 context=self._context(),
                 path=self.state.path,
                 timezone=self._timezone(),
+                announce_url=self._ops_url(),
             ),
             result_type=str,
             start_to_close_timeout=timedelta(seconds=30),
@@ -571,6 +572,7 @@ class JourneyRunWorkflow:
                     status="open",
                     queue=step.escalate_to,
                     due_at=due,
+                    announce_url=self._ops_url(),
                 )
                 self._path(
                     step.id,
@@ -593,8 +595,11 @@ class JourneyRunWorkflow:
         decision: ReviewDecision | None = None,
         queue: str | None = None,
         due_at: datetime | None = None,
+        announce_url: str | None = None,
     ) -> None:
-        change = ReviewTaskChange(task_id=task_id, status=status, queue=queue, due_at=due_at)
+        change = ReviewTaskChange(
+            task_id=task_id, status=status, queue=queue, due_at=due_at, announce_url=announce_url
+        )
         if decision is not None:
             change.decision = decision.decision
             change.reviewer = decision.reviewer
@@ -605,6 +610,11 @@ class JourneyRunWorkflow:
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=_DB_RETRY,
         )
+
+    def _ops_url(self) -> str | None:
+        """The `ops` channel's URL as the plan has it (`${VAR}` resolved by the activity)."""
+        config = self.plan.channel_config.get("ops")
+        return config.url if config is not None else None
 
     async def _set(self, step: p.SetPlan) -> str | None:
         targets = list(step.assignments)

@@ -1,0 +1,501 @@
+"""The ops console: server-rendered pages (Jinja2) for people, under ``/console``.
+
+Pages: sign in (and set your own password after a one-time one), the review queue with
+filters, a case page with why the case is here and the decision buttons, a run page with
+the path and the messages sent (and a link to Temporal's Web UI), and the outbox. Every
+page needs a session; every POST needs the session's CSRF token. Light JS only (confirm
+a rejection's note, disable buttons once clicked); everything works without it.
+
+Not here: the rules of claiming and deciding (`service.review_desk`), sessions and CSRF
+(`service.console_auth`), passwords and roles (`service.users`). No channel URL, API key
+or customer address in clear reaches a page: addresses are masked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Form, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+from sqlmodel import col, select
+
+from activities.runs import is_address_trait, mask_address
+from engine.database import Delivery, OutboxMessage, Profile, ReviewTask, Run, session_scope
+from service.console_auth import SessionKeys, client_address
+from service.review_desk import (
+    ReviewRefused,
+    TaskFilter,
+    claim_task,
+    decide_task,
+    is_breached,
+    list_tasks,
+    load_case,
+    needs_note,
+    queues,
+    release_task,
+    risk_of,
+)
+from service.users import UserError, Viewer, change_password, check_password
+
+__all__ = ["router"]
+
+_TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
+
+
+def _age(moment: datetime | None) -> str:
+    if moment is None:
+        return ""
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    seconds = int((datetime.now(UTC) - moment).total_seconds())
+    future = seconds < 0
+    seconds = abs(seconds)
+    if seconds < 90:
+        text = f"{seconds}s"
+    elif seconds < 5400:
+        text = f"{seconds // 60}m"
+    elif seconds < 172800:
+        text = f"{seconds // 3600}h {seconds % 3600 // 60}m"
+    else:
+        text = f"{seconds // 86400}d"
+    return f"in {text}" if future else f"{text} ago"
+
+
+def _when(moment: datetime | None) -> str:
+    if moment is None:
+        return ""
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str, sort_keys=True)
+
+
+_TEMPLATES.env.filters["age"] = _age
+_TEMPLATES.env.filters["when"] = _when
+_TEMPLATES.env.filters["pretty"] = _pretty
+_TEMPLATES.env.filters["mask"] = mask_address
+
+
+def _keys(request: Request) -> SessionKeys:
+    keys: SessionKeys = request.app.state.session_keys
+    return keys
+
+
+async def _viewer(request: Request) -> Viewer | None:
+    return await asyncio.to_thread(_keys(request).viewer, request, request.app.state.db)
+
+
+def _page(
+    request: Request,
+    template: str,
+    *,
+    viewer: Viewer | None,
+    status_code: int = 200,
+    **context: Any,
+) -> HTMLResponse:
+    csrf = _keys(request).session_csrf(request) if viewer else None
+    return _TEMPLATES.TemplateResponse(
+        request,
+        template,
+        {"viewer": viewer, "csrf": csrf, "now": datetime.now(UTC), **context},
+        status_code=status_code,
+        headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"},
+    )
+
+
+def _to_login(request: Request) -> RedirectResponse:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/console/login?{urlencode({'next': target})}", status_code=303)
+
+
+def _refusal(request: Request, viewer: Viewer, status: int, message: str) -> HTMLResponse:
+    return _page(request, "refused.html", viewer=viewer, status_code=status, message=message)
+
+
+async def _signed_in(request: Request, permission: str | None = None) -> Viewer | Response:
+    """The viewer, or the response to send instead (login, change password, 403)."""
+    viewer = await _viewer(request)
+    if viewer is None:
+        return _to_login(request)
+    if viewer.must_change_password:
+        return RedirectResponse("/console/password", status_code=303)
+    if permission is not None and not viewer.can(permission):  # type: ignore[arg-type]
+        return _refusal(request, viewer, 403, f"Your role ({viewer.role}) may not open this page.")
+    return viewer
+
+
+async def _posted(
+    request: Request, csrf: str | None, permission: str | None = None
+) -> Viewer | Response:
+    viewer = await _signed_in(request, permission)
+    if isinstance(viewer, Response):
+        return viewer
+    if not _keys(request).check_csrf(request, csrf):
+        return _refusal(
+            request,
+            viewer,
+            403,
+            "This form expired or did not come from this console. Reload the page and try again.",
+        )
+    return viewer
+
+
+router = APIRouter(prefix="/console", include_in_schema=False)
+
+
+# ----------------------------------------------------------------------------- sign in
+
+
+@router.get("", response_class=HTMLResponse)
+@router.get("/", response_class=HTMLResponse)
+async def home(request: Request) -> Response:
+    return RedirectResponse("/console/reviews", status_code=303)
+
+
+def _safe_next(target: str | None) -> str:
+    if target and target.startswith("/console") and "//" not in target and "\\" not in target:
+        return target
+    return "/console/reviews"
+
+
+def _login_page(
+    request: Request, *, next: str | None, error: str | None, status_code: int = 200
+) -> HTMLResponse:
+    keys = _keys(request)
+    token = keys.login_csrf(request)
+    page = _page(
+        request,
+        "login.html",
+        viewer=None,
+        status_code=status_code,
+        next=_safe_next(next),
+        error=error,
+        login_csrf=token,
+    )
+    keys.remember_login_csrf(page, token)
+    return page
+
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_page(request: Request, next: str | None = None) -> Response:
+    return _login_page(request, next=next, error=None)
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def login(
+    request: Request,
+    name: Annotated[str, Form(max_length=100)] = "",
+    password: Annotated[str, Form(max_length=200)] = "",
+    csrf: Annotated[str, Form(max_length=200)] = "",
+    next: Annotated[str, Form(max_length=500)] = "/console/reviews",
+) -> Response:
+    keys = _keys(request)
+    if not keys.check_csrf(request, csrf, login=True):
+        return _login_page(
+            request,
+            next=next,
+            error="This sign-in form expired. Please try again.",
+            status_code=403,
+        )
+    user = await asyncio.to_thread(
+        lambda: check_password(request.app.state.db, name=name, password=password)
+    )
+    if user is None:
+        return _login_page(
+            request, next=next, error="Wrong user name or password.", status_code=401
+        )
+    target = "/console/password" if user.must_change_password else _safe_next(next)
+    response = RedirectResponse(target, status_code=303)
+    keys.start_session(response, user)
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request, csrf: Annotated[str, Form(max_length=200)] = "") -> Response:
+    response = RedirectResponse("/console/login", status_code=303)
+    if _keys(request).check_csrf(request, csrf):
+        _keys(request).end_session(response)
+    return response
+
+
+@router.get("/password", response_class=HTMLResponse)
+async def password_page(request: Request) -> Response:
+    viewer = await _viewer(request)
+    if viewer is None:
+        return _to_login(request)
+    return _page(request, "password.html", viewer=viewer, error=None)
+
+
+@router.post("/password", response_class=HTMLResponse)
+async def set_password(
+    request: Request,
+    current: Annotated[str, Form(max_length=200)] = "",
+    new: Annotated[str, Form(max_length=200)] = "",
+    repeat: Annotated[str, Form(max_length=200)] = "",
+    csrf: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
+    viewer = await _viewer(request)
+    if viewer is None:
+        return _to_login(request)
+    if not _keys(request).check_csrf(request, csrf):
+        return _refusal(request, viewer, 403, "This form expired. Reload the page and try again.")
+    if new != repeat:
+        return _page(
+            request,
+            "password.html",
+            viewer=viewer,
+            status_code=422,
+            error="The two new passwords differ.",
+        )
+    try:
+        user = await asyncio.to_thread(
+            lambda: change_password(
+                request.app.state.db, user_id=viewer.id, current=current, new=new
+            )
+        )
+    except UserError as error:
+        return _page(request, "password.html", viewer=viewer, status_code=422, error=str(error))
+    response = RedirectResponse("/console/reviews", status_code=303)
+    _keys(request).start_session(response, user)
+    return response
+
+
+# ----------------------------------------------------------------------------- reviews
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+@router.get("/reviews", response_class=HTMLResponse)
+async def queue_page(
+    request: Request,
+    queue: str | None = None,
+    status: str | None = "open",
+    breached: str | None = None,
+    min_risk: str | None = None,
+    older_than_hours: str | None = None,
+) -> Response:
+    viewer = await _signed_in(request, "view_reviews")
+    if isinstance(viewer, Response):
+        return viewer
+    status = status if status in ("open", "decided", "expired", "deciding", "") else "open"
+    flt = TaskFilter(
+        queue=(queue or None) if queue and len(queue) <= 100 else None,
+        status=status or None,
+        breached=True if breached == "yes" else (False if breached == "no" else None),
+        min_risk=_float(min_risk),
+        older_than_hours=_float(older_than_hours),
+    )
+    db = request.app.state.db
+    tasks = await asyncio.to_thread(list_tasks, db, flt)
+    all_queues = await asyncio.to_thread(queues, db)
+    rows = [{"task": task, "risk": risk_of(task), "breached": is_breached(task)} for task in tasks]
+    return _page(
+        request,
+        "queue.html",
+        viewer=viewer,
+        rows=rows,
+        queues=all_queues,
+        filters={
+            "queue": flt.queue or "",
+            "status": status or "",
+            "breached": breached or "",
+            "min_risk": min_risk or "",
+            "older_than_hours": older_than_hours or "",
+        },
+    )
+
+
+def _why(task: ReviewTask) -> list[dict[str, Any]]:
+    """The path entries that sent the run here: scores and the branch decisions, with values."""
+    reasons = []
+    for entry in (task.case or {}).get("path") or []:
+        kind = entry.get("type")
+        if kind in ("score", "branch", "split") or (
+            kind == "wait" and entry.get("outcome") == "received"
+        ):
+            reasons.append(entry)
+    return reasons
+
+
+def _profile(db: Any, customer_id: str) -> dict[str, Any]:
+    with session_scope(db) as session:
+        row = session.get(Profile, customer_id)
+        traits = dict(row.traits) if row is not None else {}
+    return {k: (mask_address(v) if is_address_trait(k) else v) for k, v in sorted(traits.items())}
+
+
+@router.get("/reviews/{task_id}", response_class=HTMLResponse)
+async def case_page(request: Request, task_id: str, done: str | None = None) -> Response:
+    viewer = await _signed_in(request, "view_reviews")
+    if isinstance(viewer, Response):
+        return viewer
+    db = request.app.state.db
+    try:
+        case = await asyncio.to_thread(load_case, db, task_id[:64])
+    except ReviewRefused as error:
+        return _refusal(request, viewer, error.status, error.message)
+    profile = await asyncio.to_thread(_profile, db, case.task.customer_id)
+    return _page(
+        request,
+        "case.html",
+        viewer=viewer,
+        case=case,
+        task=case.task,
+        risk=risk_of(case.task),
+        breached=is_breached(case.task),
+        why=_why(case.task),
+        profile=profile,
+        needs_note={d: needs_note(d) for d in case.task.decisions},
+        done=done,
+        may_act=viewer.can("decide_reviews")
+        and case.task.status == "open"
+        and case.task.claimed_by in (None, viewer.name),
+    )
+
+
+async def _act(request: Request, task_id: str, csrf: str, action: str) -> Response:
+    # No permission check here: the review desk checks the role and audits a refusal.
+    viewer = await _posted(request, csrf, "view_reviews")
+    if isinstance(viewer, Response):
+        return viewer
+    work = claim_task if action == "claim" else release_task
+    try:
+        await asyncio.to_thread(
+            lambda: work(
+                request.app.state.db,
+                task_id=task_id[:64],
+                viewer=viewer,
+                address=client_address(request),
+            )
+        )
+    except ReviewRefused as error:
+        return _refusal(request, viewer, error.status, error.message)
+    return RedirectResponse(f"/console/reviews/{quote(task_id)}", status_code=303)
+
+
+@router.post("/reviews/{task_id}/claim")
+async def claim(
+    request: Request, task_id: str, csrf: Annotated[str, Form(max_length=200)] = ""
+) -> Response:
+    return await _act(request, task_id, csrf, "claim")
+
+
+@router.post("/reviews/{task_id}/release")
+async def release(
+    request: Request, task_id: str, csrf: Annotated[str, Form(max_length=200)] = ""
+) -> Response:
+    return await _act(request, task_id, csrf, "release")
+
+
+@router.post("/reviews/{task_id}/decide")
+async def decide(
+    request: Request,
+    task_id: str,
+    decision: Annotated[str, Form(max_length=100)] = "",
+    note: Annotated[str, Form(max_length=2000)] = "",
+    csrf: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
+    viewer = await _posted(request, csrf, "view_reviews")
+    if isinstance(viewer, Response):
+        return viewer
+    try:
+        await decide_task(
+            request.app.state.db,
+            request.app.state.service.client,
+            task_id=task_id[:64],
+            viewer=viewer,
+            decision=decision,
+            note=note,
+            address=client_address(request),
+        )
+    except ReviewRefused as error:
+        return _refusal(request, viewer, error.status, error.message)
+    return RedirectResponse(
+        f"/console/reviews/{quote(task_id)}?{urlencode({'done': decision})}", status_code=303
+    )
+
+
+# ----------------------------------------------------------------------------- runs and messages
+
+
+def _run_view(
+    db: Any, run_id: str
+) -> tuple[Run | None, list[Delivery], list[OutboxMessage], list[ReviewTask]]:
+    with session_scope(db) as session:
+        run = session.get(Run, run_id)
+        deliveries = list(
+            session.exec(
+                select(Delivery).where(Delivery.run_id == run_id).order_by(col(Delivery.id))
+            ).all()
+        )
+        outbox = list(
+            session.exec(
+                select(OutboxMessage)
+                .where(OutboxMessage.run_id == run_id)
+                .order_by(col(OutboxMessage.id))
+            ).all()
+        )
+        tasks = list(
+            session.exec(
+                select(ReviewTask)
+                .where(ReviewTask.run_id == run_id)
+                .order_by(col(ReviewTask.created_at))
+            ).all()
+        )
+    return run, deliveries, outbox, tasks
+
+
+@router.get("/runs/{run_id}", response_class=HTMLResponse)
+async def run_page(request: Request, run_id: str) -> Response:
+    viewer = await _signed_in(request, "view_runs")
+    if isinstance(viewer, Response):
+        return viewer
+    run, deliveries, outbox, tasks = await asyncio.to_thread(
+        _run_view, request.app.state.db, run_id[:100]
+    )
+    if run is None:
+        return _refusal(request, viewer, 404, f"No run with id {run_id[:100]!r}.")
+    settings = request.app.state.service.settings
+    temporal_ui = (
+        f"{settings.temporal_ui}/namespaces/{quote(settings.temporal_namespace)}"
+        f"/workflows/{quote(run.workflow_id, safe='')}/{quote(run.run_id, safe='')}/history"
+    )
+    return _page(
+        request,
+        "run.html",
+        viewer=viewer,
+        run=run,
+        deliveries=deliveries,
+        outbox=outbox,
+        tasks=tasks,
+        temporal_ui=temporal_ui,
+    )
+
+
+@router.get("/outbox", response_class=HTMLResponse)
+async def outbox_page(request: Request, customer: str | None = None) -> Response:
+    viewer = await _signed_in(request, "view_messages")
+    if isinstance(viewer, Response):
+        return viewer
+
+    def load() -> list[OutboxMessage]:
+        with session_scope(request.app.state.db) as session:
+            query = select(OutboxMessage)
+            if customer:
+                query = query.where(OutboxMessage.customer_id == customer[:200])
+            return list(session.exec(query.order_by(col(OutboxMessage.id).desc()).limit(200)).all())
+
+    messages = await asyncio.to_thread(load)
+    return _page(request, "outbox.html", viewer=viewer, messages=messages, customer=customer or "")

@@ -1,0 +1,428 @@
+"""The review desk: listing, claiming, releasing and deciding review tasks, for the
+console and the review API alike, with every attempt audited.
+
+A decision is taken once: the task row moves `open -> deciding` in one conditional update
+(so a double click, or two reviewers, cannot both pass), then the run's `decide_review`
+Update carries it to the workflow, whose validator refuses a task it no longer has open
+(timed out, escalated and expired). Only then is the row `decided`; a refused Update puts
+it back. Who, when, what, and from which address go to `review_audit`, refusals included.
+
+Not here: HTTP (the console and API modules), the workflow side (workflows/journey_run.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import col, select
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.service import RPCError
+
+from engine.database import Delivery, OutboxMessage, ReviewAudit, ReviewTask, Run, session_scope
+from engine.messages import UPDATE_REVIEW, ReviewDecision, ReviewDecisionResult
+from service.users import Viewer
+
+__all__ = [
+    "MAX_NOTE_LENGTH",
+    "CaseFile",
+    "ReviewRefused",
+    "TaskFilter",
+    "claim_task",
+    "decide_task",
+    "is_breached",
+    "list_tasks",
+    "load_case",
+    "needs_note",
+    "queues",
+    "release_task",
+    "risk_of",
+]
+
+MAX_NOTE_LENGTH = 2000
+UPDATE_TIMEOUT_SECONDS = 15.0
+_REJECTING = ("reject", "deny", "decline", "refuse")
+
+
+class ReviewRefused(Exception):
+    """An action on a review task that is not allowed; ``status`` is the HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    """What the queue shows: all fields optional."""
+
+    queue: str | None = None
+    status: str | None = "open"
+    breached: bool | None = None
+    min_risk: float | None = None
+    older_than_hours: float | None = None
+    customer: str | None = None
+    limit: int = 200
+
+
+@dataclass(frozen=True)
+class CaseFile:
+    """Everything a reviewer needs on one page: the task, its run, its messages, its audit."""
+
+    task: ReviewTask
+    run: Run | None
+    deliveries: list[Delivery]
+    outbox: list[OutboxMessage]
+    audit: list[ReviewAudit]
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def needs_note(decision: str) -> bool:
+    """Rejecting decisions need the reviewer's note."""
+    return any(word in decision.lower() for word in _REJECTING)
+
+
+def risk_of(task: ReviewTask) -> float | None:
+    """The highest model score the run had when the task opened (None: no score step)."""
+    scores = (task.case or {}).get("scores") or {}
+    values = [
+        float(entry["score"])
+        for entry in scores.values()
+        if isinstance(entry, dict) and isinstance(entry.get("score"), int | float)
+    ]
+    return max(values) if values else None
+
+
+def is_breached(task: ReviewTask, now: datetime | None = None) -> bool:
+    due = _utc(task.due_at)
+    return task.status == "open" and due is not None and due < (now or datetime.now(UTC))
+
+
+def list_tasks(db: Engine, flt: TaskFilter) -> list[ReviewTask]:
+    """Tasks matching ``flt``, oldest first (the order they should be worked in)."""
+    now = datetime.now(UTC)
+    with session_scope(db) as session:
+        query = select(ReviewTask)
+        if flt.queue:
+            query = query.where(ReviewTask.queue == flt.queue)
+        if flt.status:
+            query = query.where(ReviewTask.status == flt.status)
+        if flt.customer:
+            query = query.where(ReviewTask.customer_id == flt.customer)
+        if flt.older_than_hours is not None:
+            query = query.where(
+                col(ReviewTask.created_at) <= now - timedelta(hours=flt.older_than_hours)
+            )
+        rows = list(session.exec(query.order_by(col(ReviewTask.created_at)).limit(2000)).all())
+    if flt.breached is not None:
+        rows = [row for row in rows if is_breached(row, now) == flt.breached]
+    if flt.min_risk is not None:
+        rows = [row for row in rows if (risk_of(row) or 0.0) >= flt.min_risk]
+    return rows[: flt.limit]
+
+
+def queues(db: Engine) -> list[str]:
+    """Every queue a task was ever opened in."""
+    with session_scope(db) as session:
+        return sorted(set(session.exec(select(ReviewTask.queue).distinct()).all()))
+
+
+def load_task(db: Engine, task_id: str) -> ReviewTask:
+    with session_scope(db) as session:
+        task = session.get(ReviewTask, task_id)
+    if task is None:
+        raise ReviewRefused(404, f"no review task {task_id!r}")
+    return task
+
+
+def load_case(db: Engine, task_id: str) -> CaseFile:
+    """The task with its run, the messages the run sent, and its audit trail."""
+    task = load_task(db, task_id)
+    with session_scope(db) as session:
+        run = session.get(Run, task.run_id)
+        deliveries = list(
+            session.exec(
+                select(Delivery).where(Delivery.run_id == task.run_id).order_by(col(Delivery.id))
+            ).all()
+        )
+        outbox = list(
+            session.exec(
+                select(OutboxMessage)
+                .where(OutboxMessage.run_id == task.run_id)
+                .order_by(col(OutboxMessage.id))
+            ).all()
+        )
+        audit = list(
+            session.exec(
+                select(ReviewAudit)
+                .where(ReviewAudit.task_id == task_id)
+                .order_by(col(ReviewAudit.id))
+            ).all()
+        )
+    return CaseFile(task=task, run=run, deliveries=deliveries, outbox=outbox, audit=audit)
+
+
+def _audit(
+    db: Engine,
+    *,
+    task_id: str,
+    viewer: Viewer,
+    action: str,
+    outcome: str,
+    address: str | None,
+    decision: str | None = None,
+    note: str | None = None,
+    reason: str | None = None,
+) -> None:
+    with session_scope(db) as session:
+        session.add(
+            ReviewAudit(
+                task_id=task_id,
+                actor=viewer.name,
+                role=viewer.role,
+                action=action,
+                outcome=outcome,
+                decision=decision,
+                note=note,
+                reason=reason,
+                address=(address or "")[:100] or None,
+            )
+        )
+
+
+def _refuse(
+    db: Engine,
+    error: ReviewRefused,
+    *,
+    task_id: str,
+    viewer: Viewer,
+    action: str,
+    address: str | None,
+    decision: str | None = None,
+) -> ReviewRefused:
+    _audit(
+        db,
+        task_id=task_id,
+        viewer=viewer,
+        action=action,
+        outcome="refused",
+        address=address,
+        decision=decision,
+        reason=error.message,
+    )
+    return error
+
+
+def _closed_message(task: ReviewTask) -> str:
+    if task.status == "decided":
+        return f"this task was decided already ({task.decision} by {task.reviewer})"
+    if task.status == "expired":
+        return "this task expired: its SLA ran out and the run went on without a decision"
+    if task.status == "deciding":
+        return "this task is being decided by someone else right now"
+    return f"this task is {task.status}"
+
+
+def _check_may_act(task: ReviewTask, viewer: Viewer) -> None:
+    if not viewer.can("decide_reviews"):
+        raise ReviewRefused(
+            403, f"role {viewer.role!r} may not work review tasks (ops or supervisor)"
+        )
+    if task.status != "open":
+        raise ReviewRefused(409, _closed_message(task))
+    if task.claimed_by and task.claimed_by != viewer.name:
+        raise ReviewRefused(409, f"this task is claimed by {task.claimed_by}")
+
+
+def claim_task(db: Engine, *, task_id: str, viewer: Viewer, address: str | None) -> ReviewTask:
+    """Claim an open task for ``viewer`` (idempotent for its claimer)."""
+    task = load_task(db, task_id)
+    try:
+        _check_may_act(task, viewer)
+        with session_scope(db) as session:
+            changed = session.execute(
+                update(ReviewTask)
+                .where(
+                    col(ReviewTask.id) == task_id,
+                    col(ReviewTask.status) == "open",
+                    (col(ReviewTask.claimed_by).is_(None))
+                    | (col(ReviewTask.claimed_by) == viewer.name),
+                )
+                .values(claimed_by=viewer.name)
+            )
+            if changed.rowcount != 1:  # type: ignore[attr-defined]
+                raise ReviewRefused(409, _closed_message(load_task(db, task_id)))
+    except ReviewRefused as error:
+        raise _refuse(
+            db, error, task_id=task_id, viewer=viewer, action="claim", address=address
+        ) from None
+    _audit(db, task_id=task_id, viewer=viewer, action="claim", outcome="done", address=address)
+    return load_task(db, task_id)
+
+
+def release_task(db: Engine, *, task_id: str, viewer: Viewer, address: str | None) -> ReviewTask:
+    """Give a claimed task back to the queue (its claimer, or a supervisor)."""
+    task = load_task(db, task_id)
+    try:
+        if not viewer.can("decide_reviews"):
+            raise ReviewRefused(403, f"role {viewer.role!r} may not work review tasks")
+        if task.status != "open":
+            raise ReviewRefused(409, _closed_message(task))
+        if task.claimed_by not in (None, viewer.name) and viewer.role != "supervisor":
+            raise ReviewRefused(
+                409,
+                f"this task is claimed by {task.claimed_by}; only they or a supervisor may release it",
+            )
+        with session_scope(db) as session:
+            session.execute(
+                update(ReviewTask)
+                .where(col(ReviewTask.id) == task_id, col(ReviewTask.status) == "open")
+                .values(claimed_by=None)
+            )
+    except ReviewRefused as error:
+        raise _refuse(
+            db, error, task_id=task_id, viewer=viewer, action="release", address=address
+        ) from None
+    _audit(db, task_id=task_id, viewer=viewer, action="release", outcome="done", address=address)
+    return load_task(db, task_id)
+
+
+def _validate_decision(task: ReviewTask, decision: str, note: str | None) -> str | None:
+    if decision not in task.decisions:
+        raise ReviewRefused(
+            422,
+            f"{decision!r} is not a decision of this task: choose one of {', '.join(task.decisions)}",
+        )
+    note = (note or "").strip() or None
+    if note is not None and len(note) > MAX_NOTE_LENGTH:
+        raise ReviewRefused(422, f"the note is longer than {MAX_NOTE_LENGTH} characters")
+    if needs_note(decision) and note is None:
+        raise ReviewRefused(422, f"'{decision}' needs a note saying why")
+    return note
+
+
+async def decide_task(
+    db: Engine,
+    client: Client | None,
+    *,
+    task_id: str,
+    viewer: Viewer,
+    decision: str,
+    note: str | None,
+    address: str | None,
+) -> ReviewTask:
+    """Decide ``task_id`` once, through the run's Update; refusals raise `ReviewRefused`."""
+    task = await asyncio.to_thread(load_task, db, task_id)
+    try:
+        _check_may_act(task, viewer)
+        note = _validate_decision(task, decision, note)
+        if client is None:
+            raise ReviewRefused(503, "Temporal is not reachable right now; try again in a moment")
+        if not await asyncio.to_thread(_begin_deciding, db, task_id, viewer.name):
+            raise ReviewRefused(
+                409, _closed_message(await asyncio.to_thread(load_task, db, task_id))
+            )
+        try:
+            await _send_update(client, task, viewer=viewer, decision=decision, note=note)
+        except ReviewRefused:
+            await asyncio.to_thread(_end_deciding, db, task_id, None)
+            raise
+        await asyncio.to_thread(
+            _end_deciding,
+            db,
+            task_id,
+            {"decision": decision, "reviewer": viewer.name, "note": note},
+        )
+    except ReviewRefused as error:
+        raise await asyncio.to_thread(
+            _refuse,
+            db,
+            error,
+            task_id=task_id,
+            viewer=viewer,
+            action="decide",
+            address=address,
+            decision=decision,
+        ) from None
+    await asyncio.to_thread(
+        _audit,
+        db,
+        task_id=task_id,
+        viewer=viewer,
+        action="decide",
+        outcome="done",
+        address=address,
+        decision=decision,
+        note=note,
+    )
+    return await asyncio.to_thread(load_task, db, task_id)
+
+
+def _begin_deciding(db: Engine, task_id: str, name: str) -> bool:
+    with session_scope(db) as session:
+        changed = session.execute(
+            update(ReviewTask)
+            .where(
+                col(ReviewTask.id) == task_id,
+                col(ReviewTask.status) == "open",
+                (col(ReviewTask.claimed_by).is_(None)) | (col(ReviewTask.claimed_by) == name),
+            )
+            .values(status="deciding", claimed_by=name)
+        )
+        return bool(changed.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def _end_deciding(db: Engine, task_id: str, decided: dict[str, Any] | None) -> None:
+    """`deciding` -> `decided` with the decision, or back to `open` (the Update was refused).
+    Conditional, so an expiry the workflow recorded meanwhile is never overwritten."""
+    values: dict[str, Any] = (
+        {"status": "decided", "decided_at": datetime.now(UTC), **decided}
+        if decided is not None
+        else {"status": "open"}
+    )
+    with session_scope(db) as session:
+        session.execute(
+            update(ReviewTask)
+            .where(col(ReviewTask.id) == task_id, col(ReviewTask.status) == "deciding")
+            .values(**values)
+        )
+
+
+async def _send_update(
+    client: Client, task: ReviewTask, *, viewer: Viewer, decision: str, note: str | None
+) -> ReviewDecisionResult:
+    handle = client.get_workflow_handle(task.workflow_id, run_id=task.run_id)
+    try:
+        return await asyncio.wait_for(
+            handle.execute_update(
+                UPDATE_REVIEW,
+                ReviewDecision(task_id=task.id, decision=decision, reviewer=viewer.name, note=note),
+                result_type=ReviewDecisionResult,
+                rpc_timeout=timedelta(seconds=UPDATE_TIMEOUT_SECONDS),
+            ),
+            UPDATE_TIMEOUT_SECONDS + 2,
+        )
+    except WorkflowUpdateFailedError as error:
+        cause = error.cause
+        message = getattr(cause, "message", None) or str(cause or error)
+        raise ReviewRefused(409, f"the run refused the decision: {message}") from None
+    except RPCError as error:
+        if "not found" in str(error).lower() or "completed" in str(error).lower():
+            raise ReviewRefused(
+                409, "the run has ended: this task can no longer be decided"
+            ) from None
+        raise ReviewRefused(
+            503, "Temporal did not take the decision; try again in a moment"
+        ) from None
+    except TimeoutError:
+        raise ReviewRefused(503, "the run did not answer in time; try again in a moment") from None
