@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint typecheck unit install clean
+.PHONY: up test lint typecheck install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,23 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy engine rules workflows activities channels service models worker.py
 
-test: lint typecheck mlserver
+test: lint typecheck mlserver browser
 	$(BIN)/python -m pytest -q
+
+# The console's browser test drives Debian's Chromium through Playwright; Playwright's own
+# browser download is never used (it cannot work here, and the system one is enough).
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: browser
+browser: $(CHROMIUM)
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else \
+		echo "Debian's chromium is needed for the console test: sudo apt-get install chromium" >&2; \
+		exit 1; \
+	fi
 
 # MLServer, the Open Inference Protocol server the model tests call, pins packages that
 # clash with ours: it gets its own venv (the tests build it too when it is missing).
@@ -44,4 +59,4 @@ $(MLSERVER_VENV)/.installed: $(MLSERVER_REQUIREMENTS)
 	touch $@
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(MLSERVER_VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis test-artifacts
