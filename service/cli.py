@@ -361,6 +361,7 @@ def up(
                         "journeys is up",
                         f"  API          {api_url}",
                         f"  API key      {api_key}",
+                        f"  console      {api_url}/console  (add a reviewer: journeys user add NAME --role ops)",
                         f"  Temporal UI  {ui_url}",
                         f"  logs         {state / 'logs'}",
                         "  try:",
