@@ -996,10 +996,12 @@ def _parse(argv: Sequence[str] | None) -> Options:
         "--deadline", type=float, default=1800.0, help="seconds the whole measurement may take"
     )
     parser.add_argument(
-        "--bytecode-cache",
-        action="store_true",
-        help="let the children cache compiled modules (in the temp dir) even when "
-        "PYTHONDONTWRITEBYTECODE is set, as an installed package would have them",
+        "--no-bytecode-cache",
+        dest="bytecode_cache",
+        action="store_false",
+        help="keep PYTHONDONTWRITEBYTECODE for the children: every workflow run the sandbox "
+        "creates then compiles its module from source (by default the children cache "
+        "compiled modules in the temp dir, as an installed package has them)",
     )
     parser.add_argument(
         "--workers",

@@ -456,3 +456,45 @@ async def test_a_one_time_password_must_be_replaced_before_anything_else(desk: D
     assert changed.status_code == 303
     assert (await desk.http.get("/console/reviews")).status_code == 200
     assert check_password(desk.db, name="newbie", password=first) is None
+
+
+CONSOLE_POSTS = ["claim", "release", "decide"]
+
+
+@pytest.mark.parametrize("action", CONSOLE_POSTS)
+async def test_console_actions_without_a_session_change_nothing(desk: Desk, action: str) -> None:
+    _, task = await desk.open_case()
+    answer = await desk.http.post(
+        f"/console/reviews/{task.id}/{action}",
+        data={"decision": "approve", "note": "x", "csrf": "x"},
+    )
+    assert answer.status_code == 303 and answer.headers["location"].startswith("/console/login")
+    with session_scope(desk.db) as session:
+        row = session.get(ReviewTask, task.id)
+        assert row is not None and (row.status, row.claimed_by) == ("open", None)
+
+
+@pytest.mark.parametrize("who", ["aud", "dee"])
+@pytest.mark.parametrize("action", CONSOLE_POSTS)
+async def test_console_actions_are_forbidden_to_roles_that_may_not_decide(
+    desk: Desk, who: str, action: str
+) -> None:
+    _, task = await desk.open_case()
+    await sign_in(desk.http, who)
+    page = await desk.http.get("/console/outbox")  # a page every role may open: its token
+    answer = await desk.http.post(
+        f"/console/reviews/{task.id}/{action}",
+        data={"decision": "approve", "note": "x", "csrf": form_token(page)},
+    )
+    assert answer.status_code == 403, answer.text
+    with session_scope(desk.db) as session:
+        row = session.get(ReviewTask, task.id)
+        assert row is not None and (row.status, row.claimed_by) == ("open", None)
+
+
+@pytest.mark.parametrize("path", ["/console/reviews", "/console/reviews/{id}"])
+async def test_designers_do_not_see_the_review_queue(desk: Desk, path: str) -> None:
+    _, task = await desk.open_case()
+    await sign_in(desk.http, "dee")
+    answer = await desk.http.get(path.format(id=task.id))
+    assert answer.status_code == 403 and "may not open this page" in answer.text
