@@ -40,6 +40,7 @@ from service.review_desk import (
     queues,
     release_task,
     risk_of,
+    run_messages,
 )
 from service.users import UserError, Viewer, change_password, check_password
 
@@ -433,20 +434,9 @@ async def decide(
 def _run_view(
     db: Any, run_id: str
 ) -> tuple[Run | None, list[Delivery], list[OutboxMessage], list[ReviewTask]]:
+    deliveries, outbox = run_messages(db, run_id)
     with session_scope(db) as session:
         run = session.get(Run, run_id)
-        deliveries = list(
-            session.exec(
-                select(Delivery).where(Delivery.run_id == run_id).order_by(col(Delivery.id))
-            ).all()
-        )
-        outbox = list(
-            session.exec(
-                select(OutboxMessage)
-                .where(OutboxMessage.run_id == run_id)
-                .order_by(col(OutboxMessage.id))
-            ).all()
-        )
         tasks = list(
             session.exec(
                 select(ReviewTask)

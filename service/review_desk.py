@@ -41,6 +41,7 @@ __all__ = [
     "queues",
     "release_task",
     "risk_of",
+    "run_messages",
 ]
 
 MAX_NOTE_LENGTH = 2000
@@ -145,23 +146,30 @@ def load_task(db: Engine, task_id: str) -> ReviewTask:
     return task
 
 
-def load_case(db: Engine, task_id: str) -> CaseFile:
-    """The task with its run, the messages the run sent, and its audit trail."""
-    task = load_task(db, task_id)
+def run_messages(db: Engine, run_id: str) -> tuple[list[Delivery], list[OutboxMessage]]:
+    """A run's delivery attempts and the messages its outbox captured, oldest first."""
     with session_scope(db) as session:
-        run = session.get(Run, task.run_id)
         deliveries = list(
             session.exec(
-                select(Delivery).where(Delivery.run_id == task.run_id).order_by(col(Delivery.id))
+                select(Delivery).where(Delivery.run_id == run_id).order_by(col(Delivery.id))
             ).all()
         )
         outbox = list(
             session.exec(
                 select(OutboxMessage)
-                .where(OutboxMessage.run_id == task.run_id)
+                .where(OutboxMessage.run_id == run_id)
                 .order_by(col(OutboxMessage.id))
             ).all()
         )
+    return deliveries, outbox
+
+
+def load_case(db: Engine, task_id: str) -> CaseFile:
+    """The task with its run, the messages the run sent, and its audit trail."""
+    task = load_task(db, task_id)
+    deliveries, outbox = run_messages(db, task.run_id)
+    with session_scope(db) as session:
+        run = session.get(Run, task.run_id)
         audit = list(
             session.exec(
                 select(ReviewAudit)

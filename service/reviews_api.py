@@ -9,6 +9,7 @@ Console cookies are not accepted here, so no cross-site form can act through thi
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -205,12 +206,14 @@ async def get_review(task_id: TaskId, caller: Caller, request: Request) -> Revie
     )
 
 
-@router.post("/{task_id}/claim", summary="Claim a task (ops, supervisor)")
-async def claim_review(task_id: TaskId, caller: Caller, request: Request) -> ReviewView:
+async def _hold(
+    work: Callable[..., ReviewTask], task_id: str, caller: Viewer | ApiCaller, request: Request
+) -> ReviewView:
+    """Claim or release, as the person calling."""
     viewer = _person(caller)
     try:
         task = await asyncio.to_thread(
-            lambda: claim_task(
+            lambda: work(
                 request.app.state.db,
                 task_id=task_id,
                 viewer=viewer,
@@ -220,23 +223,16 @@ async def claim_review(task_id: TaskId, caller: Caller, request: Request) -> Rev
     except ReviewRefused as error:
         raise _http(error) from None
     return ReviewView.of(task)
+
+
+@router.post("/{task_id}/claim", summary="Claim a task (ops, supervisor)")
+async def claim_review(task_id: TaskId, caller: Caller, request: Request) -> ReviewView:
+    return await _hold(claim_task, task_id, caller, request)
 
 
 @router.post("/{task_id}/release", summary="Give a claimed task back to its queue")
 async def release_review(task_id: TaskId, caller: Caller, request: Request) -> ReviewView:
-    viewer = _person(caller)
-    try:
-        task = await asyncio.to_thread(
-            lambda: release_task(
-                request.app.state.db,
-                task_id=task_id,
-                viewer=viewer,
-                address=client_address(request),
-            )
-        )
-    except ReviewRefused as error:
-        raise _http(error) from None
-    return ReviewView.of(task)
+    return await _hold(release_task, task_id, caller, request)
 
 
 @router.post(
