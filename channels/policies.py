@@ -229,7 +229,7 @@ def _insert_for(session: Session) -> Any:
         return postgresql_insert
     if name == "sqlite":
         return sqlite_insert
-    raise NotImplementedError(f"unsupported database dialect: {name}")
+    raise RuntimeError(f"unsupported database dialect {name!r}: use SQLite or PostgreSQL")
 
 
 # ----------------------------------------------------------------------------- frequency cap
@@ -294,7 +294,9 @@ def reserve_cap_slot(
                 {"key": _customer_lock_key(customer_id)},
             )
         else:
-            raise NotImplementedError(f"unsupported database dialect: {engine.dialect.name}")
+            raise RuntimeError(
+                f"unsupported database dialect {engine.dialect.name!r}: use SQLite or PostgreSQL"
+            )
         try:
             mine = session.exec(
                 select(CapReservation).where(
