@@ -37,7 +37,7 @@ import httpx
 import pytest
 from sqlmodel import col, select
 
-from engine.database import EventRecord, OutboxMessage, make_engine, session_scope
+from engine.database import Delivery, EventRecord, OutboxMessage, make_engine, session_scope
 from service.devserver import dev_server_command, dev_server_ready
 from tests.database import database_url as test_database_url
 from tests.database import fresh_engine
@@ -482,6 +482,21 @@ class JourneysStack:
         finally:
             engine.dispose()
 
+    def deliveries(self, customer: str) -> list[Delivery]:
+        """The delivery log rows of ``customer``, oldest first."""
+        engine = make_engine(self.database_url)
+        try:
+            with session_scope(engine) as session:
+                return list(
+                    session.exec(
+                        select(Delivery)
+                        .where(Delivery.customer_id == customer)
+                        .order_by(col(Delivery.id))
+                    ).all()
+                )
+        finally:
+            engine.dispose()
+
     def stored_event(self, message_id: str) -> EventRecord | None:
         engine = make_engine(self.database_url)
         try:
@@ -521,6 +536,24 @@ def start_stack(
 def customer_id(prefix: str) -> str:
     """A customer id no other test (or earlier run on the same server) uses."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def holdout_customer(
+    journeys_file: Path, journey: str, *, prefix: str, held_out: bool = False
+) -> str:
+    """A new customer id that ``journey``'s compiled version puts in its holdout
+    (``held_out``) or, by default, keeps out of it (so the run gets the whole journey)."""
+    from activities.decisions import bucket_of
+    from engine.catalog import build_catalog
+
+    plan = build_catalog(journeys_file).plans[journey]
+    weights = [plan.holdout_percent, 100 - plan.holdout_percent]
+    for _ in range(2000):
+        customer = customer_id(prefix)
+        salt = f"{journey}:{plan.version}:{customer}:holdout"
+        if (bucket_of(salt, weights) == 0) == held_out:
+            return customer
+    raise AssertionError(f"no customer found in the wanted holdout bucket of {journey}")
 
 
 def path_steps(detail: dict[str, Any]) -> list[str]:

@@ -26,16 +26,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from activities.decisions import bucket_of
-from engine.catalog import build_catalog
 from tests.e2e.conftest import (
     JOURNEYS_CLI,
     ROOT,
     JourneysStack,
     TemporalServer,
-    customer_id,
     daytime_zone,
     eventually,
+    holdout_customer,
     start_stack,
 )
 
@@ -99,13 +97,7 @@ def add_user(stack: JourneysStack, name: str, role: str) -> str:
 
 
 def treated_customer(stack: JourneysStack) -> str:
-    plan = build_catalog(stack.journeys_file).plans["payment_recovery"]
-    weights = [plan.holdout_percent, 100 - plan.holdout_percent]
-    for _ in range(2000):
-        customer = customer_id("browser")
-        if bucket_of(f"payment_recovery:{plan.version}:{customer}:holdout", weights) == 1:
-            return customer
-    raise AssertionError("no customer outside the holdout")
+    return holdout_customer(stack.journeys_file, "payment_recovery", prefix="browser")
 
 
 def sign_in(page: Any, stack: JourneysStack, name: str, one_time: str) -> None:

@@ -21,10 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlmodel import col, select
 from temporalio.client import Client
 
-from engine.database import Delivery, make_engine, session_scope
 from tests.e2e.conftest import (
     JourneysStack,
     TemporalServer,
@@ -109,21 +107,6 @@ def stack(
         yield running
 
 
-def deliveries(stack: JourneysStack, customer: str) -> list[Delivery]:
-    engine = make_engine(stack.database_url)
-    try:
-        with session_scope(engine) as session:
-            return list(
-                session.exec(
-                    select(Delivery)
-                    .where(Delivery.customer_id == customer)
-                    .order_by(col(Delivery.id))
-                ).all()
-            )
-    finally:
-        engine.dispose()
-
-
 async def history_json(stack: JourneysStack, workflow_id: str) -> str:
     client = await Client.connect(stack.temporal.address)
     return history_text(await client.get_workflow_handle(workflow_id).fetch_history())
@@ -161,7 +144,7 @@ def test_a_worker_killed_mid_send_duplicates_only_inside_the_documented_window(
         timeout=RETRY_TIMEOUT,
         what="worker 2 killed after the second email was stored",
     )
-    rows = {row.step_id: row for row in deliveries(stack, customer)}
+    rows = {row.step_id: row for row in stack.deliveries(customer)}
     assert rows["second_email"].status == "sending"  # accepted by the server, never marked
 
     stack.start_worker()
@@ -179,7 +162,7 @@ def test_a_worker_killed_mid_send_duplicates_only_inside_the_documented_window(
     assert all(mail["To"] == address for mail in smtp.mailbox.messages)
     [sms] = [r.json()["params"] for r in gateway.requests if r.json()["params"]["to"] == PHONE]
     assert sms["message"] == "Hi Mina, your statement is ready."
-    rows = {row.step_id: row for row in deliveries(stack, customer)}
+    rows = {row.step_id: row for row in stack.deliveries(customer)}
     assert {step: (row.status, row.attempts) for step, row in rows.items()} == {
         "first_email": ("sent", 2),
         "second_email": ("sent", 2),

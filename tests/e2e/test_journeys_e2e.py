@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from activities.decisions import bucket_of
 from engine.catalog import build_catalog
 from engine.messages import workflow_id_for
 from tests.e2e.conftest import (
@@ -24,6 +23,7 @@ from tests.e2e.conftest import (
     customer_id,
     daytime_zone,
     eventually,
+    holdout_customer,
     path_steps,
     start_stack,
 )
@@ -70,13 +70,7 @@ def _customer_outside_holdout(stack: JourneysStack, *, held_out: bool) -> str:
     plan = build_catalog(CATALOGUE).plans["payment_recovery"]
     deployed = {j["id"]: j for j in stack.get("/v1/journeys")["journeys"]}
     assert deployed["payment_recovery"]["version"] == plan.version
-    weights = [plan.holdout_percent, 100 - plan.holdout_percent]
-    for _ in range(2000):
-        customer = customer_id("payer")
-        salt = f"payment_recovery:{plan.version}:{customer}:holdout"
-        if (bucket_of(salt, weights) == 0) == held_out:
-            return customer
-    raise AssertionError("no customer found in the wanted holdout bucket")
+    return holdout_customer(CATALOGUE, "payment_recovery", prefix="payer", held_out=held_out)
 
 
 def test_deploy_printed_every_catalogue_journey(stack: JourneysStack) -> None:

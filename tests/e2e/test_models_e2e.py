@@ -10,15 +10,14 @@ from typing import Any
 
 import pytest
 
-from activities.decisions import bucket_of
 from engine.catalog import build_catalog
 from tests.e2e.conftest import (
     ROOT,
     JourneysStack,
     TemporalServer,
-    customer_id,
     daytime_zone,
     eventually,
+    holdout_customer,
     path_steps,
     start_stack,
 )
@@ -39,13 +38,7 @@ def stack(
 
 def treated_customer(prefix: str) -> str:
     """A customer the deployed payment_recovery version keeps out of its holdout."""
-    plan = build_catalog(CATALOGUE).plans["payment_recovery"]
-    weights = [plan.holdout_percent, 100 - plan.holdout_percent]
-    for _ in range(2000):
-        customer = customer_id(prefix)
-        if bucket_of(f"payment_recovery:{plan.version}:{customer}:holdout", weights) == 1:
-            return customer
-    raise AssertionError("no customer outside the holdout")
+    return holdout_customer(CATALOGUE, "payment_recovery", prefix=prefix)
 
 
 def start_recovery(

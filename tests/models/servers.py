@@ -18,7 +18,6 @@ import fcntl
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.e2e.conftest import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 MLSERVER_VENV = ROOT / ".venv-mlserver"
@@ -178,17 +179,6 @@ def model_service() -> Iterator[ModelService]:
 # ----------------------------------------------------------------------------- MLServer
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for probe in sockets:
-            probe.bind(("127.0.0.1", 0))
-        return [int(probe.getsockname()[1]) for probe in sockets]
-    finally:
-        for probe in sockets:
-            probe.close()
-
-
 def ensure_mlserver_venv() -> Path:
     """`.venv-mlserver/` with the pinned MLServer, built once (idempotent, locked against a
     second test run doing the same); the path of its Python."""
@@ -285,7 +275,7 @@ def mlserver(directory: Path, probes: list[list[float]]) -> Iterator[MLServer]:
             }
         )
     )
-    http_port, grpc_port = _free_ports(2)
+    http_port, grpc_port = free_ports(2)
     (directory / "settings.json").write_text(
         json.dumps(
             {
