@@ -22,6 +22,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, Field
+from sqlalchemy import Connection, Table, and_, bindparam, case, func, or_, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -39,8 +42,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from engine.database import (
     EventRecord,
     PlanVersion,
+    Profile,
     Run,
-    get_profile,
     session_scope,
     store_event,
     upsert_profile,
@@ -65,6 +68,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# The tables under the models, for single-statement Core writes on the hot path.
+_EVENTS: Table = EventRecord.__table__  # type: ignore[attr-defined]
+_RUNS: Table = Run.__table__  # type: ignore[attr-defined]
 
 JOURNEY_ID_KEY = SearchAttributeKey.for_keyword("JourneyId")
 JOURNEY_VERSION_KEY = SearchAttributeKey.for_keyword("JourneyVersion")
@@ -133,6 +140,30 @@ class _Entry:
     compiled: _CompiledPlan
     key: str | None
     workflow_id: str
+
+
+@dataclass(frozen=True)
+class _OpenRun:
+    """What routing needs of an open run's row (not its path, which can be long)."""
+
+    workflow_id: str
+    journey_id: str
+    version: str
+    trigger_message_id: str | None
+
+
+@dataclass(frozen=True)
+class _StartedRun:
+    """A run Temporal started for an entry, to record in the runs table."""
+
+    entry: _Entry
+    run_id: str
+    started_at: datetime
+
+
+# The runs of one customer's entry (journey and key): the latest entry time, and whether
+# this event already started one of them.
+_EntryHistory = dict[tuple[str, str | None], tuple[datetime, bool]]
 
 
 def _compile_plan(plan: Plan) -> _CompiledPlan:
@@ -218,6 +249,53 @@ def _is_unavailable(error: BaseException) -> bool:
     )
 
 
+def _reentry_blocked(plan: Plan, seen: tuple[datetime, bool] | None) -> str | None:
+    """Why `reentry` keeps a customer out, given their runs of this entry (None: it does not)."""
+    if seen is None:
+        return None
+    latest_started_at, started_by_this_event = seen
+    if started_by_this_event:
+        return "already started by this event"
+    if plan.entry.reentry == "always":
+        return None
+    if plan.entry.reentry == "never":
+        return "reentry never: this customer already entered"
+    seconds = plan.entry.reentry_seconds or 0
+    last_entry = _as_utc(latest_started_at)
+    if utcnow() - last_entry < timedelta(seconds=seconds):
+        return f"reentry after {_duration_text(seconds)}: last entry {last_entry.isoformat()}"
+    return None
+
+
+def _run_row(record: EventRecord, run: _StartedRun) -> dict[str, Any]:
+    """The runs-table row of a run the router started (as `Run` would fill it in)."""
+    plan = run.entry.compiled.plan
+    return {
+        "run_id": run.run_id,
+        "workflow_id": run.entry.workflow_id,
+        "journey_id": plan.journey_id,
+        "version": plan.version,
+        "customer_id": record.customer_id,
+        "key": run.entry.key,
+        "status": "running",
+        "step": None,
+        "outcome": None,
+        "holdout": False,
+        "trigger_message_id": record.message_id,
+        "path": [],
+        "started_at": run.started_at,
+        "updated_at": run.started_at,
+        "ended_at": None,
+    }
+
+
+_MARK_ROUTED = (
+    update(_EVENTS)
+    .where(_EVENTS.c.message_id == bindparam("routed_message_id"), _EVENTS.c.routed.is_(False))
+    .values(routed=True)
+)
+
+
 class EventRouter:
     """Stores events and turns them into journey starts and signals.
 
@@ -233,6 +311,11 @@ class EventRouter:
         self._plans: dict[tuple[str, str], _CompiledPlan | None] = {}
         self._plans_lock = threading.Lock()
         self._in_flight: set[str] = set()
+        # Both databases this package supports have INSERT ... ON CONFLICT DO NOTHING: one
+        # statement stores a row unless its key exists. Any other: the ORM's way.
+        self._insert: Any = {"postgresql": postgresql_insert, "sqlite": sqlite_insert}.get(
+            db.dialect.name
+        )
 
     # ------------------------------------------------------------------ storing
 
@@ -248,7 +331,7 @@ class EventRouter:
         duplicates = 0
         with session_scope(self.db) as session:
             for record in records:
-                if not store_event(session, record):
+                if not self._store_event(session, record):
                     duplicates += 1
                     continue
                 if record.type == "identify":
@@ -257,6 +340,15 @@ class EventRouter:
                     )
                 stored.append(record)
         return IngestResult(stored=stored, duplicates=duplicates)
+
+    def _store_event(self, session: Session, record: EventRecord) -> bool:
+        # `store_event`'s contract (False, and nothing changed, for a message id seen
+        # before) in one statement instead of a lookup, a savepoint and a flush.
+        if self._insert is None:
+            return store_event(session, record)
+        values = {column.name: getattr(record, column.name) for column in _EVENTS.columns}
+        statement = self._insert(_EVENTS).on_conflict_do_nothing(index_elements=["message_id"])
+        return session.connection().execute(statement, values).rowcount == 1
 
     # ------------------------------------------------------------------ routing
 
@@ -270,8 +362,17 @@ class EventRouter:
         """
         self._in_flight.add(record.message_id)
         try:
-            result = await self._route(record)
-            await asyncio.to_thread(self._mark_routed, record.message_id)
+            started: list[_StartedRun] = []
+            try:
+                result = await self._route(record, started)
+            except BaseException:
+                # What Temporal did start is recorded even so: a retry then sees it.
+                if started:
+                    await asyncio.to_thread(
+                        self._record_started_runs_after_failure, record, started
+                    )
+                raise
+            await asyncio.to_thread(self._finish_routing, record, started)
             return result
         finally:
             self._in_flight.discard(record.message_id)
@@ -302,33 +403,25 @@ class EventRouter:
             routed += 1
         return routed
 
-    async def _route(self, record: EventRecord) -> RouteResult:
+    async def _route(self, record: EventRecord, started: list[_StartedRun]) -> RouteResult:
+        """Starts and signals; appends each run Temporal started to ``started``."""
         result = RouteResult()
         if record.type != "track" or not record.name:
             return result  # identify: its traits were merged when it was stored
         client = self.client
         if client is None:
             raise RoutingUnavailableError("no Temporal connection yet")
-        traits, matching, open_runs = await asyncio.to_thread(self._routing_inputs, record)
+        entries, open_runs = await asyncio.to_thread(self._routing_inputs, record)
 
-        for compiled in matching:
-            entry = self._decide_entry(record, compiled, traits, result)
-            if entry is None:
-                continue
-            blocked = await asyncio.to_thread(self._reentry_blocked, record, entry)
-            if blocked:
-                result.skipped.append(
-                    SkippedStart(
-                        journey_id=compiled.plan.journey_id,
-                        message_id=record.message_id,
-                        reason=blocked,
-                        workflow_id=entry.workflow_id,
-                    )
-                )
+        for entry in entries:
+            if isinstance(entry, SkippedStart):
+                result.skipped.append(entry)
                 continue
             run_id = await self._start(client, record, entry, result)
             if run_id is not None:
                 result.started.append(entry.workflow_id)
+                if run_id:
+                    started.append(_StartedRun(entry=entry, run_id=run_id, started_at=utcnow()))
 
         await self._signal_open_runs(client, record, open_runs, result)
         return result
@@ -338,47 +431,39 @@ class EventRouter:
         record: EventRecord,
         compiled: _CompiledPlan,
         traits: dict[str, Any],
-        result: RouteResult,
-    ) -> _Entry | None:
+    ) -> _Entry | SkippedStart:
+        """The run to start for ``compiled`` (reentry not checked yet), or why there is none."""
         plan = compiled.plan
 
-        def skip(reason: str) -> None:
-            result.skipped.append(
-                SkippedStart(
-                    journey_id=plan.journey_id, message_id=record.message_id, reason=reason
-                )
+        def skip(reason: str) -> SkippedStart:
+            return SkippedStart(
+                journey_id=plan.journey_id, message_id=record.message_id, reason=reason
             )
 
         if compiled.problem:
-            skip(compiled.problem)
-            return None
+            return skip(compiled.problem)
         context = _entry_context(record, plan, traits)
         timezone = _text_or_none(traits.get("timezone")) or plan.settings.timezone
         try:
             if compiled.when is not None and not compiled.when.evaluate(context, timezone=timezone):
-                skip("entry condition is false")
-                return None
+                return skip("entry condition is false")
             key_value = (
                 compiled.key.evaluate(context, timezone=timezone)
                 if compiled.key is not None
                 else None
             )
         except EvaluationError as error:
-            skip(f"entry expression failed: {error}")
-            return None
+            return skip(f"entry expression failed: {error}")
         key: str | None = None
         if compiled.key is not None:
             if key_value is None or key_value == "":
-                skip(f"entry key {plan.entry.key!r} has no value")
-                return None
+                return skip(f"entry key {plan.entry.key!r} has no value")
             key = str(key_value)
             if len(key) > MAX_KEY_LENGTH or "\x00" in key:
-                skip(f"entry key is longer than {MAX_KEY_LENGTH} characters or not text")
-                return None
+                return skip(f"entry key is longer than {MAX_KEY_LENGTH} characters or not text")
         workflow_id = workflow_id_for(plan.journey_id, record.customer_id, key)
         if len(workflow_id) > MAX_WORKFLOW_ID_LENGTH:
-            skip(f"workflow id would be longer than {MAX_WORKFLOW_ID_LENGTH} characters")
-            return None
+            return skip(f"workflow id would be longer than {MAX_WORKFLOW_ID_LENGTH} characters")
         return _Entry(compiled=compiled, key=key, workflow_id=workflow_id)
 
     async def _start(
@@ -423,16 +508,14 @@ class EventRouter:
                 )
             )
             return None
-        run_id = handle.result_run_id or handle.first_execution_run_id or ""
-        if run_id:
-            await asyncio.to_thread(self._record_started_run, record, entry, run_id)
-        return run_id
+        # Recorded in the runs table by the caller, with the event marked routed.
+        return handle.result_run_id or handle.first_execution_run_id or ""
 
     async def _signal_open_runs(
         self,
         client: Client,
         record: EventRecord,
-        open_runs: Sequence[Run],
+        open_runs: Sequence[_OpenRun],
         result: RouteResult,
     ) -> None:
         message = _event_message(record)
@@ -443,7 +526,12 @@ class EventRouter:
                 or run.trigger_message_id == record.message_id
             ):
                 continue
-            compiled = await asyncio.to_thread(self._plan_version, run.journey_id, run.version)
+            version = (run.journey_id, run.version)
+            with self._plans_lock:
+                known = version in self._plans
+                compiled = self._plans.get(version)
+            if not known:
+                compiled = await asyncio.to_thread(self._plan_version, *version)
             if compiled is None or (record.name or "") not in compiled.listens_to:
                 continue
             try:
@@ -458,17 +546,46 @@ class EventRouter:
 
     def _routing_inputs(
         self, record: EventRecord
-    ) -> tuple[dict[str, Any], list[_CompiledPlan], Sequence[Run]]:
+    ) -> tuple[list[_Entry | SkippedStart], list[_OpenRun]]:
+        """One read for everything routing decides: for each active journey the event
+        enters (in journey order), the run to start or why not (reentry included), and
+        the customer's open runs (oldest first)."""
         with session_scope(self.db) as session:
-            traits = get_profile(session, record.customer_id)
-            open_runs = session.exec(
-                select(Run)
-                .where(Run.customer_id == record.customer_id, Run.status == "running")
-                .order_by(col(Run.started_at))
-            ).all()
+            connection = session.connection()
+            traits_json = connection.execute(
+                select(col(Profile.traits)).where(Profile.customer_id == record.customer_id)
+            ).scalar_one_or_none()
+            traits: dict[str, Any] = dict(traits_json) if traits_json is not None else {}
+            open_runs = [
+                _OpenRun(
+                    workflow_id=workflow_id,
+                    journey_id=journey_id,
+                    version=version,
+                    trigger_message_id=trigger_message_id,
+                )
+                for workflow_id, journey_id, version, trigger_message_id in connection.execute(
+                    select(
+                        col(Run.workflow_id),
+                        col(Run.journey_id),
+                        col(Run.version),
+                        col(Run.trigger_message_id),
+                    )
+                    .where(Run.customer_id == record.customer_id, Run.status == "running")
+                    .order_by(col(Run.started_at))
+                )
+            ]
             active = self._refresh_active(session)
-        matching = [compiled for compiled in active if compiled.plan.entry.event == record.name]
-        return traits, matching, open_runs
+            decided = [
+                self._decide_entry(record, compiled, traits)
+                for compiled in active
+                if compiled.plan.entry.event == record.name
+            ]
+            entries = [entry for entry in decided if isinstance(entry, _Entry)]
+            history = self._entry_history(connection, record, entries) if entries else {}
+        return [
+            self._reentry_checked(record, entry, history) if isinstance(entry, _Entry) else entry
+            for entry in decided
+        ], open_runs
 
     def _refresh_active(self, session: Session) -> list[_CompiledPlan]:
         # A cheap query per event keeps deploys visible at once; plans compile once per
@@ -511,55 +628,90 @@ class EventRouter:
             self._plans[(journey_id, version)] = compiled
         return compiled
 
-    def _reentry_blocked(self, record: EventRecord, entry: _Entry) -> str | None:
-        plan = entry.compiled.plan
-        with session_scope(self.db) as session:
-            same_entry = select(Run).where(
-                Run.journey_id == plan.journey_id,
-                Run.customer_id == record.customer_id,
-                (Run.key == entry.key) if entry.key is not None else col(Run.key).is_(None),
+    @staticmethod
+    def _entry_history(
+        connection: Connection, record: EventRecord, entries: Sequence[_Entry]
+    ) -> _EntryHistory:
+        """For each entry's journey and key, the customer's runs so far, in one query."""
+        same_entry = [
+            and_(
+                col(Run.journey_id) == entry.compiled.plan.journey_id,
+                (col(Run.key) == entry.key) if entry.key is not None else col(Run.key).is_(None),
             )
-            if session.exec(same_entry.where(Run.trigger_message_id == record.message_id)).first():
-                return "already started by this event"
-            latest = session.exec(same_entry.order_by(col(Run.started_at).desc())).first()
-        if latest is None or plan.entry.reentry == "always":
-            return None
-        if plan.entry.reentry == "never":
-            return "reentry never: this customer already entered"
-        seconds = plan.entry.reentry_seconds or 0
-        last_entry = _as_utc(latest.started_at)
-        if utcnow() - last_entry < timedelta(seconds=seconds):
-            return f"reentry after {_duration_text(seconds)}: last entry {last_entry.isoformat()}"
-        return None
+            for entry in entries
+        ]
+        by_this_event = func.max(
+            case((col(Run.trigger_message_id) == record.message_id, 1), else_=0)
+        )
+        rows = connection.execute(
+            select(col(Run.journey_id), col(Run.key), func.max(col(Run.started_at)), by_this_event)
+            .where(col(Run.customer_id) == record.customer_id, or_(*same_entry))
+            .group_by(col(Run.journey_id), col(Run.key))
+        )
+        return {(journey, key): (latest, bool(mine)) for journey, key, latest, mine in rows}
 
-    def _record_started_run(self, record: EventRecord, entry: _Entry, run_id: str) -> None:
+    @staticmethod
+    def _reentry_checked(
+        record: EventRecord, entry: _Entry, history: _EntryHistory
+    ) -> _Entry | SkippedStart:
+        """``entry``, or why `reentry` (checked against the runs table) does not let it in."""
         plan = entry.compiled.plan
+        blocked = _reentry_blocked(plan, history.get((plan.journey_id, entry.key)))
+        if blocked is None:
+            return entry
+        return SkippedStart(
+            journey_id=plan.journey_id,
+            message_id=record.message_id,
+            reason=blocked,
+            workflow_id=entry.workflow_id,
+        )
+
+    def _finish_routing(self, record: EventRecord, started: Sequence[_StartedRun]) -> None:
+        """Record the runs routing started and mark the event routed: one transaction."""
+        if self._insert is None:
+            for run in started:
+                self._record_started_run(record, run)
+            self._mark_routed(record.message_id)
+            return
+        with session_scope(self.db) as session:
+            connection = session.connection()
+            if started:
+                self._insert_started_runs(connection, record, started)
+            connection.execute(_MARK_ROUTED, {"routed_message_id": record.message_id})
+
+    def _record_started_runs_after_failure(
+        self, record: EventRecord, started: Sequence[_StartedRun]
+    ) -> None:
+        # Routing failed after these starts; the error that says why is the one to raise.
+        try:
+            if self._insert is None:
+                for run in started:
+                    self._record_started_run(record, run)
+                return
+            with session_scope(self.db) as session:
+                self._insert_started_runs(session.connection(), record, started)
+        except Exception:
+            log.exception("recording the runs event %s started failed", record.message_id)
+
+    def _insert_started_runs(
+        self, connection: Connection, record: EventRecord, started: Sequence[_StartedRun]
+    ) -> None:
         # The workflow upserts the same row; whoever comes second leaves it alone.
+        statement = self._insert(_RUNS).on_conflict_do_nothing(index_elements=["run_id"])
+        connection.execute(statement, [_run_row(record, run) for run in started])
+
+    def _record_started_run(self, record: EventRecord, run: _StartedRun) -> None:
+        # A database without ON CONFLICT: look first, and let a lost race pass.
         try:
             with session_scope(self.db) as session:
-                if session.get(Run, run_id) is None:
-                    session.add(
-                        Run(
-                            run_id=run_id,
-                            workflow_id=entry.workflow_id,
-                            journey_id=plan.journey_id,
-                            version=plan.version,
-                            customer_id=record.customer_id,
-                            key=entry.key,
-                            status="running",
-                            step=None,
-                            trigger_message_id=record.message_id,
-                        )
-                    )
+                if session.get(Run, run.run_id) is None:
+                    session.add(Run(**_run_row(record, run)))
         except IntegrityError:
             pass
 
     def _mark_routed(self, message_id: str) -> None:
         with session_scope(self.db) as session:
-            stored = session.get(EventRecord, message_id)
-            if stored is not None and not stored.routed:
-                stored.routed = True
-                session.add(stored)
+            session.connection().execute(_MARK_ROUTED, {"routed_message_id": message_id})
 
     def _pending_events(self, limit: int, min_age_seconds: float) -> list[EventRecord]:
         cutoff = utcnow() - timedelta(seconds=min_age_seconds)
