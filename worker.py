@@ -64,7 +64,9 @@ def build_worker(
         workflows=[JourneyRunWorkflow],
         activities=[
             decisions.evaluate,
+            decisions.decide_steps,
             decisions.local_time,
+            runs.begin_run,
             runs.load_profile,
             runs.record_run,
             runs.update_profile,

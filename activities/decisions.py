@@ -15,10 +15,27 @@ from zoneinfo import ZoneInfo
 from temporalio import activity
 
 from engine.durations import parse_time_of_day
-from engine.messages import EvaluateInput, EvaluateResult, LocalTimeInput, LocalTimeResult
+from engine.messages import (
+    DecideInput,
+    DecideResult,
+    EvaluateInput,
+    EvaluateResult,
+    LocalTimeInput,
+    LocalTimeResult,
+    StepDecision,
+)
+from engine.plan import BranchPlan, CallPlan, PlanStep, ScorePlan, SetPlan, SplitPlan, decided_next
 from rules import EvaluationError, Expression, ExpressionError, compile_expression
 
-__all__ = ["bucket_of", "evaluate", "local_time", "next_local_time", "quiet_hours_end"]
+__all__ = [
+    "bucket_of",
+    "decide",
+    "decide_steps",
+    "evaluate",
+    "local_time",
+    "next_local_time",
+    "quiet_hours_end",
+]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -48,31 +65,108 @@ def bucket_of(salt: str, weights: list[float]) -> int:
     return len(weights) - 1
 
 
-@activity.defn(name="evaluate")
-async def evaluate(request: EvaluateInput) -> EvaluateResult:
-    """Evaluate a decision's expressions; an expression that fails counts as false/None."""
-    if request.mode == "bucket":
-        return EvaluateResult(bucket=bucket_of(request.salt, request.weights))
+def _evaluate(
+    expressions: list[str], mode: str, context: dict[str, Any], timezone: str
+) -> EvaluateResult:
+    """Evaluate ``expressions`` (``mode`` ``first``: up to the first truthy one)."""
     values: list[Any] = []
     reads: dict[str, Any] = {}
     errors: list[str] = []
     first_true: int | None = None
-    for index, source in enumerate(request.expressions):
+    for index, source in enumerate(expressions):
         try:
             expression = _compiled(source)
             for path in expression.attribute_paths:
-                reads[".".join(path)] = _read(request.context, path)
-            value = expression.evaluate(request.context, timezone=request.timezone)
+                reads[".".join(path)] = _read(context, path)
+            value = expression.evaluate(context, timezone=timezone)
         except (EvaluationError, ExpressionError) as error:
             errors.append(str(getattr(error, "message", error)))
             value = None
         values.append(value)
-        if request.mode == "first" and value and first_true is None:
+        if mode == "first" and value and first_true is None:
             first_true = index
             break
     return EvaluateResult(
         values=values, first_true=first_true, reads=reads, error="; ".join(errors) or None
     )
+
+
+@activity.defn(name="evaluate")
+async def evaluate(request: EvaluateInput) -> EvaluateResult:
+    """Evaluate a decision's expressions; an expression that fails counts as false/None."""
+    if request.mode == "bucket":
+        return EvaluateResult(bucket=bucket_of(request.salt, request.weights))
+    return _evaluate(request.expressions, request.mode, request.context, request.timezone)
+
+
+def _decision(step_id: str, kind: str, result: EvaluateResult) -> StepDecision:
+    return StepDecision(
+        step_id=step_id,
+        type=kind,
+        values=result.values,
+        first_true=result.first_true,
+        reads=result.reads,
+        error=result.error,
+    )
+
+
+def _prepare(step: PlanStep, context: dict[str, Any], timezone: str) -> StepDecision | None:
+    """The expressions of the step a walk stops at: score features, a call's JSON body."""
+    if isinstance(step, ScorePlan):
+        expressions = list(step.features.values())
+    elif isinstance(step, CallPlan) and step.json_body is not None:
+        expressions = list(step.json_body.values())
+    else:
+        return None
+    return _decision(step.id, step.type, _evaluate(expressions, "all", context, timezone))
+
+
+def decide(request: DecideInput) -> DecideResult:
+    """Walk the pure steps from ``request.start``: each set, branch and split is decided
+    against the context as the steps before it left it (a set's values are visible to the
+    next step), until a step that is not pure, or ``request.limit`` steps."""
+    context = dict(request.context)
+    context["vars"] = dict(context.get("vars") or {})
+    context["profile"] = dict(context.get("profile") or {})
+    journey = context["journey"] = dict(context.get("journey") or {})
+    result = DecideResult()
+    step_id: str | None = request.start
+    for _ in range(request.limit):
+        step = request.steps.get(step_id) if step_id is not None else None
+        if step is None or not isinstance(step, BranchPlan | SplitPlan | SetPlan):
+            break
+        journey["step"] = step.id
+        if isinstance(step, SplitPlan):
+            bucket = bucket_of(request.salt + step.id, [arm.weight for arm in step.arms])
+            decision = StepDecision(step_id=step.id, type=step.type, bucket=bucket)
+        elif isinstance(step, BranchPlan):
+            rules = [rule.when for rule in step.rules]
+            decision = _decision(
+                step.id, step.type, _evaluate(rules, "first", context, request.timezone)
+            )
+        else:
+            targets = list(step.assignments)
+            evaluated = _evaluate(
+                [step.assignments[t] for t in targets], "all", context, request.timezone
+            )
+            for target, value in zip(targets, evaluated.values, strict=True):
+                scope, name = target.split(".", 1)
+                context["vars" if scope == "vars" else "profile"][name] = value
+            decision = _decision(step.id, step.type, evaluated)
+        result.decisions.append(decision)
+        step_id = decided_next(step, first_true=decision.first_true, bucket=decision.bucket)
+    result.stop = step_id
+    stop = request.steps.get(step_id) if step_id is not None else None
+    if stop is not None and not isinstance(stop, BranchPlan | SplitPlan | SetPlan):
+        journey["step"] = stop.id
+        result.prepared = _prepare(stop, context, request.timezone)
+    return result
+
+
+@activity.defn(name="decide_steps")
+async def decide_steps(request: DecideInput) -> DecideResult:
+    """`decide` as a local activity: the history records each decision of the walk."""
+    return decide(request)
 
 
 def _zone(name: str) -> ZoneInfo:

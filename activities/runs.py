@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
+from sqlalchemy import func
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 from temporalio import activity
 
+from activities.decisions import bucket_of, decide
 from engine.database import Profile, Run, session_scope, upsert_profile, utcnow
-from engine.messages import CustomerContext, LoadProfileInput, RecordRunInput, UpdateProfileInput
+from engine.messages import (
+    BeginRunInput,
+    BeginRunResult,
+    CustomerContext,
+    LoadProfileInput,
+    RecordRunInput,
+    UpdateProfileInput,
+)
 
 __all__ = ["RunActivities", "customer_from_traits", "mask_address", "masked_customer"]
 
@@ -83,23 +97,112 @@ class RunActivities:
     def record_run(self, request: RecordRunInput) -> None:
         """Upsert the run's row: status, step, outcome and path (idempotent)."""
         with session_scope(self.db) as session:
-            run = session.get(Run, request.run_id)
-            if run is None:
-                run = Run(
-                    run_id=request.run_id,
-                    workflow_id=request.workflow_id,
-                    journey_id=request.journey_id,
-                    version=request.version,
-                    customer_id=request.customer_id,
-                    key=request.key,
-                    trigger_message_id=request.trigger_message_id,
+            _upsert_run(session, request)
+
+    @activity.defn(name="begin_run")
+    def begin_run(self, request: BeginRunInput) -> BeginRunResult:
+        """A run's start in one transaction: its `runs` row, the customer's profile (masked,
+        as `load_profile` gives it) and, when the plan has a holdout, the stable bucket."""
+        with session_scope(self.db) as session:
+            _upsert_run(session, request.record)
+            profile = session.get(Profile, request.record.customer_id)
+            traits = dict(profile.traits) if profile is not None else {}
+        bucket = (
+            bucket_of(request.holdout_salt, request.holdout_weights)
+            if request.holdout_weights
+            else None
+        )
+        customer = masked_customer(customer_from_traits(request.record.customer_id, traits))
+        decided = None
+        if request.decide is not None:
+            context = dict(request.decide.context)
+            context["profile"] = customer.traits
+            context["customer"] = {
+                "id": customer.id,
+                "email": customer.email,
+                "phone": customer.phone,
+                "push_token": customer.push_token,
+            }
+            decided = decide(
+                request.decide.model_copy(
+                    update={
+                        "context": context,
+                        "timezone": customer.timezone or request.decide.timezone,
+                    }
                 )
-            run.status = request.status
-            run.step = request.step
-            run.outcome = request.outcome
-            run.holdout = request.holdout
-            run.path = [entry.model_dump(mode="json") for entry in request.path]
-            run.updated_at = utcnow()
-            if request.status != "running" and run.ended_at is None:
-                run.ended_at = utcnow()
-            session.add(run)
+            )
+        return BeginRunResult(customer=customer, holdout_bucket=bucket, decided=decided)
+
+
+def _upsert_run(session: Session, request: RecordRunInput) -> None:
+    """Insert the run's row or bring it up to date, in one statement where the database
+    can (SQLite, PostgreSQL: ``INSERT ... ON CONFLICT DO UPDATE``)."""
+    now = utcnow()
+    ended = now if request.status != "running" else None
+    path = [entry.model_dump(mode="json") for entry in request.path]
+    dialect = session.get_bind().dialect.name
+    if dialect not in _UPSERT_INSERTS:
+        _merge_run(session, request, path, now, ended)
+        return
+    table = Run.__table__  # type: ignore[attr-defined]
+    changes: dict[str, Any] = {
+        "status": request.status,
+        "step": request.step,
+        "outcome": request.outcome,
+        "holdout": request.holdout,
+        "path": path,
+        "updated_at": now,
+    }
+    statement = _UPSERT_INSERTS[dialect](table).values(
+        run_id=request.run_id,
+        workflow_id=request.workflow_id,
+        journey_id=request.journey_id,
+        version=request.version,
+        customer_id=request.customer_id,
+        key=request.key,
+        trigger_message_id=request.trigger_message_id,
+        started_at=now,
+        ended_at=ended,
+        **changes,
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=[table.c.run_id],
+        set_={**changes, "ended_at": func.coalesce(table.c.ended_at, statement.excluded.ended_at)},
+    )
+    session.execute(statement)
+
+
+def _merge_run(
+    session: Session,
+    request: RecordRunInput,
+    path: list[dict[str, Any]],
+    now: datetime,
+    ended: datetime | None,
+) -> None:
+    """`_upsert_run` through the ORM, for databases without ``ON CONFLICT``."""
+    run = session.get(Run, request.run_id)
+    if run is None:
+        run = Run(
+            run_id=request.run_id,
+            workflow_id=request.workflow_id,
+            journey_id=request.journey_id,
+            version=request.version,
+            customer_id=request.customer_id,
+            key=request.key,
+            trigger_message_id=request.trigger_message_id,
+        )
+    run.status = request.status
+    run.step = request.step
+    run.outcome = request.outcome
+    run.holdout = request.holdout
+    run.path = path
+    run.updated_at = now
+    if ended is not None and run.ended_at is None:
+        run.ended_at = ended
+    session.add(run)
+
+
+_UPSERT_INSERTS: dict[str, Callable[[Any], Any]] = {
+    "sqlite": sqlite_insert,
+    "postgresql": postgresql_insert,
+}

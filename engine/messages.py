@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.plan import Plan
+from engine.plan import Plan, PlanStep
 
 __all__ = [
     "QUERY_STATE",
@@ -22,9 +22,13 @@ __all__ = [
     "TASK_QUEUE",
     "UPDATE_REVIEW",
     "WORKFLOW_NAME",
+    "BeginRunInput",
+    "BeginRunResult",
     "CallHttpInput",
     "CallHttpResult",
     "CustomerContext",
+    "DecideInput",
+    "DecideResult",
     "EvaluateInput",
     "EvaluateResult",
     "EventMessage",
@@ -44,6 +48,7 @@ __all__ = [
     "ScoreResult",
     "SendMessageInput",
     "SendMessageResult",
+    "StepDecision",
     "UpdateProfileInput",
     "workflow_id_for",
 ]
@@ -183,6 +188,47 @@ class EvaluateResult(_Message):
     error: str | None = None
 
 
+class StepDecision(_Message):
+    """One step's decision inside a `decide_steps` call: what it read and what it chose.
+
+    ``values`` are a `set` step's assignments (in the step's order) or a score/call step's
+    feature/body values; ``first_true`` is the branch rule taken (None: ``else``);
+    ``bucket`` the split arm.
+    """
+
+    step_id: str
+    type: str
+    values: list[Any] = Field(default_factory=list)
+    first_true: int | None = None
+    bucket: int | None = None
+    reads: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+
+
+class DecideInput(_Message):
+    """Decide the pure steps (set, branch, split) from ``start`` on, in one local activity.
+
+    ``steps`` holds the plan's decidable steps: set, branch, split, and score/call steps
+    whose features/body are expressions. The walk stops at the first step that is not
+    pure (a send, wait, review, exit, or the end), or after ``limit`` steps, and evaluates
+    the expressions of a score or call step it stops at (``prepared``).
+    ``salt`` prefixes a split's step id for its stable bucket.
+    """
+
+    start: str
+    steps: dict[str, PlanStep]
+    context: dict[str, Any] = Field(default_factory=dict)
+    timezone: str = "UTC"
+    salt: str = ""
+    limit: int = 100
+
+
+class DecideResult(_Message):
+    decisions: list[StepDecision] = Field(default_factory=list)
+    stop: str | None = None
+    prepared: StepDecision | None = None
+
+
 class LocalTimeInput(_Message):
     """When is the next local ``until`` time, or when do quiet hours end (None: not quiet)."""
 
@@ -216,6 +262,29 @@ class RecordRunInput(_Message):
     holdout: bool = False
     trigger_message_id: str | None = None
     path: list[PathEntry] = Field(default_factory=list)
+
+
+class BeginRunInput(_Message):
+    """A run's first local activity: its `runs` row, the customer's profile, the holdout,
+    and the decisions of the pure steps the plan starts with.
+
+    ``holdout_weights`` (holdout percent, rest) and ``holdout_salt`` are set when the plan
+    has a holdout; the result's ``holdout_bucket`` is then 0 for a held-out customer.
+    ``decide``, when the first step is decidable, is walked against the profile just read
+    (its ``profile`` and ``customer`` replaced by it, its ``timezone`` by the customer's
+    when they have one).
+    """
+
+    record: RecordRunInput
+    holdout_weights: list[float] = Field(default_factory=list)
+    holdout_salt: str = ""
+    decide: DecideInput | None = None
+
+
+class BeginRunResult(_Message):
+    customer: CustomerContext
+    holdout_bucket: int | None = None
+    decided: DecideResult | None = None
 
 
 class SendMessageInput(_Message):

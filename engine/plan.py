@@ -33,6 +33,8 @@ __all__ = [
     "SplitArm",
     "SplitPlan",
     "WaitPlan",
+    "decidable",
+    "decided_next",
 ]
 
 
@@ -215,3 +217,27 @@ class Plan(_Frozen):
         names = {self.entry.event, *(e.event for e in self.exit_on)}
         names.update(s.event for s in self.steps.values() if isinstance(s, WaitPlan) and s.event)
         return frozenset(names)
+
+
+PURE_STEPS = ("set", "branch", "split")
+"""Step types decided by evaluating expressions alone, with no side effect but profile writes."""
+
+
+def decidable(step: PlanStep) -> bool:
+    """Whether a step has expressions a `decide_steps` walk evaluates: the pure steps, and
+    the score and call steps it stops at (their features, their JSON body)."""
+    if step.type in PURE_STEPS or step.type == "score":
+        return True
+    return isinstance(step, CallPlan) and step.json_body is not None
+
+
+def decided_next(
+    step: BranchPlan | SplitPlan | SetPlan, *, first_true: int | None, bucket: int | None
+) -> str | None:
+    """The step after a decided pure step: the branch rule taken (``first_true``, None for
+    ``else``), the split arm (``bucket``), or a set step's next."""
+    if isinstance(step, BranchPlan):
+        return step.rules[first_true].goto if first_true is not None else step.otherwise
+    if isinstance(step, SplitPlan):
+        return step.arms[bucket or 0].goto
+    return step.next

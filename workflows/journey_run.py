@@ -30,9 +30,13 @@ with workflow.unsafe.imports_passed_through():
         SIGNAL_EVENT,
         UPDATE_REVIEW,
         WORKFLOW_NAME,
+        BeginRunInput,
+        BeginRunResult,
         CallHttpInput,
         CallHttpResult,
         CustomerContext,
+        DecideInput,
+        DecideResult,
         EvaluateInput,
         EvaluateResult,
         EventMessage,
@@ -52,10 +56,18 @@ with workflow.unsafe.imports_passed_through():
         ScoreResult,
         SendMessageInput,
         SendMessageResult,
+        StepDecision,
         UpdateProfileInput,
     )
 
-__all__ = ["MAX_STEPS", "JourneyRunWorkflow"]
+__all__ = ["BATCHED_DECISIONS", "MAX_STEPS", "JourneyRunWorkflow"]
+
+BATCHED_DECISIONS = "batched-decisions"
+"""The patch under which a run starts with one `begin_run` local activity (runs row,
+profile, holdout, first decisions) and decides consecutive set/branch/split steps, and the
+expressions of the score or call step after them, in one `decide_steps` local activity.
+Runs recorded before it keep one local activity per decision (tests/histories)."""
+MAX_WALK = 100
 
 MAX_STEPS = 10_000
 MAX_INBOX = 200
@@ -121,6 +133,11 @@ class JourneyRunWorkflow:
         self.decision: ReviewDecision | None = None
         self.review_closed_at: datetime | None = None
         self.deadline: datetime | None = None
+        # Set in `run` from `workflow.patched(BATCHED_DECISIONS)`: False replays old runs.
+        self.batched = False
+        self.decidable = {sid: s for sid, s in self.plan.steps.items() if p.decidable(s)}
+        self.walked: DecideResult | None = None  # begin_run's walk from plan.start
+        self.prepared: StepDecision | None = None  # a score/call step's evaluated expressions
         self.handlers: dict[str, Callable[[Any], Awaitable[str | None]]] = {
             "send": self._send,
             "wait": self._wait,
@@ -184,15 +201,18 @@ class JourneyRunWorkflow:
     async def run(self, input: JourneyRunInput) -> RunState:
         started = workflow.now()
         self.deadline = started + timedelta(seconds=self.plan.settings.max_duration_seconds)
-        await self._load_profile()
-        self._path(
-            "entry",
-            "entry",
-            detail={"event": input.trigger.name, "message_id": input.trigger.message_id},
-        )
+        self.batched = workflow.patched(BATCHED_DECISIONS)
+        entry = {"event": input.trigger.name, "message_id": input.trigger.message_id}
+        if not self.batched:
+            await self._load_profile()
+        self._path("entry", "entry", detail=entry)
         try:
-            await self._record()
-            if self.plan.holdout_percent > 0 and await self._in_holdout():
+            if self.batched:
+                held_out = await self._begin()
+            else:
+                await self._record()
+                held_out = self.plan.holdout_percent > 0 and await self._in_holdout()
+            if held_out:
                 await self._hold_out()
             else:
                 await self._interpret()
@@ -210,14 +230,26 @@ class JourneyRunWorkflow:
 
     async def _interpret(self) -> None:
         step_id: str | None = self.plan.start
-        for _ in range(MAX_STEPS):
+        taken = 0
+        while taken < MAX_STEPS:
             await self._check_exits()
             if step_id is None:
                 return
+            if self.batched and step_id in self.decidable and not self._is_prepared(step_id):
+                walked, self.walked = self.walked, None
+                if walked is None or taken > 0:
+                    walked = await self._decide(step_id, min(MAX_WALK, MAX_STEPS - taken))
+                step_id, decided = await self._apply(walked)
+                taken += decided
+                if decided:
+                    continue  # exit events first, then the step the walk stopped at
+                if step_id is None:
+                    return
             step = self.plan.steps[step_id]
             self.visits[step_id] = self.visits.get(step_id, 0) + 1
             self.state.current_step = step_id
             step_id = await self.handlers[step.type](step)
+            taken += 1
         raise _RunEnded("failed", "step_limit")
 
     def _finish(self, status: str, outcome: str) -> None:
@@ -462,7 +494,7 @@ class JourneyRunWorkflow:
 
     async def _score(self, step: p.ScorePlan) -> str | None:
         names = list(step.features)
-        features = await self._evaluate(
+        features = self._take_prepared(step.id) or await self._evaluate(
             step.id, "features", "all", [step.features[n] for n in names]
         )
         values = dict(zip(names, features.values, strict=True))
@@ -620,36 +652,47 @@ class JourneyRunWorkflow:
         targets = list(step.assignments)
         result = await self._evaluate(step.id, "set", "all", [step.assignments[t] for t in targets])
         profile_updates: dict[str, Any] = {}
-        for target, value in zip(targets, result.values, strict=True):
+        self._assign(step, result.values, result.error, profile_updates)
+        await self._update_profile(profile_updates)
+        return step.next
+
+    def _assign(
+        self,
+        step: p.SetPlan,
+        values: list[Any],
+        error: str | None,
+        profile_updates: dict[str, Any],
+    ) -> None:
+        """A set step's values into `vars` and the profile (its writes into ``profile_updates``)."""
+        targets = list(step.assignments)
+        for target, value in zip(targets, values, strict=True):
             scope, name = target.split(".", 1)
             if scope == "vars":
                 self.state.vars[name] = value
             else:
                 profile_updates[name] = value
                 self.customer.traits[name] = value
-        if profile_updates:
-            await workflow.execute_activity(
-                "update_profile",
-                UpdateProfileInput(customer_id=self.input.customer_id, traits=profile_updates),
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=_DB_RETRY,
-            )
         self._path(
             step.id,
             step.type,
             outcome="set",
-            detail={
-                "values": dict(zip(targets, result.values, strict=True)),
-                "error": result.error,
-            },
+            detail={"values": dict(zip(targets, values, strict=True)), "error": error},
         )
-        return step.next
+
+    async def _update_profile(self, traits: dict[str, Any]) -> None:
+        if traits:
+            await workflow.execute_activity(
+                "update_profile",
+                UpdateProfileInput(customer_id=self.input.customer_id, traits=traits),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_DB_RETRY,
+            )
 
     async def _call(self, step: p.CallPlan) -> str | None:
         body: dict[str, Any] | None = None
         if step.json_body is not None:
             names = list(step.json_body)
-            values = await self._evaluate(
+            values = self._take_prepared(step.id) or await self._evaluate(
                 step.id, "json", "all", [step.json_body[n] for n in names]
             )
             body = dict(zip(names, values.values, strict=True))
@@ -683,6 +726,87 @@ class JourneyRunWorkflow:
 
     async def _exit(self, step: p.ExitPlan) -> str | None:
         raise _RunEnded("completed", step.outcome)
+
+    # ------------------------------------------------------------------ batched decisions
+
+    async def _begin(self) -> bool:
+        """The run's start in one local activity: its `runs` row, the profile, whether the
+        customer is held out, and the walk from the first step. True: held out."""
+        holdout = self.plan.holdout_percent
+        start = self.plan.start
+        result: BeginRunResult = await workflow.execute_local_activity(
+            "begin_run",
+            BeginRunInput(
+                record=self._record_input(),
+                holdout_weights=[holdout, 100 - holdout] if holdout > 0 else [],
+                holdout_salt=self._salt("holdout") if holdout > 0 else "",
+                decide=self._decide_input(start, MAX_WALK) if start in self.decidable else None,
+            ),
+            result_type=BeginRunResult,
+            start_to_close_timeout=_LOCAL,
+            retry_policy=_DB_RETRY,
+        )
+        self.customer = result.customer
+        self.walked = result.decided
+        return result.holdout_bucket == 0
+
+    def _decide_input(self, start: str, limit: int) -> DecideInput:
+        return DecideInput(
+            start=start,
+            steps=self.decidable,
+            context=self._context(),
+            timezone=self._timezone(),
+            salt=self._salt(""),
+            limit=limit,
+        )
+
+    async def _decide(self, start: str, limit: int) -> DecideResult:
+        """Decide the set/branch/split steps from ``start`` on in one local activity."""
+        result: DecideResult = await workflow.execute_local_activity(
+            "decide_steps",
+            self._decide_input(start, limit),
+            result_type=DecideResult,
+            start_to_close_timeout=_LOCAL,
+        )
+        return result
+
+    async def _apply(self, walked: DecideResult) -> tuple[str | None, int]:
+        """Take a walk's decisions in order, as the one-step handlers would have; keep the
+        expressions it evaluated for the step it stopped at. Returns that step and how many
+        steps were decided."""
+        profile_updates: dict[str, Any] = {}
+        for decision in walked.decisions:
+            step = self.plan.steps[decision.step_id]
+            self.visits[step.id] = self.visits.get(step.id, 0) + 1
+            self.state.current_step = step.id
+            if isinstance(step, p.SplitPlan):
+                arm = step.arms[decision.bucket or 0]
+                self._path(step.id, step.type, outcome=arm.name, detail={"arm": arm.name})
+            elif isinstance(step, p.BranchPlan):
+                target = p.decided_next(step, first_true=decision.first_true, bucket=None)
+                detail: dict[str, Any] = {
+                    "rule": decision.first_true,
+                    "reads": decision.reads,
+                    "error": decision.error,
+                }
+                self._path(step.id, step.type, outcome=target or "end", detail=detail)
+            elif isinstance(step, p.SetPlan):
+                self._assign(step, decision.values, decision.error, profile_updates)
+            else:  # decide_steps decides nothing else; a mismatch is a bug, not a retry
+                raise _RunEnded("failed", f"{step.id}_failed")
+        await self._update_profile(profile_updates)
+        self.prepared = walked.prepared
+        return walked.stop, len(walked.decisions)
+
+    def _is_prepared(self, step_id: str) -> bool:
+        return self.prepared is not None and self.prepared.step_id == step_id
+
+    def _take_prepared(self, step_id: str) -> StepDecision | None:
+        """The expressions a walk evaluated for ``step_id`` (once), else None."""
+        if not self._is_prepared(step_id):
+            return None
+        prepared, self.prepared = self.prepared, None
+        return prepared
 
     # ------------------------------------------------------------------ holdout
 
@@ -845,25 +969,28 @@ class JourneyRunWorkflow:
         )
 
     async def _record(self) -> None:
-        info = workflow.info()
         await workflow.execute_local_activity(
             "record_run",
-            RecordRunInput(
-                run_id=info.run_id,
-                workflow_id=info.workflow_id,
-                journey_id=self.plan.journey_id,
-                version=self.plan.version,
-                customer_id=self.input.customer_id,
-                key=self.input.key,
-                status=self.state.status,
-                step=self.state.current_step,
-                outcome=self.state.outcome,
-                holdout=self.state.holdout,
-                trigger_message_id=self.input.trigger.message_id,
-                path=self.state.path,
-            ),
+            self._record_input(),
             start_to_close_timeout=_LOCAL,
             retry_policy=_DB_RETRY,
+        )
+
+    def _record_input(self) -> RecordRunInput:
+        info = workflow.info()
+        return RecordRunInput(
+            run_id=info.run_id,
+            workflow_id=info.workflow_id,
+            journey_id=self.plan.journey_id,
+            version=self.plan.version,
+            customer_id=self.input.customer_id,
+            key=self.input.key,
+            status=self.state.status,
+            step=self.state.current_step,
+            outcome=self.state.outcome,
+            holdout=self.state.holdout,
+            trigger_message_id=self.input.trigger.message_id,
+            path=self.state.path,
         )
 
     # ------------------------------------------------------------------ context and records
