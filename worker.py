@@ -19,7 +19,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `python worker.py` from anywhere
 
@@ -46,6 +47,7 @@ def build_worker(
     activity_executor: ThreadPoolExecutor | None = None,
     secret_key: str | None = None,
     public_url: str = "http://127.0.0.1:8000",
+    workflow_sandbox: bool = False,
 ) -> Worker:
     """A worker for ``task_queue`` with the interpreter and all activities.
 
@@ -78,6 +80,7 @@ def build_worker(
             calls.call_http,
         ],
         activity_executor=executor,
+        workflow_runner=workflow_runner(sandboxed=workflow_sandbox),
         graceful_shutdown_timeout=timedelta(seconds=10),
         # Measured here: a small cache slows multi-step runs; 20 pollers keep the server busy.
         max_cached_workflows=10_000,
@@ -85,6 +88,20 @@ def build_worker(
         max_concurrent_activities=64,
         max_concurrent_local_activities=200,
     )
+
+
+def workflow_runner(*, sandboxed: bool) -> WorkflowRunner:
+    """How the interpreter runs: in Temporal's sandbox, or not (the default for `worker.py`).
+
+    The sandbox re-imports the workflow module for every run and routes every activation and
+    payload through `exec`: measured here, over a third of a busy worker's CPU, and the
+    engine's worker is its bottleneck (the server is the baseline's). It guards against
+    non-determinism that the interpreter is written never to have (no I/O, no clock, no
+    randomness, no module state: see workflows/journey_run.py). The test suite runs the
+    interpreter sandboxed, so a forbidden call fails there; `JOURNEYS_WORKFLOW_SANDBOX=1`
+    turns it on in production too.
+    """
+    return SandboxedWorkflowRunner() if sandboxed else UnsandboxedWorkflowRunner()
 
 
 def cache_workflow_bytecode() -> None:
@@ -120,6 +137,7 @@ async def main() -> None:
         task_queue=settings.task_queue,
         secret_key=settings.secret_key,
         public_url=settings.public_url,
+        workflow_sandbox=settings.workflow_sandbox,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -274,7 +274,9 @@ WORKFLOWS: dict[str, str] = {
 """Workflow type per journey kind (the kinds of bench/throughput.py)."""
 
 
-def engine_worker_settings(client: Client, *, db: Engine, task_queue: str) -> dict[str, Any]:
+def engine_worker_settings(
+    client: Client, *, db: Engine, task_queue: str, workflow_sandbox: bool = False
+) -> dict[str, Any]:
     """The keyword arguments `worker.build_worker` gives `Worker` (captured: nothing is built,
     since a second worker on one task queue is refused)."""
     from unittest import mock  # only here: the sandbox re-imports this module for every run
@@ -285,13 +287,20 @@ def engine_worker_settings(client: Client, *, db: Engine, task_queue: str) -> di
         captured.update(kwargs)
 
     with mock.patch.object(engine_worker, "Worker", capture):
-        engine_worker.build_worker(client, db=db, task_queue=task_queue)
+        engine_worker.build_worker(
+            client, db=db, task_queue=task_queue, workflow_sandbox=workflow_sandbox
+        )
     return captured
 
 
-def build_baseline_worker(client: Client, *, db: Engine, task_queue: str) -> Worker:
-    """A worker for the baseline workflows, with `worker.build_worker`'s settings."""
-    settings = engine_worker_settings(client, db=db, task_queue=task_queue)
+def build_baseline_worker(
+    client: Client, *, db: Engine, task_queue: str, workflow_sandbox: bool = False
+) -> Worker:
+    """A worker for the baseline workflows, with `worker.build_worker`'s settings (the
+    workflow runner included: sandboxed exactly when the engine's worker is)."""
+    settings = engine_worker_settings(
+        client, db=db, task_queue=task_queue, workflow_sandbox=workflow_sandbox
+    )
     messaging = MessagingActivities(db=db)
     settings["workflows"] = [BaselineCartWorkflow, BaselinePaymentWorkflow, BaselineLoginWorkflow]
     settings["activities"] = [messaging.send_message, scoring.score_customer]
@@ -306,7 +315,9 @@ async def main() -> None:
     settings = RuntimeSettings.from_env()
     db = make_engine(settings.database_url)
     client = await connect(settings)
-    worker = build_baseline_worker(client, db=db, task_queue=settings.task_queue)
+    worker = build_baseline_worker(
+        client, db=db, task_queue=settings.task_queue, workflow_sandbox=settings.workflow_sandbox
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -16,6 +16,7 @@ of the embedded single-machine setup that `journeys up` runs.
 | `JOURNEYS_TEMPORAL_UI` | `http://127.0.0.1:8233` | links to runs in Temporal's Web UI |
 | `JOURNEYS_SECRET_KEY` | unset (`journeys up` generates one) | signs unsubscribe links; the same in every worker and API |
 | `JOURNEYS_PUBLIC_URL` | `JOURNEYS_API_URL` | the API's address as customers' mail clients reach it (unsubscribe links) |
+| `JOURNEYS_WORKFLOW_SANDBOX` | `0` | `1` runs the interpreter in Temporal's workflow sandbox (slower; the tests always do) |
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class RuntimeSettings:
     temporal_ui: str = "http://127.0.0.1:8233"
     secret_key: str | None = field(default=None, repr=False)
     public_url: str = "http://127.0.0.1:8000"
+    workflow_sandbox: bool = False
 
     @classmethod
     def from_env(cls) -> RuntimeSettings:
@@ -75,4 +77,6 @@ class RuntimeSettings:
                 or _env("JOURNEYS_API_URL", "http://127.0.0.1:8000")
                 or ""
             ).rstrip("/"),
+            workflow_sandbox=(_env("JOURNEYS_WORKFLOW_SANDBOX", "0") or "0").lower()
+            in ("1", "true", "yes", "on"),
         )

@@ -147,7 +147,7 @@ async def _desk(
         api_settings(database_url=database_url, task_queue=task_queue), secret_key=SECRET
     )
     async with (
-        build_worker(temporal_client, db=db, task_queue=task_queue),
+        build_worker(temporal_client, db=db, task_queue=task_queue, workflow_sandbox=True),
         running_api(create_app(settings, client=temporal_client)) as api,
     ):
         yield Desk(api=api, db=db, client=temporal_client, task_queue=task_queue, plans=plans)

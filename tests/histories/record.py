@@ -187,7 +187,7 @@ async def record(out_dir: Path, *, overwrite: bool = False, tag: str | None = No
             data_converter=pydantic_data_converter,
         )
         try:
-            async with build_worker(env.client, db=db, task_queue=QUEUE):
+            async with build_worker(env.client, db=db, task_queue=QUEUE, workflow_sandbox=True):
                 for name, (journey, properties, traits, scenario) in SCENARIOS.items():
                     target = out_dir / (f"{name}.{tag}.json" if tag else f"{name}.json")
                     if target.exists() and not overwrite:

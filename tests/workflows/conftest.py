@@ -74,6 +74,7 @@ async def worker(env: WorkflowEnvironment, db: Engine) -> AsyncIterator[Worker]:
         task_queue=queue,
         secret_key=SECRET_KEY,
         public_url="http://journeys.test",
+        workflow_sandbox=True,  # a forbidden call in the interpreter fails the tests
     )
     async with running:
         yield running

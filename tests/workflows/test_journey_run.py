@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections.abc import Iterator
@@ -12,11 +13,11 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
-from temporalio.client import WorkflowUpdateFailedError
+from temporalio.client import WorkflowHistory, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.decisions import bucket_of
-from engine.database import OutboxMessage, ReviewTask, Run
+from engine.database import OutboxMessage, Profile, ReviewTask, Run
 from engine.messages import ReviewDecision, RunState
 from tests.workflows.conftest import StartRun, compile_plan, send_event, set_profile, steps_of
 
@@ -496,3 +497,69 @@ async def test_wait_until_fires_at_the_next_local_time(
 
 def _utc(text: str) -> datetime:
     return datetime.fromisoformat(text).astimezone(UTC)
+
+
+DECISIONS = doc(
+    """
+- id: j
+  entry: {event: payment_failed}
+  steps:
+    - {id: note_amount, set: {vars.due: event.amount * 2, profile.tier: '"watch"'}}
+    - id: route
+      branch:
+        - {when: vars.due >= 20000 and profile.tier == "watch", goto: offer}
+      else: done
+    - {id: done, exit: quiet}
+    - {id: offer, send: offer, channel: sms}
+"""
+)
+
+
+async def test_consecutive_decisions_are_one_recorded_walk_before_the_first_send(
+    start_run: StartRun, db: Engine
+) -> None:
+    set_profile(db, "c1", first_name="Min", phone="+15550001111")
+    handle = await start_run(compile_plan(DECISIONS), properties={"amount": 12000})
+    state = await handle.result()
+    assert steps_of(state) == [
+        ("entry", None),
+        ("note_amount", "set"),
+        ("route", "offer"),
+        ("offer", "captured"),
+        ("end", "completed"),
+    ]
+    assert state.vars == {"due": 24000}
+    route = next(entry for entry in state.path if entry.step == "route")
+    assert route.detail["reads"] == {"vars.due": 24000, "profile.tier": "watch"}
+    with Session(db) as session:
+        run = session.exec(select(Run).where(Run.run_id == handle.result_run_id)).one()
+    assert run.status == "completed" and run.outcome == "completed"
+    # The profile write of `set` reached the database.
+    with Session(db) as session:
+        profile = session.get(Profile, "c1")
+        assert profile is not None and profile.traits["tier"] == "watch"
+    # What an auditor reads in the history: before the send, one local activity that started
+    # the run and decided both steps, with the rule chosen and the values it read.
+    markers = _local_activity_markers(await handle.fetch_history())
+    assert [name for name, _ in markers] == ["begin_run", "record_run"]
+    decided = markers[0][1]["decided"]["decisions"]
+    assert [(d["step_id"], d["values"], d["first_true"]) for d in decided] == [
+        ("note_amount", [24000, "watch"], None),
+        ("route", [True], 0),
+    ]
+    assert decided[1]["reads"] == {"vars.due": 24000, "profile.tier": "watch"}
+
+
+def _local_activity_markers(history: WorkflowHistory) -> list[tuple[str, dict[str, Any]]]:
+    """Each local activity's name and decoded result, in history order."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    for event in json.loads(history.to_json())["events"]:
+        marker = event.get("markerRecordedEventAttributes")
+        if not marker or marker.get("markerName") != "core_local_activity":
+            continue
+        details = marker["details"]
+        data = json.loads(base64.b64decode(details["data"]["payloads"][0]["data"]))
+        payload = details["result"]["payloads"][0]
+        result = json.loads(base64.b64decode(payload["data"])) if "data" in payload else {}
+        found.append((data["activity_type"], result))
+    return found

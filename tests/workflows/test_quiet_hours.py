@@ -88,7 +88,7 @@ async def test_a_send_in_quiet_hours_waits_until_0800_in_the_customer_zone_acros
         timestamp=target,
         properties={"amount": 1},
     )
-    async with build_worker(env.client, db=db, task_queue="dst") as _:
+    async with build_worker(env.client, db=db, task_queue="dst", workflow_sandbox=True) as _:
         handle = await env.client.start_workflow(
             WORKFLOW_NAME,
             JourneyRunInput(plan=plan, customer_id="ny", trigger=trigger),
