@@ -29,12 +29,12 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.decisions import quiet_hours_end
-from activities.runs import RunActivities
+from activities.runs import customer_from_traits
 from channels import policies
 from channels.delivery import DeliveryError, deliver
 from channels.rendering import MissingFormError, RenderedMessage, form_for, render_message
 from channels.unsubscribe import make_unsubscribe_token, unsubscribe_url
-from engine.database import Delivery, OutboxMessage, session_scope, utcnow
+from engine.database import Delivery, OutboxMessage, Profile, session_scope, utcnow
 from engine.environment import MissingVariableError, resolve_env
 from engine.errors import ErrorType
 from engine.messages import SendMessageInput, SendMessageResult
@@ -87,20 +87,22 @@ class MessagingActivities:
 
     def _send(self, request: SendMessageInput, channel: str) -> SendMessageResult:
         now = _attempt_time()
-        # The workflow holds masked addresses; the real ones are read here, fresh.
         customer_id = str((request.context.get("customer") or {}).get("id") or "")
-        real = RunActivities(db=self.db).read_customer(customer_id)
-        customer = {
-            "id": real.id,
-            "email": real.email,
-            "phone": real.phone,
-            "push_token": real.push_token,
-        }
-        traits = dict(real.traits)
-        request = request.model_copy(
-            update={"context": {**request.context, "customer": customer, "profile": traits}}
-        )
+        # Everything this attempt reads, in one transaction: the real addresses (the workflow
+        # holds masked ones), an earlier attempt's final word, consent and suppression.
         with session_scope(self.db) as session:
+            profile = session.get(Profile, customer_id)
+            real = customer_from_traits(customer_id, dict(profile.traits) if profile else {})
+            customer = {
+                "id": real.id,
+                "email": real.email,
+                "phone": real.phone,
+                "push_token": real.push_token,
+            }
+            traits = dict(real.traits)
+            request = request.model_copy(
+                update={"context": {**request.context, "customer": customer, "profile": traits}}
+            )
             earlier = self._delivery(session, request, channel)
             if earlier is not None and earlier.status in _FINAL:
                 return SendMessageResult(
@@ -109,20 +111,26 @@ class MessagingActivities:
                     reason=earlier.reason,
                     delivery_id=str(earlier.id),
                 )
-        recipient = self._recipient(request, channel, customer)
-        if recipient is None:
-            return self._final(
-                request, channel, None, "no_address", f"the profile has no {channel} address"
-            )
-        with session_scope(self.db) as session:
-            allowed, why = policies.consent(
-                session, customer_id=customer_id, channel=channel, traits=traits
-            )
-            if not allowed:
-                return self._final(request, channel, recipient, "no_consent", why or "opted out")
-            suppressed = policies.is_suppressed(session, channel=channel, address=recipient)
-            if suppressed:
-                return self._final(request, channel, recipient, "suppressed", suppressed)
+            recipient = self._recipient(request, channel, customer)
+            refused: tuple[str, str] | None = None
+            if recipient is None:
+                refused = ("no_address", f"the profile has no {channel} address")
+            else:
+                allowed, why = policies.consent(
+                    session, customer_id=customer_id, channel=channel, traits=traits
+                )
+                suppressed = (
+                    policies.is_suppressed(session, channel=channel, address=recipient)
+                    if allowed
+                    else None
+                )
+                if not allowed:
+                    refused = ("no_consent", why or "opted out")
+                elif suppressed:
+                    refused = ("suppressed", suppressed)
+        if refused is not None:
+            return self._final(request, channel, recipient, *refused)
+        assert recipient is not None
         if request.quiet_start and request.quiet_end:
             zone = _zone(request.timezone)
             until = quiet_hours_end(now, zone, request.quiet_start, request.quiet_end)
