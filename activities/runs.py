@@ -13,9 +13,11 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.decisions import bucket_of, decide
 from engine.database import Profile, Run, session_scope, upsert_profile, utcnow
+from engine.errors import ErrorType
 from engine.messages import (
     BeginRunInput,
     BeginRunResult,
@@ -104,20 +106,30 @@ class RunActivities:
     def begin_run(self, request: BeginRunInput) -> BeginRunResult:
         """A run's start in one transaction: its `runs` row, the customer's profile (masked,
         as `load_profile` gives it) and, when the plan has a holdout, the stable bucket."""
-        with session_scope(self.db) as session:
-            _upsert_run(session, request.record)
-            stored = (
-                session.connection()
-                .execute(_PROFILE_TRAITS, {"customer_id": request.record.customer_id})
-                .scalar_one_or_none()
+        customer = request.customer
+        if request.record is not None:
+            with session_scope(self.db) as session:
+                _upsert_run(session, request.record)
+                if customer is None:
+                    customer_id = request.record.customer_id
+                    stored = (
+                        session.connection()
+                        .execute(_PROFILE_TRAITS, {"customer_id": customer_id})
+                        .scalar_one_or_none()
+                    )
+                    traits = dict(stored) if stored is not None else {}
+                    customer = masked_customer(customer_from_traits(customer_id, traits))
+        if customer is None:
+            raise ApplicationError(
+                "begin_run needs the run's record or the customer's profile",
+                type=ErrorType.BAD_CONFIGURATION,
+                non_retryable=True,
             )
-            traits = dict(stored) if stored is not None else {}
         bucket = (
             bucket_of(request.holdout_salt, request.holdout_weights)
             if request.holdout_weights
             else None
         )
-        customer = masked_customer(customer_from_traits(request.record.customer_id, traits))
         decided = None
         if request.decide is not None:
             context = dict(request.decide.context)

@@ -99,12 +99,22 @@ class CustomerContext(_Message):
 
 
 class JourneyRunInput(_Message):
-    """What a run starts with. The plan is pinned here for the run's whole life."""
+    """What a run starts with. The plan is pinned here for the run's whole life.
+
+    ``profile`` is the customer as the starter read it just before starting the run
+    (addresses masked, as `load_profile` gives it); ``recorded_by_starter`` says the starter
+    writes the run's `runs` row itself (the event router does). With both, the run neither
+    reads the profile nor writes its row at entry: one local activity less, or none at
+    all when the plan starts with a step that decides nothing. Without them (a run started
+    by hand, a test), the run reads and records at entry itself.
+    """
 
     plan: Plan
     customer_id: str
     key: str | None = None
     trigger: EventMessage
+    profile: CustomerContext | None = None
+    recorded_by_starter: bool = False
 
 
 class PathEntry(_Message):
@@ -272,10 +282,12 @@ class BeginRunInput(_Message):
     has a holdout; the result's ``holdout_bucket`` is then 0 for a held-out customer.
     ``decide``, when the first step is decidable, is walked against the profile just read
     (its ``profile`` and ``customer`` replaced by it, its ``timezone`` by the customer's
-    when they have one).
+    when they have one). With ``customer`` (the starter read the profile) and no ``record``
+    (the starter writes the row), nothing is read or written: only decisions are taken.
     """
 
-    record: RecordRunInput
+    record: RecordRunInput | None = None
+    customer: CustomerContext | None = None
     holdout_weights: list[float] = Field(default_factory=list)
     holdout_salt: str = ""
     decide: DecideInput | None = None

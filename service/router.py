@@ -39,6 +39,7 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.runs import customer_from_traits, masked_customer
 from engine.database import (
     EventRecord,
     PlanVersion,
@@ -52,6 +53,7 @@ from engine.database import (
 from engine.messages import (
     SIGNAL_EVENT,
     WORKFLOW_NAME,
+    CustomerContext,
     EventMessage,
     JourneyRunInput,
     workflow_id_for,
@@ -140,6 +142,7 @@ class _Entry:
     compiled: _CompiledPlan
     key: str | None
     workflow_id: str
+    customer: CustomerContext  # as the run would load it: addresses masked
 
 
 @dataclass(frozen=True)
@@ -464,14 +467,22 @@ class EventRouter:
         workflow_id = workflow_id_for(plan.journey_id, record.customer_id, key)
         if len(workflow_id) > MAX_WORKFLOW_ID_LENGTH:
             return skip(f"workflow id would be longer than {MAX_WORKFLOW_ID_LENGTH} characters")
-        return _Entry(compiled=compiled, key=key, workflow_id=workflow_id)
+        customer = masked_customer(customer_from_traits(record.customer_id, traits))
+        return _Entry(compiled=compiled, key=key, workflow_id=workflow_id, customer=customer)
 
     async def _start(
         self, client: Client, record: EventRecord, entry: _Entry, result: RouteResult
     ) -> str | None:
         plan = entry.compiled.plan
+        # The profile just read for the entry rule goes with the run, and the runs row is
+        # written here after the start: the run's first local activity only decides.
         run_input = JourneyRunInput(
-            plan=plan, customer_id=record.customer_id, key=entry.key, trigger=_event_message(record)
+            plan=plan,
+            customer_id=record.customer_id,
+            key=entry.key,
+            trigger=_event_message(record),
+            profile=entry.customer,
+            recorded_by_starter=True,
         )
         # `never` is enforced by the runs table; REJECT_DUPLICATE makes Temporal agree
         # for as long as it retains the closed run.

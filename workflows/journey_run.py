@@ -731,16 +731,26 @@ class JourneyRunWorkflow:
 
     async def _begin(self) -> bool:
         """The run's start in one local activity: its `runs` row, the profile, whether the
-        customer is held out, and the walk from the first step. True: held out."""
+        customer is held out, and the walk from the first step. True: held out.
+
+        When the starter read the profile and records the row (the event router), the
+        activity only decides, and is skipped when there is nothing to decide."""
         holdout = self.plan.holdout_percent
         start = self.plan.start
+        decidable = start in self.decidable
+        given = self.input.profile if self.input.recorded_by_starter else None
+        if given is not None:
+            self.customer = given
+            if holdout <= 0 and not decidable:
+                return False
         result: BeginRunResult = await workflow.execute_local_activity(
             "begin_run",
             BeginRunInput(
-                record=self._record_input(),
+                record=self._record_input() if given is None else None,
+                customer=given,
                 holdout_weights=[holdout, 100 - holdout] if holdout > 0 else [],
                 holdout_salt=self._salt("holdout") if holdout > 0 else "",
-                decide=self._decide_input(start, MAX_WALK) if start in self.decidable else None,
+                decide=self._decide_input(start, MAX_WALK) if decidable else None,
             ),
             result_type=BeginRunResult,
             start_to_close_timeout=_LOCAL,

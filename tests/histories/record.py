@@ -30,9 +30,17 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.decisions import bucket_of
+from activities.runs import customer_from_traits, masked_customer
 from engine.catalog import build_catalog
 from engine.database import make_engine, session_scope, upsert_profile
-from engine.messages import WORKFLOW_NAME, EventMessage, JourneyRunInput, ReviewDecision, RunState
+from engine.messages import (
+    WORKFLOW_NAME,
+    CustomerContext,
+    EventMessage,
+    JourneyRunInput,
+    ReviewDecision,
+    RunState,
+)
 from engine.plan import Plan
 from worker import build_worker
 
@@ -174,6 +182,13 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any], dict[str, Any], Scenario]] = {
     ),
 }
 
+ROUTED = {
+    "payment_recovery_low_risk_unpaid_routed": "payment_recovery_low_risk_unpaid",
+    "abandoned_cart_reminded_routed": "abandoned_cart_reminded",
+}
+"""Scenarios recorded again as the event router starts runs: with the profile it read and
+the runs row written by the router (`JourneyRunInput.recorded_by_starter`)."""
+
 
 async def record(out_dir: Path, *, overwrite: bool = False, tag: str | None = None) -> list[Path]:
     plans = build_catalog(ROOT / "journeys.yaml").plans
@@ -188,7 +203,9 @@ async def record(out_dir: Path, *, overwrite: bool = False, tag: str | None = No
         )
         try:
             async with build_worker(env.client, db=db, task_queue=QUEUE, workflow_sandbox=True):
-                for name, (journey, properties, traits, scenario) in SCENARIOS.items():
+                runs = [(name, False, *SCENARIOS[name]) for name in SCENARIOS]
+                runs += [(name, True, *SCENARIOS[base]) for name, base in ROUTED.items()]
+                for name, routed, journey, properties, traits, scenario in runs:
                     target = out_dir / (f"{name}.{tag}.json" if tag else f"{name}.json")
                     if target.exists() and not overwrite:
                         continue
@@ -196,8 +213,16 @@ async def record(out_dir: Path, *, overwrite: bool = False, tag: str | None = No
                     customer = _customer(plan, name.split("_")[0][:4])
                     with session_scope(db) as session:
                         upsert_profile(session, customer_id=customer, traits=traits)
+                    profile = (
+                        masked_customer(customer_from_traits(customer, traits)) if routed else None
+                    )
                     handle = await _start(
-                        env.client, plan, customer, properties, await env.get_current_time()
+                        env.client,
+                        plan,
+                        customer,
+                        properties,
+                        await env.get_current_time(),
+                        profile=profile,
                     )
                     await scenario(env, handle)
                     state = await handle.result()
@@ -240,7 +265,13 @@ class _CollectionsApi:
 
 
 async def _start(
-    client: Client, plan: Plan, customer: str, properties: dict[str, Any], at: datetime
+    client: Client,
+    plan: Plan,
+    customer: str,
+    properties: dict[str, Any],
+    at: datetime,
+    *,
+    profile: CustomerContext | None = None,
 ) -> WorkflowHandle[Any, RunState]:
     key = (
         str(properties["invoice_id"])
@@ -255,6 +286,8 @@ async def _start(
             customer_id=customer,
             key=key,
             trigger=_event(plan.entry.event, customer, at, **properties),
+            profile=profile,
+            recorded_by_starter=profile is not None,
         ),
         id=workflow_id,
         task_queue=QUEUE,
