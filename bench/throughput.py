@@ -645,25 +645,29 @@ def summary(results: Sequence[PhaseResult]) -> dict[str, Any]:
     def ratio(value: float, base: float) -> float:
         return round(value / base, 3) if base else math.nan
 
+    def rate(phases: Sequence[PhaseResult]) -> float:
+        seconds = sum(r.elapsed_s for r in phases)
+        return round(sum(r.completed for r in phases) / seconds, 2) if seconds else 0.0
+
     rows: list[dict[str, Any]] = []
     for kind in dict.fromkeys(r.kind for r in results):
-        rates = {r.path: r.jobs_per_s for r in results if r.kind == kind}
+        # All rounds of a kind and path: their journeys over their time.
+        rates = {
+            path: rate([r for r in results if r.kind == kind and r.path == path])
+            for path in dict.fromkeys(r.path for r in results if r.kind == kind)
+        }
         if "baseline" not in rates:
             continue
         row: dict[str, Any] = {"kind": kind}
-        for path, rate in rates.items():
-            row[f"{path}_jobs_per_s"] = rate
+        for path, jobs_per_s in rates.items():
+            row[f"{path}_jobs_per_s"] = jobs_per_s
             if path != "baseline":
-                row[f"{path}_ratio"] = ratio(rate, rates["baseline"])
+                row[f"{path}_ratio"] = ratio(jobs_per_s, rates["baseline"])
         rows.append(row)
 
     overall: dict[str, Any] = {}
     for path in dict.fromkeys(r.path for r in results):
-        phases = [r for r in results if r.path == path]
-        seconds = sum(r.elapsed_s for r in phases)
-        overall[f"{path}_jobs_per_s"] = (
-            round(sum(r.completed for r in phases) / seconds, 2) if seconds else 0.0
-        )
+        overall[f"{path}_jobs_per_s"] = rate([r for r in results if r.path == path])
     for path in ("engine", "direct"):
         if f"{path}_jobs_per_s" in overall and "baseline_jobs_per_s" in overall:
             overall[f"{path}_ratio"] = ratio(
@@ -675,7 +679,7 @@ def summary(results: Sequence[PhaseResult]) -> dict[str, Any]:
 def format_report(results: Sequence[PhaseResult], totals: dict[str, Any]) -> str:
     """The per-phase table, then jobs/s per kind and path with the ratios to the baseline."""
     lines = [
-        "kind     path      done  jobs/s   p50 ms   p99 ms   max ms  WT/run  LA/run  "
+        "kind     path      done  jobs/s   p50 ms   p99 ms   max ms  WT/run mark/run "
         "act/run  hist KB | cores: server worker base-wkr  api driver other",
     ]
     for r in results:
@@ -730,6 +734,7 @@ class Options:
     keep_state: bool
     bytecode_cache: bool
     workers: int
+    rounds: int = 1
 
 
 def say(text: str) -> None:
@@ -815,20 +820,28 @@ async def _measure(
                 customers = bench.customers(path, kind, "w", options.warmup)
                 await bench.run_phase(kind, path, customers, measure=False)
     results: list[PhaseResult] = []
-    for index, kind in enumerate(kinds):
-        # Alternate the order of the paths, so that none always runs on a fuller server.
-        paths = options.paths if index % 2 == 0 else tuple(reversed(options.paths))
-        for path in paths:
-            await asyncio.sleep(2.0)  # let the server finish the last phase's tasks
-            say(f"{kind.name}/{path}: {options.events} journeys, {options.in_flight} in flight")
-            customers = bench.customers(path, kind, "m", options.events)
-            result = await bench.run_phase(kind, path, customers, measure=True)
-            assert result is not None
-            say(
-                f"  {result.completed}/{result.requested} done, {result.jobs_per_s} jobs/s, "
-                f"p50 {result.p50_ms} ms, p99 {result.p99_ms} ms"
-            )
-            results.append(result)
+    # Rounds interleave the paths: this machine's speed drifts by 10-20 % over minutes (a
+    # shared host), and back-to-back phases of one path would take the drift as a result.
+    for round_number in range(1, options.rounds + 1):
+        for index, kind in enumerate(kinds):
+            # Alternate the order of the paths, so that none always runs on a fuller server.
+            flip = (index + round_number) % 2 == 0
+            paths = tuple(reversed(options.paths)) if flip else options.paths
+            for path in paths:
+                await asyncio.sleep(2.0)  # let the server finish the last phase's tasks
+                say(
+                    f"{kind.name}/{path} (round {round_number}/{options.rounds}): "
+                    f"{options.events} journeys, {options.in_flight} in flight"
+                )
+                label = "m" if options.rounds == 1 else f"r{round_number}-"
+                customers = bench.customers(path, kind, label, options.events)
+                result = await bench.run_phase(kind, path, customers, measure=True)
+                assert result is not None
+                say(
+                    f"  {result.completed}/{result.requested} done, {result.jobs_per_s} jobs/s, "
+                    f"p50 {result.p50_ms} ms, p99 {result.p99_ms} ms"
+                )
+                results.append(result)
     return results
 
 
@@ -859,7 +872,14 @@ def run_benchmark(options: Options) -> dict[str, Any]:
                     c
                     for name in options.kinds
                     for path in options.paths
-                    for label, count in (("w", options.warmup), ("m", options.events))
+                    for label, count in (
+                        ("w", options.warmup),
+                        *(
+                            (("m", options.events),)
+                            if options.rounds == 1
+                            else ((f"r{r}-", options.events) for r in range(1, options.rounds + 1))
+                        ),
+                    )
                     for c in (f"{prefix}-{path}-{name}-{label}{i}" for i in range(count))
                 ]
                 seed_profiles(db, customers)
@@ -1009,6 +1029,13 @@ def _parse(argv: Sequence[str] | None) -> Options:
         default=1,
         help="worker processes on each path (engine and baseline alike)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every kind and path this many times, interleaved (--events each time); "
+        "the rates add up all rounds",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument(
         "--keep-state", action="store_true", help="keep the temp state directory and logs"
@@ -1020,8 +1047,16 @@ def _parse(argv: Sequence[str] | None) -> Options:
         parser.error(
             f"--kinds: unknown {', '.join(unknown) or '(none)'}; choose from {list(KINDS)}"
         )
-    if args.events < 1 or args.in_flight < 1 or args.workers < 1 or args.warmup < 0:
-        parser.error("--events, --in-flight and --workers must be at least 1, --warmup at least 0")
+    if (
+        args.events < 1
+        or args.in_flight < 1
+        or args.workers < 1
+        or args.rounds < 1
+        or args.warmup < 0
+    ):
+        parser.error(
+            "--events, --in-flight, --workers and --rounds must be at least 1, --warmup at least 0"
+        )
     return Options(
         events=args.events,
         in_flight=args.in_flight,
@@ -1034,6 +1069,7 @@ def _parse(argv: Sequence[str] | None) -> Options:
         keep_state=args.keep_state,
         bytecode_cache=args.bytecode_cache,
         workers=args.workers,
+        rounds=args.rounds,
     )
 
 
