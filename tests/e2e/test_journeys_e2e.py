@@ -9,10 +9,14 @@ Customers get a time zone where it is daytime now, so the catalogue's quiet hour
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from temporalio.client import Client
 
 from engine.catalog import build_catalog
 from engine.messages import workflow_id_for
@@ -27,6 +31,7 @@ from tests.e2e.conftest import (
     path_steps,
     start_stack,
 )
+from tests.history_text import history_text
 
 pytestmark = pytest.mark.e2e
 
@@ -272,3 +277,54 @@ def test_repeated_message_id_is_accepted_and_starts_nothing(stack: JourneysStack
         f"{customer}-once",
         f"{customer}-twice",
     ]
+
+
+def test_a_run_the_router_starts_on_a_wait_takes_no_local_activity_before_it(
+    stack: JourneysStack,
+) -> None:
+    customer = customer_id("cart")
+    _identify(stack, customer)
+    workflow_id = workflow_id_for("abandoned_cart", customer, "cart-e2e")
+    answer = stack.track(
+        customer, "cart_updated", cart_id="cart-e2e", items=2, value=59000, currency="KRW"
+    )
+    assert answer["started"] == [workflow_id]
+    # The router wrote the runs row itself: it is there at once, running.
+    listed = stack.only_run(customer, "abandoned_cart")
+    assert (listed["workflow_id"], listed["status"]) == (workflow_id, "running")
+
+    before_timer = eventually(
+        lambda: asyncio.run(_markers_until_timer(stack, workflow_id)),
+        check=lambda names: names is not None,
+        timeout=30,
+        what="the 2h timer",
+    )
+    # Before the timer: the patch marker and the record of the wait; nothing read the
+    # profile or wrote the row at entry (the router handed over the masked profile).
+    assert [name for name in before_timer if name != "patch"] == ["record_run"], before_timer
+    text = asyncio.run(_history_text(stack, workflow_id))
+    assert f"{customer}@example.test" not in text
+    assert '"first_name":"Mina"' in text.replace(" ", "").replace('\\"', '"')
+
+
+async def _markers_until_timer(stack: JourneysStack, workflow_id: str) -> list[str] | None:
+    """Marker names (local activity types, or "patch") before the first timer; None while
+    the run has not started one."""
+    client = await Client.connect(stack.temporal.address)
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    names: list[str] = []
+    for event in json.loads(history.to_json())["events"]:
+        marker = event.get("markerRecordedEventAttributes")
+        if marker is not None and marker.get("markerName") == "core_local_activity":
+            data = marker["details"]["data"]["payloads"][0]["data"]
+            names.append(json.loads(base64.b64decode(data))["activity_type"])
+        elif marker is not None:
+            names.append("patch")
+        if "timerStartedEventAttributes" in event:
+            return names
+    return None
+
+
+async def _history_text(stack: JourneysStack, workflow_id: str) -> str:
+    client = await Client.connect(stack.temporal.address)
+    return history_text(await client.get_workflow_handle(workflow_id).fetch_history())
