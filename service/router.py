@@ -349,9 +349,15 @@ class EventRouter:
         # before) in one statement instead of a lookup, a savepoint and a flush.
         if self._insert is None:
             return store_event(session, record)
+        # RETURNING says whether the row went in: psycopg reports no rowcount (-1) for an
+        # INSERT ... ON CONFLICT DO NOTHING.
         values = {column.name: getattr(record, column.name) for column in _EVENTS.columns}
-        statement = self._insert(_EVENTS).on_conflict_do_nothing(index_elements=["message_id"])
-        return session.connection().execute(statement, values).rowcount == 1
+        statement = (
+            self._insert(_EVENTS)
+            .on_conflict_do_nothing(index_elements=["message_id"])
+            .returning(_EVENTS.c.message_id)
+        )
+        return session.connection().execute(statement, values).first() is not None
 
     # ------------------------------------------------------------------ routing
 
