@@ -202,10 +202,13 @@ def suppress(session: Session, *, channel: str, address: str, reason: str) -> bo
         reason=reason[:400],
         created_at=utcnow(),
     )
+    # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO NOTHING.
     result = session.execute(
-        insert.on_conflict_do_nothing(index_elements=["channel", "address_hash"])
+        insert.on_conflict_do_nothing(index_elements=["channel", "address_hash"]).returning(
+            Suppression.channel
+        )
     )
-    return bool(getattr(result, "rowcount", 0))
+    return result.first() is not None
 
 
 def unsuppress(session: Session, *, channel: str, address: str, reason: str | None = None) -> bool:
