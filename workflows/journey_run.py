@@ -3,8 +3,10 @@
 The interpreter is a bounded loop that dispatches each step through one table of short
 handlers (ending in `assert_never`), each returning the next step id. Decisions (branch
 rules, wait conditions, exits, splits, holdout, local times) are made in local
-activities, so the history records each with what it read and what it chose; side effects
-(messages, scores, review tasks, HTTP calls, profile writes) are activities. Events arrive
+activities, so the history records each with what it read and what it chose: consecutive
+set/branch/split steps in one `decide_steps` call (patch `batched-decisions`), the start of
+a run in one `begin_run`. Side effects (messages, scores, review tasks, HTTP calls, profile
+writes) are activities. Events arrive
 by signal, review decisions by a validated Update, and the state is a query.
 
 Deterministic: time, ids and randomness come only from `workflow.*`; no I/O here. Every
@@ -652,32 +654,24 @@ class JourneyRunWorkflow:
         targets = list(step.assignments)
         result = await self._evaluate(step.id, "set", "all", [step.assignments[t] for t in targets])
         profile_updates: dict[str, Any] = {}
-        self._assign(step, result.values, result.error, profile_updates)
+        self._assign(step, result.values, profile_updates)
         await self._update_profile(profile_updates)
+        self._path_set(step, result.values, result.error)
         return step.next
 
-    def _assign(
-        self,
-        step: p.SetPlan,
-        values: list[Any],
-        error: str | None,
-        profile_updates: dict[str, Any],
-    ) -> None:
+    def _assign(self, step: p.SetPlan, values: list[Any], profile_updates: dict[str, Any]) -> None:
         """A set step's values into `vars` and the profile (its writes into ``profile_updates``)."""
-        targets = list(step.assignments)
-        for target, value in zip(targets, values, strict=True):
+        for target, value in zip(step.assignments, values, strict=True):
             scope, name = target.split(".", 1)
             if scope == "vars":
                 self.state.vars[name] = value
             else:
                 profile_updates[name] = value
                 self.customer.traits[name] = value
-        self._path(
-            step.id,
-            step.type,
-            outcome="set",
-            detail={"values": dict(zip(targets, values, strict=True)), "error": error},
-        )
+
+    def _path_set(self, step: p.SetPlan, values: list[Any], error: str | None) -> None:
+        detail = {"values": dict(zip(step.assignments, values, strict=True)), "error": error}
+        self._path(step.id, step.type, outcome="set", detail=detail)
 
     async def _update_profile(self, traits: dict[str, Any]) -> None:
         if traits:
@@ -801,7 +795,8 @@ class JourneyRunWorkflow:
                 }
                 self._path(step.id, step.type, outcome=target or "end", detail=detail)
             elif isinstance(step, p.SetPlan):
-                self._assign(step, decision.values, decision.error, profile_updates)
+                self._assign(step, decision.values, profile_updates)
+                self._path_set(step, decision.values, decision.error)
             else:  # decide_steps decides nothing else; a mismatch is a bug, not a retry
                 raise _RunEnded("failed", f"{step.id}_failed")
         await self._update_profile(profile_updates)
