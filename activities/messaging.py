@@ -93,12 +93,7 @@ class MessagingActivities:
         with session_scope(self.db) as session:
             profile = session.get(Profile, customer_id)
             real = customer_from_traits(customer_id, dict(profile.traits) if profile else {})
-            customer = {
-                "id": real.id,
-                "email": real.email,
-                "phone": real.phone,
-                "push_token": real.push_token,
-            }
+            customer: dict[str, Any] = dict(real.expression_view())
             traits = dict(real.traits)
             request = request.model_copy(
                 update={"context": {**request.context, "customer": customer, "profile": traits}}

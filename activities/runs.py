@@ -134,12 +134,7 @@ class RunActivities:
         if request.decide is not None:
             context = dict(request.decide.context)
             context["profile"] = customer.traits
-            context["customer"] = {
-                "id": customer.id,
-                "email": customer.email,
-                "phone": customer.phone,
-                "push_token": customer.push_token,
-            }
+            context["customer"] = customer.expression_view()
             decided = decide(
                 request.decide.model_copy(
                     update={

@@ -156,12 +156,7 @@ class _Run:
                 "properties": self.trigger.properties,
             },
             "profile": self.customer.traits,
-            "customer": {
-                "id": self.customer.id,
-                "email": self.customer.email,
-                "phone": self.customer.phone,
-                "push_token": self.customer.push_token,
-            },
+            "customer": self.customer.expression_view(),
             "vars": self.vars,
             "scores": self.scores,
             "review": None,

@@ -97,6 +97,15 @@ class CustomerContext(_Message):
     timezone: str | None = None
     traits: dict[str, Any] = Field(default_factory=dict)
 
+    def expression_view(self) -> dict[str, str | None]:
+        """What the name `customer` reads in an expression or template."""
+        return {
+            "id": self.id,
+            "email": self.email,
+            "phone": self.phone,
+            "push_token": self.push_token,
+        }
+
 
 class JourneyRunInput(_Message):
     """What a run starts with. The plan is pinned here for the run's whole life.

@@ -1018,12 +1018,7 @@ class JourneyRunWorkflow:
                 "properties": trigger.properties,
             },
             "profile": self.customer.traits,
-            "customer": {
-                "id": self.customer.id,
-                "email": self.customer.email,
-                "phone": self.customer.phone,
-                "push_token": self.customer.push_token,
-            },
+            "customer": self.customer.expression_view(),
             "vars": self.state.vars,
             "scores": self.state.scores,
             "review": self.state.review,
