@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, func
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.decisions import bucket_of, decide
-from engine.database import Profile, Run, session_scope, upsert_profile, utcnow
+from engine.database import Profile, Run, dialect_insert, session_scope, upsert_profile, utcnow
 from engine.errors import ErrorType
 from engine.messages import (
     BeginRunInput,
@@ -153,9 +149,6 @@ def _upsert_run(session: Session, request: RecordRunInput) -> None:
     ended = now if request.status != "running" else None
     path = [entry.model_dump(mode="json") for entry in request.path]
     dialect = session.get_bind().dialect.name
-    if dialect not in _UPSERT_INSERTS:
-        _merge_run(session, request, path, now, ended)
-        return
     session.connection().execute(
         _upsert_statement(dialect),
         {
@@ -184,7 +177,7 @@ def _upsert_statement(dialect: str) -> Any:
     come as parameters, so each call skips building and compiling the statement (measured
     here: most of the cost of a run's record on a busy worker)."""
     table = Run.__table__  # type: ignore[attr-defined]
-    statement = _UPSERT_INSERTS[dialect](table)
+    statement = dialect_insert(dialect)(table)
     excluded = statement.excluded
     changed = ("status", "step", "outcome", "holdout", "path", "updated_at")
     return statement.on_conflict_do_update(
@@ -196,41 +189,6 @@ def _upsert_statement(dialect: str) -> Any:
     )
 
 
-def _merge_run(
-    session: Session,
-    request: RecordRunInput,
-    path: list[dict[str, Any]],
-    now: datetime,
-    ended: datetime | None,
-) -> None:
-    """`_upsert_run` through the ORM, for databases without ``ON CONFLICT``."""
-    run = session.get(Run, request.run_id)
-    if run is None:
-        run = Run(
-            run_id=request.run_id,
-            workflow_id=request.workflow_id,
-            journey_id=request.journey_id,
-            version=request.version,
-            customer_id=request.customer_id,
-            key=request.key,
-            trigger_message_id=request.trigger_message_id,
-        )
-    run.status = request.status
-    run.step = request.step
-    run.outcome = request.outcome
-    run.holdout = request.holdout
-    run.path = path
-    run.updated_at = now
-    if ended is not None and run.ended_at is None:
-        run.ended_at = ended
-    session.add(run)
-
-
 _PROFILE_TRAITS = select(col(Profile.traits)).where(
     col(Profile.customer_id) == bindparam("customer_id")
 )
-
-_UPSERT_INSERTS: dict[str, Callable[[Any], Any]] = {
-    "sqlite": sqlite_insert,
-    "postgresql": postgresql_insert,
-}

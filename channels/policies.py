@@ -35,12 +35,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, text
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from engine.database import CapReservation, Preference, Suppression, utcnow
+from engine.database import CapReservation, Preference, Suppression, dialect_insert, utcnow
 
 __all__ = [
     "DEFAULT_CHANNELS",
@@ -170,7 +168,7 @@ def set_preference(
         "source": source[:50],
         "updated_at": utcnow(),
     }
-    insert = _insert_for(session)(Preference).values(**values)
+    insert = dialect_insert(session.get_bind().dialect.name)(Preference).values(**values)
     session.execute(
         insert.on_conflict_do_update(
             index_elements=["customer_id", "channel"],
@@ -196,7 +194,7 @@ def is_suppressed(session: Session, *, channel: str, address: str) -> str | None
 def suppress(session: Session, *, channel: str, address: str, reason: str) -> bool:
     """Suppress an address on a channel. Idempotent: an address already suppressed keeps
     its first reason. True when this call added the suppression."""
-    insert = _insert_for(session)(Suppression).values(
+    insert = dialect_insert(session.get_bind().dialect.name)(Suppression).values(
         channel=channel,
         address_hash=address_hash(channel, address),
         reason=reason[:400],
@@ -223,16 +221,6 @@ def unsuppress(session: Session, *, channel: str, address: str, reason: str | No
     result = session.execute(statement)
     session.expire_all()
     return bool(getattr(result, "rowcount", 0))
-
-
-def _insert_for(session: Session) -> Any:
-    """The dialect's INSERT (both have ON CONFLICT), so upserts are one atomic statement."""
-    name = session.get_bind().dialect.name
-    if name == "postgresql":
-        return postgresql_insert
-    if name == "sqlite":
-        return sqlite_insert
-    raise RuntimeError(f"unsupported database dialect {name!r}: use SQLite or PostgreSQL")
 
 
 # ----------------------------------------------------------------------------- frequency cap

@@ -18,8 +18,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column, UniqueConstraint, event
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
@@ -42,6 +43,7 @@ __all__ = [
     "active_plans",
     "check_api_key",
     "create_api_key",
+    "dialect_insert",
     "get_profile",
     "make_engine",
     "open_runs_for",
@@ -368,16 +370,29 @@ def active_plans(session: Session) -> Sequence[PlanVersion]:
 # ----------------------------------------------------------------------------- events and profiles
 
 
+def dialect_insert(dialect: str) -> Any:
+    """The database's own INSERT, which has ``ON CONFLICT`` (both supported databases do),
+    so "insert unless it exists" and upserts are one atomic statement."""
+    if dialect == "postgresql":
+        return postgresql_insert
+    if dialect == "sqlite":
+        return sqlite_insert
+    raise RuntimeError(f"unsupported database dialect {dialect!r}: use SQLite or PostgreSQL")
+
+
 def store_event(session: Session, record: EventRecord) -> bool:
-    """Store an event; False (and nothing changed) if its message id was seen before."""
-    if session.get(EventRecord, record.message_id) is not None:
-        return False
-    try:
-        with session.begin_nested():
-            session.add(record)
-    except IntegrityError:
-        return False
-    return True
+    """Store an event; False (and nothing changed) if its message id was seen before.
+
+    One statement, ``INSERT ... ON CONFLICT DO NOTHING RETURNING``: whether the row went in
+    comes back as a row (psycopg reports no rowcount for this statement)."""
+    table = EventRecord.__table__  # type: ignore[attr-defined]
+    values = {column.name: getattr(record, column.name) for column in table.columns}
+    statement = (
+        dialect_insert(session.get_bind().dialect.name)(table)
+        .on_conflict_do_nothing(index_elements=["message_id"])
+        .returning(table.c.message_id)
+    )
+    return session.connection().execute(statement, values).first() is not None
 
 
 def get_profile(session: Session, customer_id: str) -> dict[str, Any]:

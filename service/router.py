@@ -23,10 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection, Table, and_, bindparam, case, func, or_, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 from temporalio.client import Client
 from temporalio.common import (
@@ -45,6 +42,7 @@ from engine.database import (
     PlanVersion,
     Profile,
     Run,
+    dialect_insert,
     session_scope,
     store_event,
     upsert_profile,
@@ -314,11 +312,7 @@ class EventRouter:
         self._plans: dict[tuple[str, str], _CompiledPlan | None] = {}
         self._plans_lock = threading.Lock()
         self._in_flight: set[str] = set()
-        # Both databases this package supports have INSERT ... ON CONFLICT DO NOTHING: one
-        # statement stores a row unless its key exists. Any other: the ORM's way.
-        self._insert: Any = {"postgresql": postgresql_insert, "sqlite": sqlite_insert}.get(
-            db.dialect.name
-        )
+        self._insert: Any = dialect_insert(db.dialect.name)
 
     # ------------------------------------------------------------------ storing
 
@@ -334,7 +328,7 @@ class EventRouter:
         duplicates = 0
         with session_scope(self.db) as session:
             for record in records:
-                if not self._store_event(session, record):
+                if not store_event(session, record):
                     duplicates += 1
                     continue
                 if record.type == "identify":
@@ -343,21 +337,6 @@ class EventRouter:
                     )
                 stored.append(record)
         return IngestResult(stored=stored, duplicates=duplicates)
-
-    def _store_event(self, session: Session, record: EventRecord) -> bool:
-        # `store_event`'s contract (False, and nothing changed, for a message id seen
-        # before) in one statement instead of a lookup, a savepoint and a flush.
-        if self._insert is None:
-            return store_event(session, record)
-        # RETURNING says whether the row went in: psycopg reports no rowcount (-1) for an
-        # INSERT ... ON CONFLICT DO NOTHING.
-        values = {column.name: getattr(record, column.name) for column in _EVENTS.columns}
-        statement = (
-            self._insert(_EVENTS)
-            .on_conflict_do_nothing(index_elements=["message_id"])
-            .returning(_EVENTS.c.message_id)
-        )
-        return session.connection().execute(statement, values).first() is not None
 
     # ------------------------------------------------------------------ routing
 
@@ -685,11 +664,6 @@ class EventRouter:
 
     def _finish_routing(self, record: EventRecord, started: Sequence[_StartedRun]) -> None:
         """Record the runs routing started and mark the event routed: one transaction."""
-        if self._insert is None:
-            for run in started:
-                self._record_started_run(record, run)
-            self._mark_routed(record.message_id)
-            return
         with session_scope(self.db) as session:
             connection = session.connection()
             if started:
@@ -701,10 +675,6 @@ class EventRouter:
     ) -> None:
         # Routing failed after these starts; the error that says why is the one to raise.
         try:
-            if self._insert is None:
-                for run in started:
-                    self._record_started_run(record, run)
-                return
             with session_scope(self.db) as session:
                 self._insert_started_runs(session.connection(), record, started)
         except Exception:
@@ -716,15 +686,6 @@ class EventRouter:
         # The workflow upserts the same row; whoever comes second leaves it alone.
         statement = self._insert(_RUNS).on_conflict_do_nothing(index_elements=["run_id"])
         connection.execute(statement, [_run_row(record, run) for run in started])
-
-    def _record_started_run(self, record: EventRecord, run: _StartedRun) -> None:
-        # A database without ON CONFLICT: look first, and let a lost race pass.
-        try:
-            with session_scope(self.db) as session:
-                if session.get(Run, run.run_id) is None:
-                    session.add(Run(**_run_row(record, run)))
-        except IntegrityError:
-            pass
 
     def _mark_routed(self, message_id: str) -> None:
         with session_scope(self.db) as session:
