@@ -74,6 +74,7 @@ def build_worker(
             runs.update_profile,
             messaging.send_message,
             scoring.score_customer,
+            scoring.score_step,
             reviews.open_review_task,
             reviews.escalate_review_task,
             reviews.close_review_task,

@@ -32,6 +32,7 @@ __all__ = [
     "decide",
     "decide_steps",
     "evaluate",
+    "evaluate_expressions",
     "local_time",
     "next_local_time",
     "quiet_hours_end",
@@ -65,7 +66,7 @@ def bucket_of(salt: str, weights: list[float]) -> int:
     return len(weights) - 1
 
 
-def _evaluate(
+def evaluate_expressions(
     expressions: list[str], mode: str, context: dict[str, Any], timezone: str
 ) -> EvaluateResult:
     """Evaluate ``expressions`` (``mode`` ``first``: up to the first truthy one)."""
@@ -96,7 +97,9 @@ async def evaluate(request: EvaluateInput) -> EvaluateResult:
     """Evaluate a decision's expressions; an expression that fails counts as false/None."""
     if request.mode == "bucket":
         return EvaluateResult(bucket=bucket_of(request.salt, request.weights))
-    return _evaluate(request.expressions, request.mode, request.context, request.timezone)
+    return evaluate_expressions(
+        request.expressions, request.mode, request.context, request.timezone
+    )
 
 
 def _decision(step_id: str, kind: str, result: EvaluateResult) -> StepDecision:
@@ -118,7 +121,9 @@ def _prepare(step: PlanStep, context: dict[str, Any], timezone: str) -> StepDeci
         expressions = list(step.json_body.values())
     else:
         return None
-    return _decision(step.id, step.type, _evaluate(expressions, "all", context, timezone))
+    return _decision(
+        step.id, step.type, evaluate_expressions(expressions, "all", context, timezone)
+    )
 
 
 def decide(request: DecideInput) -> DecideResult:
@@ -142,11 +147,11 @@ def decide(request: DecideInput) -> DecideResult:
         elif isinstance(step, BranchPlan):
             rules = [rule.when for rule in step.rules]
             decision = _decision(
-                step.id, step.type, _evaluate(rules, "first", context, request.timezone)
+                step.id, step.type, evaluate_expressions(rules, "first", context, request.timezone)
             )
         else:
             targets = list(step.assignments)
-            evaluated = _evaluate(
+            evaluated = evaluate_expressions(
                 [step.assignments[t] for t in targets], "all", context, request.timezone
             )
             for target, value in zip(targets, evaluated.values, strict=True):

@@ -1,7 +1,9 @@
 """The `score` step's activity and the model adapters behind it.
 
-Lives here: `score_customer` (the activity), `score_with_model` (the same call without
-Temporal, which `journeys models check` uses), and one adapter per `kind:` of model:
+Lives here: `score_customer` (the activity), `score_step` (a whole `score` step in one
+activity: features, model, and the decisions right after it), `score_with_model` (the same
+call without Temporal, which `journeys models check` uses), and one adapter per `kind:` of
+model:
 
 - ``python``: ``package.module:function``, called in a thread with a dict of features;
 - ``onnx``: a local ``.onnx`` file run with onnxruntime (sessions cached per path and
@@ -18,8 +20,9 @@ booleans); a missing or bad one is named in the error.
 
 Secrets: ``${VAR}`` in a model's ``url`` and ``token`` are resolved here, at call time,
 and neither the resolved URL nor the token is ever logged, recorded or put in an error.
-Must not live here: expression evaluation (the workflow evaluates features), Temporal
-retries (a model's failure is an answer, not an activity failure).
+Must not live here: the expression language (activities/decisions.py evaluates features
+and walks the steps after a score), Temporal retries (a model's failure is an answer, not
+an activity failure).
 """
 
 from __future__ import annotations
@@ -43,10 +46,17 @@ import numpy as np
 from pydantic import TypeAdapter, ValidationError
 from temporalio import activity
 
+from activities.decisions import decide, evaluate_expressions
 from engine import spec
 from engine.durations import parse_duration
 from engine.environment import MissingVariableError, resolve_env
-from engine.messages import ScoreInput, ScoreResult
+from engine.messages import (
+    DecideInput,
+    ScoreInput,
+    ScoreResult,
+    ScoreStepInput,
+    ScoreStepResult,
+)
 from engine.settings import RuntimeSettings
 from engine.validator import MODEL_BODY_NAMES
 from rules import CompiledTemplate, RenderError, TemplateError, compile_template
@@ -59,6 +69,7 @@ __all__ = [
     "call_python_model",
     "default_model_root",
     "score_customer",
+    "score_step",
     "score_with_model",
     "validate_features",
 ]
@@ -712,3 +723,45 @@ async def score_customer(request: ScoreInput) -> ScoreResult:
             "model %s failed, using fallback %g: %s", request.model, result.score, result.error
         )
     return result
+
+
+@activity.defn(name="score_step")
+async def score_step(request: ScoreStepInput) -> ScoreStepResult:
+    """A whole `score` step: evaluate its features against the run's context (an expression
+    that fails gives None, named in ``error``, and the model's feature check then falls
+    back), score, and decide the set/branch/split steps after it with the score in
+    `scores`, so the run goes on to its next send, wait or review with no local activity
+    in between. Everything it read and chose is in its input and result."""
+    features = dict(request.score.features)
+    reads: dict[str, Any] = {}
+    error: str | None = None
+    if request.feature_expressions:
+        names = list(request.feature_expressions)
+        evaluated = evaluate_expressions(
+            [request.feature_expressions[n] for n in names],
+            "all",
+            request.context,
+            request.timezone,
+        )
+        features = dict(zip(names, evaluated.values, strict=True))
+        reads, error = evaluated.reads, evaluated.error
+    score = await score_customer(request.score.model_copy(update={"features": features}))
+    decided = None
+    if request.then is not None:
+        context = dict(request.context)
+        scores = dict(context.get("scores") or {})
+        scores[request.score.model] = score.model_dump(mode="json")
+        context["scores"] = scores
+        decided = decide(
+            DecideInput(
+                start=request.then,
+                steps=request.steps,
+                context=context,
+                timezone=request.timezone,
+                salt=request.salt,
+                limit=request.limit,
+            )
+        )
+    return ScoreStepResult(
+        score=score, features=features, reads=reads, error=error, decided=decided
+    )

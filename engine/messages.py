@@ -46,6 +46,8 @@ __all__ = [
     "RunState",
     "ScoreInput",
     "ScoreResult",
+    "ScoreStepInput",
+    "ScoreStepResult",
     "SendMessageInput",
     "SendMessageResult",
     "StepDecision",
@@ -369,6 +371,32 @@ class ScoreResult(_Message):
     latency_ms: float = 0.0
     fallback_used: bool = False
     error: str | None = None
+
+
+class ScoreStepInput(_Message):
+    """A whole `score` step in one activity (patch `score-step-activity`): its features
+    evaluated against ``context`` (``feature_expressions``; or given in ``score.features``
+    when a walk evaluated them already), the model called, then the set/branch/split steps
+    from ``then`` on decided with the score in `scores` (as `decide_steps` would, right
+    after). The history records it all: this input, and the features, what they read and
+    the walk in the result."""
+
+    score: ScoreInput
+    feature_expressions: dict[str, str] = Field(default_factory=dict)
+    context: dict[str, Any] = Field(default_factory=dict)
+    timezone: str = "UTC"
+    then: str | None = None
+    steps: dict[str, PlanStep] = Field(default_factory=dict)
+    salt: str = ""
+    limit: int = 100
+
+
+class ScoreStepResult(_Message):
+    score: ScoreResult
+    features: dict[str, Any] = Field(default_factory=dict)
+    reads: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    decided: DecideResult | None = None
 
 
 class OpenReviewInput(_Message):

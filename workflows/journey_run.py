@@ -56,19 +56,26 @@ with workflow.unsafe.imports_passed_through():
         RunState,
         ScoreInput,
         ScoreResult,
+        ScoreStepInput,
+        ScoreStepResult,
         SendMessageInput,
         SendMessageResult,
         StepDecision,
         UpdateProfileInput,
     )
 
-__all__ = ["BATCHED_DECISIONS", "MAX_STEPS", "JourneyRunWorkflow"]
+__all__ = ["BATCHED_DECISIONS", "MAX_STEPS", "SCORE_STEP_ACTIVITY", "JourneyRunWorkflow"]
 
 BATCHED_DECISIONS = "batched-decisions"
 """The patch under which a run starts with one `begin_run` local activity (runs row,
 profile, holdout, first decisions) and decides consecutive set/branch/split steps, and the
 expressions of the score or call step after them, in one `decide_steps` local activity.
 Runs recorded before it keep one local activity per decision (tests/histories)."""
+SCORE_STEP_ACTIVITY = "score-step-activity"
+"""The patch under which a `score` step is one `score_step` activity: its features, the
+model, and the set/branch/split steps after it decided with the score (no local activity
+before or after it). It implies `batched-decisions` and the per-channel sends, so a new
+run records this one patch marker instead of those two."""
 MAX_WALK = 100
 
 MAX_STEPS = 10_000
@@ -135,10 +142,16 @@ class JourneyRunWorkflow:
         self.decision: ReviewDecision | None = None
         self.review_closed_at: datetime | None = None
         self.deadline: datetime | None = None
-        # Set in `run` from `workflow.patched(BATCHED_DECISIONS)`: False replays old runs.
-        self.batched = False
+        # Set in `run` from the patches: False replays the runs recorded before them.
+        self.score_steps = False  # SCORE_STEP_ACTIVITY
+        self.batched = False  # BATCHED_DECISIONS (or SCORE_STEP_ACTIVITY)
         self.decidable = {sid: s for sid, s in self.plan.steps.items() if p.decidable(s)}
-        self.walked: DecideResult | None = None  # begin_run's walk from plan.start
+        # The steps a walk (decide_steps) starts from; set in `run`.
+        self.walk_starts: set[str] = set()
+        # A walk decided ahead (begin_run's from plan.start, a score_step's after the
+        # score), and the step it starts from.
+        self.walked: DecideResult | None = None
+        self.walked_from: str | None = None
         self.prepared: StepDecision | None = None  # a score/call step's evaluated expressions
         self.handlers: dict[str, Callable[[Any], Awaitable[str | None]]] = {
             "send": self._send,
@@ -203,7 +216,13 @@ class JourneyRunWorkflow:
     async def run(self, input: JourneyRunInput) -> RunState:
         started = workflow.now()
         self.deadline = started + timedelta(seconds=self.plan.settings.max_duration_seconds)
-        self.batched = workflow.patched(BATCHED_DECISIONS)
+        self.score_steps = workflow.patched(SCORE_STEP_ACTIVITY)
+        self.batched = self.score_steps or workflow.patched(BATCHED_DECISIONS)
+        self.walk_starts = {
+            sid
+            for sid, step in self.decidable.items()
+            if not (self.score_steps and isinstance(step, p.ScorePlan))
+        }
         entry = {"event": input.trigger.name, "message_id": input.trigger.message_id}
         if not self.batched:
             await self._load_profile()
@@ -237,9 +256,9 @@ class JourneyRunWorkflow:
             await self._check_exits()
             if step_id is None:
                 return
-            if self.batched and step_id in self.decidable and not self._is_prepared(step_id):
+            if self.batched and step_id in self.walk_starts and not self._is_prepared(step_id):
                 walked, self.walked = self.walked, None
-                if walked is None or taken > 0:
+                if walked is None or self.walked_from != step_id:
                     walked = await self._decide(step_id, min(MAX_WALK, MAX_STEPS - taken))
                 step_id, decided = await self._apply(walked)
                 taken += decided
@@ -269,7 +288,7 @@ class JourneyRunWorkflow:
         and the cap just before the provider call. Quiet hours and a full cap wait on a
         durable timer; a channel with no address, no consent or a permanent failure falls
         back to the next one; when none delivers, `on_failure` (else the next step)."""
-        if not workflow.patched("send-per-channel-policies"):
+        if not self.score_steps and not workflow.patched("send-per-channel-policies"):
             return await self._send_v1(step)
         settings = self.plan.settings
         info = workflow.info()
@@ -495,6 +514,8 @@ class JourneyRunWorkflow:
         return arm.goto
 
     async def _score(self, step: p.ScorePlan) -> str | None:
+        if self.score_steps:
+            return await self._score_step(step)
         names = list(step.features)
         features = self._take_prepared(step.id) or await self._evaluate(
             step.id, "features", "all", [step.features[n] for n in names]
@@ -525,6 +546,52 @@ class JourneyRunWorkflow:
                 "error": result.error,
             },
         )
+        return step.next
+
+    async def _score_step(self, step: p.ScorePlan) -> str | None:
+        """The score step in one activity (SCORE_STEP_ACTIVITY): features (unless a walk
+        evaluated them already), the model, and the walk from the next step."""
+        prepared = self._take_prepared(step.id)
+        then = step.next if step.next in self.walk_starts else None
+        names = list(step.features)
+        request = ScoreStepInput(
+            score=ScoreInput(
+                workflow_id=workflow.info().workflow_id,
+                step_id=step.id,
+                model=step.model,
+                spec=self.plan.models.get(step.model, {}),
+                features=dict(zip(names, prepared.values, strict=True)) if prepared else {},
+            ),
+            feature_expressions={} if prepared else dict(step.features),
+            context=self._context() if prepared is None or then is not None else {},
+            timezone=self._timezone(),
+            then=then,
+            steps=self.decidable if then is not None else {},
+            salt=self._salt("") if then is not None else "",
+            limit=MAX_WALK,
+        )
+        result: ScoreStepResult = await workflow.execute_activity(
+            "score_step",
+            request,
+            result_type=ScoreStepResult,
+            start_to_close_timeout=timedelta(seconds=60),
+            retry_policy=RetryPolicy(maximum_attempts=3),
+        )
+        score = result.score
+        self.state.scores[step.model] = score.model_dump(mode="json")
+        self._path(
+            step.id,
+            step.type,
+            outcome=f"{score.score:g}",
+            detail={
+                "model": step.model,
+                "features": result.features,
+                "fallback_used": score.fallback_used,
+                "error": score.error,
+            },
+        )
+        if result.decided is not None:
+            self.walked, self.walked_from = result.decided, then
         return step.next
 
     async def _review(self, step: p.ReviewPlan) -> str | None:
@@ -731,7 +798,7 @@ class JourneyRunWorkflow:
         activity only decides, and is skipped when there is nothing to decide."""
         holdout = self.plan.holdout_percent
         start = self.plan.start
-        decidable = start in self.decidable
+        decidable = start in self.walk_starts
         given = self.input.profile if self.input.recorded_by_starter else None
         if given is not None:
             self.customer = given
@@ -751,7 +818,7 @@ class JourneyRunWorkflow:
             retry_policy=_DB_RETRY,
         )
         self.customer = result.customer
-        self.walked = result.decided
+        self.walked, self.walked_from = result.decided, start
         return result.holdout_bucket == 0
 
     def _decide_input(self, start: str, limit: int) -> DecideInput:

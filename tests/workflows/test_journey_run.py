@@ -550,6 +550,87 @@ async def test_consecutive_decisions_are_one_recorded_walk_before_the_first_send
     assert decided[1]["reads"] == {"vars.due": 24000, "profile.tier": "watch"}
 
 
+SCORED = doc(
+    """
+- id: j
+  entry: {event: payment_failed}
+  steps:
+    - id: risk
+      score: default_risk
+      features: {amount: event.amount, days_past_due: 30, failed_payments_90d: "coalesce(vars.missing, 3)"}
+    - id: route
+      branch:
+        - {when: scores.default_risk.score >= 0.7, goto: high}
+      else: low
+    - {id: high, set: {vars.tier: '"high"'}}
+    - {id: offer, send: offer, channel: sms}
+    - {id: offered, exit: offered}
+    - {id: low, exit: low_risk}
+"""
+)
+
+
+async def test_a_score_step_and_the_decisions_after_it_are_one_recorded_activity(
+    start_run: StartRun, db: Engine
+) -> None:
+    set_profile(db, "c1", first_name="Min", phone="+15550001111")
+    handle = await start_run(compile_plan(SCORED), properties={"amount": 90000})
+    state = await handle.result()
+    score = state.scores["default_risk"]["score"]
+    assert score >= 0.7
+    assert steps_of(state) == [
+        ("entry", None),
+        ("risk", f"{score:g}"),
+        ("route", "high"),
+        ("high", "set"),
+        ("offer", "captured"),
+        ("end", "offered"),
+    ]
+    assert state.vars == {"tier": "high"}
+    risk = next(entry for entry in state.path if entry.step == "risk")
+    assert risk.detail["features"] == {
+        "amount": 90000,
+        "days_past_due": 30,
+        "failed_payments_90d": 3,
+    }
+    route = next(entry for entry in state.path if entry.step == "route")
+    assert route.detail["reads"] == {"scores.default_risk.score": score}
+    assert [m.body for m in outbox(db)] == ["Hi Min, pay 90000"]
+    history = await handle.fetch_history()
+    # No decision in a local activity: the run's start (started by hand, it records itself),
+    # then the features, the model and the two steps after it in one activity, whose input
+    # and result the history records.
+    markers = _local_activity_markers(history)
+    assert [name for name, _ in markers] == ["begin_run", "record_run"]
+    assert markers[0][1]["decided"] is None
+    events = json.loads(history.to_json())["events"]
+    scheduled = [
+        e["activityTaskScheduledEventAttributes"]["activityType"]["name"]
+        for e in events
+        if "activityTaskScheduledEventAttributes" in e
+    ]
+    assert scheduled == ["score_step", "send_message"]
+    completed = [
+        e["activityTaskCompletedEventAttributes"]
+        for e in events
+        if "activityTaskCompletedEventAttributes" in e
+    ]
+    result = json.loads(base64.b64decode(completed[0]["result"]["payloads"][0]["data"]))
+    assert result["features"]["amount"] == 90000
+    assert result["reads"] == {"event.amount": 90000, "vars.missing": None}
+    assert [(d["step_id"], d["first_true"]) for d in result["decided"]["decisions"]] == [
+        ("route", 0),
+        ("high", None),
+    ]
+    # One patch marker for the run's interpreter version, not one per patch.
+    patches = [
+        e["markerRecordedEventAttributes"]
+        for e in events
+        if e.get("markerRecordedEventAttributes", {}).get("markerName") == "core_patch"
+    ]
+    assert len(patches) == 1
+
+
 def _local_activity_markers(history: WorkflowHistory) -> list[tuple[str, dict[str, Any]]]:
     """Each local activity's name and decoded result, in history order."""
     found: list[tuple[str, dict[str, Any]]] = []
