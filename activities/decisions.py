@@ -16,20 +16,35 @@ from temporalio import activity
 
 from engine.durations import parse_time_of_day
 from engine.messages import (
+    CustomerContext,
     DecideInput,
     DecideResult,
     EvaluateInput,
     EvaluateResult,
+    EventMessage,
     LocalTimeInput,
     LocalTimeResult,
     StepDecision,
+    run_context,
 )
-from engine.plan import BranchPlan, CallPlan, PlanStep, ScorePlan, SetPlan, SplitPlan, decided_next
+from engine.plan import (
+    BranchPlan,
+    CallPlan,
+    Plan,
+    PlanStep,
+    ScorePlan,
+    SetPlan,
+    SplitPlan,
+    decidable,
+    decided_next,
+    walks_from,
+)
 from rules import EvaluationError, Expression, ExpressionError, compile_expression
 
 __all__ = [
     "bucket_of",
     "decide",
+    "decide_at_entry",
     "decide_steps",
     "evaluate",
     "evaluate_expressions",
@@ -166,6 +181,36 @@ def decide(request: DecideInput) -> DecideResult:
         journey["step"] = stop.id
         result.prepared = _prepare(stop, context, request.timezone)
     return result
+
+
+def decide_at_entry(
+    plan: Plan, customer: CustomerContext, trigger: EventMessage, *, now: datetime
+) -> DecideResult | None:
+    """The run's first walk, decided by its starter (the event router, with the profile it
+    just read) before the run exists, as the run's `begin_run` would: the set/branch/split
+    steps from the plan's first step, against the context the run would give them. The run
+    takes it from its input (`JourneyRunInput.decided`), so that walk costs the run no
+    local activity, and its history keeps it with what each decision read.
+
+    None when the plan does not start with such a step, or when the walk read
+    `journey.run_id`, which only the run knows: the run then walks itself."""
+    start = plan.steps.get(plan.start or "")
+    if start is None or not walks_from(start):
+        return None
+    steps = {sid: s for sid, s in plan.steps.items() if decidable(s)}
+    walked = decide(
+        DecideInput(
+            start=start.id,
+            steps=steps,
+            context=run_context(plan, customer, trigger, now=now, run_id=None, step=None),
+            timezone=customer.timezone or plan.settings.timezone,
+            salt=f"{plan.journey_id}:{plan.version}:{customer.id}:",
+        )
+    )
+    decisions = [*walked.decisions, *([walked.prepared] if walked.prepared else [])]
+    if any("journey.run_id" in decision.reads for decision in decisions):
+        return None
+    return walked
 
 
 @activity.defn(name="decide_steps")

@@ -52,6 +52,7 @@ __all__ = [
     "SendMessageResult",
     "StepDecision",
     "UpdateProfileInput",
+    "run_context",
     "workflow_id_for",
 ]
 
@@ -109,6 +110,29 @@ class CustomerContext(_Message):
         }
 
 
+class StepDecision(_Message):
+    """One step's decision inside a `decide_steps` call: what it read and what it chose.
+
+    ``values`` are a `set` step's assignments (in the step's order) or a score/call step's
+    feature/body values; ``first_true`` is the branch rule taken (None: ``else``);
+    ``bucket`` the split arm.
+    """
+
+    step_id: str
+    type: str
+    values: list[Any] = Field(default_factory=list)
+    first_true: int | None = None
+    bucket: int | None = None
+    reads: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+
+
+class DecideResult(_Message):
+    decisions: list[StepDecision] = Field(default_factory=list)
+    stop: str | None = None
+    prepared: StepDecision | None = None
+
+
 class JourneyRunInput(_Message):
     """What a run starts with. The plan is pinned here for the run's whole life.
 
@@ -126,6 +150,48 @@ class JourneyRunInput(_Message):
     trigger: EventMessage
     profile: CustomerContext | None = None
     recorded_by_starter: bool = False
+    decided: DecideResult | None = None
+    """The run's first walk (the set/branch/split steps from the plan's first step), decided
+    by the starter with ``profile`` (`activities.decisions.decide_at_entry`): recorded here,
+    in the run's input, with what each decision read. Only taken with ``profile``."""
+
+
+def run_context(
+    plan: Plan,
+    customer: CustomerContext,
+    trigger: EventMessage,
+    *,
+    now: datetime,
+    run_id: str | None,
+    step: str | None,
+    event: EventMessage | None = None,
+    variables: dict[str, Any] | None = None,
+    scores: dict[str, Any] | None = None,
+    review: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What a run's expressions and templates read (JOURNEY_DSL.md, Context). ``event`` is
+    the event in hand (a waited-for one), the trigger otherwise."""
+    return {
+        "event": (event or trigger).properties,
+        "trigger": {
+            "name": trigger.name,
+            "timestamp": trigger.timestamp.isoformat(),
+            "message_id": trigger.message_id,
+            "properties": trigger.properties,
+        },
+        "profile": customer.traits,
+        "customer": customer.expression_view(),
+        "vars": {} if variables is None else variables,
+        "scores": {} if scores is None else scores,
+        "review": review,
+        "journey": {
+            "id": plan.journey_id,
+            "version": plan.version,
+            "run_id": run_id,
+            "step": step,
+        },
+        "now": now.isoformat(),
+    }
 
 
 class PathEntry(_Message):
@@ -209,23 +275,6 @@ class EvaluateResult(_Message):
     error: str | None = None
 
 
-class StepDecision(_Message):
-    """One step's decision inside a `decide_steps` call: what it read and what it chose.
-
-    ``values`` are a `set` step's assignments (in the step's order) or a score/call step's
-    feature/body values; ``first_true`` is the branch rule taken (None: ``else``);
-    ``bucket`` the split arm.
-    """
-
-    step_id: str
-    type: str
-    values: list[Any] = Field(default_factory=list)
-    first_true: int | None = None
-    bucket: int | None = None
-    reads: dict[str, Any] = Field(default_factory=dict)
-    error: str | None = None
-
-
 class DecideInput(_Message):
     """Decide the pure steps (set, branch, split) from ``start`` on, in one local activity.
 
@@ -242,12 +291,6 @@ class DecideInput(_Message):
     timezone: str = "UTC"
     salt: str = ""
     limit: int = 100
-
-
-class DecideResult(_Message):
-    decisions: list[StepDecision] = Field(default_factory=list)
-    stop: str | None = None
-    prepared: StepDecision | None = None
 
 
 class LocalTimeInput(_Message):

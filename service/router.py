@@ -36,6 +36,7 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.decisions import decide_at_entry
 from activities.runs import customer_from_traits, masked_customer
 from engine.database import (
     EventRecord,
@@ -52,6 +53,7 @@ from engine.messages import (
     SIGNAL_EVENT,
     WORKFLOW_NAME,
     CustomerContext,
+    DecideResult,
     EventMessage,
     JourneyRunInput,
     workflow_id_for,
@@ -141,6 +143,7 @@ class _Entry:
     key: str | None
     workflow_id: str
     customer: CustomerContext  # as the run would load it: addresses masked
+    decided: DecideResult | None  # the run's first walk, decided here (decide_at_entry)
 
 
 @dataclass(frozen=True)
@@ -453,7 +456,14 @@ class EventRouter:
         if len(workflow_id) > MAX_WORKFLOW_ID_LENGTH:
             return skip(f"workflow id would be longer than {MAX_WORKFLOW_ID_LENGTH} characters")
         customer = masked_customer(customer_from_traits(record.customer_id, traits))
-        return _Entry(compiled=compiled, key=key, workflow_id=workflow_id, customer=customer)
+        decided = decide_at_entry(plan, customer, _event_message(record), now=utcnow())
+        return _Entry(
+            compiled=compiled,
+            key=key,
+            workflow_id=workflow_id,
+            customer=customer,
+            decided=decided,
+        )
 
     async def _start(
         self, client: Client, record: EventRecord, entry: _Entry, result: RouteResult
@@ -468,6 +478,7 @@ class EventRouter:
             trigger=_event_message(record),
             profile=entry.customer,
             recorded_by_starter=True,
+            decided=entry.decided,
         )
         # `never` is enforced by the runs table; REJECT_DUPLICATE makes Temporal agree
         # for as long as it retains the closed run.

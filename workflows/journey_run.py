@@ -62,6 +62,7 @@ with workflow.unsafe.imports_passed_through():
         SendMessageResult,
         StepDecision,
         UpdateProfileInput,
+        run_context,
     )
 
 __all__ = ["BATCHED_DECISIONS", "MAX_STEPS", "SCORE_STEP_ACTIVITY", "JourneyRunWorkflow"]
@@ -221,7 +222,7 @@ class JourneyRunWorkflow:
         self.walk_starts = {
             sid
             for sid, step in self.decidable.items()
-            if not (self.score_steps and isinstance(step, p.ScorePlan))
+            if p.walks_from(step) or not self.score_steps
         }
         entry = {"event": input.trigger.name, "message_id": input.trigger.message_id}
         if not self.batched:
@@ -800,6 +801,11 @@ class JourneyRunWorkflow:
         start = self.plan.start
         decidable = start in self.walk_starts
         given = self.input.profile if self.input.recorded_by_starter else None
+        # The starter's walk from the first step (`decide_at_entry`), taken as begin_run's.
+        ahead = self.input.decided if given is not None and decidable else None
+        if ahead is not None:
+            self.walked, self.walked_from = ahead, start
+            decidable = False
         if given is not None:
             self.customer = given
             if holdout <= 0 and not decidable:
@@ -818,7 +824,8 @@ class JourneyRunWorkflow:
             retry_policy=_DB_RETRY,
         )
         self.customer = result.customer
-        self.walked, self.walked_from = result.decided, start
+        if ahead is None:
+            self.walked, self.walked_from = result.decided, start
         return result.holdout_bucket == 0
 
     def _decide_input(self, start: str, limit: int) -> DecideInput:
@@ -1074,29 +1081,18 @@ class JourneyRunWorkflow:
         return f"{self.plan.journey_id}:{self.plan.version}:{self.input.customer_id}:{name}"
 
     def _context(self, event: EventMessage | None = None) -> dict[str, Any]:
-        current = event or self.event
-        trigger = self.input.trigger
-        return {
-            "event": current.properties,
-            "trigger": {
-                "name": trigger.name,
-                "timestamp": trigger.timestamp.isoformat(),
-                "message_id": trigger.message_id,
-                "properties": trigger.properties,
-            },
-            "profile": self.customer.traits,
-            "customer": self.customer.expression_view(),
-            "vars": self.state.vars,
-            "scores": self.state.scores,
-            "review": self.state.review,
-            "journey": {
-                "id": self.plan.journey_id,
-                "version": self.plan.version,
-                "run_id": workflow.info().run_id,
-                "step": self.state.current_step,
-            },
-            "now": workflow.now().isoformat(),
-        }
+        return run_context(
+            self.plan,
+            self.customer,
+            self.input.trigger,
+            now=workflow.now(),
+            run_id=workflow.info().run_id,
+            step=self.state.current_step,
+            event=event or self.event,
+            variables=self.state.vars,
+            scores=self.state.scores,
+            review=self.state.review,
+        )
 
     def _path(
         self,

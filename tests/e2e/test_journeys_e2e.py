@@ -307,6 +307,43 @@ def test_a_run_the_router_starts_on_a_wait_takes_no_local_activity_before_it(
     assert '"first_name":"Mina"' in text.replace(" ", "").replace('\\"', '"')
 
 
+def test_the_router_decides_a_runs_first_steps_and_the_run_takes_them_from_its_input(
+    stack: JourneysStack,
+) -> None:
+    customer = customer_id("login")
+    _identify(stack, customer)
+    workflow_id = workflow_id_for("suspicious_login", customer, None)
+    answer = stack.track(customer, "login_failed", ip="203.0.113.9", device="phone")
+    assert answer["started"] == [workflow_id]
+    before_timer = eventually(
+        lambda: asyncio.run(_markers_until_timer(stack, workflow_id)),
+        check=lambda names: names is not None,
+        timeout=30,
+        what="the 10-minute wait",
+    )
+    # The first step (set vars.failures) was decided by the router: no begin_run, only the
+    # record of the wait.
+    assert [name for name in before_timer if name != "patch"] == ["record_run"], before_timer
+    decided = asyncio.run(_started_input(stack, workflow_id))["decided"]
+    assert [(d["step_id"], d["values"]) for d in decided["decisions"]] == [("count_attempts", [1])]
+    assert decided["stop"] == "wait_for_more"
+    run = stack.only_run(customer, "suspicious_login")
+    detail = stack.get(f"/v1/runs/{run['run_id']}")
+    assert [(e["step"], e["outcome"]) for e in detail["path"][:2]] == [
+        ("entry", None),
+        ("count_attempts", "set"),
+    ]
+    assert detail["live"]["vars"] == {"failures": 1}
+
+
+async def _started_input(stack: JourneysStack, workflow_id: str) -> dict[str, Any]:
+    client = await Client.connect(stack.temporal.address)
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    start = json.loads(history.to_json())["events"][0]["workflowExecutionStartedEventAttributes"]
+    data: dict[str, Any] = json.loads(base64.b64decode(start["input"]["payloads"][0]["data"]))
+    return data
+
+
 async def _markers_until_timer(stack: JourneysStack, workflow_id: str) -> list[str] | None:
     """Marker names (local activity types, or "patch") before the first timer; None while
     the run has not started one."""

@@ -29,7 +29,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.decisions import bucket_of
+from activities.decisions import bucket_of, decide_at_entry
 from activities.runs import customer_from_traits, masked_customer
 from engine.catalog import build_catalog
 from engine.database import make_engine, session_scope, upsert_profile
@@ -185,9 +185,11 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any], dict[str, Any], Scenario]] = {
 ROUTED = {
     "payment_recovery_low_risk_unpaid_routed": "payment_recovery_low_risk_unpaid",
     "abandoned_cart_reminded_routed": "abandoned_cart_reminded",
+    "suspicious_login_alerted_routed": "suspicious_login_alerted",
 }
 """Scenarios recorded again as the event router starts runs: with the profile it read and
-the runs row written by the router (`JourneyRunInput.recorded_by_starter`)."""
+the runs row written by the router (`JourneyRunInput.recorded_by_starter`), and the first
+walk the router decides (`JourneyRunInput.decided`, `decide_at_entry`)."""
 
 
 async def record(out_dir: Path, *, overwrite: bool = False, tag: str | None = None) -> list[Path]:
@@ -279,15 +281,17 @@ async def _start(
         else (str(properties["cart_id"]) if plan.entry.key == "event.cart_id" else None)
     )
     workflow_id = f"journey/{plan.journey_id}/{customer}" + (f"/{key}" if key else "")
+    trigger = _event(plan.entry.event, customer, at, **properties)
     return await client.start_workflow(
         WORKFLOW_NAME,
         JourneyRunInput(
             plan=plan,
             customer_id=customer,
             key=key,
-            trigger=_event(plan.entry.event, customer, at, **properties),
+            trigger=trigger,
             profile=profile,
             recorded_by_starter=profile is not None,
+            decided=decide_at_entry(plan, profile, trigger, now=at) if profile else None,
         ),
         id=workflow_id,
         task_queue=QUEUE,

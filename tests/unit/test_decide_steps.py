@@ -4,11 +4,12 @@ path, and runs after it, must agree on every decision)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
-from activities.decisions import bucket_of, decide
+from activities.decisions import bucket_of, decide, decide_at_entry
 from engine import plan as p
-from engine.messages import DecideInput
+from engine.messages import CustomerContext, DecideInput, EventMessage, run_context
 from tests.unit.journey_docs import check, journey_doc
 
 STEPS = """
@@ -119,3 +120,79 @@ def test_an_expression_that_fails_counts_as_false_and_the_error_is_recorded() ->
     assert count.values[0] is None and count.error
     assert enough.first_true is None
     assert result.stop == "calm"
+
+
+def _entry_plan(steps: str) -> p.Plan:
+    catalog = check(journey_doc(steps))
+    assert catalog.ok, [v.format() for v in catalog.violations]
+    return catalog.plans["j"]
+
+
+def _trigger() -> EventMessage:
+    return EventMessage(
+        name="payment_failed",
+        customer_id="c1",
+        message_id="m1",
+        timestamp=datetime(2026, 12, 2, tzinfo=UTC),
+        properties={"amount": 2000},
+    )
+
+
+def test_the_starter_decides_the_first_pure_steps_as_the_run_would() -> None:
+    plan = _entry_plan(
+        """
+        - {id: note, set: {vars.tries: event.amount / 1000}}
+        - id: route
+          branch:
+            - {when: 'vars.tries >= 2 and profile.tier == "gold"', goto: offer}
+          else: quiet
+        - {id: offer, send: offer, channel: sms}
+        - {id: quiet, exit: quiet}
+        """
+    )
+    customer = CustomerContext(id="c1", traits={"tier": "gold"})
+    walked = decide_at_entry(plan, customer, _trigger(), now=datetime(2026, 12, 2, tzinfo=UTC))
+    assert walked is not None
+    assert [(d.step_id, d.values, d.first_true) for d in walked.decisions] == [
+        ("note", [2], None),
+        ("route", [True], 0),
+    ]
+    assert walked.decisions[1].reads == {"vars.tries": 2, "profile.tier": "gold"}
+    assert walked.stop == "offer"
+    # The same walk the run's own begin_run would take from the same context.
+    assert walked == decide(
+        DecideInput(
+            start="note",
+            steps={sid: s for sid, s in plan.steps.items() if p.decidable(s)},
+            context=run_context(
+                plan,
+                customer,
+                _trigger(),
+                now=datetime(2026, 12, 2, tzinfo=UTC),
+                run_id="r1",
+                step=None,
+            ),
+            salt=f"j:{plan.version}:c1:",
+        )
+    )
+
+
+def test_the_starter_leaves_a_walk_that_reads_the_run_id_to_the_run() -> None:
+    plan = _entry_plan(
+        """
+        - {id: note, set: {vars.run: journey.run_id}}
+        - {id: offer, send: offer, channel: sms}
+        """
+    )
+    customer = CustomerContext(id="c1")
+    assert decide_at_entry(plan, customer, _trigger(), now=datetime.now(UTC)) is None
+
+
+def test_the_starter_does_not_walk_from_a_step_that_is_not_pure() -> None:
+    for first in (
+        "{id: offer, send: offer, channel: sms}",
+        "{id: s, score: default_risk, features: {amount: event.amount}}",
+    ):
+        plan = _entry_plan(f"- {first}\n- {{id: done, exit: done}}")
+        customer = CustomerContext(id="c1")
+        assert decide_at_entry(plan, customer, _trigger(), now=datetime.now(UTC)) is None
