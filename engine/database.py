@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, UniqueConstraint, event
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, event
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
@@ -43,6 +43,7 @@ __all__ = [
     "active_plans",
     "check_api_key",
     "create_api_key",
+    "create_schema",
     "dialect_insert",
     "get_profile",
     "make_engine",
@@ -103,12 +104,20 @@ class Run(SQLModel, table=True):
     """One journey run as the console, the API and audits see it."""
 
     __tablename__ = "runs"
+    # Routing reads a customer's runs on every event: its open runs, and its runs of one
+    # journey and key (reentry). Without these SQLite, which keeps no statistics, picks
+    # the single-column index on `status` or `journey_id` and scans every open run or
+    # every run of the journey, so each event cost more as the table grew.
+    __table_args__ = (
+        Index("ix_runs_customer_status", "customer_id", "status"),
+        Index("ix_runs_customer_entry", "customer_id", "journey_id", "key"),
+    )
 
     run_id: str = Field(primary_key=True, max_length=100)
     workflow_id: str = Field(index=True, max_length=400)
     journey_id: str = Field(index=True, max_length=100)
     version: str = Field(max_length=32)
-    customer_id: str = Field(index=True, max_length=200)
+    customer_id: str = Field(max_length=200)
     key: str | None = Field(default=None, max_length=200)
     status: str = Field(default="running", index=True, max_length=20)
     step: str | None = Field(default=None, max_length=100)
@@ -309,8 +318,18 @@ def make_engine(url: str) -> Engine:
 
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-    SQLModel.metadata.create_all(engine)
+    create_schema(engine)
     return engine
+
+
+def create_schema(engine: Engine) -> None:
+    """Create what is missing: tables, and the indexes of tables that already exist (an
+    index added in a later release is created on the next start; `create_all` alone makes
+    indexes only with their table). Nothing is altered or dropped."""
+    SQLModel.metadata.create_all(engine)
+    for table in SQLModel.metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(engine, checkfirst=True)
 
 
 @contextmanager

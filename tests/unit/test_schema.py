@@ -1,0 +1,119 @@
+"""The schema as a deployment sees it: created on start, indexes added by later releases
+created on the next start, and routing's reads of the runs table going through an index."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, inspect, text
+from sqlalchemy.engine import Engine
+
+from engine.catalog import build_catalog_from_text
+from engine.database import EventRecord, Run, activate_plan, make_engine, session_scope
+from service.router import EventRouter
+from tests.database import database_url, fresh_engine
+
+ROUTING_INDEXES = {"ix_runs_customer_status", "ix_runs_customer_entry"}
+
+JOURNEYS = """
+version: 1
+journeys:
+  - id: recover
+    entry: {event: payment_failed, reentry: 30d}
+    steps:
+      - {id: pause, wait: {event: payment_received}}
+      - {id: done, exit: done}
+  - id: follow_up
+    entry: {event: payment_failed, key: event.invoice}
+    steps:
+      - {id: done, exit: done}
+"""
+
+
+def _run_indexes(db: Engine) -> set[str]:
+    return {str(index["name"]) for index in inspect(db).get_indexes("runs")}
+
+
+def test_a_database_from_an_earlier_release_gets_the_new_indexes_on_start(
+    tmp_path: Path,
+) -> None:
+    db = fresh_engine(tmp_path)
+    with db.begin() as connection:
+        for name in ROUTING_INDEXES:
+            connection.execute(text(f"DROP INDEX {name}"))
+    assert not ROUTING_INDEXES & _run_indexes(db)
+    db.dispose()
+
+    again = make_engine(database_url(tmp_path))  # what the next start does
+
+    assert _run_indexes(again) >= ROUTING_INDEXES
+    make_engine(database_url(tmp_path)).dispose()  # and a start with them present is a no-op
+    again.dispose()
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get("JOURNEYS_TEST_DATABASE_URL")),
+    reason="query plans are SQLite's here: PostgreSQL chooses by its statistics",
+)
+def test_routing_reads_a_customers_runs_through_an_index_not_a_scan(tmp_path: Path) -> None:
+    db = fresh_engine(tmp_path)
+    catalog = build_catalog_from_text(JOURNEYS)
+    assert catalog.ok, [v.format() for v in catalog.violations]
+    with session_scope(db) as session:
+        for plan in catalog.plans.values():
+            activate_plan(
+                session,
+                journey_id=plan.journey_id,
+                version=plan.version,
+                plan_json=plan.model_dump_json(),
+                source_yaml=JOURNEYS,
+            )
+        # Many runs of the journey and many open runs, none of them this customer's: a
+        # plan that scans by journey or by status would read them all.
+        for n in range(50):
+            session.add(
+                Run(
+                    run_id=f"r{n}",
+                    workflow_id=f"journey/recover/other{n}",
+                    journey_id="recover",
+                    version="v",
+                    customer_id=f"other{n}",
+                )
+            )
+    statements: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and " runs" in statement:
+            statements.append((statement, parameters))
+
+    router = EventRouter(db=db, client=None, task_queue="unused")
+    record = EventRecord(
+        message_id=uuid.uuid4().hex,
+        type="track",
+        name="payment_failed",
+        customer_id="c1",
+        properties={"invoice": "inv-1"},
+        timestamp=datetime.now(UTC),
+    )
+    router.ingest([record])
+    event.listen(db, "before_cursor_execute", capture)
+    try:
+        entries, open_runs = router._routing_inputs(record)
+    finally:
+        event.remove(db, "before_cursor_execute", capture)
+
+    assert len(entries) == 2 and open_runs == []
+    assert len(statements) == 2, [s for s, _ in statements]  # open runs; reentry history
+    with db.connect() as connection:
+        for statement, parameters in statements:
+            plan = " ".join(
+                str(row[-1])
+                for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            )
+            assert "SCAN runs" not in plan, (statement, plan)
+            assert "ix_runs_customer_" in plan, (statement, plan)
