@@ -41,7 +41,9 @@ __all__ = [
     "User",
     "activate_plan",
     "active_plans",
+    "api_key_digest",
     "check_api_key",
+    "check_api_key_digest",
     "create_api_key",
     "create_schema",
     "dialect_insert",
@@ -455,14 +457,15 @@ def open_runs_for(
 # ----------------------------------------------------------------------------- API keys
 
 
-def _hash_key(key: str) -> str:
+def api_key_digest(key: str) -> str:
+    """What is stored of a key (and what a cache of valid keys may hold): its SHA-256."""
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 def create_api_key(session: Session, *, name: str, key: str | None = None) -> str:
     """Store a key's hash and return the key (generated when not given)."""
     key = key or "jk_" + secrets.token_urlsafe(24)
-    digest = _hash_key(key)
+    digest = api_key_digest(key)
     if session.exec(select(ApiKey).where(ApiKey.key_hash == digest)).first() is None:
         session.add(ApiKey(name=name, key_hash=digest))
         session.flush()
@@ -471,7 +474,11 @@ def create_api_key(session: Session, *, name: str, key: str | None = None) -> st
 
 def check_api_key(session: Session, key: str) -> ApiKey | None:
     """The key's record if ``key`` is valid."""
-    digest = _hash_key(key)
+    return check_api_key_digest(session, api_key_digest(key))
+
+
+def check_api_key_digest(session: Session, digest: str) -> ApiKey | None:
+    """The record of the key whose `api_key_digest` is ``digest``, if there is one."""
     for candidate in session.exec(select(ApiKey).where(ApiKey.key_hash == digest)).all():
         if secrets.compare_digest(candidate.key_hash, digest):
             return candidate

@@ -68,12 +68,12 @@ from engine.database import (
 from engine.messages import QUERY_STATE
 from engine.plan import Plan
 from engine.settings import RuntimeSettings
-from service.auth import authenticate, require_api_key, unauthorized
+from service.auth import api_keys, require_api_key, unauthorized
 from service.console import router as console_router
 from service.console_auth import SessionKeys
 from service.preferences_api import router as preferences_router
 from service.reviews_api import router as reviews_router
-from service.router import EventRouter, RouteResult, SkippedStart
+from service.router import EventRouter, RouteResult, RoutingInputs, SkippedStart
 from service.temporal_client import connect
 
 __all__ = [
@@ -509,7 +509,7 @@ async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     # key must learn nothing about its input, so the key is checked first here too.
     if request.url.path.startswith("/v1/"):
         authorization = request.headers.get("Authorization")
-        if await asyncio.to_thread(authenticate, request.app.state.db, authorization) is None:
+        if await api_keys(request).caller(authorization) is None:
             refusal = unauthorized()
             return JSONResponse(
                 {"detail": refusal.detail}, status_code=refusal.status_code, headers=refusal.headers
@@ -592,12 +592,14 @@ async def _route_pending_forever(service: ServiceState) -> None:
             await asyncio.sleep(ROUTE_PENDING_EVERY_SECONDS)
 
 
-async def _route_accepted(service: ServiceState, stored: Sequence[EventRecord]) -> IngestResponse:
+async def _route_accepted(
+    service: ServiceState, stored: Sequence[EventRecord], prepared: RoutingInputs | None
+) -> IngestResponse:
     response = IngestResponse(accepted=len(stored), duplicates=0)
     try:
         async with asyncio.timeout(ROUTING_TIMEOUT_SECONDS):
             for record in stored:
-                result: RouteResult = await service.router.route(record)
+                result: RouteResult = await service.router.route(record, prepared)
                 response.started += result.started
                 response.signalled += result.signalled
                 response.skipped += result.skipped
@@ -612,8 +614,8 @@ async def _ingest(
     service: ServiceState, messages: Sequence[TrackMessage | IdentifyMessage]
 ) -> IngestResponse:
     records = [message.to_record() for message in messages]
-    outcome = await asyncio.to_thread(service.router.ingest, records)
-    response = await _route_accepted(service, outcome.stored)
+    outcome = await asyncio.to_thread(service.router.ingest, records, prepare=True)
+    response = await _route_accepted(service, outcome.stored, outcome.prepared)
     response.duplicates = outcome.duplicates
     return response
 

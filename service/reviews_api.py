@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, sta
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.database import ReviewTask
-from service.auth import ApiCaller, authenticate, unauthorized
+from service.auth import ApiCaller, api_keys, unauthorized
 from service.console_auth import basic_user, client_address
 from service.review_desk import (
     MAX_NOTE_LENGTH,
@@ -132,7 +132,7 @@ async def _caller(request: Request) -> Viewer | ApiCaller:
     viewer = await asyncio.to_thread(basic_user, db, authorization)
     if viewer is not None:
         return viewer
-    caller = await asyncio.to_thread(authenticate, db, authorization)
+    caller = await api_keys(request).caller(authorization)
     if caller is None:
         raise unauthorized()
     return caller

@@ -4,6 +4,7 @@ change nothing. Runs are the stand-in `RecordingJourneyWorkflow` (see conftest.p
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -13,13 +14,23 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import delete
 from sqlalchemy.engine import Engine
-from sqlmodel import select
+from sqlmodel import col, select
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import SearchAttributeKey
 
-from engine.database import EventRecord, Profile, Run, session_scope, utcnow
+from engine.database import (
+    ApiKey,
+    EventRecord,
+    Profile,
+    Run,
+    create_api_key,
+    session_scope,
+    utcnow,
+)
 from service.api import create_app
+from service.auth import ApiKeys
 from tests.api.conftest import (
     API_KEY,
     AUTH,
@@ -336,6 +347,24 @@ async def test_a_batch_is_stored_whole_and_routed_in_order(
     )
 
 
+async def test_a_batchs_second_entry_sees_the_run_its_first_started(
+    journeys_api: RunningApi, customer: str
+) -> None:
+    batch = {
+        "batch": [
+            track(customer, "payment_failed", amount=300),
+            track(customer, "payment_failed", amount=400),
+        ]
+    }
+
+    body = (await post(journeys_api.http, "/v1/batch", batch)).json()
+
+    assert body["started"] == [f"journey/recovery/{customer}"]
+    [skipped] = body["skipped"]
+    assert skipped["message_id"] == batch["batch"][1]["messageId"]
+    assert skipped["reason"].startswith("reentry never")
+
+
 # ----------------------------------------------------------------------------- auth
 
 
@@ -359,6 +388,29 @@ async def test_requests_without_a_valid_key_are_refused_and_the_key_never_logged
     assert len([e for e in stored_events(db) if e.customer_id == customer]) == 1
     assert API_KEY not in caplog.text
     assert (await api.http.get("/v1/runs")).status_code == 401
+
+
+async def test_a_new_key_works_at_once_and_a_deleted_one_stops_within_the_cache_time(
+    api: RunningApi, db: Engine, customer: str
+) -> None:
+    api.app.state.api_keys = ApiKeys(api.app.state.db, ttl=0.5)
+    message = track(customer, "payment_failed", amount=150)
+    headers = {"Authorization": "Bearer jk_second_source"}
+    assert (await api.http.post("/v1/track", json=message, headers=headers)).status_code == 401
+
+    with session_scope(db) as session:
+        create_api_key(session, name="second", key="jk_second_source")
+    accepted = await api.http.post("/v1/track", json=message, headers=headers)
+    with session_scope(db) as session:
+        session.execute(delete(ApiKey).where(col(ApiKey.name) == "second"))
+    await asyncio.sleep(0.6)
+    after = await api.http.post(
+        "/v1/track", json=track(customer, "payment_failed", amount=1), headers=headers
+    )
+
+    assert accepted.status_code == 202
+    assert after.status_code == 401
+    assert len([e for e in stored_events(db) if e.customer_id == customer]) == 1
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -103,11 +103,11 @@ def test_routing_reads_a_customers_runs_through_an_index_not_a_scan(tmp_path: Pa
     router.ingest([record])
     event.listen(db, "before_cursor_execute", capture)
     try:
-        entries, open_runs = router._routing_inputs(record)
+        inputs = router._routing_inputs(record)
     finally:
         event.remove(db, "before_cursor_execute", capture)
 
-    assert len(entries) == 2 and open_runs == []
+    assert len(inputs.entries) == 2 and inputs.open_runs == []
     assert len(statements) == 2, [s for s, _ in statements]  # open runs; reentry history
     with db.connect() as connection:
         for statement, parameters in statements:
