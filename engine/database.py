@@ -9,6 +9,7 @@ knows Temporal; workflows never import this module (activities and the API do).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import secrets
@@ -408,12 +409,18 @@ def store_event(session: Session, record: EventRecord) -> bool:
     comes back as a row (psycopg reports no rowcount for this statement)."""
     table = EventRecord.__table__  # type: ignore[attr-defined]
     values = {column.name: getattr(record, column.name) for column in table.columns}
-    statement = (
-        dialect_insert(session.get_bind().dialect.name)(table)
+    statement = _store_event_statement(session.get_bind().dialect.name)
+    return session.connection().execute(statement, values).first() is not None
+
+
+@functools.cache
+def _store_event_statement(dialect: str) -> Any:
+    table = EventRecord.__table__  # type: ignore[attr-defined]
+    return (
+        dialect_insert(dialect)(table)
         .on_conflict_do_nothing(index_elements=["message_id"])
         .returning(table.c.message_id)
     )
-    return session.connection().execute(statement, values).first() is not None
 
 
 def get_profile(session: Session, customer_id: str) -> dict[str, Any]:

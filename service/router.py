@@ -14,6 +14,7 @@ Lives here: routing decisions and the Temporal calls they make. Not here: HTTP (
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection, Table, and_, bindparam, case, func, or_, update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 from temporalio.client import Client
 from temporalio.common import (
     SearchAttributeKey,
@@ -311,6 +312,46 @@ _MARK_ROUTED = (
     .values(routed=True)
 )
 
+# The routing read's statements, built once: building a statement costs more CPU than
+# SQLite takes to run it, and routing runs them for every event.
+_PROFILES: Table = Profile.__table__  # type: ignore[attr-defined]
+_PLAN_VERSIONS: Table = PlanVersion.__table__  # type: ignore[attr-defined]
+_TRAITS = select(_PROFILES.c.traits).where(_PROFILES.c.customer_id == bindparam("customer_id"))
+_OPEN_RUNS = (
+    select(_RUNS.c.workflow_id, _RUNS.c.journey_id, _RUNS.c.version, _RUNS.c.trigger_message_id)
+    .where(_RUNS.c.customer_id == bindparam("customer_id"), _RUNS.c.status == "running")
+    .order_by(_RUNS.c.started_at)
+)
+_ACTIVE_VERSIONS = select(_PLAN_VERSIONS.c.journey_id, _PLAN_VERSIONS.c.version).where(
+    _PLAN_VERSIONS.c.active.is_(True)
+)
+_PLAN_JSON = select(_PLAN_VERSIONS.c.plan_json).where(
+    _PLAN_VERSIONS.c.journey_id == bindparam("journey_id"),
+    _PLAN_VERSIONS.c.version == bindparam("version"),
+)
+
+
+@functools.cache
+def _entry_history_statement(keyed: tuple[bool, ...]) -> Any:
+    """The reentry read for entries whose keys are present (True) or absent (False), in
+    that order: per (journey, key), the customer's latest start and whether this event
+    started one. Parameters: ``customer_id``, ``message_id``, ``journey_<n>``, ``key_<n>``."""
+    same_entry = [
+        and_(
+            _RUNS.c.journey_id == bindparam(f"journey_{n}"),
+            (_RUNS.c.key == bindparam(f"key_{n}")) if has_key else _RUNS.c.key.is_(None),
+        )
+        for n, has_key in enumerate(keyed)
+    ]
+    by_this_event = func.max(
+        case((_RUNS.c.trigger_message_id == bindparam("message_id"), 1), else_=0)
+    )
+    return (
+        select(_RUNS.c.journey_id, _RUNS.c.key, func.max(_RUNS.c.started_at), by_this_event)
+        .where(_RUNS.c.customer_id == bindparam("customer_id"), or_(*same_entry))
+        .group_by(_RUNS.c.journey_id, _RUNS.c.key)
+    )
+
 
 class EventRouter:
     """Stores events and turns them into journey starts and signals.
@@ -327,7 +368,9 @@ class EventRouter:
         self._plans: dict[tuple[str, str], _CompiledPlan | None] = {}
         self._plans_lock = threading.Lock()
         self._in_flight: set[str] = set()
-        self._insert: Any = dialect_insert(db.dialect.name)
+        self._insert_runs = dialect_insert(db.dialect.name)(_RUNS).on_conflict_do_nothing(
+            index_elements=["run_id"]
+        )
 
     # ------------------------------------------------------------------ storing
 
@@ -587,11 +630,9 @@ class EventRouter:
         """One read for everything routing decides: for each active journey the event
         enters (in journey order), the run to start or why not (reentry included), and
         the customer's open runs (oldest first)."""
-        with session_scope(self.db) as session:
-            connection = session.connection()
-            traits_json = connection.execute(
-                select(col(Profile.traits)).where(Profile.customer_id == record.customer_id)
-            ).scalar_one_or_none()
+        customer = {"customer_id": record.customer_id}
+        with self.db.connect() as connection:
+            traits_json = connection.execute(_TRAITS, customer).scalar_one_or_none()
             traits: dict[str, Any] = dict(traits_json) if traits_json is not None else {}
             open_runs = [
                 _OpenRun(
@@ -601,17 +642,10 @@ class EventRouter:
                     trigger_message_id=trigger_message_id,
                 )
                 for workflow_id, journey_id, version, trigger_message_id in connection.execute(
-                    select(
-                        col(Run.workflow_id),
-                        col(Run.journey_id),
-                        col(Run.version),
-                        col(Run.trigger_message_id),
-                    )
-                    .where(Run.customer_id == record.customer_id, Run.status == "running")
-                    .order_by(col(Run.started_at))
+                    _OPEN_RUNS, customer
                 )
             ]
-            active = self._refresh_active(session)
+            active = self._refresh_active(connection)
             decided = [
                 self._decide_entry(record, compiled, traits)
                 for compiled in active
@@ -630,16 +664,12 @@ class EventRouter:
             open_runs=open_runs,
         )
 
-    def _refresh_active(self, session: Session) -> list[_CompiledPlan]:
+    def _refresh_active(self, connection: Connection) -> list[_CompiledPlan]:
         # A cheap query per event keeps deploys visible at once; plans compile once per
         # version (the cache is keyed by it, and versions are immutable).
-        rows = session.exec(
-            select(PlanVersion.journey_id, PlanVersion.version).where(
-                col(PlanVersion.active).is_(True)
-            )
-        ).all()
+        rows = connection.execute(_ACTIVE_VERSIONS).all()
         compiled = (
-            self._plan_version_in(session, journey, version) for journey, version in sorted(rows)
+            self._plan_version_in(connection, journey, version) for journey, version in sorted(rows)
         )
         return [plan for plan in compiled if plan is not None]
 
@@ -647,24 +677,22 @@ class EventRouter:
         with self._plans_lock:
             if (journey_id, version) in self._plans:
                 return self._plans[(journey_id, version)]
-        with session_scope(self.db) as session:
-            return self._plan_version_in(session, journey_id, version)
+        with self.db.connect() as connection:
+            return self._plan_version_in(connection, journey_id, version)
 
     def _plan_version_in(
-        self, session: Session, journey_id: str, version: str
+        self, connection: Connection, journey_id: str, version: str
     ) -> _CompiledPlan | None:
         with self._plans_lock:
             if (journey_id, version) in self._plans:
                 return self._plans[(journey_id, version)]
-        row = session.exec(
-            select(PlanVersion).where(
-                PlanVersion.journey_id == journey_id, PlanVersion.version == version
-            )
-        ).first()
+        plan_json = connection.execute(
+            _PLAN_JSON, {"journey_id": journey_id, "version": version}
+        ).scalar_one_or_none()
         compiled: _CompiledPlan | None = None
-        if row is not None:
+        if plan_json is not None:
             try:
-                compiled = _compile_plan(Plan.model_validate_json(row.plan_json))
+                compiled = _compile_plan(Plan.model_validate_json(plan_json))
             except ValueError:
                 log.exception("stored plan %s@%s does not load; ignoring it", journey_id, version)
         with self._plans_lock:
@@ -676,21 +704,16 @@ class EventRouter:
         connection: Connection, record: EventRecord, entries: Sequence[_Entry]
     ) -> _EntryHistory:
         """For each entry's journey and key, the customer's runs so far, in one query."""
-        same_entry = [
-            and_(
-                col(Run.journey_id) == entry.compiled.plan.journey_id,
-                (col(Run.key) == entry.key) if entry.key is not None else col(Run.key).is_(None),
-            )
-            for entry in entries
-        ]
-        by_this_event = func.max(
-            case((col(Run.trigger_message_id) == record.message_id, 1), else_=0)
-        )
-        rows = connection.execute(
-            select(col(Run.journey_id), col(Run.key), func.max(col(Run.started_at)), by_this_event)
-            .where(col(Run.customer_id) == record.customer_id, or_(*same_entry))
-            .group_by(col(Run.journey_id), col(Run.key))
-        )
+        parameters: dict[str, Any] = {
+            "customer_id": record.customer_id,
+            "message_id": record.message_id,
+        }
+        for n, entry in enumerate(entries):
+            parameters[f"journey_{n}"] = entry.compiled.plan.journey_id
+            if entry.key is not None:
+                parameters[f"key_{n}"] = entry.key
+        statement = _entry_history_statement(tuple(entry.key is not None for entry in entries))
+        rows = connection.execute(statement, parameters)
         return {(journey, key): (latest, bool(mine)) for journey, key, latest, mine in rows}
 
     @staticmethod
@@ -711,8 +734,7 @@ class EventRouter:
 
     def _finish_routing(self, record: EventRecord, started: Sequence[_StartedRun]) -> None:
         """Record the runs routing started and mark the event routed: one transaction."""
-        with session_scope(self.db) as session:
-            connection = session.connection()
+        with self.db.begin() as connection:
             if started:
                 self._insert_started_runs(connection, record, started)
             connection.execute(_MARK_ROUTED, {"routed_message_id": record.message_id})
@@ -731,8 +753,7 @@ class EventRouter:
         self, connection: Connection, record: EventRecord, started: Sequence[_StartedRun]
     ) -> None:
         # The workflow upserts the same row; whoever comes second leaves it alone.
-        statement = self._insert(_RUNS).on_conflict_do_nothing(index_elements=["run_id"])
-        connection.execute(statement, [_run_row(record, run) for run in started])
+        connection.execute(self._insert_runs, [_run_row(record, run) for run in started])
 
     def _mark_routed(self, message_id: str) -> None:
         with session_scope(self.db) as session:
