@@ -29,7 +29,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.decisions import quiet_hours_end
-from activities.runs import customer_from_traits
+from activities.runs import customer_from_traits, upsert_run
 from channels import policies
 from channels.delivery import DeliveryError, deliver
 from channels.rendering import MissingFormError, RenderedMessage, form_for, render_message
@@ -37,7 +37,12 @@ from channels.unsubscribe import make_unsubscribe_token, unsubscribe_url
 from engine.database import Delivery, OutboxMessage, Profile, session_scope, utcnow
 from engine.environment import MissingVariableError, resolve_env
 from engine.errors import ErrorType
-from engine.messages import SendMessageInput, SendMessageResult
+from engine.messages import (
+    SendMessageInput,
+    SendMessageResult,
+    delivered_record,
+    send_path_entry,
+)
 from rules import EvaluationError, Expression, RenderError, compile_expression
 
 __all__ = ["MessagingActivities", "address_for"]
@@ -81,7 +86,16 @@ class MessagingActivities:
         """Send one step visit on one channel, or say why not (or when to try again)."""
         if request.channel is None:
             return self._send_legacy(request)
-        return self._send(request, request.channel)
+        result = self._send(request, request.channel)
+        if request.finish is not None and result.status in ("sent", "captured"):
+            # The run ends with this send: its final row now, not in one more activity,
+            # stamped with the server's clock as the run's other path entries are.
+            at = _attempt_time()
+            entry = send_path_entry(request.step_id, request.template, request.channel, result, at)
+            with session_scope(self.db) as session:
+                upsert_run(session, delivered_record(request.finish, entry))
+            result = result.model_copy(update={"recorded_at": at})
+        return result
 
     # ------------------------------------------------------------------ one channel
 

@@ -23,7 +23,13 @@ from engine.messages import (
     UpdateProfileInput,
 )
 
-__all__ = ["RunActivities", "customer_from_traits", "mask_address", "masked_customer"]
+__all__ = [
+    "RunActivities",
+    "customer_from_traits",
+    "mask_address",
+    "masked_customer",
+    "upsert_run",
+]
 
 _ADDRESS_TRAITS = ("email", "phone", "push_token", "timezone")
 
@@ -96,7 +102,7 @@ class RunActivities:
     def record_run(self, request: RecordRunInput) -> None:
         """Upsert the run's row: status, step, outcome and path (idempotent)."""
         with session_scope(self.db) as session:
-            _upsert_run(session, request)
+            upsert_run(session, request)
 
     @activity.defn(name="begin_run")
     def begin_run(self, request: BeginRunInput) -> BeginRunResult:
@@ -105,7 +111,7 @@ class RunActivities:
         customer = request.customer
         if request.record is not None:
             with session_scope(self.db) as session:
-                _upsert_run(session, request.record)
+                upsert_run(session, request.record)
                 if customer is None:
                     customer_id = request.record.customer_id
                     stored = (
@@ -142,7 +148,7 @@ class RunActivities:
         return BeginRunResult(customer=customer, holdout_bucket=bucket, decided=decided)
 
 
-def _upsert_run(session: Session, request: RecordRunInput) -> None:
+def upsert_run(session: Session, request: RecordRunInput) -> None:
     """Insert the run's row or bring it up to date, in one statement where the database
     can (SQLite, PostgreSQL: ``INSERT ... ON CONFLICT DO UPDATE``)."""
     now = utcnow()

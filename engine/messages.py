@@ -52,7 +52,9 @@ __all__ = [
     "SendMessageResult",
     "StepDecision",
     "UpdateProfileInput",
+    "delivered_record",
     "run_context",
+    "send_path_entry",
     "workflow_id_for",
 ]
 
@@ -376,6 +378,10 @@ class SendMessageInput(_Message):
     quiet_end: str | None = None
     cap_max: int | None = None
     cap_per_seconds: int | None = None
+    # The run's end if this attempt delivers (the interpreter's patch `send-records-end`):
+    # the row as the run will record it, its path up to before this send. The activity
+    # writes it with `delivered_record` and says so (`SendMessageResult.recorded_at`).
+    finish: RecordRunInput | None = None
 
 
 class SendMessageResult(_Message):
@@ -397,6 +403,28 @@ class SendMessageResult(_Message):
     reason: str | None = None
     delivery_id: str | None = None
     retry_at: datetime | None = None
+    recorded_at: datetime | None = None  # when the activity wrote `finish` (delivered)
+
+
+def send_path_entry(
+    step_id: str, template: str, channel: str, result: SendMessageResult, at: datetime
+) -> PathEntry:
+    """A send attempt's entry in the run's path (the interpreter's, and the one a
+    delivering send writes with the run's end)."""
+    return PathEntry(
+        step=step_id,
+        type="send",
+        at=at,
+        outcome=result.status,
+        detail={"channel": channel, "reason": result.reason, "template": template},
+    )
+
+
+def delivered_record(finish: RecordRunInput, entry: PathEntry) -> RecordRunInput:
+    """The runs row of a run that ends with the send whose path entry is ``entry``: the
+    send, then the end, both at the send's time."""
+    end = PathEntry(step="end", type=finish.status, at=entry.at, outcome=finish.outcome)
+    return finish.model_copy(update={"path": [*finish.path, entry, end]})
 
 
 class ScoreInput(_Message):

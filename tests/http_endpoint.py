@@ -33,6 +33,9 @@ class HttpEndpoint:
     status: int = 200
     reply: dict[str, Any] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
+    # While set, each request is recorded and then held until `release` is set (10 s at most).
+    hold: bool = False
+    release: threading.Event = field(default_factory=threading.Event)
 
 
 @contextlib.contextmanager
@@ -46,6 +49,8 @@ def running_endpoint() -> Iterator[HttpEndpoint]:
             state.requests.append(
                 Request("POST", self.path, dict(self.headers.items()), self.rfile.read(length))
             )
+            if state.hold:
+                state.release.wait(timeout=10)
             payload = json.dumps(state.reply).encode()
             self.send_response(state.status)
             self.send_header("Content-Type", "application/json")

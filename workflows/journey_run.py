@@ -62,10 +62,18 @@ with workflow.unsafe.imports_passed_through():
         SendMessageResult,
         StepDecision,
         UpdateProfileInput,
+        delivered_record,
         run_context,
+        send_path_entry,
     )
 
-__all__ = ["BATCHED_DECISIONS", "MAX_STEPS", "SCORE_STEP_ACTIVITY", "JourneyRunWorkflow"]
+__all__ = [
+    "BATCHED_DECISIONS",
+    "MAX_STEPS",
+    "SCORE_STEP_ACTIVITY",
+    "SEND_RECORDS_END",
+    "JourneyRunWorkflow",
+]
 
 BATCHED_DECISIONS = "batched-decisions"
 """The patch under which a run starts with one `begin_run` local activity (runs row,
@@ -77,6 +85,12 @@ SCORE_STEP_ACTIVITY = "score-step-activity"
 model, and the set/branch/split steps after it decided with the score (no local activity
 before or after it). It implies `batched-decisions` and the per-channel sends, so a new
 run records this one patch marker instead of those two."""
+SEND_RECORDS_END = "send-records-end"
+"""The patch under which a send that ends the run when it delivers (the plan ends after
+it, or goes on to an exit step) writes the run's final row itself, with the send and the
+end in the path at the send's time (`SendMessageInput.finish`); the run then records
+itself at its end only when it ended otherwise (an exit event came meanwhile). It implies
+`score-step-activity`, so a new run records this one patch marker."""
 MAX_WALK = 100
 
 MAX_STEPS = 10_000
@@ -144,7 +158,10 @@ class JourneyRunWorkflow:
         self.review_closed_at: datetime | None = None
         self.deadline: datetime | None = None
         # Set in `run` from the patches: False replays the runs recorded before them.
-        self.score_steps = False  # SCORE_STEP_ACTIVITY
+        self.records_end = False  # SEND_RECORDS_END
+        self.score_steps = False  # SCORE_STEP_ACTIVITY (or SEND_RECORDS_END)
+        # The final row a delivering send wrote (SEND_RECORDS_END), if one did.
+        self.recorded: RecordRunInput | None = None
         self.batched = False  # BATCHED_DECISIONS (or SCORE_STEP_ACTIVITY)
         self.decidable = {sid: s for sid, s in self.plan.steps.items() if p.decidable(s)}
         # The steps a walk (decide_steps) starts from; set in `run`.
@@ -217,7 +234,8 @@ class JourneyRunWorkflow:
     async def run(self, input: JourneyRunInput) -> RunState:
         started = workflow.now()
         self.deadline = started + timedelta(seconds=self.plan.settings.max_duration_seconds)
-        self.score_steps = workflow.patched(SCORE_STEP_ACTIVITY)
+        self.records_end = workflow.patched(SEND_RECORDS_END)
+        self.score_steps = self.records_end or workflow.patched(SCORE_STEP_ACTIVITY)
         self.batched = self.score_steps or workflow.patched(BATCHED_DECISIONS)
         self.walk_starts = {
             sid
@@ -247,7 +265,8 @@ class JourneyRunWorkflow:
             step = self.state.current_step or "entry"
             self._path(step, "error", outcome="failed", detail={"reason": _cause(error)})
             self._finish("failed", f"{step}_failed")
-        await self._record()
+        if self.recorded is None or self._record_input() != self.recorded:
+            await self._record()
         return self.state
 
     async def _interpret(self) -> None:
@@ -279,7 +298,18 @@ class JourneyRunWorkflow:
         self.state.outcome = outcome
         self.state.waiting_for = None
         self.state.wake_at = None
-        self._path("end", status, outcome=outcome)
+        recorded = self.recorded
+        as_recorded = recorded is not None and (
+            recorded.status,
+            recorded.outcome,
+            recorded.step,
+        ) == (
+            status,
+            outcome,
+            self.state.current_step,
+        )
+        at = recorded.path[-1].at if recorded is not None and as_recorded else None
+        self._path("end", status, outcome=outcome, at=at)
         self._upsert(outcome=outcome)
 
     # ------------------------------------------------------------------ step handlers
@@ -320,6 +350,7 @@ class JourneyRunWorkflow:
                     cap_per_seconds=settings.frequency_cap.per_seconds
                     if settings.frequency_cap
                     else None,
+                    finish=self._ending(step) if self.records_end else None,
                 )
                 try:
                     result: SendMessageResult = await workflow.execute_activity(
@@ -361,9 +392,12 @@ class JourneyRunWorkflow:
                     )
                     continue
                 break
-            detail = {"channel": channel, "reason": result.reason, "template": step.template}
-            self._path(step.id, step.type, outcome=result.status, detail=detail)
+            at = result.recorded_at or workflow.now()
+            entry = send_path_entry(step.id, step.template, channel, result, at)
+            self.state.path.append(entry)
             if result.status in ("sent", "captured"):
+                if result.recorded_at is not None and request.finish is not None:
+                    self.recorded = delivered_record(request.finish, entry)
                 return step.next
         return step.on_failure or step.next
 
@@ -1101,9 +1135,36 @@ class JourneyRunWorkflow:
         *,
         outcome: str | None = None,
         detail: dict[str, Any] | None = None,
+        at: datetime | None = None,
     ) -> None:
         self.state.path.append(
-            PathEntry(step=step, type=kind, at=workflow.now(), outcome=outcome, detail=detail or {})
+            PathEntry(
+                step=step,
+                type=kind,
+                at=at or workflow.now(),
+                outcome=outcome,
+                detail=detail or {},
+            )
+        )
+
+    def _ending(self, step: p.SendPlan) -> RecordRunInput | None:
+        """The run's final row should ``step`` deliver and end it: the plan ends after it,
+        or goes on to an exit step. None when more would follow (the run records itself).
+        The path is as it is now; the send's activity adds the send and the end."""
+        following = self.plan.steps.get(step.next) if step.next else None
+        if step.next is None:
+            end_step, outcome = step.id, "completed"
+        elif isinstance(following, p.ExitPlan):
+            end_step, outcome = following.id, following.outcome
+        else:
+            return None
+        return self._record_input().model_copy(
+            update={
+                "status": "completed",
+                "step": end_step,
+                "outcome": outcome,
+                "path": list(self.state.path),
+            }
         )
 
     def _upsert(self, *, outcome: str | None = None) -> None:

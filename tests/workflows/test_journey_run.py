@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import threading
@@ -18,7 +19,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.decisions import bucket_of
 from engine.database import OutboxMessage, Profile, ReviewTask, Run
-from engine.messages import ReviewDecision, RunState
+from engine.messages import PathEntry, ReviewDecision, RunState
+from tests.http_endpoint import running_endpoint
 from tests.workflows.conftest import StartRun, compile_plan, send_event, set_profile, steps_of
 
 HEAD = """\
@@ -534,20 +536,69 @@ async def test_consecutive_decisions_are_one_recorded_walk_before_the_first_send
     with Session(db) as session:
         run = session.exec(select(Run).where(Run.run_id == handle.result_run_id)).one()
     assert run.status == "completed" and run.outcome == "completed"
+    # The send that ended the run wrote its final row: the same path the history holds.
+    assert [PathEntry.model_validate(entry) for entry in run.path] == state.path
+    assert run.step == "offer" and run.ended_at is not None
     # The profile write of `set` reached the database.
     with Session(db) as session:
         profile = session.get(Profile, "c1")
         assert profile is not None and profile.traits["tier"] == "watch"
     # What an auditor reads in the history: before the send, one local activity that started
-    # the run and decided both steps, with the rule chosen and the values it read.
+    # the run and decided both steps, with the rule chosen and the values it read; after
+    # it none (the send recorded the run's end).
     markers = _local_activity_markers(await handle.fetch_history())
-    assert [name for name, _ in markers] == ["begin_run", "record_run"]
+    assert [name for name, _ in markers] == ["begin_run"]
     decided = markers[0][1]["decided"]["decisions"]
     assert [(d["step_id"], d["values"], d["first_true"]) for d in decided] == [
         ("note_amount", [24000, "watch"], None),
         ("route", [True], 0),
     ]
     assert decided[1]["reads"] == {"vars.due": 24000, "profile.tier": "watch"}
+
+
+LAST_SEND = doc(
+    """
+- id: j
+  entry: {event: payment_failed}
+  exit_on:
+    - {event: payment_received, outcome: recovered}
+  steps:
+    - {id: nudge, send: offer, channel: sms}
+"""
+)
+
+
+async def test_an_exit_event_during_the_last_send_is_recorded_over_the_sends_end(
+    start_run: StartRun, db: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The send would end the run, so it writes the run's end; an exit event that arrives
+    # while it is at the gateway ends the run otherwise, and the run records that itself.
+    set_profile(db, "c1", first_name="Min", phone="+15550001111")
+    with running_endpoint() as gateway:
+        gateway.reply = {"result": {"message_id": "1", "status": "ok"}}
+        gateway.hold = True
+        monkeypatch.setenv(
+            "JOURNEYS_SMS_URL", f"smseagle://tok_sms_gateway_1234@127.0.0.1:{gateway.port}"
+        )
+        handle = await start_run(compile_plan(LAST_SEND), properties={"amount": 700})
+        for _ in range(200):  # bounded: 10 s
+            if gateway.requests:
+                break
+            await asyncio.sleep(0.05)
+        assert len(gateway.requests) == 1
+        await send_event(handle, "payment_received", amount=700)
+        await asyncio.sleep(0.5)  # the signal is in the history before the send completes
+        gateway.release.set()
+        state = await handle.result()
+
+    assert steps_of(state)[-3:] == [("nudge", "sent"), ("nudge", "recovered"), ("end", "recovered")]
+    assert (state.status, state.outcome) == ("exited", "recovered")
+    with Session(db) as session:
+        run = session.exec(select(Run).where(Run.run_id == handle.result_run_id)).one()
+    assert (run.status, run.outcome) == ("exited", "recovered")
+    assert [PathEntry.model_validate(entry) for entry in run.path] == state.path
+    markers = _local_activity_markers(await handle.fetch_history())
+    assert [name for name, _ in markers] == ["begin_run", "record_run"]
 
 
 SCORED = doc(
@@ -599,9 +650,9 @@ async def test_a_score_step_and_the_decisions_after_it_are_one_recorded_activity
     history = await handle.fetch_history()
     # No decision in a local activity: the run's start (started by hand, it records itself),
     # then the features, the model and the two steps after it in one activity, whose input
-    # and result the history records.
+    # and result the history records; the send before the exit step recorded the run's end.
     markers = _local_activity_markers(history)
-    assert [name for name, _ in markers] == ["begin_run", "record_run"]
+    assert [name for name, _ in markers] == ["begin_run"]
     assert markers[0][1]["decided"] is None
     events = json.loads(history.to_json())["events"]
     scheduled = [
