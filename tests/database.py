@@ -8,7 +8,9 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
-from engine.database import make_engine
+from engine.catalog import build_catalog_from_text
+from engine.database import activate_plan, make_engine, session_scope
+from engine.plan import Plan
 
 
 def database_url(tmp_path: Path) -> str:
@@ -28,3 +30,19 @@ def fresh_engine(tmp_path: Path) -> Engine:
         SQLModel.metadata.drop_all(engine)
         SQLModel.metadata.create_all(engine)
     return engine
+
+
+def deploy(db: Engine, text: str) -> dict[str, Plan]:
+    """Compile a journeys document and activate its plans, as `journeys deploy` does."""
+    catalog = build_catalog_from_text(text)
+    assert catalog.ok, "\n".join(violation.format() for violation in catalog.violations)
+    with session_scope(db) as session:
+        for plan in catalog.plans.values():
+            activate_plan(
+                session,
+                journey_id=plan.journey_id,
+                version=plan.version,
+                plan_json=plan.model_dump_json(),
+                source_yaml=text,
+            )
+    return catalog.plans

@@ -32,8 +32,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from engine.catalog import build_catalog_from_text
-from engine.database import activate_plan, make_engine, session_scope
+from engine.database import make_engine
 from engine.messages import (
     QUERY_STATE,
     SEARCH_ATTRIBUTES,
@@ -42,7 +41,6 @@ from engine.messages import (
     EventMessage,
     JourneyRunInput,
 )
-from engine.plan import Plan
 from engine.settings import RuntimeSettings
 from service.api import create_app
 
@@ -179,22 +177,6 @@ def db(database_url: str) -> Iterator[Engine]:
         yield engine
     finally:
         engine.dispose()
-
-
-def deploy(db: Engine, text: str) -> dict[str, Plan]:
-    """Compile a journeys document and activate its plans, as `journeys deploy` does."""
-    catalog = build_catalog_from_text(text)
-    assert catalog.ok, "\n".join(violation.format() for violation in catalog.violations)
-    with session_scope(db) as session:
-        for plan in catalog.plans.values():
-            activate_plan(
-                session,
-                journey_id=plan.journey_id,
-                version=plan.version,
-                plan_json=plan.model_dump_json(),
-                source_yaml=text,
-            )
-    return catalog.plans
 
 
 # ----------------------------------------------------------------------------- the app

@@ -31,15 +31,8 @@ from engine.database import (
 )
 from service.api import create_app
 from service.auth import ApiKeys
-from tests.api.conftest import (
-    API_KEY,
-    AUTH,
-    RunningApi,
-    api_settings,
-    deploy,
-    eventually,
-    running_api,
-)
+from tests.api.conftest import API_KEY, AUTH, RunningApi, api_settings, eventually, running_api
+from tests.database import deploy
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -25,8 +25,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from engine.database import make_engine
 from service.api import create_app
-from tests.api.conftest import AUTH, api_settings, deploy, fresh_database_url
+from tests.api.conftest import AUTH, api_settings, fresh_database_url
 from tests.api.test_events_api import JOURNEYS
+from tests.database import deploy
 
 EXAMPLES_PER_OPERATION = 25
 EXPECTED_OPERATIONS = {

@@ -28,7 +28,8 @@ from engine.messages import WORKFLOW_NAME, EventMessage, JourneyRunInput, RunSta
 from engine.plan import Plan
 from service.api import create_app
 from service.users import add_user, change_password, check_password
-from tests.api.conftest import AUTH, RunningApi, api_settings, deploy, running_api
+from tests.api.conftest import AUTH, RunningApi, api_settings, running_api
+from tests.database import deploy
 from worker import build_worker
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

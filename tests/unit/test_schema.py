@@ -13,10 +13,9 @@ import pytest
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine
 
-from engine.catalog import build_catalog_from_text
-from engine.database import EventRecord, Run, activate_plan, make_engine, session_scope
+from engine.database import EventRecord, Run, make_engine, session_scope
 from service.router import EventRouter
-from tests.database import database_url, fresh_engine
+from tests.database import database_url, deploy, fresh_engine
 
 ROUTING_INDEXES = {"ix_runs_customer_status", "ix_runs_customer_entry"}
 
@@ -62,17 +61,8 @@ def test_a_database_from_an_earlier_release_gets_the_new_indexes_on_start(
 )
 def test_routing_reads_a_customers_runs_through_an_index_not_a_scan(tmp_path: Path) -> None:
     db = fresh_engine(tmp_path)
-    catalog = build_catalog_from_text(JOURNEYS)
-    assert catalog.ok, [v.format() for v in catalog.violations]
+    deploy(db, JOURNEYS)
     with session_scope(db) as session:
-        for plan in catalog.plans.values():
-            activate_plan(
-                session,
-                journey_id=plan.journey_id,
-                version=plan.version,
-                plan_json=plan.model_dump_json(),
-                source_yaml=JOURNEYS,
-            )
         # Many runs of the journey and many open runs, none of them this customer's: a
         # plan that scans by journey or by status would read them all.
         for n in range(50):

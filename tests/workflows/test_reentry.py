@@ -14,10 +14,10 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from engine.catalog import build_catalog_from_text
-from engine.database import EventRecord, Run, activate_plan, session_scope
+from engine.database import EventRecord, Run, session_scope
 from engine.messages import RunState
 from service.router import EventRouter, RouteResult
+from tests.database import deploy
 from tests.workflows.test_journey_run import doc
 
 
@@ -36,20 +36,6 @@ def journey(reentry: str) -> str:
 @pytest.fixture
 def router(env: WorkflowEnvironment, worker: Worker, db: Engine) -> EventRouter:
     return EventRouter(db=db, client=env.client, task_queue=worker.task_queue)
-
-
-def deploy(db: Engine, text: str) -> None:
-    catalog = build_catalog_from_text(text)
-    assert catalog.ok, [v.format() for v in catalog.violations]
-    with session_scope(db) as session:
-        for plan in catalog.plans.values():
-            activate_plan(
-                session,
-                journey_id=plan.journey_id,
-                version=plan.version,
-                plan_json=plan.model_dump_json(),
-                source_yaml=text,
-            )
 
 
 async def emit(router: EventRouter, customer: str = "c1", **properties: Any) -> RouteResult:
