@@ -298,17 +298,13 @@ class JourneyRunWorkflow:
         self.state.outcome = outcome
         self.state.waiting_for = None
         self.state.wake_at = None
+        # Ending as the last send recorded it: the end entry carries the send's time.
         recorded = self.recorded
-        as_recorded = recorded is not None and (
-            recorded.status,
-            recorded.outcome,
-            recorded.step,
-        ) == (
-            status,
-            outcome,
-            self.state.current_step,
-        )
-        at = recorded.path[-1].at if recorded is not None and as_recorded else None
+        at: datetime | None = None
+        if recorded is not None:
+            ending = (recorded.status, recorded.outcome, recorded.step)
+            if ending == (status, outcome, self.state.current_step):
+                at = recorded.path[-1].at
         self._path("end", status, outcome=outcome, at=at)
         self._upsert(outcome=outcome)
 
