@@ -80,7 +80,7 @@ def _customer(plan: Plan, prefix: str) -> str:
 
 async def _until_review(env: WorkflowEnvironment, handle: WorkflowHandle[Any, RunState]) -> str:
     for _ in range(200):
-        state = await handle.query("state", result_type=RunState)
+        state: RunState = await handle.query("state", result_type=RunState)
         if state.open_review is not None:
             return state.open_review.task_id
         await env.sleep(timedelta(seconds=1))
