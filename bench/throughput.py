@@ -57,7 +57,6 @@ from bench.baseline import CHANNELS, MODELS, TEMPLATES, WORKFLOWS
 from engine.catalog import build_catalog
 from engine.database import (
     PlanVersion,
-    activate_plan,
     get_profile,
     make_engine,
     session_scope,
@@ -66,6 +65,7 @@ from engine.database import (
 from engine.messages import WORKFLOW_NAME, EventMessage, JourneyRunInput, workflow_id_for
 from engine.plan import Plan
 from engine.settings import RuntimeSettings
+from service.cli import deploy_catalog
 from service.devserver import dev_server_command, wait_until_ready
 from service.supervisor import Supervisor, tail
 from service.temporal_client import connect
@@ -346,19 +346,12 @@ def deploy_bench_catalogue(db: Engine) -> dict[str, Plan]:
                 col(PlanVersion.journey_id).not_in(list(catalog.plans)),
             )
         ).all()
-        if others:
-            raise BenchError(
-                "the database has other active journeys, which the bench events would "
-                f"enter too ({', '.join(sorted(others))}): point DATABASE_URL at an empty one"
-            )
-        for plan in catalog.plans.values():
-            activate_plan(
-                session,
-                journey_id=plan.journey_id,
-                version=plan.version,
-                plan_json=plan.model_dump_json(),
-                source_yaml=text,
-            )
+    if others:
+        raise BenchError(
+            "the database has other active journeys, which the bench events would "
+            f"enter too ({', '.join(sorted(others))}): point DATABASE_URL at an empty one"
+        )
+    deploy_catalog(catalog, engine=db, source_text=text)  # as `journeys deploy` does
     return catalog.plans
 
 

@@ -9,8 +9,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
 from engine.catalog import build_catalog_from_text
-from engine.database import activate_plan, make_engine, session_scope
+from engine.database import make_engine
 from engine.plan import Plan
+from service.cli import deploy_catalog
 
 
 def database_url(tmp_path: Path) -> str:
@@ -36,13 +37,5 @@ def deploy(db: Engine, text: str) -> dict[str, Plan]:
     """Compile a journeys document and activate its plans, as `journeys deploy` does."""
     catalog = build_catalog_from_text(text)
     assert catalog.ok, "\n".join(violation.format() for violation in catalog.violations)
-    with session_scope(db) as session:
-        for plan in catalog.plans.values():
-            activate_plan(
-                session,
-                journey_id=plan.journey_id,
-                version=plan.version,
-                plan_json=plan.model_dump_json(),
-                source_yaml=text,
-            )
+    deploy_catalog(catalog, engine=db, source_text=text)
     return catalog.plans
