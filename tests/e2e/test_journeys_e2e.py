@@ -293,15 +293,10 @@ def test_a_run_the_router_starts_on_a_wait_takes_no_local_activity_before_it(
     listed = stack.only_run(customer, "abandoned_cart")
     assert (listed["workflow_id"], listed["status"]) == (workflow_id, "running")
 
-    before_timer = eventually(
-        lambda: asyncio.run(_markers_until_timer(stack, workflow_id)),
-        check=lambda names: names is not None,
-        timeout=30,
-        what="the 2h timer",
-    )
-    # Before the timer: the patch marker and the record of the wait; nothing read the
-    # profile or wrote the row at entry (the router handed over the masked profile).
-    assert [name for name in before_timer if name != "patch"] == ["record_run"], before_timer
+    before_timer = _local_activities_before_first_timer(stack, workflow_id, "the 2h timer")
+    # Before the timer: the record of the wait; nothing read the profile or wrote the row
+    # at entry (the router handed over the masked profile).
+    assert before_timer == ["record_run"], before_timer
     text = asyncio.run(_history_text(stack, workflow_id))
     assert f"{customer}@example.test" not in text
     assert '"first_name":"Mina"' in text.replace(" ", "").replace('\\"', '"')
@@ -315,15 +310,10 @@ def test_the_router_decides_a_runs_first_steps_and_the_run_takes_them_from_its_i
     workflow_id = workflow_id_for("suspicious_login", customer, None)
     answer = stack.track(customer, "login_failed", ip="203.0.113.9", device="phone")
     assert answer["started"] == [workflow_id]
-    before_timer = eventually(
-        lambda: asyncio.run(_markers_until_timer(stack, workflow_id)),
-        check=lambda names: names is not None,
-        timeout=30,
-        what="the 10-minute wait",
-    )
+    before_timer = _local_activities_before_first_timer(stack, workflow_id, "the 10-minute wait")
     # The first step (set vars.failures) was decided by the router: no begin_run, only the
     # record of the wait.
-    assert [name for name in before_timer if name != "patch"] == ["record_run"], before_timer
+    assert before_timer == ["record_run"], before_timer
     decided = asyncio.run(_started_input(stack, workflow_id))["decided"]
     assert [(d["step_id"], d["values"]) for d in decided["decisions"]] == [("count_attempts", [1])]
     assert decided["stop"] == "wait_for_more"
@@ -342,6 +332,20 @@ async def _started_input(stack: JourneysStack, workflow_id: str) -> dict[str, An
     start = json.loads(history.to_json())["events"][0]["workflowExecutionStartedEventAttributes"]
     data: dict[str, Any] = json.loads(base64.b64decode(start["input"]["payloads"][0]["data"]))
     return data
+
+
+def _local_activities_before_first_timer(
+    stack: JourneysStack, workflow_id: str, what: str
+) -> list[str]:
+    """The local activities the run recorded before its first timer (waiting for it)."""
+    names = eventually(
+        lambda: asyncio.run(_markers_until_timer(stack, workflow_id)),
+        check=lambda found: found is not None,
+        timeout=30,
+        what=what,
+    )
+    assert names is not None
+    return [name for name in names if name != "patch"]
 
 
 async def _markers_until_timer(stack: JourneysStack, workflow_id: str) -> list[str] | None:
