@@ -35,6 +35,7 @@ from engine.plan import (
     ScorePlan,
     SetPlan,
     SplitPlan,
+    bucket_salt,
     decidable,
     decided_next,
     walks_from,
@@ -204,7 +205,7 @@ def decide_at_entry(
             steps=steps,
             context=run_context(plan, customer, trigger, now=now, run_id=None, step=None),
             timezone=customer.timezone or plan.settings.timezone,
-            salt=f"{plan.journey_id}:{plan.version}:{customer.id}:",
+            salt=bucket_salt(plan, customer.id),
         )
     )
     decisions = [*walked.decisions, *([walked.prepared] if walked.prepared else [])]

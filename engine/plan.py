@@ -223,12 +223,17 @@ PURE_STEPS = ("set", "branch", "split")
 """Step types decided by evaluating expressions alone, with no side effect but profile writes."""
 
 
+def bucket_salt(plan: Plan, customer_id: str, name: str = "") -> str:
+    """What a customer's stable buckets hash with: the split arms (``name`` empty, the walk
+    adds the step id) and the holdout (``name`` "holdout"). The run and its starter build
+    it here alone, so both put a customer in the same arm."""
+    return f"{plan.journey_id}:{plan.version}:{customer_id}:{name}"
+
+
 def decidable(step: PlanStep) -> bool:
-    """Whether a step has expressions a `decide_steps` walk evaluates: the pure steps, and
-    the score and call steps it stops at (their features, their JSON body)."""
-    if step.type in PURE_STEPS or step.type == "score":
-        return True
-    return isinstance(step, CallPlan) and step.json_body is not None
+    """Whether a step has expressions a `decide_steps` walk evaluates: the steps a walk
+    starts from (`walks_from`), and the score steps it stops at (their features)."""
+    return walks_from(step) or step.type == "score"
 
 
 def walks_from(step: PlanStep) -> bool:

@@ -1108,7 +1108,7 @@ class JourneyRunWorkflow:
         return self.customer.timezone or self.plan.settings.timezone
 
     def _salt(self, name: str) -> str:
-        return f"{self.plan.journey_id}:{self.plan.version}:{self.input.customer_id}:{name}"
+        return p.bucket_salt(self.plan, self.input.customer_id, name)
 
     def _context(self, event: EventMessage | None = None) -> dict[str, Any]:
         return run_context(
