@@ -14,6 +14,7 @@ Lives here: routing decisions and the Temporal calls they make. Not here: HTTP (
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import threading
@@ -156,7 +157,8 @@ class _Entry:
     key: str | None
     workflow_id: str
     customer: CustomerContext  # as the run would load it: addresses masked
-    decided: DecideResult | None  # the run's first walk, decided here (decide_at_entry)
+    # The run's first walk (decide_at_entry), decided once reentry lets the entry in.
+    decided: DecideResult | None = None
 
 
 @dataclass(frozen=True)
@@ -531,14 +533,7 @@ class EventRouter:
         if len(workflow_id) > MAX_WORKFLOW_ID_LENGTH:
             return skip(f"workflow id would be longer than {MAX_WORKFLOW_ID_LENGTH} characters")
         customer = masked_customer(customer_from_traits(record.customer_id, traits))
-        decided = decide_at_entry(plan, customer, _event_message(record), now=utcnow())
-        return _Entry(
-            compiled=compiled,
-            key=key,
-            workflow_id=workflow_id,
-            customer=customer,
-            decided=decided,
-        )
+        return _Entry(compiled=compiled, key=key, workflow_id=workflow_id, customer=customer)
 
     async def _start(
         self, client: Client, record: EventRecord, entry: _Entry, result: RouteResult
@@ -646,12 +641,12 @@ class EventRouter:
                 )
             ]
             active = self._refresh_active(connection)
-            decided = [
+            candidates = [
                 self._decide_entry(record, compiled, traits)
                 for compiled in active
                 if compiled.plan.entry.event == record.name
             ]
-            entries = [entry for entry in decided if isinstance(entry, _Entry)]
+            entries = [entry for entry in candidates if isinstance(entry, _Entry)]
             history = self._entry_history(connection, record, entries) if entries else {}
         return RoutingInputs(
             message_id=record.message_id,
@@ -659,7 +654,7 @@ class EventRouter:
                 self._reentry_checked(record, entry, history)
                 if isinstance(entry, _Entry)
                 else entry
-                for entry in decided
+                for entry in candidates
             ],
             open_runs=open_runs,
         )
@@ -720,11 +715,15 @@ class EventRouter:
     def _reentry_checked(
         record: EventRecord, entry: _Entry, history: _EntryHistory
     ) -> _Entry | SkippedStart:
-        """``entry``, or why `reentry` (checked against the runs table) does not let it in."""
+        """``entry`` with its first walk decided (only now: most events a journey does not let
+        in again should cost no walk), or why `reentry` (checked against the runs table)
+        does not let it in."""
         plan = entry.compiled.plan
         blocked = _reentry_blocked(plan, history.get((plan.journey_id, entry.key)))
         if blocked is None:
-            return entry
+            trigger = _event_message(record)
+            walked = decide_at_entry(plan, entry.customer, trigger, now=utcnow())
+            return dataclasses.replace(entry, decided=walked)
         return SkippedStart(
             journey_id=plan.journey_id,
             message_id=record.message_id,
@@ -754,10 +753,6 @@ class EventRouter:
     ) -> None:
         # The workflow upserts the same row; whoever comes second leaves it alone.
         connection.execute(self._insert_runs, [_run_row(record, run) for run in started])
-
-    def _mark_routed(self, message_id: str) -> None:
-        with session_scope(self.db) as session:
-            session.connection().execute(_MARK_ROUTED, {"routed_message_id": message_id})
 
     def _pending_events(self, limit: int, min_age_seconds: float) -> list[EventRecord]:
         cutoff = utcnow() - timedelta(seconds=min_age_seconds)
