@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy engine rules workflows activities channels service models worker.py
+	$(BIN)/mypy engine rules workflows activities channels service risk_models runtime worker.py
 
 test: lint typecheck mlserver browser
 	$(BIN)/python -m pytest -q
@@ -48,7 +48,7 @@ $(CHROMIUM):
 # MLServer, the Open Inference Protocol server the model tests call, pins packages that
 # clash with ours: it gets its own venv (the tests build it too when it is missing).
 MLSERVER_VENV := .venv-mlserver
-MLSERVER_REQUIREMENTS := tests/models/mlserver-requirements.txt
+MLSERVER_REQUIREMENTS := tests/risk_models/mlserver-requirements.txt
 
 .PHONY: mlserver
 mlserver: $(MLSERVER_VENV)/.installed

@@ -31,7 +31,7 @@ from activities.reviews import ReviewActivities
 from activities.runs import RunActivities
 from engine.database import make_engine
 from engine.settings import RuntimeSettings
-from service.temporal_client import connect
+from runtime.temporal import connect
 from workflows.journey_run import JourneyRunWorkflow
 
 __all__ = ["build_worker", "main"]

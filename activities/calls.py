@@ -15,7 +15,7 @@ from temporalio.exceptions import ApplicationError
 
 from engine.environment import MissingVariableError, resolve_env
 from engine.errors import ErrorType
-from engine.messages import CallHttpInput, CallHttpResult
+from engine.payloads import CallHttpInput, CallHttpResult
 from rules import CompiledTemplate, RenderError, compile_template
 
 __all__ = ["call_http"]

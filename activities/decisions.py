@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 from temporalio import activity
 
 from engine.durations import parse_time_of_day
-from engine.messages import (
+from engine.payloads import (
     CustomerContext,
     DecideInput,
     DecideResult,

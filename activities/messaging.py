@@ -37,7 +37,7 @@ from channels.unsubscribe import make_unsubscribe_token, unsubscribe_url
 from engine.database import Delivery, OutboxMessage, Profile, session_scope, utcnow
 from engine.environment import MissingVariableError, resolve_env
 from engine.errors import ErrorType
-from engine.messages import (
+from engine.payloads import (
     SendMessageInput,
     SendMessageResult,
     delivered_record,

@@ -28,7 +28,7 @@ from channels.rendering import RenderedMessage
 from engine.database import OutboxMessage, ReviewTask, session_scope, utcnow
 from engine.environment import MissingVariableError, resolve_env
 from engine.errors import ErrorType
-from engine.messages import OpenReviewInput, ReviewTaskChange
+from engine.payloads import OpenReviewInput, ReviewTaskChange
 from rules import CompiledTemplate, RenderError, compile_template
 
 __all__ = ["ReviewActivities"]

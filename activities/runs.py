@@ -14,7 +14,7 @@ from temporalio.exceptions import ApplicationError
 from activities.decisions import bucket_of, decide
 from engine.database import Profile, Run, dialect_insert, session_scope, upsert_profile, utcnow
 from engine.errors import ErrorType
-from engine.messages import (
+from engine.payloads import (
     BeginRunInput,
     BeginRunResult,
     CustomerContext,

@@ -50,7 +50,7 @@ from activities.decisions import decide, evaluate_expressions
 from engine import spec
 from engine.durations import parse_duration
 from engine.environment import MissingVariableError, resolve_env
-from engine.messages import (
+from engine.payloads import (
     DecideInput,
     ScoreInput,
     ScoreResult,

@@ -38,7 +38,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.messaging import MessagingActivities
     from engine.database import make_engine
     from engine.errors import ErrorType
-    from engine.messages import (
+    from engine.payloads import (
         CustomerContext,
         EventMessage,
         ScoreInput,
@@ -47,7 +47,7 @@ with workflow.unsafe.imports_passed_through():
         SendMessageResult,
     )
     from engine.settings import RuntimeSettings
-    from service.temporal_client import connect
+    from runtime.temporal import connect
 
 __all__ = [
     "CHANNELS",
@@ -99,7 +99,7 @@ MODELS: dict[str, dict[str, Any]] = {
         "example": None,
         "version": None,
         "kind": "python",
-        "function": "models.default_risk:predict",
+        "function": "risk_models.default_risk:predict",
     },
 }
 CHANNELS: dict[str, dict[str, Any]] = {

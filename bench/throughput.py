@@ -4,7 +4,7 @@ Temporal workflows doing the same activities, on one tuned dev server.
 Run from the repository root: ``.venv/bin/python -m bench.throughput --events 200``.
 
 One run starts everything it needs on loopback and stops it at the end, every wait
-bounded: the Temporal dev server (`service.devserver.dev_server_command`, the tuned
+bounded: the Temporal dev server (`runtime.devserver.dev_server_command`, the tuned
 flags, state in a temporary directory), then, as subprocesses, the journeys worker
 (`worker.py`), the baseline worker (`python -m bench.baseline`) and the API (uvicorn, as
 `journeys up` runs it). This process only drives load and measures.
@@ -62,13 +62,13 @@ from engine.database import (
     session_scope,
     upsert_profile,
 )
-from engine.messages import WORKFLOW_NAME, EventMessage, JourneyRunInput, workflow_id_for
+from engine.payloads import WORKFLOW_NAME, EventMessage, JourneyRunInput, workflow_id_for
 from engine.plan import Plan
 from engine.settings import RuntimeSettings
-from service.cli import deploy_catalog
-from service.devserver import dev_server_command, wait_until_ready
-from service.supervisor import Supervisor, tail
-from service.temporal_client import connect
+from runtime.devserver import dev_server_command, wait_until_ready
+from runtime.temporal import connect
+from service.cli.main import deploy_catalog
+from service.cli.supervisor import Supervisor, tail
 
 __all__ = ["KINDS", "PATHS", "JourneyKind", "PhaseResult", "main", "run_benchmark"]
 
@@ -920,7 +920,7 @@ def run_benchmark(options: Options) -> dict[str, Any]:
                         "-m",
                         "uvicorn",
                         "--factory",
-                        "service.api:create_app",
+                        "service.api.app:create_app",
                         "--host",
                         "127.0.0.1",
                         "--port",

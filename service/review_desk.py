@@ -24,7 +24,7 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
 from engine.database import Delivery, OutboxMessage, ReviewAudit, ReviewTask, Run, session_scope
-from engine.messages import UPDATE_REVIEW, ReviewDecision, ReviewDecisionResult
+from engine.payloads import UPDATE_REVIEW, ReviewDecision, ReviewDecisionResult
 from service.users import Viewer
 
 __all__ = [

@@ -8,7 +8,7 @@ marked routed only when all of that succeeded, so `route_pending` can finish the
 later (Temporal down, process killed): nothing accepted is lost.
 
 Lives here: routing decisions and the Temporal calls they make. Not here: HTTP (see
-`service.api`), the database schema (`engine.database`), the run itself (`workflows/`).
+`service.api.app`), the database schema (`engine.database`), the run itself (`workflows/`).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from engine.database import (
     upsert_profile,
     utcnow,
 )
-from engine.messages import (
+from engine.payloads import (
     SIGNAL_EVENT,
     WORKFLOW_NAME,
     CustomerContext,

@@ -2,7 +2,7 @@
 
 Lives here: password hashing and verification, one-time passwords, the role permission
 table. Not here: the table itself (`engine.database.User`), sessions and CSRF
-(`service.console_auth`). A password is never logged or stored in clear.
+(`service.console.auth`). A password is never logged or stored in clear.
 """
 
 from __future__ import annotations

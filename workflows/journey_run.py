@@ -27,7 +27,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from engine import plan as p
     from engine.errors import ErrorType
-    from engine.messages import (
+    from engine.payloads import (
         QUERY_STATE,
         SIGNAL_EVENT,
         UPDATE_REVIEW,

@@ -33,7 +33,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from engine.database import make_engine
-from engine.messages import (
+from engine.payloads import (
     QUERY_STATE,
     SEARCH_ATTRIBUTES,
     SIGNAL_EVENT,
@@ -42,7 +42,7 @@ from engine.messages import (
     JourneyRunInput,
 )
 from engine.settings import RuntimeSettings
-from service.api import create_app
+from service.api.app import create_app
 
 API_KEY = "test-key-not-a-secret"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

@@ -29,8 +29,8 @@ from engine.database import (
     session_scope,
     utcnow,
 )
-from service.api import create_app
-from service.auth import ApiKeys
+from service.api.app import create_app
+from service.api.auth import ApiKeys
 from tests.api.conftest import API_KEY, AUTH, RunningApi, api_settings, eventually, running_api
 from tests.database import deploy
 

@@ -24,7 +24,7 @@ from schemathesis.schemas import BaseSchema
 from temporalio.testing import WorkflowEnvironment
 
 from engine.database import make_engine
-from service.api import create_app
+from service.api.app import create_app
 from tests.api.conftest import AUTH, api_settings, fresh_database_url
 from tests.api.test_events_api import JOURNEYS
 from tests.database import deploy

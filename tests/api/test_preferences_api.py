@@ -24,7 +24,7 @@ from engine.database import (
     upsert_profile,
     utcnow,
 )
-from service.api import create_app
+from service.api.app import create_app
 from tests.api.conftest import AUTH, RunningApi, api_settings, running_api
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -24,9 +24,9 @@ from sqlmodel import select
 from temporalio.client import Client, WorkflowHandle
 
 from engine.database import ReviewAudit, ReviewTask, session_scope, upsert_profile
-from engine.messages import WORKFLOW_NAME, EventMessage, JourneyRunInput, RunState
+from engine.payloads import WORKFLOW_NAME, EventMessage, JourneyRunInput, RunState
 from engine.plan import Plan
-from service.api import create_app
+from service.api.app import create_app
 from service.users import add_user, change_password, check_password
 from tests.api.conftest import AUTH, RunningApi, api_settings, running_api
 from tests.database import deploy
@@ -44,7 +44,7 @@ events:
   payment_failed: {amount: number}
 channels: {sms: "${JOURNEYS_SMS_URL}"}
 models:
-  default_risk: {kind: python, function: "models.default_risk:predict", fallback: 0.5}
+  default_risk: {kind: python, function: "risk_models.default_risk:predict", fallback: 0.5}
 templates:
   offer: {sms: "We can move your due date."}
 journeys:

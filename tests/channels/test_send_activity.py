@@ -13,7 +13,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.messaging import MessagingActivities
 from engine.database import Delivery, session_scope, upsert_profile
-from engine.messages import SendMessageInput
+from engine.payloads import SendMessageInput
 from tests.database import fresh_engine
 from tests.smtp_server import SmtpServer, free_port
 

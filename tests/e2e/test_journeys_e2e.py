@@ -19,7 +19,7 @@ import pytest
 from temporalio.client import Client
 
 from engine.catalog import build_catalog
-from engine.messages import workflow_id_for
+from engine.payloads import workflow_id_for
 from tests.e2e.conftest import (
     ROOT,
     JourneysStack,

@@ -1,5 +1,5 @@
 """The shipped ONNX risk model end to end: the repository's journeys.yaml deployed on the
-Temporal dev server, `python worker.py` scoring with models/default_risk.onnx (no model
+Temporal dev server, `python worker.py` scoring with risk_models/default_risk.onnx (no model
 server), and payment_recovery routing on the score: a high-risk customer to ops review,
 a low-risk one to the SMS grace offer. What a user sees is read from the API."""
 

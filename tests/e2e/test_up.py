@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.devserver import dev_server_ready
+from runtime.devserver import dev_server_ready
 
 pytestmark = pytest.mark.e2e
 

@@ -33,7 +33,7 @@ from activities.decisions import bucket_of, decide_at_entry
 from activities.runs import customer_from_traits, masked_customer
 from engine.catalog import build_catalog
 from engine.database import make_engine, session_scope, upsert_profile
-from engine.messages import (
+from engine.payloads import (
     WORKFLOW_NAME,
     CustomerContext,
     EventMessage,

@@ -16,7 +16,7 @@ channels:
   sms: "${JOURNEYS_SMS_URL}"
   email: "${JOURNEYS_EMAIL_URL}"
 models:
-  default_risk: {kind: python, function: "models.default_risk:predict", fallback: 0.5}
+  default_risk: {kind: python, function: "risk_models.default_risk:predict", fallback: 0.5}
 templates:
   offer:
     sms: "Hi {{ profile.first_name }}, {{ event.amount }}"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from engine.cli import app
+from service.cli.design import app
 from tests.unit.journey_docs import journey_doc, line_of
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -92,7 +92,7 @@ def test_every_step_type_compiles_with_explicit_successors() -> None:
             "sms": "Hi {{ profile.first_name }}, {{ event.amount }}",
         }
     }
-    assert plan.models["default_risk"]["function"] == "models.default_risk:predict"
+    assert plan.models["default_risk"]["function"] == "risk_models.default_risk:predict"
     assert plan.events == {"payment_failed", "payment_received"}
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from activities.decisions import bucket_of, decide, decide_at_entry
 from engine import plan as p
-from engine.messages import CustomerContext, DecideInput, EventMessage, run_context
+from engine.payloads import CustomerContext, DecideInput, EventMessage, run_context
 from tests.unit.journey_docs import check, journey_doc
 
 STEPS = """

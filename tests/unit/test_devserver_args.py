@@ -20,15 +20,15 @@ import pytest
 from typer.testing import CliRunner
 
 from engine.database import Run, make_engine, session_scope
-from engine.messages import SEARCH_ATTRIBUTES
-from service.cli import app, load_or_create_api_key
-from service.devserver import (
+from engine.payloads import SEARCH_ATTRIBUTES
+from runtime.devserver import (
     DevServerNotFound,
     dev_server_command,
     temporal_binary,
     wait_until_ready,
 )
-from service.supervisor import ChildExited, Supervisor
+from service.cli.main import app, load_or_create_api_key
+from service.cli.supervisor import ChildExited, Supervisor
 from tests.unit.journey_docs import journey_doc
 
 runner = CliRunner()

@@ -11,7 +11,7 @@ from sqlmodel import select
 from typer.testing import CliRunner
 
 from engine.database import ApiKey, User, check_api_key, make_engine, session_scope
-from service.cli import app
+from service.cli.main import app
 from service.users import check_password
 
 runner = CliRunner()

@@ -24,7 +24,7 @@ from temporalio.worker import Worker
 
 from engine.catalog import build_catalog_from_text
 from engine.database import session_scope, upsert_profile
-from engine.messages import (
+from engine.payloads import (
     QUERY_STATE,
     SEARCH_ATTRIBUTES,
     WORKFLOW_NAME,

@@ -19,7 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.decisions import bucket_of
 from engine.database import OutboxMessage, Profile, ReviewTask, Run
-from engine.messages import PathEntry, ReviewDecision, RunState
+from engine.payloads import PathEntry, ReviewDecision, RunState
 from tests.http_endpoint import running_endpoint
 from tests.workflows.conftest import StartRun, compile_plan, send_event, set_profile, steps_of
 
@@ -31,7 +31,7 @@ events:
   payment_received: {amount: number}
 channels: {sms: "${JOURNEYS_SMS_URL}", email: "${JOURNEYS_EMAIL_URL}", push: "${JOURNEYS_PUSH_URL}"}
 models:
-  default_risk: {kind: python, function: "models.default_risk:predict", fallback: 0.5}
+  default_risk: {kind: python, function: "risk_models.default_risk:predict", fallback: 0.5}
   broken: {kind: python, function: "tests.workflows.models:explode", fallback: 0.9}
 templates:
   offer: {sms: "Hi {{ profile.first_name }}, pay {{ trigger.properties.amount }}", push: "Pay {{ trigger.properties.amount }}"}

@@ -18,7 +18,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from engine.database import Delivery, Suppression
 from engine.settings import RuntimeSettings
-from service.api import create_app
+from service.api.app import create_app
 from tests.database import database_url
 from tests.history_text import history_text
 from tests.smtp_server import SMTP_PASSWORD, SmtpServer, free_port

@@ -15,7 +15,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from engine.database import EventRecord, Run, session_scope
-from engine.messages import RunState
+from engine.payloads import RunState
 from service.router import EventRouter, RouteResult
 from tests.database import deploy
 from tests.workflows.test_journey_run import doc

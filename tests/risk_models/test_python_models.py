@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from activities.scoring import score_with_model
-from models.default_risk import predict
+from risk_models.default_risk import predict
 
 HIGH_RISK = {"amount": 900000, "days_past_due": 30, "failed_payments_90d": 3, "tenure_months": 12}
 
@@ -19,7 +19,7 @@ def python_model(function: str, **extra: Any) -> dict[str, Any]:
 
 async def test_demo_python_model_scores_the_features_it_is_given() -> None:
     result = await score_with_model(
-        "default_risk", python_model("models.default_risk:predict", range=[0, 1]), HIGH_RISK
+        "default_risk", python_model("risk_models.default_risk:predict", range=[0, 1]), HIGH_RISK
     )
     assert result.fallback_used is False and result.error is None
     assert result.score == predict(HIGH_RISK)
@@ -90,7 +90,7 @@ async def test_a_bad_feature_value_is_named_and_the_model_is_not_called(
 
 
 async def test_a_feature_the_model_does_not_declare_is_refused() -> None:
-    declaration = python_model("models.default_risk:predict", features=["amount"])
+    declaration = python_model("risk_models.default_risk:predict", features=["amount"])
     result = await score_with_model("risk", declaration, {"amount": 1, "tenure": 3})
     assert result.fallback_used is True
     assert result.error == "the model takes no feature 'tenure' (it takes amount)"

@@ -1,4 +1,4 @@
-"""Fixtures of the model tests: the local model services (tests/models/servers.py) and,
+"""Fixtures of the model tests: the local model services (tests/risk_models/servers.py) and,
 for the workflow-level test, the time-skipping Temporal fixtures of tests/workflows."""
 
 from __future__ import annotations

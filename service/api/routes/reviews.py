@@ -17,8 +17,8 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, sta
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.database import ReviewTask
-from service.auth import ApiCaller, api_keys, unauthorized
-from service.console_auth import basic_user, client_address
+from service.api.auth import ApiCaller, api_keys, unauthorized
+from service.console.auth import basic_user, client_address
 from service.review_desk import (
     MAX_NOTE_LENGTH,
     ReviewRefused,

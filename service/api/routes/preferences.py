@@ -37,7 +37,7 @@ from channels import policies
 from channels.unsubscribe import SECRET_KEY_ENV, read_unsubscribe_token
 from engine.database import Delivery, OutboxMessage, Profile, session_scope
 from engine.settings import RuntimeSettings
-from service.auth import require_api_key
+from service.api.auth import require_api_key
 
 __all__ = [
     "SMS_START_KEYWORDS",

@@ -1,4 +1,4 @@
-"""Trains the demo default-risk model and writes it as ONNX (`models/default_risk.onnx`).
+"""Trains the demo default-risk model and writes it as ONNX (`risk_models/default_risk.onnx`).
 
 The data are SYNTHETIC: payments generated here from a fixed seed, labelled by a known
 logistic rule (bigger, later, repeatedly failing payments from newer customers default
@@ -6,8 +6,8 @@ more often). Nothing here is real customer data, and the model is only fit to sh
 `score` step working; it must not make real credit decisions. The run is deterministic:
 the same seed gives the same data, the same coefficients and the same scores.
 
-    .venv/bin/python models/train_default_risk.py            # writes models/default_risk.onnx
-    .venv/bin/python models/train_default_risk.py --out x.onnx
+    .venv/bin/python risk_models/train_default_risk.py            # writes risk_models/default_risk.onnx
+    .venv/bin/python risk_models/train_default_risk.py --out x.onnx
 
 The model is a scikit-learn pipeline (standard scaling, then logistic regression) exported
 with skl2onnx: one float input per feature, named like the features the catalogue's
@@ -112,7 +112,7 @@ def export_onnx(model: Any) -> bytes:
         target_opset={"": 17, "ai.onnx.ml": 3},
     )
     converted.doc_string = (
-        "Demo default-risk model trained on SYNTHETIC data by models/train_default_risk.py "
+        "Demo default-risk model trained on SYNTHETIC data by risk_models/train_default_risk.py "
         f"(seed {SEED}); not for real decisions."
     )
     for key, value in (("training_data", "synthetic"), ("seed", str(SEED))):

@@ -17,7 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.decisions import bucket_of
 from engine.catalog import build_catalog
 from engine.database import OutboxMessage, ReviewTask
-from engine.messages import RunState
+from engine.payloads import RunState
 from engine.plan import Plan
 from tests.models.servers import ModelService
 from tests.workflows.conftest import StartRun, compile_plan, send_event, set_profile, steps_of

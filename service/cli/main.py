@@ -1,8 +1,8 @@
-"""The full `journeys` command: the design-time commands of `engine.cli` plus the runtime
+"""The full `journeys` command: the design-time commands of `service.cli.design` plus the runtime
 ones: `up` (the whole system on this machine), `deploy`, and the API's thin clients
 `emit`, `identify` and `runs`.
 
-Exit codes follow `engine.cli`: 0 fine, 1 the journeys file has errors or the API refused
+Exit codes follow `service.cli.design`: 0 fine, 1 the journeys file has errors or the API refused
 the request, 2 bad usage or the API cannot be reached. Secrets (the API key) travel in the
 environment and the key file, never on a command line or in a log.
 """
@@ -30,7 +30,6 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
 from engine.catalog import Catalog, build_catalog
-from engine.cli import app
 from engine.database import (
     Run,
     activate_plan,
@@ -40,10 +39,11 @@ from engine.database import (
     session_scope,
 )
 from engine.settings import RuntimeSettings
-from service.devserver import DevServerNotFound, dev_server_command, dev_server_ready
-from service.models_cli import app as models_app
-from service.supervisor import ChildExited, ShutdownRequested, Supervisor
-from service.users_cli import apikey_app, user_app
+from runtime.devserver import DevServerNotFound, dev_server_command, dev_server_ready
+from service.cli.design import app
+from service.cli.risk_models import app as models_app
+from service.cli.supervisor import ChildExited, ShutdownRequested, Supervisor
+from service.cli.users import apikey_app, user_app
 
 __all__ = ["DeployLine", "app", "deploy_catalog", "load_or_create_api_key", "main"]
 
@@ -345,7 +345,7 @@ def up(
                     "-m",
                     "uvicorn",
                     "--factory",
-                    "service.api:create_app",
+                    "service.api.app:create_app",
                     "--host",
                     "127.0.0.1",
                     "--port",

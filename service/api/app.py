@@ -1,13 +1,13 @@
 """The HTTP API: event ingestion (Segment's shapes), runs, journeys and health.
 
-`create_app` builds the FastAPI app (``uvicorn service.api:create_app --factory``). On
+`create_app` builds the FastAPI app (``uvicorn service.api.app:create_app --factory``). On
 start it opens the database, seeds ``JOURNEYS_API_KEY``, connects to Temporal (retrying in
 the background while it is unreachable: events are still accepted and stored) and runs a
 loop that routes events accepted while Temporal was away.
 
 Lives here: request and response models, input limits, the endpoints and the app's
 lifecycle. Not here: routing decisions (`service.router`), authentication
-(`service.auth`), the database models (`engine.database`). Nothing here logs an API key
+(`service.api.auth`), the database models (`engine.database`). Nothing here logs an API key
 or an Authorization header.
 """
 
@@ -65,16 +65,16 @@ from engine.database import (
     session_scope,
     utcnow,
 )
-from engine.messages import QUERY_STATE
+from engine.payloads import QUERY_STATE
 from engine.plan import Plan
 from engine.settings import RuntimeSettings
-from service.auth import api_keys, require_api_key, unauthorized
-from service.console import router as console_router
-from service.console_auth import SessionKeys
-from service.preferences_api import router as preferences_router
-from service.reviews_api import router as reviews_router
+from runtime.temporal import connect
+from service.api.auth import api_keys, require_api_key, unauthorized
+from service.api.routes.preferences import router as preferences_router
+from service.api.routes.reviews import router as reviews_router
+from service.console.auth import SessionKeys
+from service.console.routes import router as console_router
 from service.router import EventRouter, RouteResult, RoutingInputs, SkippedStart
-from service.temporal_client import connect
 
 __all__ = [
     "MAX_BATCH_MESSAGES",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from service.cli import app
+from service.cli.main import app
 from tests.models.servers import ModelService
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,14 +42,14 @@ def test_each_failing_model_is_named_with_its_reason_and_the_exit_code_is_1(
 ) -> None:
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "risk.onnx").write_bytes(
-        (ROOT / "models/default_risk.onnx").read_bytes()
+        (ROOT / "risk_models/default_risk.onnx").read_bytes()
     )
     file = write(
         tmp_path,
         """
         good:
           kind: python
-          function: models.default_risk:predict
+          function: risk_models.default_risk:predict
           fallback: 0.5
           example: {amount: 900000, days_past_due: 30, failed_payments_90d: 3}
         buggy:
@@ -59,11 +59,11 @@ def test_each_failing_model_is_named_with_its_reason_and_the_exit_code_is_1(
           example: {amount: 1}
         no_example:
           kind: python
-          function: models.default_risk:predict
+          function: risk_models.default_risk:predict
           fallback: 0.5
         wrong_inputs:
           kind: onnx
-          path: models/risk.onnx
+          path: risk_models/risk.onnx
           fallback: 0.5
           example: {amount: 1}
         """,

@@ -63,7 +63,7 @@ def test_the_shipped_catalogue_declares_an_onnx_demo_model_and_validates_clean()
     assert model.kind == "onnx" and model.fallback == 0.5 and model.range == (0, 1)
     assert model.features == ["amount", "days_past_due", "failed_payments_90d", "tenure_months"]
     assert catalog.plans["payment_recovery"].models["default_risk"]["path"] == (
-        "models/default_risk.onnx"
+        "risk_models/default_risk.onnx"
     )
 
 
@@ -171,12 +171,12 @@ def test_a_token_from_the_environment_is_fine() -> None:
     ("model", "needle", "message"),
     [
         (
-            "{kind: python, function: 'models.default_risk:predict', fallback: 1.5, range: [0, 1]}",
+            "{kind: python, function: 'risk_models.default_risk:predict', fallback: 1.5, range: [0, 1]}",
             "kind: python",
             "model 'risk': fallback 1.5 is outside its range [0, 1]",
         ),
         (
-            "{kind: python, function: 'models.default_risk:predict', fallback: 0.5, range: [1, 0]}",
+            "{kind: python, function: 'risk_models.default_risk:predict', fallback: 0.5, range: [1, 0]}",
             "kind: python",
             "model 'risk': range [1, 0] is empty",
         ),
@@ -199,7 +199,7 @@ def test_scores_and_time_budget_are_checked(model: str, needle: str, message: st
 def test_a_step_must_give_every_feature_its_model_declares() -> None:
     text = document("""
         kind: python
-        function: models.default_risk:predict
+        function: risk_models.default_risk:predict
         features: [amount, days_past_due, tenure_months]
         fallback: 0.5
     """)
@@ -216,7 +216,7 @@ def test_a_step_feature_the_model_does_not_take_is_named_with_a_suggestion() -> 
     text = document(
         """
         kind: python
-        function: models.default_risk:predict
+        function: risk_models.default_risk:predict
         features: [amount, days_past_due]
         fallback: 0.5
         """,
@@ -234,7 +234,7 @@ def test_a_step_feature_the_model_does_not_take_is_named_with_a_suggestion() -> 
 def test_an_example_must_match_the_declared_features_and_be_numbers() -> None:
     text = document("""
         kind: python
-        function: models.default_risk:predict
+        function: risk_models.default_risk:predict
         features: [amount, days_past_due]
         fallback: 0.5
         example: {amount: "a lot", days_past_du: 3}
@@ -248,7 +248,7 @@ def test_an_example_must_match_the_declared_features_and_be_numbers() -> None:
 
 def test_a_journey_may_read_why_its_model_fell_back() -> None:
     text = document(
-        "{kind: python, function: 'models.default_risk:predict', fallback: 0.5}",
+        "{kind: python, function: 'risk_models.default_risk:predict', fallback: 0.5}",
         STEP.replace("scores.risk.fallback_used", "scores.risk.error != None"),
     )
     assert errors(text) == []
@@ -257,7 +257,7 @@ def test_a_journey_may_read_why_its_model_fell_back() -> None:
 def test_an_unknown_model_key_suggests_the_right_one() -> None:
     text = document("""
         kind: onnx
-        path: models/default_risk.onnx
+        path: risk_models/default_risk.onnx
         ouput: probabilities
         fallback: 0.5
     """)

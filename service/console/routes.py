@@ -7,7 +7,7 @@ page needs a session; every POST needs the session's CSRF token. Light JS only (
 a rejection's note, disable buttons once clicked); everything works without it.
 
 Not here: the rules of claiming and deciding (`service.review_desk`), sessions and CSRF
-(`service.console_auth`), passwords and roles (`service.users`). No channel URL, API key
+(`service.console.auth`), passwords and roles (`service.users`). No channel URL, API key
 or customer address in clear reaches a page: addresses are masked.
 """
 
@@ -27,7 +27,7 @@ from sqlmodel import col, select
 
 from activities.runs import is_address_trait, mask_address
 from engine.database import Delivery, OutboxMessage, Profile, ReviewTask, Run, session_scope
-from service.console_auth import SessionKeys, client_address
+from service.console.auth import SessionKeys, client_address
 from service.review_desk import (
     ReviewRefused,
     TaskFilter,

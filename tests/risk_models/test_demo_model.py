@@ -1,6 +1,6 @@
-"""The shipped demo model (models/default_risk.onnx), called the way the catalogue calls it:
+"""The shipped demo model (risk_models/default_risk.onnx), called the way the catalogue calls it:
 it routes high-risk customers above the journey's 0.7 line and low-risk ones below, and
-models/train_default_risk.py retrains it reproducibly from its synthetic data."""
+risk_models/train_default_risk.py retrains it reproducibly from its synthetic data."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from activities.scoring import score_with_model
-from models.train_default_risk import ROUTING_EXAMPLES, main
+from risk_models.train_default_risk import ROUTING_EXAMPLES, main
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "models" / "default_risk.onnx"

@@ -5,7 +5,7 @@
   NaN, text, a bearer-token check, a first-call 503, and a reply that never comes in time.
   It records every request it received, so tests see what was sent.
 - `MLServer`: MLServer with its scikit-learn runtime, in its own venv (`.venv-mlserver/`,
-  from tests/models/mlserver-requirements.txt; built here on first use, the way
+  from tests/risk_models/mlserver-requirements.txt; built here on first use, the way
   `make mlserver` builds it), serving a logistic regression trained in that venv.
 
 Every wait is bounded and every process started here is stopped.

@@ -7,7 +7,7 @@ the history processors' poll rate raised so a workflow task does not wait ~100 m
 turn. Our search attributes are registered at every start; the server accepts that on an
 existing database file, so restarting on the same state directory is safe.
 
-Nothing here starts or stops processes (that is `service.supervisor`).
+Nothing here starts or stops processes (that is `service.cli.supervisor`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
 
-from engine.messages import SEARCH_ATTRIBUTES
+from engine.payloads import SEARCH_ATTRIBUTES
 
 __all__ = [
     "DEV_SERVER_DYNAMIC_CONFIG",

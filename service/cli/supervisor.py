@@ -6,7 +6,7 @@ output appended to `<state>/logs/<name>.log`. On Linux each child also gets SIGT
 we die without cleaning up. If a child exits while it should be running, the supervisor
 says which, shows the end of its log and stops the rest.
 
-Every wait here is bounded. Nothing here knows what the children are; `service.cli` does.
+Every wait here is bounded. Nothing here knows what the children are; `service.cli.main` does.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""The ops console: server-rendered pages (`routes`), sign-in and sessions (`auth`)."""
