@@ -5,9 +5,11 @@ allow-list, None-tolerant semantics, size caps) and ``compile_template`` ->
 ``CompiledTemplate.render`` (Jinja2 sandbox, StrictUndefined, fixed filter list).
 Compile-time problems raise ``ExpressionError``/``TemplateError`` (with a column or line
 and a hint); run-time problems raise only ``EvaluationError``/``RenderError``.
-Nothing here caches compiled objects globally; callers keep them in their plans.
+``cached_expression``/``cached_template`` (``rules.cache``) are the one per-process compile
+cache that run-time code uses.
 """
 
+from .cache import cached_expression, cached_template
 from .expressions import (
     CONTEXT_NAMES,
     EvaluationError,
@@ -29,6 +31,8 @@ __all__ = [
     "ExpressionError",
     "RenderError",
     "TemplateError",
+    "cached_expression",
+    "cached_template",
     "compile_expression",
     "compile_template",
 ]
