@@ -37,9 +37,9 @@ from engine.plan import (
     SplitPlan,
     bucket_salt,
     decidable,
-    decided_next,
     walks_from,
 )
+from engine.successors import taken
 from rules import EvaluationError, Expression, ExpressionError, compile_expression
 
 __all__ = [
@@ -175,7 +175,7 @@ def decide(request: DecideInput) -> DecideResult:
                 context["vars" if scope == "vars" else "profile"][name] = value
             decision = _decision(step.id, step.type, evaluated)
         result.decisions.append(decision)
-        step_id = decided_next(step, first_true=decision.first_true, bucket=decision.bucket)
+        step_id = taken(step, rule=decision.first_true, arm=decision.bucket)
     result.stop = step_id
     stop = request.steps.get(step_id) if step_id is not None else None
     if stop is not None and not isinstance(stop, BranchPlan | SplitPlan | SetPlan):

@@ -94,9 +94,8 @@ def _compile_step(step: spec.Step, following: str | None, document: spec.Documen
     if isinstance(step, spec.WaitStep):
         wait = step.wait
         if isinstance(wait, spec.WaitEvent):
-            return p.WaitPlan(
+            return p.EventWaitPlan(
                 id=step.id,
-                mode="event",
                 event=wait.event,
                 when=wait.when,
                 within_seconds=parse_duration(wait.within) if wait.within else None,
@@ -104,8 +103,8 @@ def _compile_step(step: spec.Step, following: str | None, document: spec.Documen
                 next=nxt,
             )
         if isinstance(wait, spec.WaitUntil):
-            return p.WaitPlan(id=step.id, mode="until", until=wait.until, next=nxt)
-        return p.WaitPlan(id=step.id, mode="timer", seconds=parse_duration(wait), next=nxt)
+            return p.UntilWaitPlan(id=step.id, until=wait.until, next=nxt)
+        return p.TimerWaitPlan(id=step.id, seconds=parse_duration(wait), next=nxt)
     if isinstance(step, spec.BranchStep):
         return p.BranchPlan(
             id=step.id,

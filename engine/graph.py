@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from html import escape
+from typing import assert_never
 
 from engine import plan as p
+from engine.durations import format_duration
+from engine.successors import Successor, successors
 
 __all__ = ["Edge", "edges_of", "to_mermaid", "to_svg"]
 
@@ -24,81 +27,78 @@ class Edge:
 
 
 def _label(step: p.PlanStep) -> str:
-    if isinstance(step, p.SendPlan):
-        return f"send {step.template} via {' / '.join(step.channels)}"
-    if isinstance(step, p.WaitPlan):
-        if step.mode == "timer":
-            from engine.durations import format_duration
-
-            return f"wait {format_duration(step.seconds or 0)}"
-        if step.mode == "until":
+    match step:
+        case p.SendPlan():
+            return f"send {step.template} via {' / '.join(step.channels)}"
+        case p.TimerWaitPlan():
+            return f"wait {format_duration(step.seconds)}"
+        case p.UntilWaitPlan():
             return f"wait until {step.until} local"
-        return f"wait for {step.event}"
-    if isinstance(step, p.BranchPlan):
-        return "branch"
-    if isinstance(step, p.SplitPlan):
-        return "split " + " / ".join(f"{a.name} {a.weight:g}%" for a in step.arms)
-    if isinstance(step, p.ScorePlan):
-        return f"score {step.model}"
+        case p.EventWaitPlan():
+            return f"wait for {step.event}"
+        case p.BranchPlan():
+            return "branch"
+        case p.SplitPlan():
+            return "split " + " / ".join(f"{a.name} {a.weight:g}%" for a in step.arms)
+        case p.ScorePlan():
+            return f"score {step.model}"
+        case p.ReviewPlan():
+            return f"review in {step.queue}"
+        case p.SetPlan():
+            return "set " + ", ".join(step.assignments)
+        case p.CallPlan():
+            return f"call {step.method}"
+        case p.ExitPlan():
+            return f"exit: {step.outcome}"
+        case _:
+            assert_never(step)
+
+
+def _edge_label(step: p.PlanStep, way: Successor) -> str:
+    """How the map names a way out of ``step`` (`engine.successors` says where it leads)."""
+    match way.kind:
+        case "rule":
+            assert isinstance(step, p.BranchPlan) and way.index is not None
+            return step.rules[way.index].when
+        case "arm":
+            assert isinstance(step, p.SplitPlan) and way.index is not None
+            arm = step.arms[way.index]
+            return f"{arm.name} {arm.weight:g}%"
+        case "decision":
+            return way.name or ""
+        case "timeout":
+            return _timeout_label(step)
+        case "else" | "received" | "failure":
+            return {"else": "else", "received": "received", "failure": "failed"}[way.kind]
+        case "next":
+            return ""
+        case _:
+            assert_never(way.kind)
+
+
+def _timeout_label(step: p.PlanStep) -> str:
     if isinstance(step, p.ReviewPlan):
-        return f"review in {step.queue}"
-    if isinstance(step, p.SetPlan):
-        return "set " + ", ".join(step.assignments)
-    if isinstance(step, p.CallPlan):
-        return f"call {step.method}"
-    return f"exit: {step.outcome}"
+        return f"no decision in {format_duration(step.sla_seconds or 0)}"
+    if isinstance(step, p.EventWaitPlan):
+        return f"not within {format_duration(step.within_seconds or 0)}"
+    return "timed out"
 
 
 def edges_of(plan: p.Plan) -> list[Edge]:
-    """Every transition of the plan; a run that falls off the end goes to ``END``."""
-    from engine.durations import format_duration
-
+    """Every transition of the plan; a run that falls off the end goes to ``END``. An
+    event wait whose timeout goes where the event would is one edge."""
     edges: list[Edge] = []
     for step in plan.steps.values():
-        if isinstance(step, p.BranchPlan):
-            edges.extend(Edge(step.id, r.goto, r.when) for r in step.rules)
-            edges.append(Edge(step.id, step.otherwise or END, "else"))
-        elif isinstance(step, p.SplitPlan):
-            edges.extend(Edge(step.id, a.goto, f"{a.name} {a.weight:g}%") for a in step.arms)
-        elif isinstance(step, p.ReviewPlan):
-            edges.extend(
-                Edge(step.id, target, decision) for decision, target in step.decisions.items()
-            )
-            if step.on_timeout:
-                edges.append(
-                    Edge(
-                        step.id,
-                        step.on_timeout,
-                        f"no decision in {format_duration(step.sla_seconds or 0)}",
-                    )
-                )
-        elif isinstance(step, p.ExitPlan):
+        ways = successors(step)
+        merged = isinstance(step, p.EventWaitPlan) and len(ways) == 2
+        if merged and ways[0].target == ways[1].target:
+            edges.append(Edge(step.id, ways[0].target or END, "received or timed out"))
             continue
-        else:
-            label = "received" if isinstance(step, p.WaitPlan) and step.mode == "event" else ""
-            edges.append(Edge(step.id, step.next or END, label))
-            if (
-                isinstance(step, p.WaitPlan)
-                and step.mode == "event"
-                and step.on_timeout
-                and step.on_timeout != step.next
-            ):
-                edges.append(
-                    Edge(
-                        step.id,
-                        step.on_timeout,
-                        f"not within {format_duration(step.within_seconds or 0)}",
-                    )
-                )
-            elif (
-                isinstance(step, p.WaitPlan)
-                and step.mode == "event"
-                and step.within_seconds
-                and step.on_timeout == step.next
-            ):
-                edges[-1] = Edge(step.id, step.next or END, "received or timed out")
-            if isinstance(step, p.SendPlan | p.CallPlan) and step.on_failure:
-                edges.append(Edge(step.id, step.on_failure, "failed"))
+        edges.extend(
+            Edge(step.id, way.target or END, _edge_label(step, way))
+            for way in ways
+            if way.kind != "timeout" or way.target is not None
+        )
     return edges
 
 

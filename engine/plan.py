@@ -18,6 +18,7 @@ __all__ = [
     "BranchRulePlan",
     "CallPlan",
     "ChannelPlan",
+    "EventWaitPlan",
     "ExitPlan",
     "FrequencyCapPlan",
     "Plan",
@@ -32,9 +33,10 @@ __all__ = [
     "SetPlan",
     "SplitArm",
     "SplitPlan",
+    "TimerWaitPlan",
+    "UntilWaitPlan",
     "WaitPlan",
     "decidable",
-    "decided_next",
 ]
 
 
@@ -98,18 +100,39 @@ class SendPlan(_PlanStep):
     next: str | None
 
 
-class WaitPlan(_PlanStep):
-    """`mode` is `timer` (seconds), `until` (local HH:MM) or `event` (within, when)."""
+class TimerWaitPlan(_PlanStep):
+    """`wait: 3d`: a durable timer of ``seconds``."""
 
     type: Literal["wait"] = "wait"
-    mode: Literal["timer", "until", "event"]
-    seconds: int | None = None
-    until: str | None = None
-    event: str | None = None
+    mode: Literal["timer"] = "timer"
+    seconds: int
+    next: str | None
+
+
+class UntilWaitPlan(_PlanStep):
+    """`wait: {until: "09:00"}`: the next time the customer's local clock shows ``until``."""
+
+    type: Literal["wait"] = "wait"
+    mode: Literal["until"] = "until"
+    until: str
+    next: str | None
+
+
+class EventWaitPlan(_PlanStep):
+    """`wait: {event: ..., within: ..., when: ...}`: the first matching event, or a timeout
+    after ``within_seconds`` (then ``on_timeout``; None: the run ends)."""
+
+    type: Literal["wait"] = "wait"
+    mode: Literal["event"] = "event"
+    event: str
     within_seconds: int | None = None
     when: str | None = None
     on_timeout: str | None = None
     next: str | None
+
+
+WaitPlan = Annotated[TimerWaitPlan | UntilWaitPlan | EventWaitPlan, Field(discriminator="mode")]
+"""One model per kind of wait, told apart by ``mode``."""
 
 
 class BranchRulePlan(_Frozen):
@@ -215,7 +238,7 @@ class Plan(_Frozen):
     def events(self) -> frozenset[str]:
         """Every event name this plan starts on, waits for or exits on."""
         names = {self.entry.event, *(e.event for e in self.exit_on)}
-        names.update(s.event for s in self.steps.values() if isinstance(s, WaitPlan) and s.event)
+        names.update(s.event for s in self.steps.values() if isinstance(s, EventWaitPlan))
         return frozenset(names)
 
 
@@ -243,15 +266,3 @@ def walks_from(step: PlanStep) -> bool:
     if step.type in PURE_STEPS:
         return True
     return isinstance(step, CallPlan) and step.json_body is not None
-
-
-def decided_next(
-    step: BranchPlan | SplitPlan | SetPlan, *, first_true: int | None, bucket: int | None
-) -> str | None:
-    """The step after a decided pure step: the branch rule taken (``first_true``, None for
-    ``else``), the split arm (``bucket``), or a set step's next."""
-    if isinstance(step, BranchPlan):
-        return step.rules[first_true].goto if first_true is not None else step.otherwise
-    if isinstance(step, SplitPlan):
-        return step.arms[bucket or 0].goto
-    return step.next

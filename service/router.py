@@ -60,7 +60,7 @@ from engine.payloads import (
     JourneyRunInput,
     workflow_id_for,
 )
-from engine.plan import Plan, WaitPlan
+from engine.plan import EventWaitPlan, Plan
 from rules import EvaluationError, Expression, ExpressionError, compile_expression
 
 __all__ = [
@@ -189,9 +189,7 @@ def _compile_plan(plan: Plan) -> _CompiledPlan:
     # Runs hear the events they wait for or exit on; their own entry event only when it
     # is also one of those (a signal costs the run a workflow task).
     listens_to = {exit_rule.event for exit_rule in plan.exit_on}
-    listens_to.update(
-        step.event for step in plan.steps.values() if isinstance(step, WaitPlan) and step.event
-    )
+    listens_to.update(step.event for step in plan.steps.values() if isinstance(step, EventWaitPlan))
     try:
         when = compile_expression(plan.entry.when) if plan.entry.when else None
         key = compile_expression(plan.entry.key) if plan.entry.key else None

@@ -27,6 +27,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from engine import plan as p
     from engine.errors import ErrorType
+    from engine.successors import taken
     from engine.payloads import (
         QUERY_STATE,
         SIGNAL_EVENT,
@@ -462,55 +463,64 @@ class JourneyRunWorkflow:
         return step.next
 
     async def _wait(self, step: p.WaitPlan) -> str | None:
-        if step.mode == "timer":
-            wake = workflow.now() + timedelta(seconds=step.seconds or 0)
-            self._path(step.id, step.type, outcome="waiting", detail={"until": wake.isoformat()})
-            await self._sleep_until(wake, waiting_for=f"timer until {wake.isoformat()}")
-            await self._load_profile()
-            return step.next
-        if step.mode == "until":
-            local = await self._local_time(
-                LocalTimeInput(now=workflow.now(), timezone=self._timezone(), until=step.until)
-            )
-            wake = local.fire_at or workflow.now()
-            self._path(
-                step.id,
-                step.type,
-                outcome="waiting",
-                detail={"until": wake.isoformat(), "local": local.local},
-            )
-            await self._sleep_until(wake, waiting_for=f"local time {step.until} ({local.local})")
-            await self._load_profile()
-            return step.next
-        if step.mode == "event":
-            timeout_at = (
-                workflow.now() + timedelta(seconds=step.within_seconds)
-                if step.within_seconds
-                else None
-            )
-            self._path(
-                step.id,
-                step.type,
-                outcome="waiting",
-                detail={
-                    "event": step.event,
-                    "until": timeout_at.isoformat() if timeout_at else None,
-                },
-            )
-            event = await self._await_event(step, timeout_at)
-            await self._load_profile()
-            if event is None:
-                self._path(step.id, step.type, outcome="timed_out")
-                return step.on_timeout or step.next
-            self.event = event
-            self._path(
-                step.id,
-                step.type,
-                outcome="received",
-                detail={"event": event.name, "message_id": event.message_id},
-            )
-            return step.next
-        assert_never(step.mode)
+        match step:
+            case p.TimerWaitPlan():
+                return await self._wait_timer(step)
+            case p.UntilWaitPlan():
+                return await self._wait_until(step)
+            case p.EventWaitPlan():
+                return await self._wait_event(step)
+            case _:
+                assert_never(step)
+
+    async def _wait_timer(self, step: p.TimerWaitPlan) -> str | None:
+        wake = workflow.now() + timedelta(seconds=step.seconds)
+        self._path(step.id, step.type, outcome="waiting", detail={"until": wake.isoformat()})
+        await self._sleep_until(wake, waiting_for=f"timer until {wake.isoformat()}")
+        await self._load_profile()
+        return step.next
+
+    async def _wait_until(self, step: p.UntilWaitPlan) -> str | None:
+        local = await self._local_time(
+            LocalTimeInput(now=workflow.now(), timezone=self._timezone(), until=step.until)
+        )
+        wake = local.fire_at or workflow.now()
+        self._path(
+            step.id,
+            step.type,
+            outcome="waiting",
+            detail={"until": wake.isoformat(), "local": local.local},
+        )
+        await self._sleep_until(wake, waiting_for=f"local time {step.until} ({local.local})")
+        await self._load_profile()
+        return step.next
+
+    async def _wait_event(self, step: p.EventWaitPlan) -> str | None:
+        timeout_at = (
+            workflow.now() + timedelta(seconds=step.within_seconds) if step.within_seconds else None
+        )
+        self._path(
+            step.id,
+            step.type,
+            outcome="waiting",
+            detail={
+                "event": step.event,
+                "until": timeout_at.isoformat() if timeout_at else None,
+            },
+        )
+        event = await self._await_event(step, timeout_at)
+        await self._load_profile()
+        if event is None:
+            self._path(step.id, step.type, outcome="timed_out")
+            return step.on_timeout or step.next
+        self.event = event
+        self._path(
+            step.id,
+            step.type,
+            outcome="received",
+            detail={"event": event.name, "message_id": event.message_id},
+        )
+        return step.next
 
     async def _branch(self, step: p.BranchPlan) -> str | None:
         result = await self._evaluate(
@@ -891,7 +901,7 @@ class JourneyRunWorkflow:
                 arm = step.arms[decision.bucket or 0]
                 self._path(step.id, step.type, outcome=arm.name, detail={"arm": arm.name})
             elif isinstance(step, p.BranchPlan):
-                target = p.decided_next(step, first_true=decision.first_true, bucket=None)
+                target = taken(step, rule=decision.first_true, arm=None)
                 detail: dict[str, Any] = {
                     "rule": decision.first_true,
                     "reads": decision.reads,
@@ -987,10 +997,9 @@ class JourneyRunWorkflow:
         )
 
     async def _await_event(
-        self, step: p.WaitPlan, timeout_at: datetime | None
+        self, step: p.EventWaitPlan, timeout_at: datetime | None
     ) -> EventMessage | None:
         """The first event called ``step.event`` (already queued or arriving) whose `when` holds."""
-        assert step.event is not None
         name = step.event
         while True:
             while (index := self._queued(name)) is not None:

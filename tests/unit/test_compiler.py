@@ -76,7 +76,7 @@ def test_every_step_type_compiles_with_explicit_successors() -> None:
         isinstance(offer, p.SendPlan) and offer.next == "ab" and offer.channels == ("sms", "email")
     )
     pay = plan.steps["pay"]
-    assert isinstance(pay, p.WaitPlan)
+    assert isinstance(pay, p.EventWaitPlan)
     assert (pay.mode, pay.within_seconds, pay.next, pay.on_timeout) == (
         "event",
         259200,
@@ -99,7 +99,7 @@ def test_every_step_type_compiles_with_explicit_successors() -> None:
 def test_last_step_falls_through_to_completion() -> None:
     plan = check(journey_doc("- {id: only, wait: 1h}")).plans["j"]
     only = plan.steps["only"]
-    assert isinstance(only, p.WaitPlan) and only.next is None and only.seconds == 3600
+    assert isinstance(only, p.TimerWaitPlan) and only.next is None and only.seconds == 3600
 
 
 def test_a_channel_url_with_credentials_in_the_file_is_refused() -> None:
