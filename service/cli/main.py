@@ -19,25 +19,15 @@ import socket
 import sys
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import httpx
 import typer
-import yaml
-from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, func, select
 
 from engine.catalog import Catalog, build_catalog
-from engine.database import (
-    Run,
-    activate_plan,
-    active_plans,
-    create_api_key,
-    make_engine,
-    session_scope,
-)
+from engine.database import create_api_key, make_engine, session_scope
+from engine.deploy import DeployLine, deploy_catalog
 from engine.settings import RuntimeSettings
 from runtime.devserver import DevServerNotFound, dev_server_command, dev_server_ready
 from service.cli.design import app
@@ -45,7 +35,7 @@ from service.cli.risk_models import app as models_app
 from service.cli.supervisor import ChildExited, ShutdownRequested, Supervisor
 from service.cli.users import apikey_app, user_app
 
-__all__ = ["DeployLine", "app", "deploy_catalog", "load_or_create_api_key", "main"]
+__all__ = ["app", "load_or_create_api_key", "main"]
 
 CODE_ROOT = Path(__file__).resolve().parent.parent
 API_KEY_FILE = "api_key"
@@ -53,88 +43,6 @@ DEFAULT_STATE_DIR = Path("state")
 
 
 # ----------------------------------------------------------------------------- deploy
-
-
-@dataclass(frozen=True)
-class DeployLine:
-    """What deploying did to one journey."""
-
-    journey_id: str
-    status: Literal["new", "unchanged", "retired"]
-    version: str | None
-    previous: str | None = None
-    runs_staying: int = 0
-
-    def format(self) -> str:
-        if self.status == "unchanged":
-            return f"{self.journey_id}: unchanged (version {self.version})"
-        if self.status == "retired":
-            return (
-                f"{self.journey_id}: retired (was {self.previous}, no longer in the file), "
-                f"{self.runs_staying} runs stay on {self.previous}"
-            )
-        if self.previous is None:
-            return f"{self.journey_id}: new version {self.version}"
-        return (
-            f"{self.journey_id}: new version {self.version} (was {self.previous}), "
-            f"{self.runs_staying} runs stay on {self.previous}"
-        )
-
-
-def _running_on(session: Session, journey_id: str, version: str) -> int:
-    statement = (
-        select(func.count())
-        .select_from(Run)
-        .where(
-            col(Run.journey_id) == journey_id,
-            col(Run.version) == version,
-            col(Run.status) == "running",
-        )
-    )
-    return int(session.exec(statement).one())
-
-
-def _journey_yaml(catalog: Catalog, journey_id: str, fallback: str) -> str:
-    """The journey's own section of the document as YAML (what an auditor reads back)."""
-    journeys = catalog.checked.loaded.data.get("journeys")
-    if isinstance(journeys, list):
-        for journey in journeys:
-            if isinstance(journey, dict) and journey.get("id") == journey_id:
-                return yaml.safe_dump(journey, sort_keys=False, allow_unicode=True)
-    return fallback
-
-
-def deploy_catalog(catalog: Catalog, *, engine: Engine, source_text: str) -> list[DeployLine]:
-    """Store and activate every plan of a valid ``catalog``, in one transaction.
-
-    Runs in flight keep their version; journeys no longer in the file stop taking new
-    entrants (their runs in flight carry on).
-    """
-    if not catalog.ok:
-        raise ValueError("only a valid catalogue can be deployed")
-    lines: list[DeployLine] = []
-    with session_scope(engine) as session:
-        for journey_id, plan in catalog.plans.items():
-            status, previous = activate_plan(
-                session,
-                journey_id=journey_id,
-                version=plan.version,
-                plan_json=plan.model_dump_json(),
-                source_yaml=_journey_yaml(catalog, journey_id, source_text),
-            )
-            if status == "unchanged":
-                lines.append(DeployLine(journey_id, "unchanged", plan.version))
-                continue
-            staying = _running_on(session, journey_id, previous) if previous else 0
-            lines.append(DeployLine(journey_id, "new", plan.version, previous, staying))
-        for stale in active_plans(session):
-            if stale.journey_id in catalog.plans:
-                continue
-            stale.active = False
-            session.add(stale)
-            staying = _running_on(session, stale.journey_id, stale.version)
-            lines.append(DeployLine(stale.journey_id, "retired", None, stale.version, staying))
-    return lines
 
 
 def _echo_violations(catalog: Catalog, file: Path) -> None:
