@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from engine.settings import RuntimeSettings, SettingsError
+from service.cli.main import app
 
 VARIABLES = (
     "JOURNEYS_STATE_DIR",
@@ -163,3 +165,17 @@ def test_fields_given_by_name_win_over_the_environment(monkeypatch: pytest.Monke
     monkeypatch.setenv("TEMPORAL_TASK_QUEUE", "from-env")
     settings = RuntimeSettings(task_queue="given", database_url="sqlite://")
     assert (settings.task_queue, settings.database_url) == ("given", "sqlite://")
+
+
+def test_the_cli_prints_a_bad_setting_without_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JOURNEYS_WORKFLOW_SANDBOX", "maybe")
+    monkeypatch.setenv("JOURNEYS_STATE_DIR", str(tmp_path))
+
+    result = CliRunner().invoke(app, ["db", "current"])
+
+    assert result.exit_code == 2, result.output
+    assert "JOURNEYS_WORKFLOW_SANDBOX" in result.output
+    assert "Traceback" not in result.output
+    assert not isinstance(result.exception, SettingsError)
