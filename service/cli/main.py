@@ -41,7 +41,7 @@ from service.cli.users import apikey_app, user_app
 
 __all__ = ["app", "load_or_create_api_key", "main"]
 
-CODE_ROOT = Path(__file__).resolve().parent.parent
+CODE_ROOT = Path(__file__).resolve().parents[2]  # the repo (or install) root: worker.py
 API_KEY_FILE = "api_key"
 DEFAULT_STATE_DIR = Path("state")
 
