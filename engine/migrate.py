@@ -14,6 +14,7 @@ the repo root is for developers writing revisions). The revisions live in
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,8 @@ _FIRST_LATE_INDEXES = {
     "ix_runs_customer_status": ("runs", ("customer_id", "status")),
     "ix_runs_customer_entry": ("runs", ("customer_id", "journey_id", "key")),
 }
+
+_IN_PROCESS = threading.Lock()
 
 # pg_advisory_xact_lock's key: "journeys" in ASCII, one lock per database.
 _PG_LOCK_KEY = 0x6A6F75726E657973
@@ -144,7 +147,9 @@ def upgrade(engine: Engine) -> Upgrade:
     Raises `DatabaseAhead` (and changes nothing) when the database is newer than the code.
     """
     head = head_revision()
-    with engine.connect() as connection:
+    # Alembic's `context` and `op` are module-level proxies: one command at a time per
+    # process. The database's lock below orders processes.
+    with _IN_PROCESS, engine.connect() as connection:
         _lock(connection)
         before = MigrationContext.configure(connection).get_current_revision()
         if before is not None and not known_revision(before):

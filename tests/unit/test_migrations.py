@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from engine.migrate import (
 from service.cli.main import app
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _postgresql_url() -> str | None:
@@ -242,27 +245,33 @@ def test_journeys_db_current_does_not_create_a_missing_sqlite_file(
 
 
 def test_starts_racing_on_one_fresh_database_migrate_it_once(empty_url: str) -> None:
-    engines = [create_engine(empty_url) for _ in range(4)]
-    start = threading.Barrier(len(engines))
-    befores: list[str | None] = []
-    errors: list[BaseException] = []
+    """Four processes start at once on an empty database: one migrates, three find it done."""
+    script = (
+        "import sys, time\n"
+        "from sqlalchemy import create_engine\n"
+        "from engine.migrate import upgrade\n"
+        "engine = create_engine(sys.argv[1])\n"
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+        "print(upgrade(engine).before)\n"
+    )
+    at = time.time() + 3.0  # after every process has imported what it needs
+    starts = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, empty_url, str(at)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outcomes = [start.communicate(timeout=120) for start in starts]
 
-    def start_up(engine: Engine) -> None:
-        start.wait()
-        try:
-            befores.append(upgrade(engine).before)
-        except BaseException as error:  # collected: the assertion below shows it
-            errors.append(error)
-
-    threads = [threading.Thread(target=start_up, args=(engine,)) for engine in engines]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    assert [start.returncode for start in starts] == [0] * 4, outcomes
+    befores = sorted(out.strip() for out, _ in outcomes)
+    assert befores == [head_revision()] * 3 + ["None"]
+    engine = create_engine(empty_url)
     try:
-        assert errors == []
-        assert sorted(befores, key=str) == [head_revision()] * 3 + [None]
-        assert _schema_diff(engines[0]) == []
+        assert _schema_diff(engine) == []
     finally:
-        for engine in engines:
-            engine.dispose()
+        engine.dispose()
