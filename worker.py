@@ -2,7 +2,8 @@
 
 `python worker.py` works on its own; configure it with the environment (see
 engine/settings.py): TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TLS or TEMPORAL_API_KEY,
-DATABASE_URL. Run as many as you like against one Temporal cluster and database.
+DATABASE_URL. Run as many as you like against one Temporal cluster and database; each
+migrates the database's schema on start (under a lock: one does it, the others wait).
 This is the one place that wires the activities to their database and settings.
 """
 
@@ -30,7 +31,8 @@ from activities.messaging import MessagingActivities
 from activities.reviews import ReviewActivities
 from activities.runs import RunActivities
 from engine.database import make_engine
-from engine.settings import RuntimeSettings
+from engine.migrate import DatabaseAhead, PartialSchema
+from engine.settings import RuntimeSettings, SettingsError
 from runtime.temporal import connect
 from workflows.journey_run import JourneyRunWorkflow
 
@@ -121,16 +123,29 @@ def cache_workflow_bytecode() -> None:
         log.info("workflow bytecode not cached (%s): each new run compiles it", error)
 
 
+def open_database(settings: RuntimeSettings) -> Engine:
+    """The app database with its schema migrated to this code's head (`engine.migrate`)."""
+    if settings.database_url.startswith("sqlite"):
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+    return make_engine(settings.database_url)
+
+
 async def main() -> None:
-    """Connect, run until SIGINT/SIGTERM, then drain and stop."""
+    """Connect, run until SIGINT/SIGTERM, then drain and stop.
+
+    A bad setting, or a database a newer release migrated, stops the worker at once with
+    the reason logged (exit code 2), before it polls for any work.
+    """
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     cache_workflow_bytecode()
-    settings = RuntimeSettings.from_env()
-    if settings.database_url.startswith("sqlite"):
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-    db = make_engine(settings.database_url)
+    try:
+        settings = RuntimeSettings.from_env()
+        db = open_database(settings)
+    except (SettingsError, DatabaseAhead, PartialSchema) as error:
+        log.error("worker not started: %s", error)
+        raise SystemExit(2) from None
     client = await connect(settings)
     worker = build_worker(
         client,

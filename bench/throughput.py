@@ -62,12 +62,12 @@ from engine.database import (
     session_scope,
     upsert_profile,
 )
+from engine.deploy import deploy_catalog
 from engine.payloads import WORKFLOW_NAME, EventMessage, JourneyRunInput, workflow_id_for
 from engine.plan import Plan
 from engine.settings import RuntimeSettings
 from runtime.devserver import dev_server_command, wait_until_ready
 from runtime.temporal import connect
-from service.cli.main import deploy_catalog
 from service.cli.supervisor import Supervisor, tail
 
 __all__ = ["KINDS", "PATHS", "JourneyKind", "PhaseResult", "main", "run_benchmark"]

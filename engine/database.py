@@ -1,10 +1,12 @@
 """The database models (SQLModel) and the keyword-only functions that read and write them.
 
 SQLite by default (a file under the state directory), PostgreSQL when `DATABASE_URL` says
-so; the schema is created on start. Tables: plan versions (immutable, with their YAML),
-events (deduplicated by message id), profiles, runs, the outbox, review tasks, deliveries,
-consent and caps, API keys, console users and the review audit trail. Nothing here
-knows Temporal; workflows never import this module (activities and the API do).
+so. Tables: plan versions (immutable, with their YAML), events (deduplicated by message
+id), profiles, runs, the outbox, review tasks, deliveries, consent and caps, API keys,
+console users and the review audit trail. `make_engine` brings the schema to head through
+the migrations (`engine.migrate`, `engine/migrations/`): a change to a table here needs a
+new revision there. Nothing here knows Temporal; workflows never import this module
+(activities and the API do).
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ __all__ = [
     "check_api_key",
     "check_api_key_digest",
     "create_api_key",
-    "create_schema",
     "dialect_insert",
+    "engine_for",
     "get_profile",
     "make_engine",
     "open_runs_for",
@@ -302,35 +304,39 @@ class ReviewAudit(SQLModel, table=True):
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url`` with the schema created; SQLite gets WAL and a busy timeout."""
-    if url.startswith("sqlite"):
-        kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
-        if url in ("sqlite://", "sqlite:///:memory:"):
-            kwargs["poolclass"] = StaticPool
-        engine = create_engine(url, **kwargs)
+    """An engine for ``url``, its schema brought to the code's head revision by
+    `engine.migrate.upgrade` (created on an empty database). What every start uses.
 
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
+    Raises `engine.migrate.DatabaseAhead` on a database a newer release migrated."""
+    from engine.migrate import upgrade  # the migrations import this module's tables
 
-    else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-    create_schema(engine)
+    engine = engine_for(url)
+    try:
+        upgrade(engine)
+    except BaseException:
+        engine.dispose()
+        raise
     return engine
 
 
-def create_schema(engine: Engine) -> None:
-    """Create what is missing: tables, and the indexes of tables that already exist (an
-    index added in a later release is created on the next start; `create_all` alone makes
-    indexes only with their table). Nothing is altered or dropped."""
-    SQLModel.metadata.create_all(engine)
-    for table in SQLModel.metadata.sorted_tables:
-        for index in table.indexes:
-            index.create(engine, checkfirst=True)
+def engine_for(url: str) -> Engine:
+    """An engine for ``url``, the schema untouched; SQLite gets WAL and a busy timeout."""
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+    if url in ("sqlite://", "sqlite:///:memory:"):
+        kwargs["poolclass"] = StaticPool
+    engine = create_engine(url, **kwargs)
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
 
 
 @contextmanager

@@ -1,5 +1,9 @@
-"""Runtime settings, read from the environment (the twelve-factor way), with the defaults
-of the embedded single-machine setup that `journeys up` runs.
+"""Runtime settings, read from the environment (the twelve-factor way) by pydantic-settings,
+with the defaults of the embedded single-machine setup that `journeys up` runs.
+
+An empty variable counts as unset. A value that does not validate raises `SettingsError`,
+whose message names the variable (and never shows a secret's value). Only settings live
+here; what reads them (the CLI, the worker, the API) decides what to do with them.
 
 | variable | default | what |
 |---|---|---|
@@ -16,67 +20,91 @@ of the embedded single-machine setup that `journeys up` runs.
 | `JOURNEYS_TEMPORAL_UI` | `http://127.0.0.1:8233` | links to runs in Temporal's Web UI |
 | `JOURNEYS_SECRET_KEY` | unset (`journeys up` generates one) | signs unsubscribe links; the same in every worker and API |
 | `JOURNEYS_PUBLIC_URL` | `JOURNEYS_API_URL` | the API's address as customers' mail clients reach it (unsubscribe links) |
-| `JOURNEYS_WORKFLOW_SANDBOX` | `0` | `1` runs the interpreter in Temporal's workflow sandbox (slower; the tests always do) |
+| `JOURNEYS_WORKFLOW_SANDBOX` | `0` | `1` (or `true`, `yes`, `on`) runs the interpreter in Temporal's workflow sandbox (slower; the tests always do) |
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-__all__ = ["RuntimeSettings"]
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["RuntimeSettings", "SettingsError"]
+
+_SECRETS = ("TEMPORAL_API_KEY", "JOURNEYS_API_KEY", "JOURNEYS_SECRET_KEY")
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else default
+class SettingsError(ValueError):
+    """The environment holds a value a setting cannot take; the message names each variable."""
 
 
-@dataclass(frozen=True)
-class RuntimeSettings:
-    """Where everything is; build with `RuntimeSettings.from_env()`."""
+def _variable(name: str, default: Any = None, *, secret: bool = False) -> Any:
+    return Field(default, validation_alias=name, repr=not secret, validate_default=True)
 
-    state_dir: Path = Path("state")
-    database_url: str = ""
-    temporal_address: str = "127.0.0.1:7233"
-    temporal_namespace: str = "default"
-    temporal_tls_cert: str | None = None
-    temporal_tls_key: str | None = None
-    temporal_tls_ca: str | None = None
-    temporal_api_key: str | None = field(default=None, repr=False)
-    task_queue: str = "journeys"
-    journeys_file: Path = Path("journeys.yaml")
-    api_url: str = "http://127.0.0.1:8000"
-    api_key: str | None = field(default=None, repr=False)
-    temporal_ui: str = "http://127.0.0.1:8233"
-    secret_key: str | None = field(default=None, repr=False)
-    public_url: str = "http://127.0.0.1:8000"
-    workflow_sandbox: bool = False
+
+class RuntimeSettings(BaseSettings):
+    """Where everything is; build with `RuntimeSettings.from_env()` (or by field name in
+    tests: given fields win over the environment)."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        populate_by_name=True,
+        case_sensitive=True,
+        env_ignore_empty=True,
+        extra="ignore",
+    )
+
+    state_dir: Path = _variable("JOURNEYS_STATE_DIR", Path("state"))
+    database_url: str = _variable("DATABASE_URL", "")
+    temporal_address: str = _variable("TEMPORAL_ADDRESS", "127.0.0.1:7233")
+    temporal_namespace: str = _variable("TEMPORAL_NAMESPACE", "default")
+    temporal_tls_cert: str | None = _variable("TEMPORAL_TLS_CERT")
+    temporal_tls_key: str | None = _variable("TEMPORAL_TLS_KEY")
+    temporal_tls_ca: str | None = _variable("TEMPORAL_TLS_CA")
+    temporal_api_key: str | None = _variable("TEMPORAL_API_KEY", secret=True)
+    task_queue: str = _variable("TEMPORAL_TASK_QUEUE", "journeys")
+    journeys_file: Path = _variable("JOURNEYS_FILE", Path("journeys.yaml"))
+    api_url: str = _variable("JOURNEYS_API_URL", "http://127.0.0.1:8000")
+    api_key: str | None = _variable("JOURNEYS_API_KEY", secret=True)
+    temporal_ui: str = _variable("JOURNEYS_TEMPORAL_UI", "http://127.0.0.1:8233")
+    secret_key: str | None = _variable("JOURNEYS_SECRET_KEY", secret=True)
+    public_url: str = _variable("JOURNEYS_PUBLIC_URL", "")
+    workflow_sandbox: bool = _variable("JOURNEYS_WORKFLOW_SANDBOX", False)
 
     @classmethod
     def from_env(cls) -> RuntimeSettings:
-        state = Path(_env("JOURNEYS_STATE_DIR", "state") or "state")
-        return cls(
-            state_dir=state,
-            database_url=_env("DATABASE_URL") or f"sqlite:///{(state / 'journeys.db').resolve()}",
-            temporal_address=_env("TEMPORAL_ADDRESS", "127.0.0.1:7233") or "",
-            temporal_namespace=_env("TEMPORAL_NAMESPACE", "default") or "",
-            temporal_tls_cert=_env("TEMPORAL_TLS_CERT"),
-            temporal_tls_key=_env("TEMPORAL_TLS_KEY"),
-            temporal_tls_ca=_env("TEMPORAL_TLS_CA"),
-            temporal_api_key=_env("TEMPORAL_API_KEY"),
-            task_queue=_env("TEMPORAL_TASK_QUEUE", "journeys") or "journeys",
-            journeys_file=Path(_env("JOURNEYS_FILE", "journeys.yaml") or "journeys.yaml"),
-            api_url=(_env("JOURNEYS_API_URL", "http://127.0.0.1:8000") or "").rstrip("/"),
-            api_key=_env("JOURNEYS_API_KEY"),
-            temporal_ui=(_env("JOURNEYS_TEMPORAL_UI", "http://127.0.0.1:8233") or "").rstrip("/"),
-            secret_key=_env("JOURNEYS_SECRET_KEY"),
-            public_url=(
-                _env("JOURNEYS_PUBLIC_URL")
-                or _env("JOURNEYS_API_URL", "http://127.0.0.1:8000")
-                or ""
-            ).rstrip("/"),
-            workflow_sandbox=(_env("JOURNEYS_WORKFLOW_SANDBOX", "0") or "0").lower()
-            in ("1", "true", "yes", "on"),
-        )
+        """The settings the environment gives; `SettingsError` naming each bad variable."""
+        try:
+            return cls()
+        except ValidationError as error:
+            raise SettingsError(_describe(error)) from None
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_in_state_dir(cls, value: str, info: ValidationInfo) -> str:
+        if value:
+            return value
+        state = info.data.get("state_dir", Path("state"))
+        return f"sqlite:///{(Path(state) / 'journeys.db').resolve()}"
+
+    @field_validator("api_url", "temporal_ui")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url_defaults_to_api_url(cls, value: str, info: ValidationInfo) -> str:
+        return (value or str(info.data.get("api_url", ""))).rstrip("/")
+
+
+def _describe(error: ValidationError) -> str:
+    """One line per bad variable: its name, what was wrong, and its value unless secret."""
+    lines = []
+    for problem in error.errors():
+        name = ".".join(str(part) for part in problem["loc"]) or "settings"
+        shown = "" if name in _SECRETS else f" (got {problem.get('input')!r})"
+        lines.append(f"{name}: {problem['msg']}{shown}")
+    return "invalid settings in the environment:\n  " + "\n  ".join(lines)

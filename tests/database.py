@@ -10,8 +10,8 @@ from sqlmodel import SQLModel
 
 from engine.catalog import build_catalog_from_text
 from engine.database import make_engine
+from engine.deploy import deploy_catalog
 from engine.plan import Plan
-from service.cli.main import deploy_catalog
 
 
 def database_url(tmp_path: Path) -> str:

@@ -1,6 +1,7 @@
 """The full `journeys` command: the design-time commands of `service.cli.design` plus the runtime
-ones: `up` (the whole system on this machine), `deploy`, and the API's thin clients
-`emit`, `identify` and `runs`.
+ones: `up` (the whole system on this machine), `deploy` (`engine.deploy` does the work),
+`db` (`service.cli.db`), `user`/`apikey`, `models`, and the API's thin clients `emit`,
+`identify` and `runs`.
 
 Exit codes follow `service.cli.design`: 0 fine, 1 the journeys file has errors or the API refused
 the request, 2 bad usage or the API cannot be reached. Secrets (the API key) travel in the
@@ -21,120 +22,31 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import httpx
 import typer
-import yaml
-from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, func, select
 
 from engine.catalog import Catalog, build_catalog
-from engine.database import (
-    Run,
-    activate_plan,
-    active_plans,
-    create_api_key,
-    make_engine,
-    session_scope,
-)
-from engine.settings import RuntimeSettings
+from engine.database import create_api_key, session_scope
+from engine.deploy import DeployLine, deploy_catalog
 from runtime.devserver import DevServerNotFound, dev_server_command, dev_server_ready
+from service.cli.db import app as db_app
+from service.cli.db import upgrade_database
 from service.cli.design import app
+from service.cli.environment import open_database, runtime_settings
 from service.cli.risk_models import app as models_app
 from service.cli.supervisor import ChildExited, ShutdownRequested, Supervisor
 from service.cli.users import apikey_app, user_app
 
-__all__ = ["DeployLine", "app", "deploy_catalog", "load_or_create_api_key", "main"]
+__all__ = ["app", "load_or_create_api_key", "main"]
 
-CODE_ROOT = Path(__file__).resolve().parent.parent
+CODE_ROOT = Path(__file__).resolve().parents[2]  # the repo (or install) root: worker.py
 API_KEY_FILE = "api_key"
 DEFAULT_STATE_DIR = Path("state")
 
 
 # ----------------------------------------------------------------------------- deploy
-
-
-@dataclass(frozen=True)
-class DeployLine:
-    """What deploying did to one journey."""
-
-    journey_id: str
-    status: Literal["new", "unchanged", "retired"]
-    version: str | None
-    previous: str | None = None
-    runs_staying: int = 0
-
-    def format(self) -> str:
-        if self.status == "unchanged":
-            return f"{self.journey_id}: unchanged (version {self.version})"
-        if self.status == "retired":
-            return (
-                f"{self.journey_id}: retired (was {self.previous}, no longer in the file), "
-                f"{self.runs_staying} runs stay on {self.previous}"
-            )
-        if self.previous is None:
-            return f"{self.journey_id}: new version {self.version}"
-        return (
-            f"{self.journey_id}: new version {self.version} (was {self.previous}), "
-            f"{self.runs_staying} runs stay on {self.previous}"
-        )
-
-
-def _running_on(session: Session, journey_id: str, version: str) -> int:
-    statement = (
-        select(func.count())
-        .select_from(Run)
-        .where(
-            col(Run.journey_id) == journey_id,
-            col(Run.version) == version,
-            col(Run.status) == "running",
-        )
-    )
-    return int(session.exec(statement).one())
-
-
-def _journey_yaml(catalog: Catalog, journey_id: str, fallback: str) -> str:
-    """The journey's own section of the document as YAML (what an auditor reads back)."""
-    journeys = catalog.checked.loaded.data.get("journeys")
-    if isinstance(journeys, list):
-        for journey in journeys:
-            if isinstance(journey, dict) and journey.get("id") == journey_id:
-                return yaml.safe_dump(journey, sort_keys=False, allow_unicode=True)
-    return fallback
-
-
-def deploy_catalog(catalog: Catalog, *, engine: Engine, source_text: str) -> list[DeployLine]:
-    """Store and activate every plan of a valid ``catalog``, in one transaction.
-
-    Runs in flight keep their version; journeys no longer in the file stop taking new
-    entrants (their runs in flight carry on).
-    """
-    if not catalog.ok:
-        raise ValueError("only a valid catalogue can be deployed")
-    lines: list[DeployLine] = []
-    with session_scope(engine) as session:
-        for journey_id, plan in catalog.plans.items():
-            status, previous = activate_plan(
-                session,
-                journey_id=journey_id,
-                version=plan.version,
-                plan_json=plan.model_dump_json(),
-                source_yaml=_journey_yaml(catalog, journey_id, source_text),
-            )
-            if status == "unchanged":
-                lines.append(DeployLine(journey_id, "unchanged", plan.version))
-                continue
-            staying = _running_on(session, journey_id, previous) if previous else 0
-            lines.append(DeployLine(journey_id, "new", plan.version, previous, staying))
-        for stale in active_plans(session):
-            if stale.journey_id in catalog.plans:
-                continue
-            stale.active = False
-            session.add(stale)
-            staying = _running_on(session, stale.journey_id, stale.version)
-            lines.append(DeployLine(stale.journey_id, "retired", None, stale.version, staying))
-    return lines
 
 
 def _echo_violations(catalog: Catalog, file: Path) -> None:
@@ -146,19 +58,18 @@ def _echo_violations(catalog: Catalog, file: Path) -> None:
         typer.echo(f"{file}: {count} error{'s' if count != 1 else ''}")
 
 
-def _sqlite_parent(url: str) -> None:
-    """Create the directory of a SQLite file URL (the state dir on a first run)."""
-    if url.startswith("sqlite:///") and url not in ("sqlite:///:memory:",):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+def _valid_catalog(file: Path, *, shown_as: Path | None = None) -> Catalog:
+    """The catalogue of ``file``; its violations printed, exit 1 when it has errors."""
+    catalog = build_catalog(file)
+    _echo_violations(catalog, shown_as or file)
+    if not catalog.ok:
+        raise typer.Exit(1)
+    return catalog
 
 
 def _deploy_file(file: Path, *, database_url: str) -> list[DeployLine]:
-    catalog = build_catalog(file)
-    _echo_violations(catalog, file)
-    if not catalog.ok:
-        raise typer.Exit(1)
-    _sqlite_parent(database_url)
-    engine = make_engine(database_url)
+    catalog = _valid_catalog(file)
+    engine = open_database(database_url)
     try:
         return deploy_catalog(catalog, engine=engine, source_text=file.read_text(encoding="utf-8"))
     finally:
@@ -170,7 +81,7 @@ def deploy(
     file: Annotated[Path, typer.Argument(help="The journeys file.")] = Path("journeys.yaml"),
 ) -> None:
     """Validate, then store and activate new journey versions (runs in flight keep theirs)."""
-    settings = RuntimeSettings.from_env()
+    settings = runtime_settings()
     for line in _deploy_file(file, database_url=settings.database_url):
         typer.echo(line.format())
 
@@ -214,32 +125,53 @@ def _port_in_use(port: int) -> bool:
     return False
 
 
-def _child_env(
-    *,
-    state_dir: Path,
-    database_url: str,
-    temporal_address: str,
-    api_url: str,
-    ui_url: str,
-    api_key: str,
-    secret_key: str,
-    journeys_file: Path,
-) -> dict[str, str]:
+@dataclass(frozen=True)
+class _Embedded:
+    """Where the pieces of `journeys up` live on this machine."""
+
+    state: Path
+    journeys_file: Path
+    port: int
+    temporal_port: int
+    ui_port: int
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite:///{self.state / 'journeys.db'}"
+
+    @property
+    def temporal_address(self) -> str:
+        return f"127.0.0.1:{self.temporal_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.ui_port}"
+
+    @property
+    def logs(self) -> Path:
+        return self.state / "logs"
+
+
+def _child_env(embedded: _Embedded, *, api_key: str, secret_key: str) -> dict[str, str]:
     env = dict(os.environ)
     # The embedded server speaks plain gRPC on loopback: drop any cluster credentials.
     for name in ("TEMPORAL_TLS_CERT", "TEMPORAL_TLS_KEY", "TEMPORAL_TLS_CA", "TEMPORAL_API_KEY"):
         env.pop(name, None)
     env.update(
-        JOURNEYS_STATE_DIR=str(state_dir),
-        DATABASE_URL=database_url,
-        TEMPORAL_ADDRESS=temporal_address,
+        JOURNEYS_STATE_DIR=str(embedded.state),
+        DATABASE_URL=embedded.database_url,
+        TEMPORAL_ADDRESS=embedded.temporal_address,
         TEMPORAL_NAMESPACE="default",
-        JOURNEYS_API_URL=api_url,
-        JOURNEYS_TEMPORAL_UI=ui_url,
+        JOURNEYS_API_URL=embedded.api_url,
+        JOURNEYS_TEMPORAL_UI=embedded.ui_url,
         JOURNEYS_API_KEY=api_key,
         JOURNEYS_SECRET_KEY=secret_key,
-        JOURNEYS_PUBLIC_URL=os.environ.get("JOURNEYS_PUBLIC_URL") or api_url,
-        JOURNEYS_FILE=str(journeys_file),
+        JOURNEYS_PUBLIC_URL=os.environ.get("JOURNEYS_PUBLIC_URL") or embedded.api_url,
+        JOURNEYS_FILE=str(embedded.journeys_file),
         PYTHONUNBUFFERED="1",
     )
     return env
@@ -267,6 +199,97 @@ def _example(*, api_url: str, state_dir: Path) -> str:
     )
 
 
+def _banner(embedded: _Embedded, *, api_key: str) -> str:
+    return "\n".join(
+        [
+            "",
+            "journeys is up",
+            f"  API          {embedded.api_url}",
+            f"  API key      {api_key}",
+            f"  console      {embedded.api_url}/console  (add a reviewer: journeys user add NAME --role ops)",
+            f"  Temporal UI  {embedded.ui_url}",
+            f"  logs         {embedded.logs}",
+            "  try:",
+            f"    {_example(api_url=embedded.api_url, state_dir=embedded.state)}",
+            "",
+            "Ctrl-C stops everything.",
+        ]
+    )
+
+
+def _check_ports(embedded: _Embedded) -> None:
+    ports = (embedded.port, embedded.temporal_port, embedded.ui_port)
+    busy = [p for p in dict.fromkeys(ports) if _port_in_use(p)]
+    if busy:
+        typer.echo(
+            f"port{'s' if len(busy) > 1 else ''} {', '.join(map(str, busy))} already in use "
+            "on 127.0.0.1 (is another `journeys up` running?): choose others with --port, "
+            "--temporal-port, --ui-port",
+            err=True,
+        )
+        raise typer.Exit(2)
+
+
+def _server_argv(embedded: _Embedded) -> list[str]:
+    try:
+        return dev_server_command(
+            state_dir=embedded.state, port=embedded.temporal_port, ui_port=embedded.ui_port
+        )
+    except DevServerNotFound as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+
+
+def _seed_api_key(database_url: str, api_key: str) -> None:
+    engine = open_database(database_url)
+    try:
+        with session_scope(engine) as session:
+            create_api_key(session, name="journeys up", key=api_key)
+    finally:
+        engine.dispose()
+
+
+def _start_all(
+    supervisor: Supervisor, embedded: _Embedded, *, server_argv: list[str], env: dict[str, str]
+) -> None:
+    """Temporal, then the catalogue deployed, then the worker and the API; wait for each."""
+    address = embedded.temporal_address
+    typer.echo(f"starting Temporal dev server on {address} (state in {embedded.state})")
+    supervisor.start("temporal", server_argv, env=env)
+    supervisor.wait_until(
+        "the Temporal dev server",
+        lambda: asyncio.run(dev_server_ready(address, timeout=3.0)),
+        timeout=120,
+    )
+    for line in _deploy_file(embedded.journeys_file, database_url=embedded.database_url):
+        typer.echo(f"deploy  {line.format()}")
+    _seed_api_key(embedded.database_url, env["JOURNEYS_API_KEY"])
+    supervisor.check()
+    supervisor.start("worker", [sys.executable, str(CODE_ROOT / "worker.py")], env=env)
+    api_argv = ["-m", "uvicorn", "--factory", "service.api.app:create_app"]
+    api_argv += ["--host", "127.0.0.1", "--port", str(embedded.port)]
+    supervisor.start("api", [sys.executable, *api_argv], env=env)
+    supervisor.wait_until("the API", lambda: _healthy(embedded.api_url), timeout=120)
+
+
+def _supervise(embedded: _Embedded, *, server_argv: list[str], env: dict[str, str]) -> int:
+    """Run everything until Ctrl-C (0) or until a child dies or does not come up (1)."""
+    with Supervisor(log_dir=embedded.logs) as supervisor:
+        try:
+            _start_all(supervisor, embedded, server_argv=server_argv, env=env)
+            typer.echo(_banner(embedded, api_key=env["JOURNEYS_API_KEY"]))
+            supervisor.run()
+        except ShutdownRequested:
+            pass
+        except ChildExited as exc:
+            supervisor.report(exc.child)
+            return 1
+        except TimeoutError as exc:
+            typer.echo(f"journeys up: {exc}; see the logs in {embedded.logs}", err=True)
+            return 1
+    return 0
+
+
 @app.command()
 def up(
     state_dir: Annotated[
@@ -282,104 +305,17 @@ def up(
     ),
 ) -> None:
     """Run everything on this machine: Temporal dev server, worker, API. Ctrl-C stops it."""
-    state = state_dir.resolve()
-    journeys_file = file.resolve()
-    catalog = build_catalog(journeys_file)
-    if not catalog.ok:
-        _echo_violations(catalog, file)
-        raise typer.Exit(1)
-    busy = [p for p in dict.fromkeys((port, temporal_port, ui_port)) if _port_in_use(p)]
-    if busy:
-        typer.echo(
-            f"port{'s' if len(busy) > 1 else ''} {', '.join(map(str, busy))} already in use "
-            "on 127.0.0.1 (is another `journeys up` running?): choose others with --port, "
-            "--temporal-port, --ui-port",
-            err=True,
-        )
-        raise typer.Exit(2)
-    try:
-        server_argv = dev_server_command(state_dir=state, port=temporal_port, ui_port=ui_port)
-    except DevServerNotFound as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from exc
-
-    (state / "logs").mkdir(parents=True, exist_ok=True)
-    api_key = os.environ.get("JOURNEYS_API_KEY") or load_or_create_api_key(state)
-    database_url = f"sqlite:///{state / 'journeys.db'}"
-    temporal_address = f"127.0.0.1:{temporal_port}"
-    api_url = f"http://127.0.0.1:{port}"
-    ui_url = f"http://127.0.0.1:{ui_port}"
-    env = _child_env(
-        state_dir=state,
-        database_url=database_url,
-        temporal_address=temporal_address,
-        api_url=api_url,
-        ui_url=ui_url,
-        api_key=api_key,
-        secret_key=os.environ.get("JOURNEYS_SECRET_KEY") or load_or_create_secret_key(state),
-        journeys_file=journeys_file,
-    )
-
-    exit_code = 0
-    with Supervisor(log_dir=state / "logs") as supervisor:
-        try:
-            typer.echo(f"starting Temporal dev server on {temporal_address} (state in {state})")
-            supervisor.start("temporal", server_argv, env=env)
-            supervisor.wait_until(
-                "the Temporal dev server",
-                lambda: asyncio.run(dev_server_ready(temporal_address, timeout=3.0)),
-                timeout=120,
-            )
-            for line in _deploy_file(journeys_file, database_url=database_url):
-                typer.echo(f"deploy  {line.format()}")
-            engine = make_engine(database_url)
-            with session_scope(engine) as session:
-                create_api_key(session, name="journeys up", key=api_key)
-            engine.dispose()
-            supervisor.check()
-            supervisor.start("worker", [sys.executable, str(CODE_ROOT / "worker.py")], env=env)
-            supervisor.start(
-                "api",
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "--factory",
-                    "service.api.app:create_app",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                ],
-                env=env,
-            )
-            supervisor.wait_until("the API", lambda: _healthy(api_url), timeout=120)
-            typer.echo(
-                "\n".join(
-                    [
-                        "",
-                        "journeys is up",
-                        f"  API          {api_url}",
-                        f"  API key      {api_key}",
-                        f"  console      {api_url}/console  (add a reviewer: journeys user add NAME --role ops)",
-                        f"  Temporal UI  {ui_url}",
-                        f"  logs         {state / 'logs'}",
-                        "  try:",
-                        f"    {_example(api_url=api_url, state_dir=state)}",
-                        "",
-                        "Ctrl-C stops everything.",
-                    ]
-                )
-            )
-            supervisor.run()
-        except ShutdownRequested:
-            pass
-        except ChildExited as exc:
-            supervisor.report(exc.child)
-            exit_code = 1
-        except TimeoutError as exc:
-            typer.echo(f"journeys up: {exc}; see the logs in {state / 'logs'}", err=True)
-            exit_code = 1
+    embedded = _Embedded(state_dir.resolve(), file.resolve(), port, temporal_port, ui_port)
+    _valid_catalog(embedded.journeys_file, shown_as=file)
+    _check_ports(embedded)
+    server_argv = _server_argv(embedded)
+    embedded.logs.mkdir(parents=True, exist_ok=True)
+    # Once, before any child starts: the worker and the API then find the schema at head.
+    typer.echo(f"database  {upgrade_database(embedded.database_url).format()}")
+    api_key = os.environ.get("JOURNEYS_API_KEY") or load_or_create_api_key(embedded.state)
+    secret_key = os.environ.get("JOURNEYS_SECRET_KEY") or load_or_create_secret_key(embedded.state)
+    env = _child_env(embedded, api_key=api_key, secret_key=secret_key)
+    exit_code = _supervise(embedded, server_argv=server_argv, env=env)
     typer.echo("stopped")
     raise typer.Exit(exit_code)
 
@@ -404,7 +340,7 @@ def _parse_pairs(pairs: Sequence[str], *, option: str) -> dict[str, Any]:
 
 
 def _client_settings() -> tuple[str, str | None]:
-    settings = RuntimeSettings.from_env()
+    settings = runtime_settings()
     key = settings.api_key
     if not key:
         with contextlib.suppress(OSError):
@@ -594,6 +530,7 @@ def runs(
 app.add_typer(models_app, name="models")
 app.add_typer(user_app, name="user")
 app.add_typer(apikey_app, name="apikey")
+app.add_typer(db_app, name="db")
 
 
 def main() -> None:

@@ -11,8 +11,8 @@ from typing import Annotated
 
 import typer
 
-from engine.database import ROLES, create_api_key, make_engine, session_scope
-from engine.settings import RuntimeSettings
+from engine.database import ROLES, create_api_key, session_scope
+from service.cli.environment import open_database, runtime_settings
 from service.users import UserError, add_user, list_users, reset_password
 
 __all__ = ["apikey_app", "user_app"]
@@ -24,10 +24,7 @@ apikey_app = typer.Typer(help="API keys for event sources (one per source).", no
 
 
 def _database_url() -> str:
-    settings = RuntimeSettings.from_env()
-    if settings.database_url.startswith("sqlite:///") and settings.state_dir:
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-    return settings.database_url
+    return runtime_settings().database_url
 
 
 @user_app.command("add")
@@ -36,7 +33,7 @@ def user_add(
     role: Annotated[str, typer.Option("--role", help=f"One of: {', '.join(ROLES)}.")],
 ) -> None:
     """Create a user and print their one-time password (they choose their own at first sign-in)."""
-    db = make_engine(_database_url())
+    db = open_database(_database_url())
     try:
         password = add_user(db, name=name, role=role)
     except UserError as error:
@@ -52,7 +49,7 @@ def user_add(
 @user_app.command("reset")
 def user_reset(name: Annotated[str, typer.Argument(help="The user's name.")]) -> None:
     """Give a user a new one-time password (signs them out everywhere)."""
-    db = make_engine(_database_url())
+    db = open_database(_database_url())
     try:
         password = reset_password(db, name=name)
     except UserError as error:
@@ -66,7 +63,7 @@ def user_reset(name: Annotated[str, typer.Argument(help="The user's name.")]) ->
 @user_app.command("list")
 def user_list() -> None:
     """Every user with their role."""
-    db = make_engine(_database_url())
+    db = open_database(_database_url())
     try:
         users = list_users(db)
     finally:
@@ -91,7 +88,7 @@ def apikey_add(
     if not 1 <= len(name) <= 100:
         typer.echo("error: the name needs 1 to 100 characters", err=True)
         raise typer.Exit(1)
-    db = make_engine(_database_url())
+    db = open_database(_database_url())
     try:
         with session_scope(db) as session:
             key = create_api_key(session, name=name)

@@ -4,7 +4,6 @@ gateway, and the outbox and delivery log with recipients masked."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -38,8 +37,8 @@ async def api(
     database_url: str, task_queue: str, temporal_client: Client
 ) -> AsyncIterator[RunningApi]:
     """The API with a secret key for unsubscribe links (the shared fixture has none)."""
-    settings = dataclasses.replace(
-        api_settings(database_url=database_url, task_queue=task_queue), secret_key=SECRET
+    settings = api_settings(database_url=database_url, task_queue=task_queue).model_copy(
+        update={"secret_key": SECRET}
     )
     async with running_api(create_app(settings, client=temporal_client)) as running:
         yield running

@@ -144,8 +144,8 @@ async def _desk(
         ("dee", "designer"),
     ):
         make_user(db, name, role)
-    settings = dataclasses.replace(
-        api_settings(database_url=database_url, task_queue=task_queue), secret_key=SECRET
+    settings = api_settings(database_url=database_url, task_queue=task_queue).model_copy(
+        update={"secret_key": SECRET}
     )
     async with (
         build_worker(temporal_client, db=db, task_queue=task_queue, workflow_sandbox=True),

@@ -1,5 +1,7 @@
 """`journeys up` as a user runs it: everything comes up on loopback, Ctrl-C stops every
-process it started, and a second start on the same state directory keeps the API key."""
+process it started, a second start on the same state directory keeps the API key, a
+database of the release before migrations is upgraded in place, and one a newer release
+migrated is refused before anything starts."""
 
 from __future__ import annotations
 
@@ -18,7 +20,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from alembic import command
+from sqlalchemy import create_engine, text
 
+from engine.migrate import FIRST_REVISION, head_revision, migration_config
 from runtime.devserver import dev_server_ready
 
 pytestmark = pytest.mark.e2e
@@ -158,6 +163,7 @@ def test_up_runs_everything_stops_on_ctrl_c_and_keeps_its_state(
     assert api_url == f"http://127.0.0.1:{ports['api']}"
     assert f"Temporal UI  http://127.0.0.1:{ports['ui']}" in first.output()
     assert "journeys emit payment_failed --customer c1" in first.output()
+    assert f"database schema upgraded from empty to {head_revision()}" in first.output()
     assert (state / "api_key").read_text().strip() == key
     assert (state / "api_key").stat().st_mode & 0o777 == 0o600
     health = httpx.get(f"{api_url}/healthz", timeout=10)
@@ -180,7 +186,79 @@ def test_up_runs_everything_stops_on_ctrl_c_and_keeps_its_state(
     second.wait_for(r"Ctrl-C stops everything", timeout=START_TIMEOUT)
     assert second.wait_for(r"API key\s+(\S+)", timeout=5).group(1) == key
     assert "unchanged (version" in second.output()
+    assert f"database schema at {head_revision()} (up to date)" in second.output()
     assert httpx.get(f"{api_url}/healthz", timeout=10).status_code == 200
     _stop(second, ports)
     assert second.process.returncode == 0, second.output()
+    assert not any(_listening(port) for port in ports.values())
+
+
+def _database_at_first_revision(state: Path, *, stamped: str | None) -> str:
+    """``state``/journeys.db with the first revision's tables and one running run; without
+    `alembic_version` (as the release before migrations left it) unless ``stamped``."""
+    state.mkdir(parents=True)
+    engine = create_engine(f"sqlite:///{state / 'journeys.db'}")
+    try:
+        with engine.connect() as connection:
+            command.upgrade(migration_config(connection), FIRST_REVISION)
+            connection.commit()
+        with engine.begin() as connection:
+            if stamped is None:
+                connection.execute(text("DROP TABLE alembic_version"))
+            else:
+                connection.execute(
+                    text("UPDATE alembic_version SET version_num = :v"), {"v": stamped}
+                )
+            connection.execute(
+                text(
+                    "INSERT INTO runs (run_id, workflow_id, journey_id, version, customer_id, "
+                    "status, holdout, path, started_at, updated_at) VALUES ('r-before', "
+                    "'journey/recover/c-before', 'recover', 'v0', 'c-before', 'running', 0, "
+                    "'[]', '2025-01-02 03:04:05+00:00', '2025-01-02 03:04:05+00:00')"
+                )
+            )
+    finally:
+        engine.dispose()
+    return "r-before"
+
+
+def test_up_upgrades_a_database_of_the_previous_release_in_place(
+    tmp_path: Path, ports: dict[str, int], running: list[_Up]
+) -> None:
+    state = tmp_path / "state"
+    run_id = _database_at_first_revision(state, stamped=None)
+
+    up = _start(state, ports)
+    running.append(up)
+    up.wait_for(r"Ctrl-C stops everything", timeout=START_TIMEOUT)
+    key = up.wait_for(r"API key\s+(\S+)", timeout=5).group(1)
+
+    assert f"stamped at {FIRST_REVISION}, upgraded to {head_revision()}" in up.output()
+    runs = httpx.get(
+        f"http://127.0.0.1:{ports['api']}/v1/runs",
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=10,
+    )
+    assert runs.status_code == 200, runs.text
+    assert run_id in runs.text  # the run the old release stored is still there
+    _stop(up, ports)
+    assert up.process.returncode == 0, up.output()
+
+
+def test_up_refuses_a_database_a_newer_release_migrated_before_starting_anything(
+    tmp_path: Path, ports: dict[str, int], running: list[_Up]
+) -> None:
+    state = tmp_path / "state"
+    _database_at_first_revision(state, stamped="9999_from_the_future")
+
+    up = _start(state, ports)
+    running.append(up)
+    up.process.wait(timeout=60)
+    up.wait_for(r"its newest is", timeout=5)
+
+    assert up.process.returncode == 1, up.output()
+    assert "9999_from_the_future" in up.output()
+    assert f"its newest is {head_revision()}" in up.output()
+    assert "Traceback" not in up.output()
+    assert not (state / "logs" / "temporal.log").exists()  # nothing was started
     assert not any(_listening(port) for port in ports.values())

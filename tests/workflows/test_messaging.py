@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -109,11 +108,8 @@ async def test_following_the_unsubscribe_link_stops_the_next_email(
             break
         await asyncio.sleep(0.1)
     link = smtp.mailbox.messages[0]["List-Unsubscribe"].strip("<>")
-    settings = replace(
-        RuntimeSettings.from_env(),
-        database_url=database_url(tmp_path),
-        secret_key=SECRET_KEY,
-        api_key=None,
+    settings = RuntimeSettings.from_env().model_copy(
+        update={"database_url": database_url(tmp_path), "secret_key": SECRET_KEY, "api_key": None}
     )
     app = create_app(settings, client=env.client)
     async with (
