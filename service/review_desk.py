@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import update
@@ -25,6 +25,7 @@ from temporalio.service import RPCError
 
 from engine.database import Delivery, OutboxMessage, ReviewAudit, ReviewTask, Run, session_scope
 from engine.payloads import UPDATE_REVIEW, ReviewDecision, ReviewDecisionResult
+from engine.timestamps import as_utc, utcnow
 from service.users import Viewer
 
 __all__ = [
@@ -82,12 +83,6 @@ class CaseFile:
     audit: list[ReviewAudit]
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-
-
 def needs_note(decision: str) -> bool:
     """Rejecting decisions need the reviewer's note."""
     return any(word in decision.lower() for word in _REJECTING)
@@ -105,13 +100,13 @@ def risk_of(task: ReviewTask) -> float | None:
 
 
 def is_breached(task: ReviewTask, now: datetime | None = None) -> bool:
-    due = _utc(task.due_at)
-    return task.status == "open" and due is not None and due < (now or datetime.now(UTC))
+    due = as_utc(task.due_at)
+    return task.status == "open" and due is not None and due < (now or utcnow())
 
 
 def list_tasks(db: Engine, flt: TaskFilter) -> list[ReviewTask]:
     """Tasks matching ``flt``, oldest first (the order they should be worked in)."""
-    now = datetime.now(UTC)
+    now = utcnow()
     with session_scope(db) as session:
         query = select(ReviewTask)
         if flt.queue:
@@ -394,7 +389,7 @@ def _end_deciding(db: Engine, task_id: str, decided: dict[str, Any] | None) -> N
     """`deciding` -> `decided` with the decision, or back to `open` (the Update was refused).
     Conditional, so an expiry the workflow recorded meanwhile is never overwritten."""
     values: dict[str, Any] = (
-        {"status": "decided", "decided_at": datetime.now(UTC), **decided}
+        {"status": "decided", "decided_at": utcnow(), **decided}
         if decided is not None
         else {"status": "open"}
     )

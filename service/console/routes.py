@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
@@ -27,6 +27,7 @@ from sqlmodel import col, select
 
 from activities.runs import is_address_trait, mask_address
 from engine.database import Delivery, OutboxMessage, Profile, ReviewTask, Run, session_scope
+from engine.timestamps import as_utc, utcnow
 from service.console.auth import SessionKeys, client_address
 from service.review_desk import (
     ReviewRefused,
@@ -52,8 +53,7 @@ _TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")
 def _age(moment: datetime | None) -> str:
     if moment is None:
         return ""
-    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-    seconds = int((datetime.now(UTC) - moment).total_seconds())
+    seconds = int((utcnow() - as_utc(moment)).total_seconds())
     future = seconds < 0
     seconds = abs(seconds)
     if seconds < 90:
@@ -70,8 +70,7 @@ def _age(moment: datetime | None) -> str:
 def _when(moment: datetime | None) -> str:
     if moment is None:
         return ""
-    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return as_utc(moment).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _pretty(value: Any) -> str:
@@ -105,7 +104,7 @@ def _page(
     return _TEMPLATES.TemplateResponse(
         request,
         template,
-        {"viewer": viewer, "csrf": csrf, "now": datetime.now(UTC), **context},
+        {"viewer": viewer, "csrf": csrf, "now": utcnow(), **context},
         status_code=status_code,
         headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"},
     )
