@@ -327,25 +327,7 @@ async def decide_task(
     """Decide ``task_id`` once, through the run's Update; refusals raise `ReviewRefused`."""
     task = await asyncio.to_thread(load_task, db, task_id)
     try:
-        _check_may_act(task, viewer)
-        note = _validate_decision(task, decision, note)
-        if client is None:
-            raise ReviewRefused(503, "Temporal is not reachable right now; try again in a moment")
-        if not await asyncio.to_thread(_begin_deciding, db, task_id, viewer.name):
-            raise ReviewRefused(
-                409, _closed_message(await asyncio.to_thread(load_task, db, task_id))
-            )
-        try:
-            await _send_update(client, task, viewer=viewer, decision=decision, note=note)
-        except ReviewRefused:
-            await asyncio.to_thread(_end_deciding, db, task_id, None)
-            raise
-        await asyncio.to_thread(
-            _end_deciding,
-            db,
-            task_id,
-            {"decision": decision, "reviewer": viewer.name, "note": note},
-        )
+        note = await _decide(db, client, task, viewer=viewer, decision=decision, note=note)
     except ReviewRefused as error:
         raise await asyncio.to_thread(
             _refuse,
@@ -369,6 +351,32 @@ async def decide_task(
         note=note,
     )
     return await asyncio.to_thread(load_task, db, task_id)
+
+
+async def _decide(
+    db: Engine,
+    client: Client | None,
+    task: ReviewTask,
+    *,
+    viewer: Viewer,
+    decision: str,
+    note: str | None,
+) -> str | None:
+    """Check, mark the task deciding, send the Update, mark it decided; the note kept."""
+    _check_may_act(task, viewer)
+    note = _validate_decision(task, decision, note)
+    if client is None:
+        raise ReviewRefused(503, "Temporal is not reachable right now; try again in a moment")
+    if not await asyncio.to_thread(_begin_deciding, db, task.id, viewer.name):
+        raise ReviewRefused(409, _closed_message(await asyncio.to_thread(load_task, db, task.id)))
+    try:
+        await _send_update(client, task, viewer=viewer, decision=decision, note=note)
+    except ReviewRefused:
+        await asyncio.to_thread(_end_deciding, db, task.id, None)
+        raise
+    decided = {"decision": decision, "reviewer": viewer.name, "note": note}
+    await asyncio.to_thread(_end_deciding, db, task.id, decided)
+    return note
 
 
 def _begin_deciding(db: Engine, task_id: str, name: str) -> bool:

@@ -257,6 +257,17 @@ def _entry_context(record: EventRecord, plan: Plan, traits: dict[str, Any]) -> d
     }
 
 
+def _search_attributes(plan: Plan, customer_id: str) -> TypedSearchAttributes:
+    """What a started run is found by in Temporal's visibility (and its Web UI)."""
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(JOURNEY_ID_KEY, plan.journey_id),
+            SearchAttributePair(JOURNEY_VERSION_KEY, plan.version),
+            SearchAttributePair(CUSTOMER_ID_KEY, customer_id),
+        ]
+    )
+
+
 def _is_unavailable(error: BaseException) -> bool:
     return isinstance(error, RoutingUnavailableError) or (
         isinstance(error, RPCError) and error.status in _UNAVAILABLE_CODES
@@ -560,13 +571,7 @@ class EventRouter:
                 task_queue=self.task_queue,
                 id_reuse_policy=reuse,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(JOURNEY_ID_KEY, plan.journey_id),
-                        SearchAttributePair(JOURNEY_VERSION_KEY, plan.version),
-                        SearchAttributePair(CUSTOMER_ID_KEY, record.customer_id),
-                    ]
-                ),
+                search_attributes=_search_attributes(plan, record.customer_id),
             )
         except WorkflowAlreadyStartedError:
             result.skipped.append(
