@@ -8,7 +8,8 @@ marked routed only when all of that succeeded, so `route_pending` can finish the
 later (Temporal down, process killed): nothing accepted is lost.
 
 Lives here: routing decisions and the Temporal calls they make. Not here: HTTP (see
-`service.api.app`), the database schema (`engine.database`), the run itself (`workflows/`).
+`service.api.routes.events`), the database schema (`engine.database`), the run itself
+(`workflows/`).
 """
 
 from __future__ import annotations

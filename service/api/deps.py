@@ -5,8 +5,9 @@ thread), ``session: SessionDep`` (a session committed before the answer is sent:
 plain ``def`` routes only, which FastAPI runs in a thread), ``settings: SettingsDep``,
 ``client: TemporalClientDep``, ``router: EventRouterDep``, and who calls:
 ``caller: ApiCallerDep`` (an API key) or ``caller: ReviewCallerDep`` (a person by HTTP
-Basic, or an API key). This module is the one place that reads ``request.app.state``;
-the console's helpers call the plain functions here (`service_state`, `session_keys`).
+Basic, or an API key). Routes do not read ``request.app.state``: this module does (and
+`service.api.auth.api_keys`, for the key cache); the console's helpers call the plain
+functions here (`service_state`, `session_keys`).
 
 Lives here: `ServiceState` and the dependencies. Not here: how keys and passwords are
 checked (`service.api.auth`, `service.console.auth`), the app's lifecycle
