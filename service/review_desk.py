@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import update
@@ -25,6 +25,7 @@ from temporalio.service import RPCError
 
 from engine.database import Delivery, OutboxMessage, ReviewAudit, ReviewTask, Run, session_scope
 from engine.payloads import UPDATE_REVIEW, ReviewDecision, ReviewDecisionResult
+from engine.timestamps import as_utc, utcnow
 from service.users import Viewer
 
 __all__ = [
@@ -82,12 +83,6 @@ class CaseFile:
     audit: list[ReviewAudit]
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-
-
 def needs_note(decision: str) -> bool:
     """Rejecting decisions need the reviewer's note."""
     return any(word in decision.lower() for word in _REJECTING)
@@ -105,13 +100,13 @@ def risk_of(task: ReviewTask) -> float | None:
 
 
 def is_breached(task: ReviewTask, now: datetime | None = None) -> bool:
-    due = _utc(task.due_at)
-    return task.status == "open" and due is not None and due < (now or datetime.now(UTC))
+    due = as_utc(task.due_at)
+    return task.status == "open" and due is not None and due < (now or utcnow())
 
 
 def list_tasks(db: Engine, flt: TaskFilter) -> list[ReviewTask]:
     """Tasks matching ``flt``, oldest first (the order they should be worked in)."""
-    now = datetime.now(UTC)
+    now = utcnow()
     with session_scope(db) as session:
         query = select(ReviewTask)
         if flt.queue:
@@ -332,25 +327,7 @@ async def decide_task(
     """Decide ``task_id`` once, through the run's Update; refusals raise `ReviewRefused`."""
     task = await asyncio.to_thread(load_task, db, task_id)
     try:
-        _check_may_act(task, viewer)
-        note = _validate_decision(task, decision, note)
-        if client is None:
-            raise ReviewRefused(503, "Temporal is not reachable right now; try again in a moment")
-        if not await asyncio.to_thread(_begin_deciding, db, task_id, viewer.name):
-            raise ReviewRefused(
-                409, _closed_message(await asyncio.to_thread(load_task, db, task_id))
-            )
-        try:
-            await _send_update(client, task, viewer=viewer, decision=decision, note=note)
-        except ReviewRefused:
-            await asyncio.to_thread(_end_deciding, db, task_id, None)
-            raise
-        await asyncio.to_thread(
-            _end_deciding,
-            db,
-            task_id,
-            {"decision": decision, "reviewer": viewer.name, "note": note},
-        )
+        note = await _decide(db, client, task, viewer=viewer, decision=decision, note=note)
     except ReviewRefused as error:
         raise await asyncio.to_thread(
             _refuse,
@@ -376,6 +353,32 @@ async def decide_task(
     return await asyncio.to_thread(load_task, db, task_id)
 
 
+async def _decide(
+    db: Engine,
+    client: Client | None,
+    task: ReviewTask,
+    *,
+    viewer: Viewer,
+    decision: str,
+    note: str | None,
+) -> str | None:
+    """Check, mark the task deciding, send the Update, mark it decided; the note kept."""
+    _check_may_act(task, viewer)
+    note = _validate_decision(task, decision, note)
+    if client is None:
+        raise ReviewRefused(503, "Temporal is not reachable right now; try again in a moment")
+    if not await asyncio.to_thread(_begin_deciding, db, task.id, viewer.name):
+        raise ReviewRefused(409, _closed_message(await asyncio.to_thread(load_task, db, task.id)))
+    try:
+        await _send_update(client, task, viewer=viewer, decision=decision, note=note)
+    except ReviewRefused:
+        await asyncio.to_thread(_end_deciding, db, task.id, None)
+        raise
+    decided = {"decision": decision, "reviewer": viewer.name, "note": note}
+    await asyncio.to_thread(_end_deciding, db, task.id, decided)
+    return note
+
+
 def _begin_deciding(db: Engine, task_id: str, name: str) -> bool:
     with session_scope(db) as session:
         changed = session.execute(
@@ -394,7 +397,7 @@ def _end_deciding(db: Engine, task_id: str, decided: dict[str, Any] | None) -> N
     """`deciding` -> `decided` with the decision, or back to `open` (the Update was refused).
     Conditional, so an expiry the workflow recorded meanwhile is never overwritten."""
     values: dict[str, Any] = (
-        {"status": "decided", "decided_at": datetime.now(UTC), **decided}
+        {"status": "decided", "decided_at": utcnow(), **decided}
         if decided is not None
         else {"status": "open"}
     )

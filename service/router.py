@@ -8,7 +8,8 @@ marked routed only when all of that succeeded, so `route_pending` can finish the
 later (Temporal down, process killed): nothing accepted is lost.
 
 Lives here: routing decisions and the Temporal calls they make. Not here: HTTP (see
-`service.api.app`), the database schema (`engine.database`), the run itself (`workflows/`).
+`service.api.routes.events`), the database schema (`engine.database`), the run itself
+(`workflows/`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -49,7 +50,6 @@ from engine.database import (
     session_scope,
     store_event,
     upsert_profile,
-    utcnow,
 )
 from engine.payloads import (
     SIGNAL_EVENT,
@@ -61,6 +61,7 @@ from engine.payloads import (
     workflow_id_for,
 )
 from engine.plan import EventWaitPlan, Plan
+from engine.timestamps import as_utc, utcnow
 from rules import EvaluationError, Expression, ExpressionError, compile_expression
 
 __all__ = [
@@ -205,11 +206,6 @@ def _compile_plan(plan: Plan) -> _CompiledPlan:
     return _CompiledPlan(plan=plan, when=when, key=key, listens_to=frozenset(listens_to))
 
 
-def _as_utc(moment: datetime) -> datetime:
-    # SQLite gives back naive datetimes; everything this package stores is UTC.
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def _duration_text(seconds: int) -> str:
     """``2592000`` -> ``30d``, ``5400`` -> ``1h30m``: the way journeys.yaml writes it."""
     parts = []
@@ -229,7 +225,7 @@ def _event_message(record: EventRecord) -> EventMessage:
         name=record.name or record.type,
         customer_id=record.customer_id,
         message_id=record.message_id,
-        timestamp=_as_utc(record.timestamp),
+        timestamp=as_utc(record.timestamp),
         properties=dict(record.properties),
     )
 
@@ -241,7 +237,7 @@ def _entry_context(record: EventRecord, plan: Plan, traits: dict[str, Any]) -> d
         "event": properties,
         "trigger": {
             "name": record.name,
-            "timestamp": _as_utc(record.timestamp).isoformat(),
+            "timestamp": as_utc(record.timestamp).isoformat(),
             "message_id": record.message_id,
             "properties": properties,
         },
@@ -258,6 +254,17 @@ def _entry_context(record: EventRecord, plan: Plan, traits: dict[str, Any]) -> d
         "journey": {"id": plan.journey_id, "version": plan.version},
         "now": utcnow().isoformat(),
     }
+
+
+def _search_attributes(plan: Plan, customer_id: str) -> TypedSearchAttributes:
+    """What a started run is found by in Temporal's visibility (and its Web UI)."""
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(JOURNEY_ID_KEY, plan.journey_id),
+            SearchAttributePair(JOURNEY_VERSION_KEY, plan.version),
+            SearchAttributePair(CUSTOMER_ID_KEY, customer_id),
+        ]
+    )
 
 
 def _is_unavailable(error: BaseException) -> bool:
@@ -278,7 +285,7 @@ def _reentry_blocked(plan: Plan, seen: tuple[datetime, bool] | None) -> str | No
     if plan.entry.reentry == "never":
         return "reentry never: this customer already entered"
     seconds = plan.entry.reentry_seconds or 0
-    last_entry = _as_utc(latest_started_at)
+    last_entry = as_utc(latest_started_at)
     if utcnow() - last_entry < timedelta(seconds=seconds):
         return f"reentry after {_duration_text(seconds)}: last entry {last_entry.isoformat()}"
     return None
@@ -563,13 +570,7 @@ class EventRouter:
                 task_queue=self.task_queue,
                 id_reuse_policy=reuse,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(JOURNEY_ID_KEY, plan.journey_id),
-                        SearchAttributePair(JOURNEY_VERSION_KEY, plan.version),
-                        SearchAttributePair(CUSTOMER_ID_KEY, record.customer_id),
-                    ]
-                ),
+                search_attributes=_search_attributes(plan, record.customer_id),
             )
         except WorkflowAlreadyStartedError:
             result.skipped.append(

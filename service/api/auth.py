@@ -32,7 +32,6 @@ __all__ = [
     "API_KEY_CACHE_SECONDS",
     "ApiCaller",
     "ApiKeys",
-    "Authenticated",
     "api_key_from",
     "api_keys",
     "require_api_key",
@@ -163,7 +162,3 @@ async def require_api_key(
     if caller is None:
         raise unauthorized()
     return caller
-
-
-Authenticated = Annotated[ApiCaller, Depends(require_api_key)]
-"""Use as a parameter type (or ``dependencies=[Depends(require_api_key)]``) on /v1 routes."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
@@ -23,11 +23,21 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
 from activities.runs import is_address_trait, mask_address
 from engine.database import Delivery, OutboxMessage, Profile, ReviewTask, Run, session_scope
-from service.console.auth import SessionKeys, client_address
+from engine.timestamps import as_utc, utcnow
+from service.api.deps import (
+    DatabaseDep,
+    SettingsDep,
+    TemporalClientDep,
+    service_state,
+    session_keys,
+)
+from service.api.routes.runs import temporal_ui_url
+from service.console.auth import client_address
 from service.review_desk import (
     ReviewRefused,
     TaskFilter,
@@ -52,8 +62,7 @@ _TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")
 def _age(moment: datetime | None) -> str:
     if moment is None:
         return ""
-    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-    seconds = int((datetime.now(UTC) - moment).total_seconds())
+    seconds = int((utcnow() - as_utc(moment)).total_seconds())
     future = seconds < 0
     seconds = abs(seconds)
     if seconds < 90:
@@ -70,8 +79,7 @@ def _age(moment: datetime | None) -> str:
 def _when(moment: datetime | None) -> str:
     if moment is None:
         return ""
-    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return as_utc(moment).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _pretty(value: Any) -> str:
@@ -84,13 +92,8 @@ _TEMPLATES.env.filters["pretty"] = _pretty
 _TEMPLATES.env.filters["mask"] = mask_address
 
 
-def _keys(request: Request) -> SessionKeys:
-    keys: SessionKeys = request.app.state.session_keys
-    return keys
-
-
 async def _viewer(request: Request) -> Viewer | None:
-    return await asyncio.to_thread(_keys(request).viewer, request, request.app.state.db)
+    return await asyncio.to_thread(session_keys(request).viewer, request, service_state(request).db)
 
 
 def _page(
@@ -101,11 +104,11 @@ def _page(
     status_code: int = 200,
     **context: Any,
 ) -> HTMLResponse:
-    csrf = _keys(request).session_csrf(request) if viewer else None
+    csrf = session_keys(request).session_csrf(request) if viewer else None
     return _TEMPLATES.TemplateResponse(
         request,
         template,
-        {"viewer": viewer, "csrf": csrf, "now": datetime.now(UTC), **context},
+        {"viewer": viewer, "csrf": csrf, "now": utcnow(), **context},
         status_code=status_code,
         headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"},
     )
@@ -138,7 +141,7 @@ async def _posted(
     viewer = await _signed_in(request, permission)
     if isinstance(viewer, Response):
         return viewer
-    if not _keys(request).check_csrf(request, csrf):
+    if not session_keys(request).check_csrf(request, csrf):
         return _refusal(
             request,
             viewer,
@@ -169,7 +172,7 @@ def _safe_next(target: str | None) -> str:
 def _login_page(
     request: Request, *, next: str | None, error: str | None, status_code: int = 200
 ) -> HTMLResponse:
-    keys = _keys(request)
+    keys = session_keys(request)
     token = keys.login_csrf(request)
     page = _page(
         request,
@@ -192,12 +195,13 @@ async def login_page(request: Request, next: str | None = None) -> Response:
 @router.post("/login", response_class=HTMLResponse)
 async def login(
     request: Request,
+    db: DatabaseDep,
     name: Annotated[str, Form(max_length=100)] = "",
     password: Annotated[str, Form(max_length=200)] = "",
     csrf: Annotated[str, Form(max_length=200)] = "",
     next: Annotated[str, Form(max_length=500)] = "/console/reviews",
 ) -> Response:
-    keys = _keys(request)
+    keys = session_keys(request)
     if not keys.check_csrf(request, csrf, login=True):
         return _login_page(
             request,
@@ -205,9 +209,7 @@ async def login(
             error="This sign-in form expired. Please try again.",
             status_code=403,
         )
-    user = await asyncio.to_thread(
-        lambda: check_password(request.app.state.db, name=name, password=password)
-    )
+    user = await asyncio.to_thread(lambda: check_password(db, name=name, password=password))
     if user is None:
         return _login_page(
             request, next=next, error="Wrong user name or password.", status_code=401
@@ -221,8 +223,8 @@ async def login(
 @router.post("/logout")
 async def logout(request: Request, csrf: Annotated[str, Form(max_length=200)] = "") -> Response:
     response = RedirectResponse("/console/login", status_code=303)
-    if _keys(request).check_csrf(request, csrf):
-        _keys(request).end_session(response)
+    if session_keys(request).check_csrf(request, csrf):
+        session_keys(request).end_session(response)
     return response
 
 
@@ -237,6 +239,7 @@ async def password_page(request: Request) -> Response:
 @router.post("/password", response_class=HTMLResponse)
 async def set_password(
     request: Request,
+    db: DatabaseDep,
     current: Annotated[str, Form(max_length=200)] = "",
     new: Annotated[str, Form(max_length=200)] = "",
     repeat: Annotated[str, Form(max_length=200)] = "",
@@ -245,7 +248,7 @@ async def set_password(
     viewer = await _viewer(request)
     if viewer is None:
         return _to_login(request)
-    if not _keys(request).check_csrf(request, csrf):
+    if not session_keys(request).check_csrf(request, csrf):
         return _refusal(request, viewer, 403, "This form expired. Reload the page and try again.")
     if new != repeat:
         return _page(
@@ -257,14 +260,12 @@ async def set_password(
         )
     try:
         user = await asyncio.to_thread(
-            lambda: change_password(
-                request.app.state.db, user_id=viewer.id, current=current, new=new
-            )
+            lambda: change_password(db, user_id=viewer.id, current=current, new=new)
         )
     except UserError as error:
         return _page(request, "password.html", viewer=viewer, status_code=422, error=str(error))
     response = RedirectResponse("/console/reviews", status_code=303)
-    _keys(request).start_session(response, user)
+    session_keys(request).start_session(response, user)
     return response
 
 
@@ -281,6 +282,7 @@ def _float(value: str | None) -> float | None:
 @router.get("/reviews", response_class=HTMLResponse)
 async def queue_page(
     request: Request,
+    db: DatabaseDep,
     queue: str | None = None,
     status: str | None = "open",
     breached: str | None = None,
@@ -298,7 +300,6 @@ async def queue_page(
         min_risk=_float(min_risk),
         older_than_hours=_float(older_than_hours),
     )
-    db = request.app.state.db
     tasks = await asyncio.to_thread(list_tasks, db, flt)
     all_queues = await asyncio.to_thread(queues, db)
     rows = [{"task": task, "risk": risk_of(task), "breached": is_breached(task)} for task in tasks]
@@ -330,7 +331,7 @@ def _why(task: ReviewTask) -> list[dict[str, Any]]:
     return reasons
 
 
-def _profile(db: Any, customer_id: str) -> dict[str, Any]:
+def _profile(db: Engine, customer_id: str) -> dict[str, Any]:
     with session_scope(db) as session:
         row = session.get(Profile, customer_id)
         traits = dict(row.traits) if row is not None else {}
@@ -338,11 +339,12 @@ def _profile(db: Any, customer_id: str) -> dict[str, Any]:
 
 
 @router.get("/reviews/{task_id}", response_class=HTMLResponse)
-async def case_page(request: Request, task_id: str, done: str | None = None) -> Response:
+async def case_page(
+    request: Request, db: DatabaseDep, task_id: str, done: str | None = None
+) -> Response:
     viewer = await _signed_in(request, "view_reviews")
     if isinstance(viewer, Response):
         return viewer
-    db = request.app.state.db
     try:
         case = await asyncio.to_thread(load_case, db, task_id[:64])
     except ReviewRefused as error:
@@ -366,7 +368,7 @@ async def case_page(request: Request, task_id: str, done: str | None = None) -> 
     )
 
 
-async def _act(request: Request, task_id: str, csrf: str, action: str) -> Response:
+async def _act(request: Request, db: Engine, task_id: str, csrf: str, action: str) -> Response:
     # No permission check here: the review desk checks the role and audits a refusal.
     viewer = await _posted(request, csrf, "view_reviews")
     if isinstance(viewer, Response):
@@ -375,7 +377,7 @@ async def _act(request: Request, task_id: str, csrf: str, action: str) -> Respon
     try:
         await asyncio.to_thread(
             lambda: work(
-                request.app.state.db,
+                db,
                 task_id=task_id[:64],
                 viewer=viewer,
                 address=client_address(request),
@@ -388,21 +390,23 @@ async def _act(request: Request, task_id: str, csrf: str, action: str) -> Respon
 
 @router.post("/reviews/{task_id}/claim")
 async def claim(
-    request: Request, task_id: str, csrf: Annotated[str, Form(max_length=200)] = ""
+    request: Request, db: DatabaseDep, task_id: str, csrf: Annotated[str, Form(max_length=200)] = ""
 ) -> Response:
-    return await _act(request, task_id, csrf, "claim")
+    return await _act(request, db, task_id, csrf, "claim")
 
 
 @router.post("/reviews/{task_id}/release")
 async def release(
-    request: Request, task_id: str, csrf: Annotated[str, Form(max_length=200)] = ""
+    request: Request, db: DatabaseDep, task_id: str, csrf: Annotated[str, Form(max_length=200)] = ""
 ) -> Response:
-    return await _act(request, task_id, csrf, "release")
+    return await _act(request, db, task_id, csrf, "release")
 
 
 @router.post("/reviews/{task_id}/decide")
 async def decide(
     request: Request,
+    db: DatabaseDep,
+    client: TemporalClientDep,
     task_id: str,
     decision: Annotated[str, Form(max_length=100)] = "",
     note: Annotated[str, Form(max_length=2000)] = "",
@@ -413,8 +417,8 @@ async def decide(
         return viewer
     try:
         await decide_task(
-            request.app.state.db,
-            request.app.state.service.client,
+            db,
+            client,
             task_id=task_id[:64],
             viewer=viewer,
             decision=decision,
@@ -432,7 +436,7 @@ async def decide(
 
 
 def _run_view(
-    db: Any, run_id: str
+    db: Engine, run_id: str
 ) -> tuple[Run | None, list[Delivery], list[OutboxMessage], list[ReviewTask]]:
     deliveries, outbox = run_messages(db, run_id)
     with session_scope(db) as session:
@@ -448,20 +452,15 @@ def _run_view(
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-async def run_page(request: Request, run_id: str) -> Response:
+async def run_page(
+    request: Request, db: DatabaseDep, settings: SettingsDep, run_id: str
+) -> Response:
     viewer = await _signed_in(request, "view_runs")
     if isinstance(viewer, Response):
         return viewer
-    run, deliveries, outbox, tasks = await asyncio.to_thread(
-        _run_view, request.app.state.db, run_id[:100]
-    )
+    run, deliveries, outbox, tasks = await asyncio.to_thread(_run_view, db, run_id[:100])
     if run is None:
         return _refusal(request, viewer, 404, f"No run with id {run_id[:100]!r}.")
-    settings = request.app.state.service.settings
-    temporal_ui = (
-        f"{settings.temporal_ui}/namespaces/{quote(settings.temporal_namespace)}"
-        f"/workflows/{quote(run.workflow_id, safe='')}/{quote(run.run_id, safe='')}/history"
-    )
     return _page(
         request,
         "run.html",
@@ -470,18 +469,18 @@ async def run_page(request: Request, run_id: str) -> Response:
         deliveries=deliveries,
         outbox=outbox,
         tasks=tasks,
-        temporal_ui=temporal_ui,
+        temporal_ui=temporal_ui_url(settings, run),
     )
 
 
 @router.get("/outbox", response_class=HTMLResponse)
-async def outbox_page(request: Request, customer: str | None = None) -> Response:
+async def outbox_page(request: Request, db: DatabaseDep, customer: str | None = None) -> Response:
     viewer = await _signed_in(request, "view_messages")
     if isinstance(viewer, Response):
         return viewer
 
     def load() -> list[OutboxMessage]:
-        with session_scope(request.app.state.db) as session:
+        with session_scope(db) as session:
             query = select(OutboxMessage)
             if customer:
                 query = query.where(OutboxMessage.customer_id == customer[:200])

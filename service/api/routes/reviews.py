@@ -13,15 +13,17 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.engine import Engine
 
 from engine.database import ReviewTask
-from service.api.auth import ApiCaller, api_keys, unauthorized
-from service.console.auth import basic_user, client_address
+from service.api.auth import ApiCaller
+from service.api.deps import DatabaseDep, ReviewCallerDep, TemporalClientDep
+from service.api.errors import ERROR_RESPONSES, NO_NUL, responses
+from service.console.auth import client_address
 from service.review_desk import (
     MAX_NOTE_LENGTH,
-    ReviewRefused,
     TaskFilter,
     claim_task,
     decide_task,
@@ -35,7 +37,6 @@ from service.users import Viewer
 
 __all__ = ["DecisionRequest", "ReviewList", "ReviewView", "router"]
 
-_NO_NUL = r"^[^\x00]*$"
 TaskId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
@@ -122,23 +123,8 @@ class DecisionRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    decision: str = Field(min_length=1, max_length=100, pattern=_NO_NUL)
-    note: str | None = Field(None, max_length=MAX_NOTE_LENGTH, pattern=_NO_NUL)
-
-
-async def _caller(request: Request) -> Viewer | ApiCaller:
-    db = request.app.state.db
-    authorization = request.headers.get("Authorization")
-    viewer = await asyncio.to_thread(basic_user, db, authorization)
-    if viewer is not None:
-        return viewer
-    caller = await api_keys(request).caller(authorization)
-    if caller is None:
-        raise unauthorized()
-    return caller
-
-
-Caller = Annotated[Viewer | ApiCaller, Depends(_caller)]
+    decision: str = Field(min_length=1, max_length=100, pattern=NO_NUL)
+    note: str | None = Field(None, max_length=MAX_NOTE_LENGTH, pattern=NO_NUL)
 
 
 def _reader(caller: Viewer | ApiCaller) -> None:
@@ -157,24 +143,28 @@ def _person(caller: Viewer | ApiCaller) -> Viewer:
     return caller
 
 
-def _http(error: ReviewRefused) -> HTTPException:
-    return HTTPException(error.status, error.message)
-
-
-router = APIRouter(prefix="/v1/reviews", tags=["reviews"])
+router = APIRouter(
+    prefix="/v1/reviews",
+    tags=["reviews"],
+    responses={
+        **ERROR_RESPONSES,
+        **responses(403, _403="The caller's role may not do this, or an API key tried to act."),
+        **responses(404, _404="No such task."),
+    },
+)
 
 
 @router.get("", summary="The review queue")
 async def get_reviews(
-    caller: Caller,
-    request: Request,
-    queue: Annotated[str | None, Query(max_length=100, pattern=_NO_NUL)] = None,
+    caller: ReviewCallerDep,
+    db: DatabaseDep,
+    queue: Annotated[str | None, Query(max_length=100, pattern=NO_NUL)] = None,
     status_: Annotated[
         str | None, Query(alias="status", pattern=r"^(open|deciding|decided|expired)$")
     ] = "open",
     breached: bool | None = None,
     min_risk: Annotated[float | None, Query(ge=0, le=1e9)] = None,
-    customer: Annotated[str | None, Query(max_length=200, pattern=_NO_NUL)] = None,
+    customer: Annotated[str | None, Query(max_length=200, pattern=NO_NUL)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> ReviewList:
     """Tasks oldest first; `status` defaults to `open`."""
@@ -187,17 +177,14 @@ async def get_reviews(
         customer=customer,
         limit=limit,
     )
-    tasks = await asyncio.to_thread(list_tasks, request.app.state.db, flt)
+    tasks = await asyncio.to_thread(list_tasks, db, flt)
     return ReviewList(reviews=[ReviewView.of(task) for task in tasks])
 
 
 @router.get("/{task_id}", summary="One review task, its case and its audit trail")
-async def get_review(task_id: TaskId, caller: Caller, request: Request) -> ReviewDetail:
+async def get_review(task_id: TaskId, caller: ReviewCallerDep, db: DatabaseDep) -> ReviewDetail:
     _reader(caller)
-    try:
-        case = await asyncio.to_thread(load_case, request.app.state.db, task_id)
-    except ReviewRefused as error:
-        raise _http(error) from None
+    case = await asyncio.to_thread(load_case, db, task_id)
     return ReviewDetail(
         **ReviewView.of(case.task).model_dump(),
         details=case.task.details,
@@ -206,54 +193,61 @@ async def get_review(task_id: TaskId, caller: Caller, request: Request) -> Revie
     )
 
 
+# A refusal of the review desk (`ReviewRefused`) becomes its status and message through
+# the app's error handlers (`service.api.errors`).
+
+
 async def _hold(
-    work: Callable[..., ReviewTask], task_id: str, caller: Viewer | ApiCaller, request: Request
+    work: Callable[..., ReviewTask],
+    task_id: str,
+    caller: Viewer | ApiCaller,
+    db: Engine,
+    request: Request,
 ) -> ReviewView:
     """Claim or release, as the person calling."""
     viewer = _person(caller)
-    try:
-        task = await asyncio.to_thread(
-            lambda: work(
-                request.app.state.db,
-                task_id=task_id,
-                viewer=viewer,
-                address=client_address(request),
-            )
-        )
-    except ReviewRefused as error:
-        raise _http(error) from None
+    address = client_address(request)
+    task = await asyncio.to_thread(
+        lambda: work(db, task_id=task_id, viewer=viewer, address=address)
+    )
     return ReviewView.of(task)
 
 
 @router.post("/{task_id}/claim", summary="Claim a task (ops, supervisor)")
-async def claim_review(task_id: TaskId, caller: Caller, request: Request) -> ReviewView:
-    return await _hold(claim_task, task_id, caller, request)
+async def claim_review(
+    task_id: TaskId, caller: ReviewCallerDep, db: DatabaseDep, request: Request
+) -> ReviewView:
+    return await _hold(claim_task, task_id, caller, db, request)
 
 
 @router.post("/{task_id}/release", summary="Give a claimed task back to its queue")
-async def release_review(task_id: TaskId, caller: Caller, request: Request) -> ReviewView:
-    return await _hold(release_task, task_id, caller, request)
+async def release_review(
+    task_id: TaskId, caller: ReviewCallerDep, db: DatabaseDep, request: Request
+) -> ReviewView:
+    return await _hold(release_task, task_id, caller, db, request)
 
 
 @router.post(
     "/{task_id}/decision",
     summary="Decide a task (ops, supervisor); taken once",
-    responses={409: {"description": "Decided, expired, or claimed by someone else."}},
+    responses=responses(409, _409="Decided, expired, or claimed by someone else."),
 )
 async def decide_review(
-    task_id: TaskId, body: DecisionRequest, caller: Caller, request: Request
+    task_id: TaskId,
+    body: DecisionRequest,
+    caller: ReviewCallerDep,
+    db: DatabaseDep,
+    client: TemporalClientDep,
+    request: Request,
 ) -> ReviewView:
     viewer = _person(caller)
-    try:
-        task = await decide_task(
-            request.app.state.db,
-            request.app.state.service.client,
-            task_id=task_id,
-            viewer=viewer,
-            decision=body.decision,
-            note=body.note,
-            address=client_address(request),
-        )
-    except ReviewRefused as error:
-        raise _http(error) from None
+    task = await decide_task(
+        db,
+        client,
+        task_id=task_id,
+        viewer=viewer,
+        decision=body.decision,
+        note=body.note,
+        address=client_address(request),
+    )
     return ReviewView.of(task)
