@@ -8,7 +8,7 @@ Changing the secret invalidates every link already sent.
 
 Format (URL-safe, no padding): ``base64url(json([customer_id, channel])) "." base64url(mac)``.
 Lives here: making, reading and linking tokens. Not here: what an unsubscribe changes
-(`channels.policies`, `service.api.routes.preferences`).
+(`channels.policies`, `service.api.routes.unsubscribe`).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from sqlmodel import select
 from temporalio.client import Client
 
 from engine.database import ApiKey, create_api_key, make_engine, session_scope
+from engine.migrate import DatabaseAhead, PartialSchema
 from engine.settings import RuntimeSettings
 from runtime.temporal import connect
 from service.api.deps import ServiceState
@@ -92,7 +93,12 @@ async def _route_pending_forever(service: ServiceState) -> None:
 
 
 def _open_database(settings: RuntimeSettings) -> Engine:
-    db = make_engine(settings.database_url)
+    try:
+        db = make_engine(settings.database_url)  # upgrades the schema to the code's head
+    except (DatabaseAhead, PartialSchema) as error:
+        # Said plainly first: the traceback uvicorn prints after it is about the lifespan.
+        log.error("the API cannot start: %s", error)
+        raise
     with session_scope(db) as session:
         if settings.api_key:
             create_api_key(session, name="dev", key=settings.api_key)
