@@ -12,7 +12,6 @@ when it is escalated.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import uuid
 from typing import Any
@@ -28,17 +27,13 @@ from channels.rendering import RenderedMessage
 from engine.database import OutboxMessage, ReviewTask, session_scope, utcnow
 from engine.environment import MissingVariableError, resolve_env
 from engine.errors import ErrorType
-from engine.payloads import OpenReviewInput, ReviewTaskChange
-from rules import CompiledTemplate, RenderError, compile_template
+from engine.payloads import ActivityName, OpenReviewInput, ReviewTaskChange
+from rules import RenderError
+from rules.cache import cached_template
 
 __all__ = ["ReviewActivities"]
 
 log = logging.getLogger("journeys.reviews")
-
-
-@functools.lru_cache(maxsize=1024)
-def _template(source: str) -> CompiledTemplate:
-    return compile_template(source, html=False)
 
 
 class ReviewActivities:
@@ -48,15 +43,15 @@ class ReviewActivities:
         self.db = db
         self.public_url = public_url.rstrip("/")
 
-    @activity.defn(name="open_review_task")
+    @activity.defn(name=ActivityName.OPEN_REVIEW_TASK)
     def open_review_task(self, request: OpenReviewInput) -> str:
         """Open (once per step visit) the task; returns its id."""
         try:
-            title = _template(request.title).render(
+            title = cached_template(request.title).render(
                 request.context, timezone=request.timezone, max_length=300
             )
             details = (
-                _template(request.details).render(
+                cached_template(request.details).render(
                     request.context, timezone=request.timezone, max_length=20_000
                 )
                 if request.details
@@ -106,7 +101,7 @@ class ReviewActivities:
         self._announce(request.announce_url, *announcement, task_id=task_id, escalated=False)
         return task_id
 
-    @activity.defn(name="escalate_review_task")
+    @activity.defn(name=ActivityName.ESCALATE_REVIEW_TASK)
     def escalate_review_task(self, change: ReviewTaskChange) -> None:
         """Re-queue an open task (once) at its SLA, and tell the supervisors' queue."""
         self._change(change, escalate=True)
@@ -173,7 +168,7 @@ class ReviewActivities:
         except DeliveryError as error:
             log.warning("could not announce review task %s in %s: %s", task_id, queue, error.reason)
 
-    @activity.defn(name="close_review_task")
+    @activity.defn(name=ActivityName.CLOSE_REVIEW_TASK)
     def close_review_task(self, change: ReviewTaskChange) -> None:
         """Record the decision (or the expiry) on the task."""
         self._change(change, escalate=False)

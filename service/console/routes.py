@@ -25,8 +25,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from sqlmodel import col, select
 
-from activities.runs import is_address_trait, mask_address
 from engine.database import Delivery, OutboxMessage, Profile, ReviewTask, Run, session_scope
+from engine.profiles import is_address_trait, mask_address
 from service.console.auth import SessionKeys, client_address
 from service.review_desk import (
     ReviewRefused,

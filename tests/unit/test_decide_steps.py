@@ -7,8 +7,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from activities.decisions import bucket_of, decide, decide_at_entry
 from engine import plan as p
+from engine.decisions import bucket_of, decide, decide_at_entry
 from engine.payloads import CustomerContext, DecideInput, EventMessage, run_context
 from tests.unit.journey_docs import check, journey_doc
 
