@@ -525,10 +525,9 @@ class JourneyRunWorkflow:
         task_id = await self._open_review(step, due)
         escalated = False
         while True:
+            queue = step.escalate_to if escalated and step.escalate_to else step.queue
             decided = await self._wait_for(
-                lambda: self.decision is not None,
-                due,
-                waiting_for=f"review in {self.state.open_review.queue if self.state.open_review else step.queue}",
+                lambda: self.decision is not None, due, waiting_for=f"review in {queue}"
             )
             if decided and self.decision is not None:
                 return await self._review_decided(step, task_id, self.decision)
