@@ -36,6 +36,28 @@ __all__ = ["ReviewActivities"]
 log = logging.getLogger("journeys.reviews")
 
 
+def _texts(request: OpenReviewInput) -> tuple[str, str | None]:
+    """The task's title and details, rendered against the run's context."""
+    try:
+        title = cached_template(request.title).render(
+            request.context, timezone=request.timezone, max_length=300
+        )
+        details = (
+            cached_template(request.details).render(
+                request.context, timezone=request.timezone, max_length=20_000
+            )
+            if request.details
+            else None
+        )
+    except RenderError as error:
+        raise ApplicationError(
+            f"review text cannot be rendered: {error.message}",
+            type=ErrorType.TEMPLATE_ERROR,
+            non_retryable=True,
+        ) from None
+    return title, details
+
+
 class ReviewActivities:
     """Review tasks in the database."""
 
@@ -46,23 +68,7 @@ class ReviewActivities:
     @activity.defn(name=ActivityName.OPEN_REVIEW_TASK)
     def open_review_task(self, request: OpenReviewInput) -> str:
         """Open (once per step visit) the task; returns its id."""
-        try:
-            title = cached_template(request.title).render(
-                request.context, timezone=request.timezone, max_length=300
-            )
-            details = (
-                cached_template(request.details).render(
-                    request.context, timezone=request.timezone, max_length=20_000
-                )
-                if request.details
-                else None
-            )
-        except RenderError as error:
-            raise ApplicationError(
-                f"review text cannot be rendered: {error.message}",
-                type=ErrorType.TEMPLATE_ERROR,
-                non_retryable=True,
-            ) from None
+        title, details = _texts(request)
         with session_scope(self.db) as session:
             existing = session.exec(
                 select(ReviewTask).where(
@@ -129,31 +135,24 @@ class ReviewActivities:
         body = f"{heading}\nQueue: {queue}\n{link}"
         if not url_template:
             return  # the catalogue declares no `ops` channel: nobody asked to be told
-        url: str | None = None
-        if url_template:
-            try:
-                url = resolve_env(url_template).strip() or None
-            except MissingVariableError:
-                url = None
+        try:
+            url = resolve_env(url_template).strip() or None
+        except MissingVariableError:
+            url = None
         if url is None:
-            try:
-                with session_scope(self.db) as session:
-                    session.add(
-                        OutboxMessage(
-                            workflow_id=workflow_id,
-                            run_id=run_id,
-                            step_id=f"review:{task_id[:12]}:{'escalated' if escalated else 'opened'}",
-                            visit=1,
-                            journey_id=journey_id,
-                            customer_id=f"ops:{queue}",
-                            channel="ops",
-                            recipient=queue,
-                            subject=heading,
-                            body=body,
-                        )
-                    )
-            except IntegrityError:
-                pass  # announced by an earlier attempt
+            outbox = OutboxMessage(
+                workflow_id=workflow_id,
+                run_id=run_id,
+                step_id=f"review:{task_id[:12]}:{'escalated' if escalated else 'opened'}",
+                visit=1,
+                journey_id=journey_id,
+                customer_id=f"ops:{queue}",
+                channel="ops",
+                recipient=queue,
+                subject=heading,
+                body=body,
+            )
+            self._keep(outbox)
             return
         try:
             asyncio.run(
@@ -167,6 +166,14 @@ class ReviewActivities:
             )
         except DeliveryError as error:
             log.warning("could not announce review task %s in %s: %s", task_id, queue, error.reason)
+
+    def _keep(self, message: OutboxMessage) -> None:
+        """An announcement into the outbox (no `ops` URL set), once."""
+        try:
+            with session_scope(self.db) as session:
+                session.add(message)
+        except IntegrityError:
+            pass  # announced by an earlier attempt
 
     @activity.defn(name=ActivityName.CLOSE_REVIEW_TASK)
     def close_review_task(self, change: ReviewTaskChange) -> None:

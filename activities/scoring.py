@@ -673,28 +673,10 @@ async def score_with_model(
     fallback = float(declared_fallback) if isinstance(declared_fallback, int | float) else 0.5
     version = declaration.get("version")
     try:
-        try:
-            model = _MODEL_ADAPTER.validate_python(dict(declaration))
-        except ValidationError as error:
-            problem = error.errors(include_url=False)[0]
-            where = ".".join(str(part) for part in problem["loc"][1:]) or "models"
-            raise ModelFailure(
-                f"the model's declaration is invalid: {where}: {problem['msg']}"
-            ) from None
-        checked = _ordered(model, validate_features(features))
-        if isinstance(model, spec.PythonModel):
-            answer = await call_python_model(model, checked)
-        elif isinstance(model, spec.OnnxModel):
-            root = model_root if model_root is not None else default_model_root()
-            answer = await call_onnx_model(model, checked, model_root=root)
-        else:
-            answer = await call_http_model(model, name, checked)
-        if model.range is not None:
-            low, high = model.range
-            if not low <= answer.score <= high:
-                raise ModelFailure(
-                    f"score {answer.score:g} is outside the declared range [{low:g}, {high:g}]"
-                )
+        model = _declared_model(declaration)
+        answer = await _answer(
+            model, name, _ordered(model, validate_features(features)), model_root
+        )
         return ScoreResult(
             score=answer.score,
             model=name,
@@ -715,6 +697,38 @@ async def score_with_model(
             fallback_used=True,
             error=reason,
         )
+
+
+def _declared_model(declaration: Mapping[str, Any]) -> spec.ModelSpec:
+    """The model's `models:` entry, checked; ModelFailure naming the first problem."""
+    try:
+        return _MODEL_ADAPTER.validate_python(dict(declaration))
+    except ValidationError as error:
+        problem = error.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in problem["loc"][1:]) or "models"
+        raise ModelFailure(
+            f"the model's declaration is invalid: {where}: {problem['msg']}"
+        ) from None
+
+
+async def _answer(
+    model: spec.ModelSpec, name: str, checked: Features, model_root: Path | None
+) -> ModelAnswer:
+    """Call the model by its kind; ModelFailure for a score outside its declared range."""
+    if isinstance(model, spec.PythonModel):
+        answer = await call_python_model(model, checked)
+    elif isinstance(model, spec.OnnxModel):
+        root = model_root if model_root is not None else default_model_root()
+        answer = await call_onnx_model(model, checked, model_root=root)
+    else:
+        answer = await call_http_model(model, name, checked)
+    if model.range is not None:
+        low, high = model.range
+        if not low <= answer.score <= high:
+            raise ModelFailure(
+                f"score {answer.score:g} is outside the declared range [{low:g}, {high:g}]"
+            )
+    return answer
 
 
 async def score(request: ScoreInput) -> ScoreResult:
