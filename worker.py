@@ -75,7 +75,6 @@ def build_worker(
             runs.record_run,
             runs.update_profile,
             messaging.send_message,
-            scoring.score_customer,
             scoring.score_step,
             reviews.open_review_task,
             reviews.escalate_review_task,

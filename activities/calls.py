@@ -6,7 +6,6 @@ timeouts and connection errors are retried under the step's retry policy.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import httpx
@@ -15,22 +14,18 @@ from temporalio.exceptions import ApplicationError
 
 from engine.environment import MissingVariableError, resolve_env
 from engine.errors import ErrorType
-from engine.payloads import CallHttpInput, CallHttpResult
-from rules import CompiledTemplate, RenderError, compile_template
+from engine.payloads import ActivityName, CallHttpInput, CallHttpResult
+from rules import RenderError
+from rules.cache import cached_template
 
 __all__ = ["call_http"]
 
 MAX_RESPONSE = 256 * 1024
 
 
-@functools.lru_cache(maxsize=1024)
-def _template(source: str) -> CompiledTemplate:
-    return compile_template(source, html=False)
-
-
 def _render(text: str, context: dict[str, Any]) -> str:
     try:
-        return resolve_env(_template(text).render(context, max_length=8192))
+        return resolve_env(cached_template(text).render(context, max_length=8192))
     except MissingVariableError as error:
         raise ApplicationError(
             str(error), type=ErrorType.BAD_CONFIGURATION, non_retryable=True
@@ -41,7 +36,7 @@ def _render(text: str, context: dict[str, Any]) -> str:
         ) from None
 
 
-@activity.defn(name="call_http")
+@activity.defn(name=ActivityName.CALL_HTTP)
 async def call_http(request: CallHttpInput) -> CallHttpResult:
     """Make the call; the JSON answer (or text) becomes `vars.<step id>`."""
     url = _render(request.url, request.context)

@@ -16,11 +16,10 @@ retry sends again (at-least-once, in that window only; see docs/architecture.md)
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
-from zoneinfo import ZoneInfo
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -28,8 +27,7 @@ from sqlmodel import Session, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.decisions import quiet_hours_end
-from activities.runs import customer_from_traits, upsert_run
+from activities.runs import upsert_run
 from channels import policies
 from channels.delivery import DeliveryError, deliver
 from channels.rendering import MissingFormError, RenderedMessage, form_for, render_message
@@ -37,13 +35,18 @@ from channels.unsubscribe import make_unsubscribe_token, unsubscribe_url
 from engine.database import Delivery, OutboxMessage, Profile, session_scope, utcnow
 from engine.environment import MissingVariableError, resolve_env
 from engine.errors import ErrorType
+from engine.localtime import quiet_hours_end, zone_named
 from engine.payloads import (
+    ActivityName,
     SendMessageInput,
     SendMessageResult,
     delivered_record,
     send_path_entry,
 )
-from rules import EvaluationError, Expression, RenderError, compile_expression
+from engine.profiles import customer_from_traits
+from engine.timestamps import as_utc
+from rules import EvaluationError, RenderError
+from rules.cache import cached_expression
 
 __all__ = ["MessagingActivities", "address_for"]
 
@@ -67,6 +70,18 @@ def _kind(channel: str) -> Kind:
     return channel if channel in ("email", "sms", "push") else "text"  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class _Checked:
+    """What an attempt found before any policy with a clock: the request with the real
+    profile in its context, the recipient, and an earlier final result or a refusal."""
+
+    request: SendMessageInput
+    customer_id: str
+    recipient: str | None
+    earlier: SendMessageResult | None = None
+    refused: tuple[str, str] | None = None
+
+
 class MessagingActivities:
     """`send_message`, with its database and the unsubscribe-link settings."""
 
@@ -81,12 +96,10 @@ class MessagingActivities:
         self.secret_key = secret_key
         self.public_url = public_url.rstrip("/")
 
-    @activity.defn(name="send_message")
+    @activity.defn(name=ActivityName.SEND_MESSAGE)
     def send_message(self, request: SendMessageInput) -> SendMessageResult:
         """Send one step visit on one channel, or say why not (or when to try again)."""
-        if request.channel is None:
-            return self._send_legacy(request)
-        result = self._send(request, request.channel)
+        result = self._send(request)
         if request.finish is not None and result.status in ("sent", "captured"):
             # The run ends with this send: its final row now, not in one more activity,
             # stamped with the server's clock as the run's other path entries are.
@@ -99,49 +112,55 @@ class MessagingActivities:
 
     # ------------------------------------------------------------------ one channel
 
-    def _send(self, request: SendMessageInput, channel: str) -> SendMessageResult:
-        now = _attempt_time()
+    def _send(self, request: SendMessageInput) -> SendMessageResult:
+        checked = self._check(request)
+        if checked.earlier is not None:
+            return checked.earlier
+        request, channel, recipient = checked.request, request.channel, checked.recipient
+        if checked.refused is not None:
+            return self._final(request, channel, recipient, *checked.refused)
+        assert recipient is not None
+        deferred = self._deferral(request, checked.customer_id, _attempt_time())
+        if deferred is not None:
+            return deferred
+        message = self._render(request, channel)
+        url = self._resolve(request.channel_url)
+        if url is None:
+            return self._capture(request, channel, recipient, message)
+        return self._deliver(request, recipient, message, url, checked.customer_id)
+
+    def _check(self, request: SendMessageInput) -> _Checked:
+        """Everything this attempt reads, in one transaction: the real addresses (the
+        workflow holds masked ones), an earlier attempt's final word, consent and
+        suppression."""
+        channel = request.channel
         customer_id = str((request.context.get("customer") or {}).get("id") or "")
-        # Everything this attempt reads, in one transaction: the real addresses (the workflow
-        # holds masked ones), an earlier attempt's final word, consent and suppression.
         with session_scope(self.db) as session:
             profile = session.get(Profile, customer_id)
             real = customer_from_traits(customer_id, dict(profile.traits) if profile else {})
             customer: dict[str, Any] = dict(real.expression_view())
-            traits = dict(real.traits)
-            request = request.model_copy(
-                update={"context": {**request.context, "customer": customer, "profile": traits}}
-            )
+            context = {**request.context, "customer": customer, "profile": dict(real.traits)}
+            request = request.model_copy(update={"context": context})
             earlier = self._delivery(session, request, channel)
             if earlier is not None and earlier.status in _FINAL:
-                return SendMessageResult(
+                result = SendMessageResult(
                     status=earlier.status,
                     channel=channel,
                     reason=earlier.reason,
                     delivery_id=str(earlier.id),
                 )
-            recipient = self._recipient(request, channel, customer)
-            refused: tuple[str, str] | None = None
-            if recipient is None:
-                refused = ("no_address", f"the profile has no {channel} address")
-            else:
-                allowed, why = policies.consent(
-                    session, customer_id=customer_id, channel=channel, traits=traits
-                )
-                suppressed = (
-                    policies.is_suppressed(session, channel=channel, address=recipient)
-                    if allowed
-                    else None
-                )
-                if not allowed:
-                    refused = ("no_consent", why or "opted out")
-                elif suppressed:
-                    refused = ("suppressed", suppressed)
-        if refused is not None:
-            return self._final(request, channel, recipient, *refused)
-        assert recipient is not None
+                return _Checked(request, customer_id, None, earlier=result)
+            recipient = self._recipient(request, customer)
+            refused = _refusal(session, customer_id, channel, recipient, dict(real.traits))
+        return _Checked(request, customer_id, recipient, refused=refused)
+
+    def _deferral(
+        self, request: SendMessageInput, customer_id: str, now: datetime
+    ) -> SendMessageResult | None:
+        """Quiet hours in force or a full frequency cap: when to try again (None: send)."""
+        channel = request.channel
         if request.quiet_start and request.quiet_end:
-            zone = _zone(request.timezone)
+            zone = zone_named(request.timezone)
             until = quiet_hours_end(now, zone, request.quiet_start, request.quiet_end)
             if until is not None:
                 return SendMessageResult(
@@ -168,10 +187,18 @@ class MessagingActivities:
                     retry_at=decision.retry_at,
                     reason=f"frequency cap: {decision.used} of {request.cap_max} messages used",
                 )
-        message = self._render(request, channel)
-        url = self._resolve(request.channel_url)
-        if url is None:
-            return self._capture(request, channel, recipient, message)
+        return None
+
+    def _deliver(
+        self,
+        request: SendMessageInput,
+        recipient: str,
+        message: RenderedMessage,
+        url: str,
+        customer_id: str,
+    ) -> SendMessageResult:
+        """The provider call, between the `sending` and the final mark of the delivery row."""
+        channel = request.channel
         headers = self._headers(channel, customer_id)
         delivery_id = self._mark_sending(request, channel, recipient)
         try:
@@ -204,16 +231,18 @@ class MessagingActivities:
     # ------------------------------------------------------------------ pieces
 
     @staticmethod
-    def _recipient(request: SendMessageInput, channel: str, customer: dict[str, Any]) -> str | None:
-        if request.to_expression:
-            try:
-                value = _compiled(request.to_expression).evaluate(
-                    request.context, timezone=request.timezone
-                )
-            except EvaluationError:
-                value = None
-            return str(value) if value not in (None, "") else None
-        return request.to or address_for(channel, customer)
+    def _recipient(request: SendMessageInput, customer: dict[str, Any]) -> str | None:
+        """The step's `to:` (evaluated here, against the real profile), else the
+        customer's address on the channel."""
+        if not request.to_expression:
+            return address_for(request.channel, customer)
+        try:
+            value = cached_expression(request.to_expression).evaluate(
+                request.context, timezone=request.timezone
+            )
+        except EvaluationError:
+            value = None
+        return str(value) if value not in (None, "") else None
 
     def _render(self, request: SendMessageInput, channel: str) -> RenderedMessage:
         try:
@@ -357,37 +386,25 @@ class MessagingActivities:
         )
         return SendMessageResult(status="captured", channel=channel, delivery_id=delivery_id)
 
-    # ------------------------------------------------------------------ recorded runs
 
-    def _send_legacy(self, request: SendMessageInput) -> SendMessageResult:
-        """The all-channels form of recorded histories: first channel with an address, to the outbox."""
-        customer = request.context.get("customer") or {}
-        tried: list[str] = []
-        for channel in request.channels:
-            recipient = request.to or address_for(channel, customer)
-            if recipient is None:
-                tried.append(f"{channel}: no address")
-                continue
-            return self._capture(request, channel, recipient, self._render(request, channel))
-        return SendMessageResult(status="skipped", reason="; ".join(tried) or "no channel")
-
-
-@functools.lru_cache(maxsize=1024)
-def _compiled(source: str) -> Expression:
-    return compile_expression(source)
+def _refusal(
+    session: Session, customer_id: str, channel: str, recipient: str | None, traits: dict[str, Any]
+) -> tuple[str, str] | None:
+    """Why nothing may be sent to ``recipient`` on ``channel`` (status, reason); None: it may."""
+    if recipient is None:
+        return ("no_address", f"the profile has no {channel} address")
+    allowed, why = policies.consent(
+        session, customer_id=customer_id, channel=channel, traits=traits
+    )
+    if not allowed:
+        return ("no_consent", why or "opted out")
+    suppressed = policies.is_suppressed(session, channel=channel, address=recipient)
+    return ("suppressed", suppressed) if suppressed else None
 
 
 def _attempt_time() -> datetime:
     """The attempt's scheduled time (the server's clock), so retries re-check the policies."""
     try:
-        scheduled = activity.info().current_attempt_scheduled_time
+        return as_utc(activity.info().current_attempt_scheduled_time)
     except RuntimeError:  # called outside an activity (tests of the pieces)
-        return datetime.now(UTC)
-    return scheduled if scheduled.tzinfo else scheduled.replace(tzinfo=UTC)
-
-
-def _zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (KeyError, ValueError):
-        return ZoneInfo("UTC")
+        return utcnow()

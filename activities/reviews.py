@@ -12,7 +12,6 @@ when it is escalated.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import uuid
 from typing import Any
@@ -28,17 +27,35 @@ from channels.rendering import RenderedMessage
 from engine.database import OutboxMessage, ReviewTask, session_scope, utcnow
 from engine.environment import MissingVariableError, resolve_env
 from engine.errors import ErrorType
-from engine.payloads import OpenReviewInput, ReviewTaskChange
-from rules import CompiledTemplate, RenderError, compile_template
+from engine.payloads import ActivityName, OpenReviewInput, ReviewTaskChange
+from rules import RenderError
+from rules.cache import cached_template
 
 __all__ = ["ReviewActivities"]
 
 log = logging.getLogger("journeys.reviews")
 
 
-@functools.lru_cache(maxsize=1024)
-def _template(source: str) -> CompiledTemplate:
-    return compile_template(source, html=False)
+def _texts(request: OpenReviewInput) -> tuple[str, str | None]:
+    """The task's title and details, rendered against the run's context."""
+    try:
+        title = cached_template(request.title).render(
+            request.context, timezone=request.timezone, max_length=300
+        )
+        details = (
+            cached_template(request.details).render(
+                request.context, timezone=request.timezone, max_length=20_000
+            )
+            if request.details
+            else None
+        )
+    except RenderError as error:
+        raise ApplicationError(
+            f"review text cannot be rendered: {error.message}",
+            type=ErrorType.TEMPLATE_ERROR,
+            non_retryable=True,
+        ) from None
+    return title, details
 
 
 class ReviewActivities:
@@ -48,26 +65,10 @@ class ReviewActivities:
         self.db = db
         self.public_url = public_url.rstrip("/")
 
-    @activity.defn(name="open_review_task")
+    @activity.defn(name=ActivityName.OPEN_REVIEW_TASK)
     def open_review_task(self, request: OpenReviewInput) -> str:
         """Open (once per step visit) the task; returns its id."""
-        try:
-            title = _template(request.title).render(
-                request.context, timezone=request.timezone, max_length=300
-            )
-            details = (
-                _template(request.details).render(
-                    request.context, timezone=request.timezone, max_length=20_000
-                )
-                if request.details
-                else None
-            )
-        except RenderError as error:
-            raise ApplicationError(
-                f"review text cannot be rendered: {error.message}",
-                type=ErrorType.TEMPLATE_ERROR,
-                non_retryable=True,
-            ) from None
+        title, details = _texts(request)
         with session_scope(self.db) as session:
             existing = session.exec(
                 select(ReviewTask).where(
@@ -106,7 +107,7 @@ class ReviewActivities:
         self._announce(request.announce_url, *announcement, task_id=task_id, escalated=False)
         return task_id
 
-    @activity.defn(name="escalate_review_task")
+    @activity.defn(name=ActivityName.ESCALATE_REVIEW_TASK)
     def escalate_review_task(self, change: ReviewTaskChange) -> None:
         """Re-queue an open task (once) at its SLA, and tell the supervisors' queue."""
         self._change(change, escalate=True)
@@ -134,31 +135,24 @@ class ReviewActivities:
         body = f"{heading}\nQueue: {queue}\n{link}"
         if not url_template:
             return  # the catalogue declares no `ops` channel: nobody asked to be told
-        url: str | None = None
-        if url_template:
-            try:
-                url = resolve_env(url_template).strip() or None
-            except MissingVariableError:
-                url = None
+        try:
+            url = resolve_env(url_template).strip() or None
+        except MissingVariableError:
+            url = None
         if url is None:
-            try:
-                with session_scope(self.db) as session:
-                    session.add(
-                        OutboxMessage(
-                            workflow_id=workflow_id,
-                            run_id=run_id,
-                            step_id=f"review:{task_id[:12]}:{'escalated' if escalated else 'opened'}",
-                            visit=1,
-                            journey_id=journey_id,
-                            customer_id=f"ops:{queue}",
-                            channel="ops",
-                            recipient=queue,
-                            subject=heading,
-                            body=body,
-                        )
-                    )
-            except IntegrityError:
-                pass  # announced by an earlier attempt
+            outbox = OutboxMessage(
+                workflow_id=workflow_id,
+                run_id=run_id,
+                step_id=f"review:{task_id[:12]}:{'escalated' if escalated else 'opened'}",
+                visit=1,
+                journey_id=journey_id,
+                customer_id=f"ops:{queue}",
+                channel="ops",
+                recipient=queue,
+                subject=heading,
+                body=body,
+            )
+            self._keep(outbox)
             return
         try:
             asyncio.run(
@@ -173,7 +167,15 @@ class ReviewActivities:
         except DeliveryError as error:
             log.warning("could not announce review task %s in %s: %s", task_id, queue, error.reason)
 
-    @activity.defn(name="close_review_task")
+    def _keep(self, message: OutboxMessage) -> None:
+        """An announcement into the outbox (no `ops` URL set), once."""
+        try:
+            with session_scope(self.db) as session:
+                session.add(message)
+        except IntegrityError:
+            pass  # announced by an earlier attempt
+
+    @activity.defn(name=ActivityName.CLOSE_REVIEW_TASK)
     def close_review_task(self, change: ReviewTaskChange) -> None:
         """Record the decision (or the expiry) on the task."""
         self._change(change, escalate=False)

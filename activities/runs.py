@@ -1,4 +1,10 @@
-"""Run records and customer profiles: the database side of a run (activities)."""
+"""Run records and customer profiles: the database side of a run (activities).
+
+Lives here: the `@activity.defn` wrappers that read and write the `runs` row and the
+profile, and `upsert_run` (the send activity writes a run's final row with it). Must not
+live here: deciding (`engine.decisions`), the customer view and masking of a profile
+(`engine.profiles`): both are pure and used by the service too.
+"""
 
 from __future__ import annotations
 
@@ -11,67 +17,22 @@ from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.decisions import bucket_of, decide
 from engine.database import Profile, Run, dialect_insert, session_scope, upsert_profile, utcnow
+from engine.decisions import bucket_of, decide
 from engine.errors import ErrorType
 from engine.payloads import (
+    ActivityName,
     BeginRunInput,
     BeginRunResult,
     CustomerContext,
+    DecideResult,
     LoadProfileInput,
     RecordRunInput,
     UpdateProfileInput,
 )
+from engine.profiles import customer_from_traits, masked_customer
 
-__all__ = [
-    "RunActivities",
-    "customer_from_traits",
-    "mask_address",
-    "masked_customer",
-    "upsert_run",
-]
-
-_ADDRESS_TRAITS = ("email", "phone", "push_token", "timezone")
-
-
-def customer_from_traits(customer_id: str, traits: dict[str, Any]) -> CustomerContext:
-    """The `customer` an expression sees: id and channel addresses, from profile traits."""
-    fields = {
-        name: str(traits[name]) for name in _ADDRESS_TRAITS if traits.get(name) not in (None, "")
-    }
-    return CustomerContext(id=customer_id, traits=dict(traits), **fields)
-
-
-def is_address_trait(name: str) -> bool:
-    """Traits that hold a way to reach the customer (kept out of workflow histories)."""
-    lowered = name.lower()
-    return lowered in ("phone", "push_token") or "email" in lowered or "phone" in lowered
-
-
-def mask_address(value: Any) -> Any:
-    """``ana@example.com`` -> ``a***@example.com``; ``+821012345678`` -> ``+82******5678``."""
-    if not isinstance(value, str) or not value:
-        return value
-    if "@" in value:
-        local, _, domain = value.partition("@")
-        return f"{local[:1]}***@{domain}"
-    if len(value) <= 6:
-        return "***"
-    return value[:3] + "*" * (len(value) - 7) + value[-4:]
-
-
-def masked_customer(customer: CustomerContext) -> CustomerContext:
-    """The customer as a workflow holds it: addresses masked. Activities that need the real
-    address (sending) read it from the database by customer id, so no history carries it."""
-    traits = {k: mask_address(v) if is_address_trait(k) else v for k, v in customer.traits.items()}
-    return customer.model_copy(
-        update={
-            "traits": traits,
-            "email": mask_address(customer.email),
-            "phone": mask_address(customer.phone),
-            "push_token": mask_address(customer.push_token),
-        }
-    )
+__all__ = ["RunActivities", "upsert_run"]
 
 
 class RunActivities:
@@ -80,7 +41,7 @@ class RunActivities:
     def __init__(self, *, db: Engine) -> None:
         self.db = db
 
-    @activity.defn(name="load_profile")
+    @activity.defn(name=ActivityName.LOAD_PROFILE)
     def load_profile(self, request: LoadProfileInput) -> CustomerContext:
         """The customer's traits, read fresh, with addresses masked (see `masked_customer`)."""
         return masked_customer(self.read_customer(request.customer_id))
@@ -92,35 +53,25 @@ class RunActivities:
             traits = dict(profile.traits) if profile is not None else {}
         return customer_from_traits(customer_id, traits)
 
-    @activity.defn(name="update_profile")
+    @activity.defn(name=ActivityName.UPDATE_PROFILE)
     def update_profile(self, request: UpdateProfileInput) -> None:
         """A `set: {profile.x: ...}` step's writes."""
         with session_scope(self.db) as session:
             upsert_profile(session, customer_id=request.customer_id, traits=request.traits)
 
-    @activity.defn(name="record_run")
+    @activity.defn(name=ActivityName.RECORD_RUN)
     def record_run(self, request: RecordRunInput) -> None:
         """Upsert the run's row: status, step, outcome and path (idempotent)."""
         with session_scope(self.db) as session:
             upsert_run(session, request)
 
-    @activity.defn(name="begin_run")
+    @activity.defn(name=ActivityName.BEGIN_RUN)
     def begin_run(self, request: BeginRunInput) -> BeginRunResult:
         """A run's start in one transaction: its `runs` row, the customer's profile (masked,
         as `load_profile` gives it) and, when the plan has a holdout, the stable bucket."""
         customer = request.customer
         if request.record is not None:
-            with session_scope(self.db) as session:
-                upsert_run(session, request.record)
-                if customer is None:
-                    customer_id = request.record.customer_id
-                    stored = (
-                        session.connection()
-                        .execute(_PROFILE_TRAITS, {"customer_id": customer_id})
-                        .scalar_one_or_none()
-                    )
-                    traits = dict(stored) if stored is not None else {}
-                    customer = masked_customer(customer_from_traits(customer_id, traits))
+            customer = self._record_and_read(request.record, customer)
         if customer is None:
             raise ApplicationError(
                 "begin_run needs the run's record or the customer's profile",
@@ -132,20 +83,36 @@ class RunActivities:
             if request.holdout_weights
             else None
         )
-        decided = None
-        if request.decide is not None:
-            context = dict(request.decide.context)
-            context["profile"] = customer.traits
-            context["customer"] = customer.expression_view()
-            decided = decide(
-                request.decide.model_copy(
-                    update={
-                        "context": context,
-                        "timezone": customer.timezone or request.decide.timezone,
-                    }
-                )
-            )
+        decided = _first_walk(request, customer)
         return BeginRunResult(customer=customer, holdout_bucket=bucket, decided=decided)
+
+    def _record_and_read(
+        self, record: RecordRunInput, customer: CustomerContext | None
+    ) -> CustomerContext | None:
+        """Write the run's row and, unless given, read the customer (masked), in one go."""
+        with session_scope(self.db) as session:
+            upsert_run(session, record)
+            if customer is not None:
+                return customer
+            stored = (
+                session.connection()
+                .execute(_PROFILE_TRAITS, {"customer_id": record.customer_id})
+                .scalar_one_or_none()
+            )
+        traits = dict(stored) if stored is not None else {}
+        return masked_customer(customer_from_traits(record.customer_id, traits))
+
+
+def _first_walk(request: BeginRunInput, customer: CustomerContext) -> DecideResult | None:
+    """The walk from the plan's first step, against the profile just read (and the
+    customer's own zone, when they have one)."""
+    if request.decide is None:
+        return None
+    context = dict(request.decide.context)
+    context["profile"] = customer.traits
+    context["customer"] = customer.expression_view()
+    timezone = customer.timezone or request.decide.timezone
+    return decide(request.decide.model_copy(update={"context": context, "timezone": timezone}))
 
 
 def upsert_run(session: Session, request: RecordRunInput) -> None:

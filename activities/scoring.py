@@ -1,8 +1,9 @@
 """The `score` step's activity and the model adapters behind it.
 
-Lives here: `score_customer` (the activity), `score_step` (a whole `score` step in one
-activity: features, model, and the decisions right after it), `score_with_model` (the same
-call without Temporal, which `journeys models check` uses), and one adapter per `kind:` of
+Lives here: `score_step` (the activity: a whole `score` step, its features, the model, and
+the decisions right after it), `score` (the model call of a step, which the benchmark's
+hand-written baseline registers as its own activity), `score_with_model` (the same call
+without Temporal, which `journeys models check` uses), and one adapter per `kind:` of
 model:
 
 - ``python``: ``package.module:function``, called in a thread with a dict of features;
@@ -20,15 +21,14 @@ booleans); a missing or bad one is named in the error.
 
 Secrets: ``${VAR}`` in a model's ``url`` and ``token`` are resolved here, at call time,
 and neither the resolved URL nor the token is ever logged, recorded or put in an error.
-Must not live here: the expression language (activities/decisions.py evaluates features
-and walks the steps after a score), Temporal retries (a model's failure is an answer, not
+Must not live here: the expression language (engine/decisions.py evaluates features and
+walks the steps after a score), Temporal retries (a model's failure is an answer, not
 an activity failure).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import importlib
 import json
@@ -46,12 +46,14 @@ import numpy as np
 from pydantic import TypeAdapter, ValidationError
 from temporalio import activity
 
-from activities.decisions import decide, evaluate_expressions
 from engine import spec
+from engine.decisions import decide, evaluate_expressions
 from engine.durations import parse_duration
 from engine.environment import MissingVariableError, resolve_env
 from engine.payloads import (
+    ActivityName,
     DecideInput,
+    DecideResult,
     ScoreInput,
     ScoreResult,
     ScoreStepInput,
@@ -59,7 +61,8 @@ from engine.payloads import (
 )
 from engine.settings import RuntimeSettings
 from engine.validator import MODEL_BODY_NAMES
-from rules import CompiledTemplate, RenderError, TemplateError, compile_template
+from rules import CompiledTemplate, RenderError, TemplateError
+from rules.cache import cached_template
 
 __all__ = [
     "ModelAnswer",
@@ -68,7 +71,7 @@ __all__ = [
     "call_onnx_model",
     "call_python_model",
     "default_model_root",
-    "score_customer",
+    "score",
     "score_step",
     "score_with_model",
     "validate_features",
@@ -457,10 +460,10 @@ async def call_onnx_model(
 # ----------------------------------------------------------------------------- http
 
 
-@functools.lru_cache(maxsize=256)
 def _body_template(source: str) -> CompiledTemplate:
+    """A json model's `body:` template, compiled once per process (`rules.cache`)."""
     try:
-        return compile_template(source, html=False, names=MODEL_BODY_NAMES)
+        return cached_template(source, html=False, names=MODEL_BODY_NAMES)
     except TemplateError as error:
         raise ModelFailure(f"the body template does not compile: {error.message}") from None
 
@@ -670,28 +673,10 @@ async def score_with_model(
     fallback = float(declared_fallback) if isinstance(declared_fallback, int | float) else 0.5
     version = declaration.get("version")
     try:
-        try:
-            model = _MODEL_ADAPTER.validate_python(dict(declaration))
-        except ValidationError as error:
-            problem = error.errors(include_url=False)[0]
-            where = ".".join(str(part) for part in problem["loc"][1:]) or "models"
-            raise ModelFailure(
-                f"the model's declaration is invalid: {where}: {problem['msg']}"
-            ) from None
-        checked = _ordered(model, validate_features(features))
-        if isinstance(model, spec.PythonModel):
-            answer = await call_python_model(model, checked)
-        elif isinstance(model, spec.OnnxModel):
-            root = model_root if model_root is not None else default_model_root()
-            answer = await call_onnx_model(model, checked, model_root=root)
-        else:
-            answer = await call_http_model(model, name, checked)
-        if model.range is not None:
-            low, high = model.range
-            if not low <= answer.score <= high:
-                raise ModelFailure(
-                    f"score {answer.score:g} is outside the declared range [{low:g}, {high:g}]"
-                )
+        model = _declared_model(declaration)
+        answer = await _answer(
+            model, name, _ordered(model, validate_features(features)), model_root
+        )
         return ScoreResult(
             score=answer.score,
             model=name,
@@ -714,9 +699,40 @@ async def score_with_model(
         )
 
 
-@activity.defn(name="score_customer")
-async def score_customer(request: ScoreInput) -> ScoreResult:
-    """Score with the declared model, or fall back (recorded) when it fails."""
+def _declared_model(declaration: Mapping[str, Any]) -> spec.ModelSpec:
+    """The model's `models:` entry, checked; ModelFailure naming the first problem."""
+    try:
+        return _MODEL_ADAPTER.validate_python(dict(declaration))
+    except ValidationError as error:
+        problem = error.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in problem["loc"][1:]) or "models"
+        raise ModelFailure(
+            f"the model's declaration is invalid: {where}: {problem['msg']}"
+        ) from None
+
+
+async def _answer(
+    model: spec.ModelSpec, name: str, checked: Features, model_root: Path | None
+) -> ModelAnswer:
+    """Call the model by its kind; ModelFailure for a score outside its declared range."""
+    if isinstance(model, spec.PythonModel):
+        answer = await call_python_model(model, checked)
+    elif isinstance(model, spec.OnnxModel):
+        root = model_root if model_root is not None else default_model_root()
+        answer = await call_onnx_model(model, checked, model_root=root)
+    else:
+        answer = await call_http_model(model, name, checked)
+    if model.range is not None:
+        low, high = model.range
+        if not low <= answer.score <= high:
+            raise ModelFailure(
+                f"score {answer.score:g} is outside the declared range [{low:g}, {high:g}]"
+            )
+    return answer
+
+
+async def score(request: ScoreInput) -> ScoreResult:
+    """Score with the declared model, or fall back (logged, and recorded in the result)."""
     result = await score_with_model(request.model, request.spec, request.features)
     if result.fallback_used:
         activity.logger.warning(
@@ -725,7 +741,7 @@ async def score_customer(request: ScoreInput) -> ScoreResult:
     return result
 
 
-@activity.defn(name="score_step")
+@activity.defn(name=ActivityName.SCORE_STEP)
 async def score_step(request: ScoreStepInput) -> ScoreStepResult:
     """A whole `score` step: evaluate its features against the run's context (an expression
     that fails gives None, named in ``error``, and the model's feature check then falls
@@ -737,31 +753,37 @@ async def score_step(request: ScoreStepInput) -> ScoreStepResult:
     error: str | None = None
     if request.feature_expressions:
         names = list(request.feature_expressions)
-        evaluated = evaluate_expressions(
-            [request.feature_expressions[n] for n in names],
-            "all",
-            request.context,
-            request.timezone,
-        )
+        sources = [request.feature_expressions[n] for n in names]
+        evaluated = evaluate_expressions(sources, "all", request.context, request.timezone)
         features = dict(zip(names, evaluated.values, strict=True))
         reads, error = evaluated.reads, evaluated.error
-    score = await score_customer(request.score.model_copy(update={"features": features}))
-    decided = None
-    if request.then is not None:
-        context = dict(request.context)
-        scores = dict(context.get("scores") or {})
-        scores[request.score.model] = score.model_dump(mode="json")
-        context["scores"] = scores
-        decided = decide(
-            DecideInput(
-                start=request.then,
-                steps=request.steps,
-                context=context,
-                timezone=request.timezone,
-                salt=request.salt,
-                limit=request.limit,
-            )
-        )
+    result = await score(request.score.model_copy(update={"features": features}))
     return ScoreStepResult(
-        score=score, features=features, reads=reads, error=error, decided=decided
+        score=result,
+        features=features,
+        reads=reads,
+        error=error,
+        decided=_walk_after(request, result),
+    )
+
+
+def _walk_after(request: ScoreStepInput, result: ScoreResult) -> DecideResult | None:
+    """The set/branch/split steps from ``request.then`` on, decided with the score in
+    `scores` (as `decide_steps` would, right after)."""
+    if request.then is None:
+        return None
+    context = dict(request.context)
+    context["scores"] = {
+        **(context.get("scores") or {}),
+        request.score.model: result.model_dump(mode="json"),
+    }
+    return decide(
+        DecideInput(
+            start=request.then,
+            steps=request.steps,
+            context=context,
+            timezone=request.timezone,
+            salt=request.salt,
+            limit=request.limit,
+        )
     )

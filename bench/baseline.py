@@ -2,9 +2,10 @@
 workflows, with no interpreter, no plan, no decision records and no runs table.
 
 Each workflow calls the same activities as the engine's run of the matching journey in
-bench/journeys.yaml (``send_message``, ``score_customer``, the same implementations, the
-same timeouts and retry policies) with equivalent inputs, and makes its decisions in
-plain Python inside the workflow. The starter (bench/throughput.py) reads the customer's
+bench/journeys.yaml (``send_message``, and ``score_customer``: the model call the engine's
+``score_step`` makes, `activities.scoring.score`, registered here as the baseline's own
+activity; the same timeouts and retry policies) with equivalent inputs, and makes its
+decisions in plain Python inside the workflow. The starter (bench/throughput.py) reads the customer's
 profile and passes it in, as a hand-written integration would.
 
 `python -m bench.baseline` runs a worker for these workflows, configured from the
@@ -24,7 +25,7 @@ import signal
 from datetime import timedelta
 from typing import Any
 
-from temporalio import workflow
+from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
@@ -39,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
     from engine.database import make_engine
     from engine.errors import ErrorType
     from engine.payloads import (
+        ActivityName,
         CustomerContext,
         EventMessage,
         ScoreInput,
@@ -132,6 +134,14 @@ _SEND_NON_RETRYABLE = [
     ErrorType.BAD_CONFIGURATION,
 ]
 _SCORE_RETRY = RetryPolicy(maximum_attempts=3)
+SCORE_ACTIVITY = "score_customer"
+
+
+@activity.defn(name=SCORE_ACTIVITY)
+async def score_customer(request: ScoreInput) -> ScoreResult:
+    """The model call alone, as a hand-written integration would make it: what the engine's
+    `score_step` activity calls after evaluating the features."""
+    return await scoring.score(request)
 
 
 class _Run:
@@ -169,7 +179,7 @@ class _Run:
         info = workflow.info()
         config = CHANNELS[channel]
         result: SendMessageResult = await workflow.execute_activity(
-            "send_message",
+            ActivityName.SEND_MESSAGE,
             SendMessageInput(
                 workflow_id=info.workflow_id,
                 run_id=info.run_id,
@@ -225,7 +235,7 @@ class BaselinePaymentWorkflow:
             "tenure_months": profile.get("tenure_months", 0),
         }
         score: ScoreResult = await workflow.execute_activity(
-            "score_customer",
+            SCORE_ACTIVITY,
             ScoreInput(
                 workflow_id=workflow.info().workflow_id,
                 step_id="score_risk",
@@ -298,7 +308,7 @@ def build_baseline_worker(
     )
     messaging = MessagingActivities(db=db)
     settings["workflows"] = [BaselineCartWorkflow, BaselinePaymentWorkflow, BaselineLoginWorkflow]
-    settings["activities"] = [messaging.send_message, scoring.score_customer]
+    settings["activities"] = [messaging.send_message, score_customer]
     return Worker(client, **settings)
 
 

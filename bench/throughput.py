@@ -52,7 +52,6 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
-from activities.runs import customer_from_traits
 from bench.baseline import CHANNELS, MODELS, TEMPLATES, WORKFLOWS
 from engine.catalog import build_catalog
 from engine.database import (
@@ -65,6 +64,7 @@ from engine.database import (
 from engine.deploy import deploy_catalog
 from engine.payloads import WORKFLOW_NAME, EventMessage, JourneyRunInput, workflow_id_for
 from engine.plan import Plan
+from engine.profiles import customer_from_traits
 from engine.settings import RuntimeSettings
 from runtime.devserver import dev_server_command, wait_until_ready
 from runtime.temporal import connect

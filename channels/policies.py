@@ -1,6 +1,7 @@
 """The sending policies a message passes before a provider sees it: consent, suppression
-and the frequency cap, plus the address hashing and masking that keep recipients out of
-logs, the console and the API.
+and the frequency cap, plus the address hashing that keeps recipients out of logs, the
+console and the API (masking is `engine.profiles.mask_address`, the one masker; `mask`
+here applies it to a channel's address).
 
 Lives here: keyword-only functions over a SQLModel `Session` (consent, suppression,
 preferences) or an `Engine` (the cap, which runs its own short transaction so that its
@@ -28,7 +29,6 @@ another worker, count too): a reservation exactly ``per_seconds`` old has expire
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,6 +39,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from engine.database import CapReservation, Preference, Suppression, dialect_insert, utcnow
+from engine.profiles import mask_address, normalise_address
 
 __all__ = [
     "DEFAULT_CHANNELS",
@@ -60,24 +61,11 @@ __all__ = [
 DEFAULT_CHANNELS = ("email", "sms", "push")
 """The channels every customer has a preference for (opted in unless a row says not)."""
 
-_PHONE_CHANNELS = frozenset({"sms", "phone", "whatsapp"})
-_PHONE_FORMATTING = re.compile(r"[\s\-.()]")
 _TRUE_TEXT = frozenset({"true", "yes", "1"})
 _FALSE_TEXT = frozenset({"false", "no", "0"})
 
 
 # ----------------------------------------------------------------------------- addresses
-
-
-def normalise_address(channel: str, address: str) -> str:
-    """The form of an address that look-ups compare: emails trimmed and lower-cased, phone
-    numbers without spaces, dashes, dots or parentheses, anything else trimmed."""
-    channel = channel.strip().lower()
-    if channel == "email":
-        return address.strip().lower()
-    if channel in _PHONE_CHANNELS:
-        return _PHONE_FORMATTING.sub("", address)
-    return address.strip()
 
 
 def address_hash(channel: str, address: str) -> str:
@@ -88,17 +76,9 @@ def address_hash(channel: str, address: str) -> str:
 
 
 def mask(channel: str, address: str) -> str:
-    """An address as the console and the API show it: ``a***@example.com``,
-    ``+82******5678``; other addresses (push tokens) keep their first four characters."""
-    value = normalise_address(channel, address)
-    local, at, domain = value.partition("@")
-    if channel.strip().lower() == "email" and at and local:
-        return f"{local[0]}***@{domain}"
-    if channel.strip().lower() in _PHONE_CHANNELS:
-        if len(value) >= 9:
-            return value[:3] + "*" * (len(value) - 7) + value[-4:]
-        return "*" * max(len(value) - 2, 1) + value[-2:]
-    return value[:4] + "***" if len(value) > 8 else "***"
+    """An address as the console and the API show it (`engine.profiles.mask_address`, the
+    one masker: the same rules as workflow histories)."""
+    return str(mask_address(address, channel))
 
 
 # ----------------------------------------------------------------------------- consent

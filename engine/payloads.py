@@ -2,13 +2,18 @@
 queries, and each activity's one input and one output model.
 
 Plain pydantic data shared by the API, the workflow and the activities (all of them
-import it, so it imports neither Temporal nor the database). Field names are part of
-recorded histories: add fields with defaults, never rename or remove one.
+import it, so it imports neither Temporal nor the database). The names that cross those
+boundaries are defined here once: the workflow's, its signal, update and query, every
+activity's (`ActivityName`: the workflow calls them by it, the activities register under
+it) and the search attributes' (`SearchAttribute`: the workflow and its starters build
+their typed keys from it). Field names are part of recorded histories: add fields with
+defaults, never rename or remove one (tests/histories replays them).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,6 +27,7 @@ __all__ = [
     "TASK_QUEUE",
     "UPDATE_REVIEW",
     "WORKFLOW_NAME",
+    "ActivityName",
     "BeginRunInput",
     "BeginRunResult",
     "CallHttpInput",
@@ -48,6 +54,7 @@ __all__ = [
     "ScoreResult",
     "ScoreStepInput",
     "ScoreStepResult",
+    "SearchAttribute",
     "SendMessageInput",
     "SendMessageResult",
     "StepDecision",
@@ -63,13 +70,40 @@ WORKFLOW_NAME = "JourneyRunWorkflow"
 SIGNAL_EVENT = "event"
 UPDATE_REVIEW = "decide_review"
 QUERY_STATE = "state"
-SEARCH_ATTRIBUTES = {
-    "JourneyId": "Keyword",
-    "JourneyVersion": "Keyword",
-    "CustomerId": "Keyword",
-    "CurrentStep": "Keyword",
-    "Outcome": "Keyword",
-}
+
+
+class ActivityName(StrEnum):
+    """Every activity a run calls, by the name it is registered under (`@activity.defn`)
+    and called by (`workflow.execute_activity`, `execute_local_activity`)."""
+
+    BEGIN_RUN = "begin_run"  # local: the runs row, the profile, the holdout, the first walk
+    DECIDE_STEPS = "decide_steps"  # local: a walk over set/branch/split steps
+    EVALUATE = "evaluate"  # local: a wait's or an exit's `when`, against the event in hand
+    LOCAL_TIME = "local_time"  # local: the next `until` time in the customer's zone
+    LOAD_PROFILE = "load_profile"  # local: the profile read again after a wait
+    RECORD_RUN = "record_run"  # local: the run's `runs` row
+    UPDATE_PROFILE = "update_profile"
+    SEND_MESSAGE = "send_message"
+    SCORE_STEP = "score_step"
+    OPEN_REVIEW_TASK = "open_review_task"
+    ESCALATE_REVIEW_TASK = "escalate_review_task"
+    CLOSE_REVIEW_TASK = "close_review_task"
+    CALL_HTTP = "call_http"
+
+
+class SearchAttribute(StrEnum):
+    """The search attributes of a run (all keywords): set by its starter at start
+    (journey, version, customer), upserted by the run (current step, outcome)."""
+
+    JOURNEY_ID = "JourneyId"
+    JOURNEY_VERSION = "JourneyVersion"
+    CUSTOMER_ID = "CustomerId"
+    CURRENT_STEP = "CurrentStep"
+    OUTCOME = "Outcome"
+
+
+SEARCH_ATTRIBUTES: dict[str, str] = {name.value: "Keyword" for name in SearchAttribute}
+"""Each search attribute and its type, as a server registers them."""
 
 
 def workflow_id_for(journey_id: str, customer_id: str, key: str | None = None) -> str:
@@ -154,7 +188,7 @@ class JourneyRunInput(_Message):
     recorded_by_starter: bool = False
     decided: DecideResult | None = None
     """The run's first walk (the set/branch/split steps from the plan's first step), decided
-    by the starter with ``profile`` (`activities.decisions.decide_at_entry`): recorded here,
+    by the starter with ``profile`` (`engine.decisions.decide_at_entry`): recorded here,
     in the run's input, with what each decision read. Only taken with ``profile``."""
 
 
@@ -252,27 +286,22 @@ class ReviewDecisionResult(_Message):
 
 
 class EvaluateInput(_Message):
-    """Evaluate expressions for a decision (recorded in history with what they read).
-
-    ``mode``: ``first`` returns the index of the first truthy expression (branch rules);
-    ``all`` returns every value (set, features, keys); ``bucket`` places the customer in
-    a stable bucket for a split or holdout (``salt`` names the split).
-    """
+    """A condition checked against an event in hand (a wait's or an exit's `when`),
+    recorded in history with what it read: the index of the first truthy expression."""
 
     step_id: str
     purpose: str
-    mode: Literal["first", "all", "bucket"] = "first"
     expressions: list[str] = Field(default_factory=list)
     context: dict[str, Any] = Field(default_factory=dict)
     timezone: str = "UTC"
-    weights: list[float] = Field(default_factory=list)
-    salt: str = ""
 
 
 class EvaluateResult(_Message):
+    """Expressions' values (up to the first truthy one in ``first`` mode), the index of
+    that one (None: none held), what they read, and why any failed."""
+
     values: list[Any] = Field(default_factory=list)
     first_true: int | None = None
-    bucket: int | None = None
     reads: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
 
@@ -296,19 +325,17 @@ class DecideInput(_Message):
 
 
 class LocalTimeInput(_Message):
-    """When is the next local ``until`` time, or when do quiet hours end (None: not quiet)."""
+    """When is the next local ``until`` time (``HH:MM``) in ``timezone``, after ``now``."""
 
     now: datetime
     timezone: str
-    until: str | None = None
-    quiet_start: str | None = None
-    quiet_end: str | None = None
+    until: str
 
 
 class LocalTimeResult(_Message):
-    fire_at: datetime | None = None
-    local: str | None = None
-    reason: str | None = None
+    fire_at: datetime
+    local: str
+    reason: str
 
 
 class LoadProfileInput(_Message):
@@ -356,29 +383,27 @@ class BeginRunResult(_Message):
 
 
 class SendMessageInput(_Message):
-    """One send step visit on one channel (`channel`); policies are checked in the activity,
-    just before the provider call and again on every retry. (`channels` is the older,
-    all-channels form kept for recorded histories.)"""
+    """One send step visit on one channel; policies are checked in the activity, just
+    before the provider call and again on every retry. ``to_expression`` (the step's
+    `to:`) is evaluated there, against the real profile: the workflow never holds it."""
 
     workflow_id: str
     run_id: str
     journey_id: str
     step_id: str
     visit: int
-    channels: list[str] = Field(default_factory=list)
+    channel: str
     template: str
     forms: dict[str, str]
-    to: str | None = None
     context: dict[str, Any] = Field(default_factory=dict)
     timezone: str = "UTC"
-    channel: str | None = None
     to_expression: str | None = None
     channel_url: str | None = None
     quiet_start: str | None = None
     quiet_end: str | None = None
     cap_max: int | None = None
     cap_per_seconds: int | None = None
-    # The run's end if this attempt delivers (the interpreter's patch `send-records-end`):
+    # The run's end if this attempt delivers (the plan ends after this send, or exits):
     # the row as the run will record it, its path up to before this send. The activity
     # writes it with `delivered_record` and says so (`SendMessageResult.recorded_at`).
     finish: RecordRunInput | None = None
@@ -428,6 +453,8 @@ def delivered_record(finish: RecordRunInput, entry: PathEntry) -> RecordRunInput
 
 
 class ScoreInput(_Message):
+    """The model call of a `score` step: the model's declaration and the features."""
+
     workflow_id: str
     step_id: str
     model: str
@@ -445,7 +472,7 @@ class ScoreResult(_Message):
 
 
 class ScoreStepInput(_Message):
-    """A whole `score` step in one activity (patch `score-step-activity`): its features
+    """A whole `score` step in one activity: its features
     evaluated against ``context`` (``feature_expressions``; or given in ``score.features``
     when a walk evaluated them already), the model called, then the set/branch/split steps
     from ``then`` on decided with the score in `scores` (as `decide_steps` would, right

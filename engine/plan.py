@@ -262,7 +262,7 @@ def decidable(step: PlanStep) -> bool:
 def walks_from(step: PlanStep) -> bool:
     """Whether a `decide_steps` walk starting at ``step`` decides something: a pure step, or
     a call step with a JSON body (evaluated for it). A score step evaluates its own
-    features in its activity (the interpreter's patch `score-step-activity`)."""
+    features in its activity (`score_step`)."""
     if step.type in PURE_STEPS:
         return True
     return isinstance(step, CallPlan) and step.json_body is not None

@@ -39,8 +39,6 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.decisions import decide_at_entry
-from activities.runs import customer_from_traits, masked_customer
 from engine.database import (
     EventRecord,
     PlanVersion,
@@ -51,6 +49,7 @@ from engine.database import (
     store_event,
     upsert_profile,
 )
+from engine.decisions import decide_at_entry
 from engine.payloads import (
     SIGNAL_EVENT,
     WORKFLOW_NAME,
@@ -61,6 +60,7 @@ from engine.payloads import (
     workflow_id_for,
 )
 from engine.plan import EventWaitPlan, Plan
+from engine.profiles import customer_from_traits, masked_customer
 from engine.timestamps import as_utc, utcnow
 from rules import EvaluationError, Expression, ExpressionError, compile_expression
 

@@ -1,22 +1,25 @@
 """`JourneyRunWorkflow`: one customer's run through one pinned plan version.
 
-The interpreter is a bounded loop that dispatches each step through one table of short
-handlers (ending in `assert_never`), each returning the next step id. Decisions (branch
-rules, wait conditions, exits, splits, holdout, local times) are made in local
-activities, so the history records each with what it read and what it chose: consecutive
-set/branch/split steps in one `decide_steps` call (patch `batched-decisions`), the start of
-a run in one `begin_run`. Side effects (messages, scores, review tasks, HTTP calls, profile
-writes) are activities. Events arrive
-by signal, review decisions by a validated Update, and the state is a query.
+The interpreter is a bounded loop. Each step is dispatched by one `match` over the plan's
+step union, ending in `assert_never` (mypy proves every step type handled), to a short
+handler returning the next step id. Set, branch and split steps are never run one by one:
+they are decided in walks (`engine.decisions.decide`) that the history records with what
+each decision read and chose: the starter's first walk (`JourneyRunInput.decided`) or
+`begin_run`'s, a `score_step`'s walk after its score, else one `decide_steps` local
+activity. Side effects (messages, scores, review tasks, HTTP calls, profile writes) are
+activities, called by their one name (`ActivityName`). Events arrive by signal, review
+decisions by a validated Update, and the state is a query.
 
-Deterministic: time, ids and randomness come only from `workflow.*`; no I/O here. Every
-change to behaviour of recorded runs goes behind `workflow.patched(...)` with a history
-added to tests/histories/.
+Deterministic: time, ids and randomness come only from `workflow.*`; no I/O here. This
+file is one baseline with no `workflow.patched` branch: a change to the behaviour of
+recorded runs goes behind `workflow.patched(...)` with a history of the new behaviour
+added to tests/histories/, then `workflow.deprecate_patch(...)`, then its removal once
+every run started before it has ended (`max_duration`), each step with its history.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, assert_never
 
@@ -27,12 +30,12 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from engine import plan as p
     from engine.errors import ErrorType
-    from engine.successors import taken
     from engine.payloads import (
         QUERY_STATE,
         SIGNAL_EVENT,
         UPDATE_REVIEW,
         WORKFLOW_NAME,
+        ActivityName,
         BeginRunInput,
         BeginRunResult,
         CallHttpInput,
@@ -56,9 +59,9 @@ with workflow.unsafe.imports_passed_through():
         ReviewTaskRef,
         RunState,
         ScoreInput,
-        ScoreResult,
         ScoreStepInput,
         ScoreStepResult,
+        SearchAttribute,
         SendMessageInput,
         SendMessageResult,
         StepDecision,
@@ -67,53 +70,29 @@ with workflow.unsafe.imports_passed_through():
         run_context,
         send_path_entry,
     )
+    from engine.successors import taken
 
-__all__ = [
-    "BATCHED_DECISIONS",
-    "MAX_STEPS",
-    "SCORE_STEP_ACTIVITY",
-    "SEND_RECORDS_END",
-    "JourneyRunWorkflow",
-]
+__all__ = ["MAX_STEPS", "MAX_WALK", "JourneyRunWorkflow"]
 
-BATCHED_DECISIONS = "batched-decisions"
-"""The patch under which a run starts with one `begin_run` local activity (runs row,
-profile, holdout, first decisions) and decides consecutive set/branch/split steps, and the
-expressions of the score or call step after them, in one `decide_steps` local activity.
-Runs recorded before it keep one local activity per decision (tests/histories)."""
-SCORE_STEP_ACTIVITY = "score-step-activity"
-"""The patch under which a `score` step is one `score_step` activity: its features, the
-model, and the set/branch/split steps after it decided with the score (no local activity
-before or after it). It implies `batched-decisions` and the per-channel sends, so a new
-run records this one patch marker instead of those two."""
-SEND_RECORDS_END = "send-records-end"
-"""The patch under which a send that ends the run when it delivers (the plan ends after
-it, or goes on to an exit step) writes the run's final row itself, with the send and the
-end in the path at the send's time (`SendMessageInput.finish`); the run then records
-itself at its end only when it ended otherwise (an exit event came meanwhile). It implies
-`score-step-activity`, so a new run records this one patch marker."""
 MAX_WALK = 100
-
+"""Steps one walk decides at most (a loop of pure steps ends at `MAX_STEPS`)."""
 MAX_STEPS = 10_000
 MAX_INBOX = 200
 MAX_SEEN = 1000
-JOURNEY_ID = SearchAttributeKey.for_keyword("JourneyId")
-CURRENT_STEP = SearchAttributeKey.for_keyword("CurrentStep")
-OUTCOME = SearchAttributeKey.for_keyword("Outcome")
+JOURNEY_ID = SearchAttributeKey.for_keyword(SearchAttribute.JOURNEY_ID)
+CURRENT_STEP = SearchAttributeKey.for_keyword(SearchAttribute.CURRENT_STEP)
+OUTCOME = SearchAttributeKey.for_keyword(SearchAttribute.OUTCOME)
 
 _LOCAL = timedelta(seconds=30)
 _DB_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
 )
-_SEND_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=2),
-    maximum_interval=timedelta(minutes=5),
-    non_retryable_error_types=[
-        ErrorType.TEMPLATE_ERROR,
-        ErrorType.PERMANENT_DELIVERY_FAILURE,
-        ErrorType.BAD_CONFIGURATION,
-    ],
-)
+_SEND_NON_RETRYABLE = [
+    ErrorType.TEMPLATE_ERROR,
+    ErrorType.PERMANENT_DELIVERY_FAILURE,
+    ErrorType.BAD_CONFIGURATION,
+]
+_SCORE_RETRY = RetryPolicy(maximum_attempts=3)
 _CALL_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=2),
     maximum_interval=timedelta(minutes=2),
@@ -156,33 +135,17 @@ class JourneyRunWorkflow:
         self.exit_checked = 0
         self.visits: dict[str, int] = {}
         self.decision: ReviewDecision | None = None
-        self.review_closed_at: datetime | None = None
         self.deadline: datetime | None = None
-        # Set in `run` from the patches: False replays the runs recorded before them.
-        self.records_end = False  # SEND_RECORDS_END
-        self.score_steps = False  # SCORE_STEP_ACTIVITY (or SEND_RECORDS_END)
-        # The final row a delivering send wrote (SEND_RECORDS_END), if one did.
+        # The final row a delivering send wrote (`SendMessageInput.finish`), if one did.
         self.recorded: RecordRunInput | None = None
-        self.batched = False  # BATCHED_DECISIONS (or SCORE_STEP_ACTIVITY)
         self.decidable = {sid: s for sid, s in self.plan.steps.items() if p.decidable(s)}
-        # The steps a walk (decide_steps) starts from; set in `run`.
-        self.walk_starts: set[str] = set()
-        # A walk decided ahead (begin_run's from plan.start, a score_step's after the
-        # score), and the step it starts from.
+        # The steps a walk (decide_steps) starts from.
+        self.walk_starts = {sid for sid, s in self.decidable.items() if p.walks_from(s)}
+        # A walk decided ahead (the starter's or begin_run's from plan.start, a
+        # score_step's after the score), and the step it starts from.
         self.walked: DecideResult | None = None
         self.walked_from: str | None = None
         self.prepared: StepDecision | None = None  # a score/call step's evaluated expressions
-        self.handlers: dict[str, Callable[[Any], Awaitable[str | None]]] = {
-            "send": self._send,
-            "wait": self._wait,
-            "branch": self._branch,
-            "split": self._split,
-            "score": self._score,
-            "review": self._review,
-            "set": self._set,
-            "call": self._call,
-            "exit": self._exit,
-        }
 
     # ------------------------------------------------------------------ messages in
 
@@ -235,25 +198,10 @@ class JourneyRunWorkflow:
     async def run(self, input: JourneyRunInput) -> RunState:
         started = workflow.now()
         self.deadline = started + timedelta(seconds=self.plan.settings.max_duration_seconds)
-        self.records_end = workflow.patched(SEND_RECORDS_END)
-        self.score_steps = self.records_end or workflow.patched(SCORE_STEP_ACTIVITY)
-        self.batched = self.score_steps or workflow.patched(BATCHED_DECISIONS)
-        self.walk_starts = {
-            sid
-            for sid, step in self.decidable.items()
-            if p.walks_from(step) or not self.score_steps
-        }
         entry = {"event": input.trigger.name, "message_id": input.trigger.message_id}
-        if not self.batched:
-            await self._load_profile()
         self._path("entry", "entry", detail=entry)
         try:
-            if self.batched:
-                held_out = await self._begin()
-            else:
-                await self._record()
-                held_out = self.plan.holdout_percent > 0 and await self._in_holdout()
-            if held_out:
+            if await self._begin():
                 await self._hold_out()
             else:
                 await self._interpret()
@@ -272,27 +220,49 @@ class JourneyRunWorkflow:
 
     async def _interpret(self) -> None:
         step_id: str | None = self.plan.start
-        taken = 0
-        while taken < MAX_STEPS:
+        count = 0
+        while count < MAX_STEPS:
             await self._check_exits()
             if step_id is None:
                 return
-            if self.batched and step_id in self.walk_starts and not self._is_prepared(step_id):
-                walked, self.walked = self.walked, None
-                if walked is None or self.walked_from != step_id:
-                    walked = await self._decide(step_id, min(MAX_WALK, MAX_STEPS - taken))
-                step_id, decided = await self._apply(walked)
-                taken += decided
+            if step_id in self.walk_starts and not self._is_prepared(step_id):
+                step_id, decided = await self._walk(step_id, MAX_STEPS - count)
+                count += decided
                 if decided:
                     continue  # exit events first, then the step the walk stopped at
                 if step_id is None:
                     return
-            step = self.plan.steps[step_id]
             self.visits[step_id] = self.visits.get(step_id, 0) + 1
             self.state.current_step = step_id
-            step_id = await self.handlers[step.type](step)
-            taken += 1
+            step_id = await self._step(self.plan.steps[step_id])
+            count += 1
         raise _RunEnded("failed", "step_limit")
+
+    async def _step(self, step: p.PlanStep) -> str | None:
+        """Run one step that is not decided by a walk; returns the next step id."""
+        match step:
+            case p.SendPlan():
+                return await self._send(step)
+            case p.TimerWaitPlan():
+                return await self._wait_timer(step)
+            case p.UntilWaitPlan():
+                return await self._wait_until(step)
+            case p.EventWaitPlan():
+                return await self._wait_event(step)
+            case p.ScorePlan():
+                return await self._score(step)
+            case p.ReviewPlan():
+                return await self._review(step)
+            case p.CallPlan():
+                return await self._call(step)
+            case p.ExitPlan():
+                raise _RunEnded("completed", step.outcome)
+            case p.BranchPlan() | p.SplitPlan() | p.SetPlan():
+                # Only walks decide these (`_interpret` walks from every one); reaching one
+                # here is a bug: end the run visibly rather than fail its workflow task.
+                raise _RunEnded("failed", f"{step.id}_failed")
+            case _:
+                assert_never(step)
 
     def _finish(self, status: str, outcome: str) -> None:
         self.state.status = status  # type: ignore[assignment]
@@ -309,86 +279,19 @@ class JourneyRunWorkflow:
         self._path("end", status, outcome=outcome, at=at)
         self._upsert(outcome=outcome)
 
-    # ------------------------------------------------------------------ step handlers
+    # ------------------------------------------------------------------ send
 
     async def _send(self, step: p.SendPlan) -> str | None:
         """Try each channel in order; the activity checks consent, suppression, quiet hours
         and the cap just before the provider call. Quiet hours and a full cap wait on a
         durable timer; a channel with no address, no consent or a permanent failure falls
         back to the next one; when none delivers, `on_failure` (else the next step)."""
-        if not self.score_steps and not workflow.patched("send-per-channel-policies"):
-            return await self._send_v1(step)
-        settings = self.plan.settings
-        info = workflow.info()
         for channel in step.channels:
-            config = self.plan.channel_config.get(channel)
-            retry = RetryPolicy(
-                initial_interval=timedelta(seconds=config.retry_initial_seconds if config else 5),
-                maximum_interval=timedelta(seconds=config.retry_max_seconds if config else 300),
-                non_retryable_error_types=list(_SEND_RETRY.non_retryable_error_types or []),
-            )
-            while True:
-                request = SendMessageInput(
-                    workflow_id=info.workflow_id,
-                    run_id=info.run_id,
-                    journey_id=self.plan.journey_id,
-                    step_id=step.id,
-                    visit=self.visits[step.id],
-                    template=step.template,
-                    forms=self.plan.templates.get(step.template, {}),
-                    to_expression=step.to,
-                    context=self._context(),
-                    timezone=self._timezone(),
-                    channel=channel,
-                    channel_url=config.url if config else None,
-                    quiet_start=settings.quiet_hours.start if settings.quiet_hours else None,
-                    quiet_end=settings.quiet_hours.end if settings.quiet_hours else None,
-                    cap_max=settings.frequency_cap.max if settings.frequency_cap else None,
-                    cap_per_seconds=settings.frequency_cap.per_seconds
-                    if settings.frequency_cap
-                    else None,
-                    finish=self._ending(step) if self.records_end else None,
-                )
-                try:
-                    result: SendMessageResult = await workflow.execute_activity(
-                        "send_message",
-                        request,
-                        result_type=SendMessageResult,
-                        start_to_close_timeout=timedelta(seconds=60),
-                        schedule_to_close_timeout=timedelta(
-                            seconds=config.ttl_seconds if config else 3600
-                        ),
-                        retry_policy=retry,
-                    )
-                except ActivityError as error:
-                    result = SendMessageResult(
-                        status="failed", channel=channel, reason=_cause(error)
-                    )
-                if result.status == "capped" and step.on_capped == "skip":
-                    self._path(
-                        step.id,
-                        step.type,
-                        outcome="capped",
-                        detail={"channel": channel, "reason": result.reason},
-                    )
-                    return step.next
-                if result.status in ("quiet", "capped") and result.retry_at is not None:
-                    self._path(
-                        step.id,
-                        step.type,
-                        outcome="deferred",
-                        detail={
-                            "channel": channel,
-                            "until": result.retry_at.isoformat(),
-                            "reason": result.reason,
-                        },
-                    )
-                    await self._sleep_until(
-                        result.retry_at,
-                        waiting_for=f"{result.reason} (until {result.retry_at.isoformat()})",
-                    )
-                    continue
-                break
+            request, result = await self._send_on(step, channel)
+            if result.status == "capped" and step.on_capped == "skip":
+                detail = {"channel": channel, "reason": result.reason}
+                self._path(step.id, step.type, outcome="capped", detail=detail)
+                return step.next
             at = result.recorded_at or workflow.now()
             entry = send_path_entry(step.id, step.template, channel, result, at)
             self.state.path.append(entry)
@@ -398,80 +301,91 @@ class JourneyRunWorkflow:
                 return step.next
         return step.on_failure or step.next
 
-    async def _send_v1(self, step: p.SendPlan) -> str | None:
-        """The send of runs recorded before per-channel policies (kept for replay)."""
-        quiet = self.plan.settings.quiet_hours
-        if quiet is not None:
-            window = await self._local_time(
-                LocalTimeInput(
-                    now=workflow.now(),
-                    timezone=self._timezone(),
-                    quiet_start=quiet.start,
-                    quiet_end=quiet.end,
-                )
-            )
-            if window.fire_at is not None:
-                self._path(
-                    step.id,
-                    step.type,
-                    outcome="deferred",
-                    detail={
-                        "until": window.fire_at.isoformat(),
-                        "local": window.local,
-                        "reason": window.reason,
-                    },
-                )
-                await self._sleep_until(
-                    window.fire_at, waiting_for=f"quiet hours to end ({window.local})"
-                )
-        to = None
-        if step.to:
-            to_value = await self._evaluate(step.id, "to", "all", [step.to])
-            to = None if to_value.values[0] is None else str(to_value.values[0])
-        forms = self.plan.templates.get(step.template, {})
+    async def _send_on(
+        self, step: p.SendPlan, channel: str
+    ) -> tuple[SendMessageInput, SendMessageResult]:
+        """Send on one channel, waiting out quiet hours and a full cap (unless the step
+        skips a capped send): the last attempt's input and result."""
+        while True:
+            request = self._send_input(step, channel)
+            result = await self._send_activity(request)
+            if result.status == "capped" and step.on_capped == "skip":
+                return request, result
+            if result.status not in ("quiet", "capped") or result.retry_at is None:
+                return request, result
+            until = result.retry_at.isoformat()
+            detail = {"channel": channel, "until": until, "reason": result.reason}
+            self._path(step.id, step.type, outcome="deferred", detail=detail)
+            await self._sleep_until(result.retry_at, waiting_for=f"{result.reason} (until {until})")
+
+    def _send_input(self, step: p.SendPlan, channel: str) -> SendMessageInput:
+        settings = self.plan.settings
+        quiet, cap = settings.quiet_hours, settings.frequency_cap
+        config = self.plan.channel_config.get(channel)
+        info = workflow.info()
+        return SendMessageInput(
+            workflow_id=info.workflow_id,
+            run_id=info.run_id,
+            journey_id=self.plan.journey_id,
+            step_id=step.id,
+            visit=self.visits[step.id],
+            channel=channel,
+            template=step.template,
+            forms=self.plan.templates.get(step.template, {}),
+            to_expression=step.to,
+            context=self._context(),
+            timezone=self._timezone(),
+            channel_url=config.url if config else None,
+            quiet_start=quiet.start if quiet else None,
+            quiet_end=quiet.end if quiet else None,
+            cap_max=cap.max if cap else None,
+            cap_per_seconds=cap.per_seconds if cap else None,
+            finish=self._ending(step),
+        )
+
+    async def _send_activity(self, request: SendMessageInput) -> SendMessageResult:
+        """`send_message` under the channel's retries and time to live; a failure for good
+        is a failed send (the step falls back), not a failed run."""
+        config = self.plan.channel_config.get(request.channel)
+        retry = RetryPolicy(
+            initial_interval=timedelta(seconds=config.retry_initial_seconds if config else 5),
+            maximum_interval=timedelta(seconds=config.retry_max_seconds if config else 300),
+            non_retryable_error_types=_SEND_NON_RETRYABLE,
+        )
         try:
             result: SendMessageResult = await workflow.execute_activity(
-                "send_message",
-                SendMessageInput(
-                    workflow_id=workflow.info().workflow_id,
-                    run_id=workflow.info().run_id,
-                    journey_id=self.plan.journey_id,
-                    step_id=step.id,
-                    visit=self.visits[step.id],
-                    channels=list(step.channels),
-                    template=step.template,
-                    forms=forms,
-                    to=to,
-                    context=self._context(),
-                    timezone=self._timezone(),
-                ),
+                ActivityName.SEND_MESSAGE,
+                request,
                 result_type=SendMessageResult,
                 start_to_close_timeout=timedelta(seconds=60),
-                schedule_to_close_timeout=timedelta(hours=24),
-                retry_policy=_SEND_RETRY,
+                schedule_to_close_timeout=timedelta(seconds=config.ttl_seconds if config else 3600),
+                retry_policy=retry,
             )
         except ActivityError as error:
-            result = SendMessageResult(status="failed", reason=_cause(error))
-        self._path(
-            step.id,
-            step.type,
-            outcome=result.status,
-            detail={"channel": result.channel, "reason": result.reason, "template": step.template},
-        )
-        if result.status == "failed" and step.on_failure:
-            return step.on_failure
-        return step.next
+            return SendMessageResult(status="failed", channel=request.channel, reason=_cause(error))
+        return result
 
-    async def _wait(self, step: p.WaitPlan) -> str | None:
-        match step:
-            case p.TimerWaitPlan():
-                return await self._wait_timer(step)
-            case p.UntilWaitPlan():
-                return await self._wait_until(step)
-            case p.EventWaitPlan():
-                return await self._wait_event(step)
-            case _:
-                assert_never(step)
+    def _ending(self, step: p.SendPlan) -> RecordRunInput | None:
+        """The run's final row should ``step`` deliver and end it: the plan ends after it,
+        or goes on to an exit step. None when more would follow (the run records itself).
+        The path is as it is now; the send's activity adds the send and the end."""
+        following = self.plan.steps.get(step.next) if step.next else None
+        if step.next is None:
+            end_step, outcome = step.id, "completed"
+        elif isinstance(following, p.ExitPlan):
+            end_step, outcome = following.id, following.outcome
+        else:
+            return None
+        return self._record_input().model_copy(
+            update={
+                "status": "completed",
+                "step": end_step,
+                "outcome": outcome,
+                "path": list(self.state.path),
+            }
+        )
+
+    # ------------------------------------------------------------------ wait
 
     async def _wait_timer(self, step: p.TimerWaitPlan) -> str | None:
         wake = workflow.now() + timedelta(seconds=step.seconds)
@@ -484,14 +398,11 @@ class JourneyRunWorkflow:
         local = await self._local_time(
             LocalTimeInput(now=workflow.now(), timezone=self._timezone(), until=step.until)
         )
-        wake = local.fire_at or workflow.now()
-        self._path(
-            step.id,
-            step.type,
-            outcome="waiting",
-            detail={"until": wake.isoformat(), "local": local.local},
+        detail = {"until": local.fire_at.isoformat(), "local": local.local}
+        self._path(step.id, step.type, outcome="waiting", detail=detail)
+        await self._sleep_until(
+            local.fire_at, waiting_for=f"local time {step.until} ({local.local})"
         )
-        await self._sleep_until(wake, waiting_for=f"local time {step.until} ({local.local})")
         await self._load_profile()
         return step.next
 
@@ -522,76 +433,11 @@ class JourneyRunWorkflow:
         )
         return step.next
 
-    async def _branch(self, step: p.BranchPlan) -> str | None:
-        result = await self._evaluate(
-            step.id, "branch", "first", [rule.when for rule in step.rules]
-        )
-        target = (
-            step.rules[result.first_true].goto if result.first_true is not None else step.otherwise
-        )
-        self._path(
-            step.id,
-            step.type,
-            outcome=target or "end",
-            detail={"rule": result.first_true, "reads": result.reads, "error": result.error},
-        )
-        return target
-
-    async def _split(self, step: p.SplitPlan) -> str | None:
-        result = await workflow.execute_local_activity(
-            "evaluate",
-            EvaluateInput(
-                step_id=step.id,
-                purpose="split",
-                mode="bucket",
-                weights=[a.weight for a in step.arms],
-                salt=self._salt(step.id),
-            ),
-            result_type=EvaluateResult,
-            start_to_close_timeout=_LOCAL,
-        )
-        arm = step.arms[result.bucket or 0]
-        self._path(step.id, step.type, outcome=arm.name, detail={"arm": arm.name})
-        return arm.goto
+    # ------------------------------------------------------------------ score and call
 
     async def _score(self, step: p.ScorePlan) -> str | None:
-        if self.score_steps:
-            return await self._score_step(step)
-        names = list(step.features)
-        features = self._take_prepared(step.id) or await self._evaluate(
-            step.id, "features", "all", [step.features[n] for n in names]
-        )
-        values = dict(zip(names, features.values, strict=True))
-        result: ScoreResult = await workflow.execute_activity(
-            "score_customer",
-            ScoreInput(
-                workflow_id=workflow.info().workflow_id,
-                step_id=step.id,
-                model=step.model,
-                spec=self.plan.models.get(step.model, {}),
-                features=values,
-            ),
-            result_type=ScoreResult,
-            start_to_close_timeout=timedelta(seconds=60),
-            retry_policy=RetryPolicy(maximum_attempts=3),
-        )
-        self.state.scores[step.model] = result.model_dump(mode="json")
-        self._path(
-            step.id,
-            step.type,
-            outcome=f"{result.score:g}",
-            detail={
-                "model": step.model,
-                "features": values,
-                "fallback_used": result.fallback_used,
-                "error": result.error,
-            },
-        )
-        return step.next
-
-    async def _score_step(self, step: p.ScorePlan) -> str | None:
-        """The score step in one activity (SCORE_STEP_ACTIVITY): features (unless a walk
-        evaluated them already), the model, and the walk from the next step."""
+        """The score step in one activity: features (unless a walk evaluated them already),
+        the model, and the walk from the next step."""
         prepared = self._take_prepared(step.id)
         then = step.next if step.next in self.walk_starts else None
         names = list(step.features)
@@ -612,34 +458,92 @@ class JourneyRunWorkflow:
             limit=MAX_WALK,
         )
         result: ScoreStepResult = await workflow.execute_activity(
-            "score_step",
+            ActivityName.SCORE_STEP,
             request,
             result_type=ScoreStepResult,
             start_to_close_timeout=timedelta(seconds=60),
-            retry_policy=RetryPolicy(maximum_attempts=3),
+            retry_policy=_SCORE_RETRY,
         )
-        score = result.score
-        self.state.scores[step.model] = score.model_dump(mode="json")
-        self._path(
-            step.id,
-            step.type,
-            outcome=f"{score.score:g}",
-            detail={
-                "model": step.model,
-                "features": result.features,
-                "fallback_used": score.fallback_used,
-                "error": score.error,
-            },
-        )
+        self._path_score(step, result)
         if result.decided is not None:
             self.walked, self.walked_from = result.decided, then
         return step.next
 
+    def _path_score(self, step: p.ScorePlan, result: ScoreStepResult) -> None:
+        score = result.score
+        self.state.scores[step.model] = score.model_dump(mode="json")
+        detail = {
+            "model": step.model,
+            "features": result.features,
+            "fallback_used": score.fallback_used,
+            "error": score.error,
+        }
+        self._path(step.id, step.type, outcome=f"{score.score:g}", detail=detail)
+
+    async def _call(self, step: p.CallPlan) -> str | None:
+        body: dict[str, Any] | None = None
+        if step.json_body is not None:
+            # A call with a body starts a walk (`walks_from`), which evaluated the body.
+            prepared = self._take_prepared(step.id)
+            if prepared is None:
+                raise _RunEnded("failed", f"{step.id}_failed")
+            body = dict(zip(step.json_body, prepared.values, strict=True))
+        try:
+            result: CallHttpResult = await workflow.execute_activity(
+                ActivityName.CALL_HTTP,
+                CallHttpInput(
+                    workflow_id=workflow.info().workflow_id,
+                    step_id=step.id,
+                    visit=self.visits[step.id],
+                    method=step.method,
+                    url=step.url,
+                    json_body=body,
+                    headers=dict(step.headers or {}),
+                    timeout_seconds=step.timeout_seconds,
+                    context=self._context(),
+                ),
+                result_type=CallHttpResult,
+                start_to_close_timeout=timedelta(seconds=step.timeout_seconds + 5),
+                schedule_to_close_timeout=timedelta(hours=1),
+                retry_policy=_CALL_RETRY,
+            )
+        except ActivityError as error:
+            self._path(step.id, step.type, outcome="failed", detail={"reason": _cause(error)})
+            if step.on_failure:
+                return step.on_failure
+            raise _RunEnded("failed", f"{step.id}_failed") from None
+        self.state.vars[step.id] = result.body
+        self._path(step.id, step.type, outcome=str(result.status_code))
+        return step.next
+
+    # ------------------------------------------------------------------ review
+
     async def _review(self, step: p.ReviewPlan) -> str | None:
-        info = workflow.info()
+        """Open a task, wait for a decision until the SLA, escalate once if the step says
+        so, else close the task as expired and take `on_timeout`."""
         due = workflow.now() + timedelta(seconds=step.sla_seconds) if step.sla_seconds else None
+        task_id = await self._open_review(step, due)
+        escalated = False
+        while True:
+            queue = step.escalate_to if escalated and step.escalate_to else step.queue
+            decided = await self._wait_for(
+                lambda: self.decision is not None, due, waiting_for=f"review in {queue}"
+            )
+            if decided and self.decision is not None:
+                return await self._review_decided(step, task_id, self.decision)
+            if step.escalate_to and not escalated and step.sla_seconds:
+                escalated = True
+                due = await self._escalate(step, task_id, step.escalate_to, step.sla_seconds)
+                continue
+            self.state.open_review = None
+            await self._review_activity(ActivityName.CLOSE_REVIEW_TASK, task_id, status="expired")
+            self._path(step.id, step.type, outcome="timed_out", detail={"task_id": task_id})
+            return step.on_timeout
+
+    async def _open_review(self, step: p.ReviewPlan, due: datetime | None) -> str:
+        info = workflow.info()
         task_id: str = await workflow.execute_activity(
-            "open_review_task",
+            ActivityName.OPEN_REVIEW_TASK,
             OpenReviewInput(
                 workflow_id=info.workflow_id,
                 run_id=info.run_id,
@@ -665,72 +569,54 @@ class JourneyRunWorkflow:
         self.state.open_review = ReviewTaskRef(
             task_id=task_id, queue=step.queue, decisions=list(step.decisions), due_at=due
         )
-        self._path(
-            step.id, step.type, outcome="opened", detail={"task_id": task_id, "queue": step.queue}
+        detail = {"task_id": task_id, "queue": step.queue}
+        self._path(step.id, step.type, outcome="opened", detail=detail)
+        return task_id
+
+    async def _review_decided(
+        self, step: p.ReviewPlan, task_id: str, decision: ReviewDecision
+    ) -> str | None:
+        self.state.open_review = None
+        self.state.review = {
+            "decision": decision.decision,
+            "reviewer": decision.reviewer,
+            "note": decision.note,
+            "at": workflow.now().isoformat(),
+        }
+        await self._review_activity(
+            ActivityName.CLOSE_REVIEW_TASK, task_id, status="decided", decision=decision
         )
-        escalated = False
-        while True:
-            decided = await self._wait_for(
-                lambda: self.decision is not None,
-                due,
-                waiting_for=f"review in {self.state.open_review.queue}",
-            )
-            if decided and self.decision is not None:
-                decision = self.decision
-                self.state.open_review = None
-                self.state.review = {
-                    "decision": decision.decision,
-                    "reviewer": decision.reviewer,
-                    "note": decision.note,
-                    "at": workflow.now().isoformat(),
-                }
-                await self._review_activity(
-                    "close_review_task", task_id, status="decided", decision=decision
-                )
-                self._path(
-                    step.id,
-                    step.type,
-                    outcome=decision.decision,
-                    detail={
-                        "task_id": task_id,
-                        "reviewer": decision.reviewer,
-                        "note": decision.note,
-                    },
-                )
-                return step.decisions[decision.decision]
-            if step.escalate_to and not escalated and step.sla_seconds:
-                escalated = True
-                due = workflow.now() + timedelta(seconds=step.sla_seconds)
-                self.state.open_review = ReviewTaskRef(
-                    task_id=task_id,
-                    queue=step.escalate_to,
-                    decisions=list(step.decisions),
-                    due_at=due,
-                    escalated=True,
-                )
-                await self._review_activity(
-                    "escalate_review_task",
-                    task_id,
-                    status="open",
-                    queue=step.escalate_to,
-                    due_at=due,
-                    announce_url=self._ops_url(),
-                )
-                self._path(
-                    step.id,
-                    step.type,
-                    outcome="escalated",
-                    detail={"task_id": task_id, "queue": step.escalate_to},
-                )
-                continue
-            self.state.open_review = None
-            await self._review_activity("close_review_task", task_id, status="expired")
-            self._path(step.id, step.type, outcome="timed_out", detail={"task_id": task_id})
-            return step.on_timeout
+        detail = {"task_id": task_id, "reviewer": decision.reviewer, "note": decision.note}
+        self._path(step.id, step.type, outcome=decision.decision, detail=detail)
+        return step.decisions[decision.decision]
+
+    async def _escalate(
+        self, step: p.ReviewPlan, task_id: str, queue: str, sla_seconds: int
+    ) -> datetime:
+        """Re-queue the open task to ``queue`` with a new SLA; returns the new due time."""
+        due = workflow.now() + timedelta(seconds=sla_seconds)
+        self.state.open_review = ReviewTaskRef(
+            task_id=task_id,
+            queue=queue,
+            decisions=list(step.decisions),
+            due_at=due,
+            escalated=True,
+        )
+        await self._review_activity(
+            ActivityName.ESCALATE_REVIEW_TASK,
+            task_id,
+            status="open",
+            queue=queue,
+            due_at=due,
+            announce_url=self._ops_url(),
+        )
+        detail = {"task_id": task_id, "queue": queue}
+        self._path(step.id, step.type, outcome="escalated", detail=detail)
+        return due
 
     async def _review_activity(
         self,
-        name: str,
+        name: ActivityName,
         task_id: str,
         *,
         status: str,
@@ -758,78 +644,7 @@ class JourneyRunWorkflow:
         config = self.plan.channel_config.get("ops")
         return config.url if config is not None else None
 
-    async def _set(self, step: p.SetPlan) -> str | None:
-        targets = list(step.assignments)
-        result = await self._evaluate(step.id, "set", "all", [step.assignments[t] for t in targets])
-        profile_updates: dict[str, Any] = {}
-        self._assign(step, result.values, profile_updates)
-        await self._update_profile(profile_updates)
-        self._path_set(step, result.values, result.error)
-        return step.next
-
-    def _assign(self, step: p.SetPlan, values: list[Any], profile_updates: dict[str, Any]) -> None:
-        """A set step's values into `vars` and the profile (its writes into ``profile_updates``)."""
-        for target, value in zip(step.assignments, values, strict=True):
-            scope, name = target.split(".", 1)
-            if scope == "vars":
-                self.state.vars[name] = value
-            else:
-                profile_updates[name] = value
-                self.customer.traits[name] = value
-
-    def _path_set(self, step: p.SetPlan, values: list[Any], error: str | None) -> None:
-        detail = {"values": dict(zip(step.assignments, values, strict=True)), "error": error}
-        self._path(step.id, step.type, outcome="set", detail=detail)
-
-    async def _update_profile(self, traits: dict[str, Any]) -> None:
-        if traits:
-            await workflow.execute_activity(
-                "update_profile",
-                UpdateProfileInput(customer_id=self.input.customer_id, traits=traits),
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=_DB_RETRY,
-            )
-
-    async def _call(self, step: p.CallPlan) -> str | None:
-        body: dict[str, Any] | None = None
-        if step.json_body is not None:
-            names = list(step.json_body)
-            values = self._take_prepared(step.id) or await self._evaluate(
-                step.id, "json", "all", [step.json_body[n] for n in names]
-            )
-            body = dict(zip(names, values.values, strict=True))
-        try:
-            result: CallHttpResult = await workflow.execute_activity(
-                "call_http",
-                CallHttpInput(
-                    workflow_id=workflow.info().workflow_id,
-                    step_id=step.id,
-                    visit=self.visits[step.id],
-                    method=step.method,
-                    url=step.url,
-                    json_body=body,
-                    headers=dict(step.headers or {}),
-                    timeout_seconds=step.timeout_seconds,
-                    context=self._context(),
-                ),
-                result_type=CallHttpResult,
-                start_to_close_timeout=timedelta(seconds=step.timeout_seconds + 5),
-                schedule_to_close_timeout=timedelta(hours=1),
-                retry_policy=_CALL_RETRY,
-            )
-        except ActivityError as error:
-            self._path(step.id, step.type, outcome="failed", detail={"reason": _cause(error)})
-            if step.on_failure:
-                return step.on_failure
-            raise _RunEnded("failed", f"{step.id}_failed") from None
-        self.state.vars[step.id] = result.body
-        self._path(step.id, step.type, outcome=str(result.status_code))
-        return step.next
-
-    async def _exit(self, step: p.ExitPlan) -> str | None:
-        raise _RunEnded("completed", step.outcome)
-
-    # ------------------------------------------------------------------ batched decisions
+    # ------------------------------------------------------------------ walks
 
     async def _begin(self) -> bool:
         """The run's start in one local activity: its `runs` row, the profile, whether the
@@ -851,7 +666,7 @@ class JourneyRunWorkflow:
             if holdout <= 0 and not decidable:
                 return False
         result: BeginRunResult = await workflow.execute_local_activity(
-            "begin_run",
+            ActivityName.BEGIN_RUN,
             BeginRunInput(
                 record=self._record_input() if given is None else None,
                 customer=given,
@@ -878,29 +693,42 @@ class JourneyRunWorkflow:
             limit=limit,
         )
 
-    async def _decide(self, start: str, limit: int) -> DecideResult:
-        """Decide the set/branch/split steps from ``start`` on in one local activity."""
-        result: DecideResult = await workflow.execute_local_activity(
-            "decide_steps",
-            self._decide_input(start, limit),
-            result_type=DecideResult,
-            start_to_close_timeout=_LOCAL,
-        )
-        return result
+    async def _walk(self, start: str, budget: int) -> tuple[str | None, int]:
+        """Take the walk from ``start``: the one decided ahead for it, else one
+        `decide_steps` local activity. Returns the step it stopped at and how many steps
+        it decided."""
+        walked, self.walked = self.walked, None
+        if walked is None or self.walked_from != start:
+            walked = await workflow.execute_local_activity(
+                ActivityName.DECIDE_STEPS,
+                self._decide_input(start, min(MAX_WALK, budget)),
+                result_type=DecideResult,
+                start_to_close_timeout=_LOCAL,
+            )
+        return await self._apply(walked)
 
     async def _apply(self, walked: DecideResult) -> tuple[str | None, int]:
-        """Take a walk's decisions in order, as the one-step handlers would have; keep the
-        expressions it evaluated for the step it stopped at. Returns that step and how many
-        steps were decided."""
+        """Take a walk's decisions in order; keep the expressions it evaluated for the step
+        it stopped at. Returns that step and how many steps were decided."""
         profile_updates: dict[str, Any] = {}
         for decision in walked.decisions:
             step = self.plan.steps[decision.step_id]
             self.visits[step.id] = self.visits.get(step.id, 0) + 1
             self.state.current_step = step.id
-            if isinstance(step, p.SplitPlan):
+            self._take(step, decision, profile_updates)
+        await self._update_profile(profile_updates)
+        self.prepared = walked.prepared
+        return walked.stop, len(walked.decisions)
+
+    def _take(
+        self, step: p.PlanStep, decision: StepDecision, profile_updates: dict[str, Any]
+    ) -> None:
+        """One decided step into the run's state and path."""
+        match step:
+            case p.SplitPlan():
                 arm = step.arms[decision.bucket or 0]
                 self._path(step.id, step.type, outcome=arm.name, detail={"arm": arm.name})
-            elif isinstance(step, p.BranchPlan):
+            case p.BranchPlan():
                 target = taken(step, rule=decision.first_true, arm=None)
                 detail: dict[str, Any] = {
                     "rule": decision.first_true,
@@ -908,14 +736,34 @@ class JourneyRunWorkflow:
                     "error": decision.error,
                 }
                 self._path(step.id, step.type, outcome=target or "end", detail=detail)
-            elif isinstance(step, p.SetPlan):
+            case p.SetPlan():
                 self._assign(step, decision.values, profile_updates)
-                self._path_set(step, decision.values, decision.error)
-            else:  # decide_steps decides nothing else; a mismatch is a bug, not a retry
+                detail = {
+                    "values": dict(zip(step.assignments, decision.values, strict=True)),
+                    "error": decision.error,
+                }
+                self._path(step.id, step.type, outcome="set", detail=detail)
+            case _:  # a walk decides nothing else; a mismatch is a bug, not a retry
                 raise _RunEnded("failed", f"{step.id}_failed")
-        await self._update_profile(profile_updates)
-        self.prepared = walked.prepared
-        return walked.stop, len(walked.decisions)
+
+    def _assign(self, step: p.SetPlan, values: list[Any], profile_updates: dict[str, Any]) -> None:
+        """A set step's values into `vars` and the profile (its writes into ``profile_updates``)."""
+        for target, value in zip(step.assignments, values, strict=True):
+            scope, name = target.split(".", 1)
+            if scope == "vars":
+                self.state.vars[name] = value
+            else:
+                profile_updates[name] = value
+                self.customer.traits[name] = value
+
+    async def _update_profile(self, traits: dict[str, Any]) -> None:
+        if traits:
+            await workflow.execute_activity(
+                ActivityName.UPDATE_PROFILE,
+                UpdateProfileInput(customer_id=self.input.customer_id, traits=traits),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_DB_RETRY,
+            )
 
     def _is_prepared(self, step_id: str) -> bool:
         return self.prepared is not None and self.prepared.step_id == step_id
@@ -928,21 +776,6 @@ class JourneyRunWorkflow:
         return prepared
 
     # ------------------------------------------------------------------ holdout
-
-    async def _in_holdout(self) -> bool:
-        result: EvaluateResult = await workflow.execute_local_activity(
-            "evaluate",
-            EvaluateInput(
-                step_id="holdout",
-                purpose="holdout",
-                mode="bucket",
-                weights=[self.plan.holdout_percent, 100 - self.plan.holdout_percent],
-                salt=self._salt("holdout"),
-            ),
-            result_type=EvaluateResult,
-            start_to_close_timeout=_LOCAL,
-        )
-        return result.bucket == 0
 
     async def _hold_out(self) -> None:
         """Enter, get nothing, and still record how the run ends (exit events), for comparison."""
@@ -1006,9 +839,7 @@ class JourneyRunWorkflow:
                 event = self.inbox.pop(index)
                 self.exit_checked -= 1
                 if step.when:
-                    check = await self._evaluate(
-                        step.id, "wait.when", "first", [step.when], event=event
-                    )
+                    check = await self._evaluate(step.id, "wait.when", [step.when], event=event)
                     if check.first_true is None:
                         self._path(
                             step.id,
@@ -1034,7 +865,7 @@ class JourneyRunWorkflow:
                     continue
                 if rule.when:
                     check = await self._evaluate(
-                        "exit_on", "exit_on.when", "first", [rule.when], event=event
+                        "exit_on", "exit_on.when", [rule.when], event=event
                     )
                     if check.first_true is None:
                         continue
@@ -1050,36 +881,37 @@ class JourneyRunWorkflow:
     # ------------------------------------------------------------------ local activities
 
     async def _evaluate(
-        self,
-        step_id: str,
-        purpose: str,
-        mode: str,
-        expressions: list[str],
-        *,
-        event: EventMessage | None = None,
+        self, step_id: str, purpose: str, expressions: list[str], *, event: EventMessage
     ) -> EvaluateResult:
+        """A wait's or an exit's condition against ``event`` (first truthy expression)."""
         request = EvaluateInput(
             step_id=step_id,
             purpose=purpose,
-            mode=mode,
             expressions=expressions,
             context=self._context(event),
             timezone=self._timezone(),
         )
         result: EvaluateResult = await workflow.execute_local_activity(
-            "evaluate", request, result_type=EvaluateResult, start_to_close_timeout=_LOCAL
+            ActivityName.EVALUATE,
+            request,
+            result_type=EvaluateResult,
+            start_to_close_timeout=_LOCAL,
         )
         return result
 
     async def _local_time(self, request: LocalTimeInput) -> LocalTimeResult:
         result: LocalTimeResult = await workflow.execute_local_activity(
-            "local_time", request, result_type=LocalTimeResult, start_to_close_timeout=_LOCAL
+            ActivityName.LOCAL_TIME,
+            request,
+            result_type=LocalTimeResult,
+            start_to_close_timeout=_LOCAL,
         )
         return result
 
     async def _load_profile(self) -> None:
+        """The profile read again (masked): after a wait, the customer may have changed."""
         self.customer = await workflow.execute_local_activity(
-            "load_profile",
+            ActivityName.LOAD_PROFILE,
             LoadProfileInput(customer_id=self.input.customer_id),
             result_type=CustomerContext,
             start_to_close_timeout=_LOCAL,
@@ -1088,7 +920,7 @@ class JourneyRunWorkflow:
 
     async def _record(self) -> None:
         await workflow.execute_local_activity(
-            "record_run",
+            ActivityName.RECORD_RUN,
             self._record_input(),
             start_to_close_timeout=_LOCAL,
             retry_policy=_DB_RETRY,
@@ -1150,26 +982,6 @@ class JourneyRunWorkflow:
                 outcome=outcome,
                 detail=detail or {},
             )
-        )
-
-    def _ending(self, step: p.SendPlan) -> RecordRunInput | None:
-        """The run's final row should ``step`` deliver and end it: the plan ends after it,
-        or goes on to an exit step. None when more would follow (the run records itself).
-        The path is as it is now; the send's activity adds the send and the end."""
-        following = self.plan.steps.get(step.next) if step.next else None
-        if step.next is None:
-            end_step, outcome = step.id, "completed"
-        elif isinstance(following, p.ExitPlan):
-            end_step, outcome = following.id, following.outcome
-        else:
-            return None
-        return self._record_input().model_copy(
-            update={
-                "status": "completed",
-                "step": end_step,
-                "outcome": outcome,
-                "path": list(self.state.path),
-            }
         )
 
     def _upsert(self, *, outcome: str | None = None) -> None:

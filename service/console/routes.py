@@ -26,8 +26,8 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
-from activities.runs import is_address_trait, mask_address
 from engine.database import Delivery, OutboxMessage, Profile, ReviewTask, Run, session_scope
+from engine.profiles import is_address_trait, mask_address
 from engine.timestamps import as_utc, utcnow
 from service.api.deps import (
     DatabaseDep,

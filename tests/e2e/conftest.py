@@ -543,8 +543,8 @@ def holdout_customer(
 ) -> str:
     """A new customer id that ``journey``'s compiled version puts in its holdout
     (``held_out``) or, by default, keeps out of it (so the run gets the whole journey)."""
-    from activities.decisions import bucket_of
     from engine.catalog import build_catalog
+    from engine.decisions import bucket_of
 
     plan = build_catalog(journeys_file).plans[journey]
     weights = [plan.holdout_percent, 100 - plan.holdout_percent]

@@ -3,11 +3,19 @@ time-skipping server with the real worker. Run it when a journey scenario is add
 
     .venv/bin/python -m tests.histories.record
 
+The scenarios cover one history per shape of run: every step type, a review approved and
+one timed out (after its escalation), an exit event during a wait, a fallback channel (the
+first has no address, the second delivers), a held-out customer, and runs started as the
+event router starts them. The untagged files are the interpreter's baseline (issue #13):
+no `workflow.patched` branch existed when they were recorded.
+
 Existing files are kept (they are what old runs look like); pass --overwrite to redo them.
 When a change to the interpreter goes behind `workflow.patched(...)`, record the scenarios
-again under a tag naming the patch (``--tag send-per-channel-policies`` writes
-``<scenario>.send-per-channel-policies.json``), so both the old and the new shape replay.
-Every file here must keep replaying on the current interpreter (tests/workflows/test_replay.py).
+again under a tag naming the patch (``--tag <patch-id>`` writes
+``<scenario>.<patch-id>.json``), so both the old and the new shape replay; remove the old
+files with the patch, once `max_duration` has passed since `deprecate_patch`. Every file
+here must keep replaying on the current interpreter (tests/workflows/test_replay.py).
+Profiles hold addresses in the database only: no history may carry one unmasked.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -29,10 +38,9 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.decisions import bucket_of, decide_at_entry
-from activities.runs import customer_from_traits, masked_customer
 from engine.catalog import build_catalog
 from engine.database import make_engine, session_scope, upsert_profile
+from engine.decisions import bucket_of, decide_at_entry
 from engine.payloads import (
     WORKFLOW_NAME,
     CustomerContext,
@@ -41,14 +49,15 @@ from engine.payloads import (
     ReviewDecision,
     RunState,
 )
-from engine.plan import Plan
+from engine.plan import Plan, SplitPlan, bucket_salt
+from engine.profiles import customer_from_traits, masked_customer
 from worker import build_worker
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 QUEUE = "record-histories"
 
-Scenario = Callable[[WorkflowEnvironment, WorkflowHandle[Any, RunState]], Awaitable[None]]
+Act = Callable[[WorkflowEnvironment, WorkflowHandle[Any, RunState]], Awaitable[None]]
 
 
 def _event(name: str, customer: str, at: datetime, **properties: Any) -> EventMessage:
@@ -62,20 +71,29 @@ def _event(name: str, customer: str, at: datetime, **properties: Any) -> EventMe
     )
 
 
-def _customer(plan: Plan, prefix: str) -> str:
-    """A customer id outside the plan's holdout (so the history shows the whole journey)."""
+def _customer(plan: Plan, prefix: str, *, held_out: bool, arm: str | None) -> str:
+    """A customer id inside or outside the plan's holdout, in the split arm called ``arm``
+    (if given), as the run will place them."""
     holdout = plan.holdout_percent
     for i in range(1000):
         customer = f"{prefix}{i}"
-        if (
-            not holdout
-            or bucket_of(
-                f"{plan.journey_id}:{plan.version}:{customer}:holdout", [holdout, 100 - holdout]
-            )
-            == 1
-        ):
+        bucket = (
+            bucket_of(bucket_salt(plan, customer, "holdout"), [holdout, 100 - holdout])
+            if holdout
+            else 1
+        )
+        if (bucket == 0) == held_out and (arm is None or _arm_of(plan, customer) == arm):
             return customer
-    raise AssertionError("no customer outside the holdout")
+    raise AssertionError("no customer with that placement")
+
+
+def _arm_of(plan: Plan, customer: str) -> str | None:
+    """The arm of the plan's first split step the customer falls in."""
+    split = next((s for s in plan.steps.values() if isinstance(s, SplitPlan)), None)
+    if split is None:
+        return None
+    salt = bucket_salt(plan, customer) + split.id
+    return split.arms[bucket_of(salt, [arm.weight for arm in split.arms])].name
 
 
 async def _until_review(env: WorkflowEnvironment, handle: WorkflowHandle[Any, RunState]) -> str:
@@ -137,21 +155,39 @@ async def _purchase(env: WorkflowEnvironment, handle: WorkflowHandle[Any, RunSta
     )
 
 
-SCENARIOS: dict[str, tuple[str, dict[str, Any], dict[str, Any], Scenario]] = {
-    # name: (journey, entry properties, profile traits, what happens during the run)
-    "payment_recovery_high_risk_approved_paid": (
-        "payment_recovery",
-        {"amount": 900000, "currency": "KRW", "days_past_due": 40, "invoice_id": "INV-1"},
-        {
-            "first_name": "Min",
-            "phone": "+821012345678",
-            "email": "min@example.com",
-            "failed_payments_90d": 3,
-            "timezone": "Asia/Seoul",
-        },
-        _approve_then_pay,
+@dataclass(frozen=True)
+class Scenario:
+    """A run to record: the journey, its trigger's properties, the customer's profile,
+    what happens during the run, and where the customer is placed."""
+
+    journey: str
+    properties: dict[str, Any]
+    traits: dict[str, Any]
+    act: Act
+    held_out: bool = False
+    arm: str | None = None  # the arm of the journey's split the customer must fall in
+
+
+_HIGH_RISK = {"amount": 900000, "currency": "KRW", "days_past_due": 40, "invoice_id": "INV-1"}
+_MIN = {
+    "first_name": "Min",
+    "phone": "+821012345678",
+    "email": "min@example.com",
+    "failed_payments_90d": 3,
+    "timezone": "Asia/Seoul",
+}
+
+SCENARIOS: dict[str, Scenario] = {
+    # score, branch, review approved, set, wait until, send, exit event during a wait
+    "payment_recovery_high_risk_approved_paid": Scenario(
+        "payment_recovery", _HIGH_RISK, _MIN, _approve_then_pay
     ),
-    "payment_recovery_low_risk_unpaid": (
+    # the review escalated, then timed out: reminder, timer, the handover call, exit step
+    "payment_recovery_high_risk_review_timed_out": Scenario(
+        "payment_recovery", {**_HIGH_RISK, "invoice_id": "INV-3"}, _MIN, _nothing
+    ),
+    # wait for an event that times out, send, timer, call, exit step
+    "payment_recovery_low_risk_unpaid": Scenario(
         "payment_recovery",
         {"amount": 12000, "currency": "KRW", "days_past_due": 1, "invoice_id": "INV-2"},
         {
@@ -162,19 +198,39 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any], dict[str, Any], Scenario]] = {
         },
         _nothing,
     ),
-    "onboarding_converted": (
+    # split (email arm), the awaited event that is also an exit event
+    "onboarding_converted": Scenario(
         "onboarding",
         {"plan": "basic", "source": "ads"},
         {"first_name": "Kim", "email": "kim@example.com", "push_token": "tok-1"},
         _purchase,
+        arm="email_tips",
     ),
-    "suspicious_login_alerted": (
+    # split (push arm): push has no address, the email channel delivers; the nudge fails
+    "onboarding_fallback_channel": Scenario(
+        "onboarding",
+        {"plan": "pro", "source": "friend"},
+        {"first_name": "Oh", "email": "oh@example.com"},
+        _nothing,
+        arm="push_tips",
+    ),
+    # held out: no step, only the exit event
+    "onboarding_held_out": Scenario(
+        "onboarding",
+        {"plan": "basic", "source": "ads"},
+        {"first_name": "Yun", "email": "yun@example.com", "push_token": "tok-4"},
+        _purchase,
+        held_out=True,
+    ),
+    # set, wait for an event with `when`, branch back to the wait, sends, exit step
+    "suspicious_login_alerted": Scenario(
         "suspicious_login",
         {"ip": "203.0.113.9", "device": "web"},
         {"email": "lee@example.com", "push_token": "tok-2", "timezone": "UTC"},
         _three_failures,
     ),
-    "abandoned_cart_reminded": (
+    # timers, sends under quiet hours and the cap
+    "abandoned_cart_reminded": Scenario(
         "abandoned_cart",
         {"cart_id": "cart-9", "items": 2, "value": 59000, "currency": "KRW"},
         {"first_name": "Park", "email": "park@example.com", "push_token": "tok-3"},
@@ -205,14 +261,17 @@ async def record(out_dir: Path, *, overwrite: bool = False, tag: str | None = No
         )
         try:
             async with build_worker(env.client, db=db, task_queue=QUEUE, workflow_sandbox=True):
-                runs = [(name, False, *SCENARIOS[name]) for name in SCENARIOS]
-                runs += [(name, True, *SCENARIOS[base]) for name, base in ROUTED.items()]
-                for name, routed, journey, properties, traits, scenario in runs:
+                runs = [(name, False, SCENARIOS[name]) for name in SCENARIOS]
+                runs += [(name, True, SCENARIOS[base]) for name, base in ROUTED.items()]
+                for name, routed, scenario in runs:
                     target = out_dir / (f"{name}.{tag}.json" if tag else f"{name}.json")
                     if target.exists() and not overwrite:
                         continue
-                    plan = plans[journey]
-                    customer = _customer(plan, name.split("_")[0][:4])
+                    plan = plans[scenario.journey]
+                    # One customer per scenario: caps and profiles never leak between them.
+                    prefix = "".join(word[0] for word in name.split("_"))
+                    customer = _customer(plan, prefix, held_out=scenario.held_out, arm=scenario.arm)
+                    traits = scenario.traits
                     with session_scope(db) as session:
                         upsert_profile(session, customer_id=customer, traits=traits)
                     profile = (
@@ -222,11 +281,11 @@ async def record(out_dir: Path, *, overwrite: bool = False, tag: str | None = No
                         env.client,
                         plan,
                         customer,
-                        properties,
+                        scenario.properties,
                         await env.get_current_time(),
                         profile=profile,
                     )
-                    await scenario(env, handle)
+                    await scenario.act(env, handle)
                     state = await handle.result()
                     history = await handle.fetch_history()
                     target.write_text(history.to_json(), encoding="utf-8")

@@ -14,9 +14,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 from temporalio.testing import WorkflowEnvironment
 
-from activities.decisions import bucket_of
 from engine.catalog import build_catalog
 from engine.database import OutboxMessage, ReviewTask
+from engine.decisions import bucket_of
 from engine.payloads import RunState
 from engine.plan import Plan
 from tests.models.servers import ModelService

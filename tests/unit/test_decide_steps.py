@@ -1,14 +1,14 @@
-"""`decide`: consecutive set/branch/split steps decided in one local activity, with the
-same results the one-step-at-a-time interpreter gives (runs recorded before the batched
-path, and runs after it, must agree on every decision)."""
+"""`decide` (engine/decisions.py): consecutive set/branch/split steps decided in one walk,
+each against the context the steps before it left, with what it read; and the walk the
+event router decides before a run starts (`decide_at_entry`), as the run would."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
-from activities.decisions import bucket_of, decide, decide_at_entry
 from engine import plan as p
+from engine.decisions import bucket_of, decide, decide_at_entry
 from engine.payloads import CustomerContext, DecideInput, EventMessage, run_context
 from tests.unit.journey_docs import check, journey_doc
 
@@ -82,7 +82,7 @@ def test_a_false_branch_takes_else_and_stops_at_the_exit() -> None:
     assert result.prepared is None
 
 
-def test_the_split_arm_is_the_one_the_single_step_interpreter_picks() -> None:
+def test_a_customer_stays_in_one_split_arm_per_journey_version() -> None:
     plan = _plan()
     split = plan.steps["ab"]
     assert isinstance(split, p.SplitPlan)
@@ -91,7 +91,7 @@ def test_the_split_arm_is_the_one_the_single_step_interpreter_picks() -> None:
             update={"salt": f"{plan.journey_id}:{plan.version}:{customer}:"}
         )
         walked = decide(request)
-        # The old interpreter's salt for a split: journey:version:customer:step.
+        # A split's salt (`bucket_salt` and the step id): journey:version:customer:step.
         expected = bucket_of(
             f"{plan.journey_id}:{plan.version}:{customer}:ab", [a.weight for a in split.arms]
         )

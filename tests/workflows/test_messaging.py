@@ -197,7 +197,7 @@ async def test_two_journeys_racing_for_the_last_cap_slot_send_exactly_one_messag
     second = compile_plan(CAPPED, "second_journey")
     runs = await asyncio.gather(start_run(first, "c1"), start_run(second, "c1"))
     states = await asyncio.gather(*(run_to_end(env, run) for run in runs))
-    outcomes = sorted(o for state in states for s, o in steps_of(state) if s == "notify")
+    outcomes = sorted(str(o) for state in states for s, o in steps_of(state) if s == "notify")
     assert outcomes == ["capped", "sent"]
     assert len(smtp.mailbox.messages) == 1
 

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.decisions import next_local_time, quiet_hours_end
+from engine.localtime import next_local_time, quiet_hours_end
 from engine.payloads import WORKFLOW_NAME, EventMessage, JourneyRunInput, RunState
 from tests.workflows.conftest import TEST_SERVER, compile_plan, set_profile
 from tests.workflows.test_journey_run import doc, outbox
