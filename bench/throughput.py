@@ -50,7 +50,6 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
-from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
 from bench.baseline import CHANNELS, MODELS, TEMPLATES, WORKFLOWS
 from engine.catalog import build_catalog
@@ -69,6 +68,7 @@ from engine.settings import RuntimeSettings
 from runtime.devserver import dev_server_command, wait_until_ready
 from runtime.temporal import connect
 from service.cli.supervisor import Supervisor, tail
+from workflows.search_attributes import at_start
 
 __all__ = ["KINDS", "PATHS", "JourneyKind", "PhaseResult", "main", "run_benchmark"]
 
@@ -92,10 +92,6 @@ _SCRUBBED_ENV = (
 )
 
 T = TypeVar("T")
-
-_JOURNEY_ID = SearchAttributeKey.for_keyword("JourneyId")
-_JOURNEY_VERSION = SearchAttributeKey.for_keyword("JourneyVersion")
-_CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
 
 
 class BenchError(RuntimeError):
@@ -500,12 +496,8 @@ class Bench:
                 JourneyRunInput(plan=plan, customer_id=customer, key=key, trigger=trigger),
                 id=workflow_id,
                 task_queue=ENGINE_QUEUE,
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(_JOURNEY_ID, plan.journey_id),
-                        SearchAttributePair(_JOURNEY_VERSION, plan.version),
-                        SearchAttributePair(_CUSTOMER_ID, customer),
-                    ]
+                search_attributes=at_start(
+                    journey_id=plan.journey_id, version=plan.version, customer_id=customer
                 ),
             )
             result = await self._result(workflow_id)

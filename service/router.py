@@ -30,8 +30,6 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 from temporalio.client import Client
 from temporalio.common import (
-    SearchAttributeKey,
-    SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
@@ -63,6 +61,7 @@ from engine.plan import EventWaitPlan, Plan
 from engine.profiles import customer_from_traits, masked_customer
 from engine.timestamps import as_utc, utcnow
 from rules import EvaluationError, Expression, ExpressionError, compile_expression
+from workflows.search_attributes import at_start
 
 __all__ = [
     "EventRouter",
@@ -78,10 +77,6 @@ log = logging.getLogger(__name__)
 # The tables under the models, for single-statement Core writes on the hot path.
 _EVENTS: Table = EventRecord.__table__  # type: ignore[attr-defined]
 _RUNS: Table = Run.__table__  # type: ignore[attr-defined]
-
-JOURNEY_ID_KEY = SearchAttributeKey.for_keyword("JourneyId")
-JOURNEY_VERSION_KEY = SearchAttributeKey.for_keyword("JourneyVersion")
-CUSTOMER_ID_KEY = SearchAttributeKey.for_keyword("CustomerId")
 
 # Limits of the runs table's columns (engine.database.Run): a key and a workflow id
 # longer than these could never be recorded, so such an entry is skipped, not retried.
@@ -258,13 +253,7 @@ def _entry_context(record: EventRecord, plan: Plan, traits: dict[str, Any]) -> d
 
 def _search_attributes(plan: Plan, customer_id: str) -> TypedSearchAttributes:
     """What a started run is found by in Temporal's visibility (and its Web UI)."""
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(JOURNEY_ID_KEY, plan.journey_id),
-            SearchAttributePair(JOURNEY_VERSION_KEY, plan.version),
-            SearchAttributePair(CUSTOMER_ID_KEY, customer_id),
-        ]
-    )
+    return at_start(journey_id=plan.journey_id, version=plan.version, customer_id=customer_id)
 
 
 def _is_unavailable(error: BaseException) -> bool:

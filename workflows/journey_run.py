@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any, assert_never
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -61,7 +61,6 @@ with workflow.unsafe.imports_passed_through():
         ScoreInput,
         ScoreStepInput,
         ScoreStepResult,
-        SearchAttribute,
         SendMessageInput,
         SendMessageResult,
         StepDecision,
@@ -71,6 +70,7 @@ with workflow.unsafe.imports_passed_through():
         send_path_entry,
     )
     from engine.successors import taken
+    from workflows.search_attributes import CURRENT_STEP, JOURNEY_ID, OUTCOME
 
 __all__ = ["MAX_STEPS", "MAX_WALK", "JourneyRunWorkflow"]
 
@@ -79,9 +79,6 @@ MAX_WALK = 100
 MAX_STEPS = 10_000
 MAX_INBOX = 200
 MAX_SEEN = 1000
-JOURNEY_ID = SearchAttributeKey.for_keyword(SearchAttribute.JOURNEY_ID)
-CURRENT_STEP = SearchAttributeKey.for_keyword(SearchAttribute.CURRENT_STEP)
-OUTCOME = SearchAttributeKey.for_keyword(SearchAttribute.OUTCOME)
 
 _LOCAL = timedelta(seconds=30)
 _DB_RETRY = RetryPolicy(
