@@ -16,14 +16,16 @@ import types
 import typing
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
 from engine import spec
+from engine.compiler import compile_step
 from engine.durations import parse_duration
 from engine.loader import LoadedDocument
+from engine.successors import Successor, successors
 from engine.violations import Path, Violation
 from rules import (
     CompiledTemplate,
@@ -835,6 +837,59 @@ def _prefixed(exc: ValidationError, *prefix: str | int) -> list[ErrorDetails]:
     return errors
 
 
+# ----------------------------------------------------------------------------- where ways are written
+
+_Written = tuple[tuple[str | int, ...], str]
+"""Where (below the step) a way out's target is written, and what messages call it."""
+
+
+def _written_at(step: spec.Step, way: Successor) -> _Written | None:
+    """Where ``way`` out of ``step`` was written; None: a default the compiler filled in
+    that another way out already stands for (an event's timeout carrying on to next).
+
+    This knows only where things are written; where they lead is engine.successors'.
+    """
+    at_next: _Written = (("next",) if step.next else (), "next")
+    match way.kind:
+        case "rule":
+            return ("branch", way.index or 0, "goto"), "goto"
+        case "else":
+            written_else = isinstance(step, spec.BranchStep) and step.else_
+            return (("else",), "else") if written_else else at_next
+        case "arm":
+            return ("paths", way.name or ""), "path"
+        case "decision":
+            return ("decisions", way.name or ""), "decision"
+        case "received":
+            return at_next[0], "arrival"
+        case "next":
+            return at_next
+        case "timeout":
+            written_timeout = isinstance(step, spec.WaitStep | spec.ReviewStep) and step.on_timeout
+            return (("on_timeout",), "on_timeout") if written_timeout else None
+        case "failure":
+            return ("on_failure",), "on_failure"
+        case _:
+            assert_never(way.kind)
+
+
+def _arms_as_written(step: spec.Step) -> spec.Step:
+    """A split with one arm per path written, in the order written, so that a path for an
+    unknown arm is still checked (the mismatch with ``split:`` is reported on its own)."""
+    if not isinstance(step, spec.SplitStep):
+        return step
+    arms = {arm: step.split.get(arm, 0.0) for arm in step.paths}
+    return step.model_copy(update={"split": arms})
+
+
+def _ignored_timeout(step: spec.Step, ways: list[Successor]) -> str | None:
+    """An ``on_timeout:`` written where it never fires (no ``within:``, no ``sla:``, not a
+    wait for an event)."""
+    if not isinstance(step, spec.WaitStep | spec.ReviewStep) or not step.on_timeout:
+        return None
+    return None if any(way.kind == "timeout" for way in ways) else step.on_timeout
+
+
 # ----------------------------------------------------------------------------- one journey
 
 
@@ -890,67 +945,43 @@ class _JourneyChecker:
         return unique
 
     def _edges(self) -> dict[str, list[_Edge]]:
+        """Every way out of every step, with where its target is written."""
         edges: dict[str, list[_Edge]] = {}
         steps = self.journey.steps
         for position, step in enumerate(steps):
-            out: list[_Edge] = []
             following = steps[position + 1].id if position + 1 < len(steps) else None
-            default = step.next or following
-            default_path = (
-                self.step_path(position, "next") if step.next else self.step_path(position)
-            )
-            if isinstance(step, spec.BranchStep):
-                for i, rule in enumerate(step.branch):
-                    out.append(
-                        _Edge(rule.goto, self.step_path(position, "branch", i, "goto"), "goto")
-                    )
-                if step.else_:
-                    out.append(_Edge(step.else_, self.step_path(position, "else"), "else"))
-                elif default:
-                    out.append(_Edge(default, default_path, "next"))
-            elif isinstance(step, spec.SplitStep):
-                for arm, target in step.paths.items():
-                    out.append(_Edge(target, self.step_path(position, "paths", arm), "path"))
-            elif isinstance(step, spec.ReviewStep):
-                for decision, target in step.decisions.items():
-                    out.append(
-                        _Edge(target, self.step_path(position, "decisions", decision), "decision")
-                    )
-                if step.on_timeout:
-                    out.append(
-                        _Edge(step.on_timeout, self.step_path(position, "on_timeout"), "on_timeout")
-                    )
-            elif isinstance(step, spec.ExitStep):
-                pass
-            else:
-                if default:
-                    kind = (
-                        "arrival"
-                        if isinstance(step, spec.WaitStep) and isinstance(step.wait, spec.WaitEvent)
-                        else "next"
-                    )
-                    out.append(_Edge(default, default_path, kind))
-                if isinstance(step, spec.WaitStep) and step.on_timeout:
-                    out.append(
-                        _Edge(step.on_timeout, self.step_path(position, "on_timeout"), "on_timeout")
-                    )
-                if isinstance(step, spec.SendStep | spec.CallStep) and step.on_failure:
-                    out.append(
-                        _Edge(step.on_failure, self.step_path(position, "on_failure"), "on_failure")
-                    )
-            ignored_next = isinstance(
-                step, spec.BranchStep | spec.SplitStep | spec.ReviewStep | spec.ExitStep
-            ) and not (isinstance(step, spec.BranchStep) and not step.else_)
-            if step.next and ignored_next:
-                self.c.add(
-                    "value",
-                    self.step_path(position, "next"),
-                    f"next: is never taken after a {step.step_type} step",
-                    hint="remove it"
-                    + (" or use else:" if isinstance(step, spec.BranchStep) else ""),
-                )
+            out = self._ways_out(position, step, following)
+            self._check_next_taken(position, step, out)
             edges[step.id] = out if step.id not in edges else edges[step.id] + out
         return edges
+
+    def _ways_out(self, position: int, step: spec.Step, following: str | None) -> list[_Edge]:
+        """Where the engine goes from ``step`` (engine.successors over the compiled step),
+        each way placed where the author wrote it."""
+        ways = successors(compile_step(_arms_as_written(step), following, self.doc))
+        out: list[_Edge] = []
+        for way in ways:
+            written = _written_at(step, way)
+            if way.target is not None and written is not None:
+                suffix, kind = written
+                out.append(_Edge(way.target, self.step_path(position, *suffix), kind))
+        timeout = _ignored_timeout(step, ways)
+        if timeout is not None:
+            # The run never takes this on_timeout (_check_step says so); the graph still
+            # follows it, so that one mistake gives one error, not also "unreachable".
+            out.append(_Edge(timeout, self.step_path(position, "on_timeout"), "on_timeout"))
+        return out
+
+    def _check_next_taken(self, position: int, step: spec.Step, out: list[_Edge]) -> None:
+        """A ``next:`` that no way out goes through is a mistake the run would hide."""
+        at_next = self.step_path(position, "next")
+        if step.next and all(edge.path != at_next for edge in out):
+            self.c.add(
+                "value",
+                at_next,
+                f"next: is never taken after a {step.step_type} step",
+                hint="remove it" + (" or use else:" if isinstance(step, spec.BranchStep) else ""),
+            )
 
     def _check_references(self, edges: Mapping[str, list[_Edge]]) -> None:
         for out in edges.values():
