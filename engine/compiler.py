@@ -3,6 +3,8 @@
 Deterministic: the same document always compiles to the same plans and versions; any
 change of meaning (a step, an expression, a template a send uses, a setting) gives a new
 version. Pure: no I/O beyond what validation already read, no Temporal.
+`compile_step` compiles one step; the validator uses it (with `engine.successors`) to
+learn where a step leads, so it must not raise on a step that passed structural checks.
 """
 
 from __future__ import annotations

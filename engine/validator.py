@@ -4,7 +4,11 @@ It checks structure (pydantic, with the closest valid key for typos), the step g
 (duplicate ids, dangling references, unreachable steps, loops that never wait),
 expressions and templates (parsed once here, with names and event properties checked
 against the declared schemas) and cross references (templates, channels, models).
-It never raises on any input and knows nothing of Temporal or the database.
+
+Where a step leads is not worked out here: each step is compiled (`compile_step`) and
+`engine.successors` names its ways out; this module only knows where each way out is
+written, for the messages. It never raises on any input and knows nothing of Temporal
+or the database.
 """
 
 from __future__ import annotations
@@ -932,7 +936,8 @@ def _ignored_timeout(step: spec.Step, ways: list[Successor]) -> str | None:
 class _Edge:
     target: str
     path: Path
-    kind: str  # next | goto | else | path | decision | on_timeout | on_failure | arrival
+    kind: str  # what messages call it: next | goto | else | path | decision | on_timeout |
+    # on_failure | arrival (the awaited event came: `event` is that event from there on)
 
 
 class _JourneyChecker:
