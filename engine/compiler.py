@@ -3,20 +3,30 @@
 Deterministic: the same document always compiles to the same plans and versions; any
 change of meaning (a step, an expression, a template a send uses, a setting) gives a new
 version. Pure: no I/O beyond what validation already read, no Temporal.
+`compile_step` compiles one step; the validator uses it (with `engine.successors`) to
+learn where a step leads, so it must not raise on a step that passed structural checks.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any, assert_never
 
 from engine import plan as p
 from engine import spec
 from engine.durations import parse_duration
-from engine.validator import CheckedDocument
 
-__all__ = ["DEFAULT_MAX_DURATION", "compile_checked", "compile_journey", "plan_version"]
+if TYPE_CHECKING:  # the validator compiles steps through here: no import cycle at run time
+    from engine.validator import CheckedDocument
+
+__all__ = [
+    "DEFAULT_MAX_DURATION",
+    "compile_checked",
+    "compile_journey",
+    "compile_step",
+    "plan_version",
+]
 
 DEFAULT_MAX_DURATION = "30d"
 
@@ -75,80 +85,119 @@ def _entry(entry: spec.Entry) -> p.PlanEntry:
     )
 
 
-def _compile_step(step: spec.Step, following: str | None, document: spec.Document) -> p.PlanStep:
+def compile_step(step: spec.Step, following: str | None, document: spec.Document) -> p.PlanStep:
+    """One step as a run takes it, every way out named (``following`` is the step after it
+    in the journey: where ``next`` defaults to; None: the run ends there).
+
+    The validator compiles each step through here too and asks `engine.successors` where it
+    leads, so the checks and the runs cannot disagree about a step's ways out.
+    """
     nxt = step.next or following
-    if isinstance(step, spec.SendStep):
-        channels = [step.channel] if isinstance(step.channel, str) else list(step.channel or [])
-        if not channels:
-            template = document.templates[step.send]
-            channels = [f for f in ("email", "sms", "push") if getattr(template, f) is not None][:1]
-        return p.SendPlan(
-            id=step.id,
-            template=step.send,
-            channels=tuple(channels),
-            to=step.to,
-            on_capped=step.on_capped,
-            on_failure=step.on_failure,
-            next=nxt,
-        )
-    if isinstance(step, spec.WaitStep):
-        wait = step.wait
-        if isinstance(wait, spec.WaitEvent):
-            return p.EventWaitPlan(
+    match step:
+        case spec.SendStep():
+            return _send(step, nxt, document)
+        case spec.WaitStep():
+            return _wait(step, nxt)
+        case spec.BranchStep():
+            return p.BranchPlan(
                 id=step.id,
-                event=wait.event,
-                when=wait.when,
-                within_seconds=parse_duration(wait.within) if wait.within else None,
-                on_timeout=step.on_timeout or (nxt if wait.within else None),
-                next=nxt,
+                rules=tuple(p.BranchRulePlan(when=r.when, goto=r.goto) for r in step.branch),
+                otherwise=step.else_ or nxt,
             )
-        if isinstance(wait, spec.WaitUntil):
-            return p.UntilWaitPlan(id=step.id, until=wait.until, next=nxt)
-        return p.TimerWaitPlan(id=step.id, seconds=parse_duration(wait), next=nxt)
-    if isinstance(step, spec.BranchStep):
-        return p.BranchPlan(
+        case spec.SplitStep():
+            return _split(step)
+        case spec.ScoreStep():
+            return p.ScorePlan(id=step.id, model=step.score, features=dict(step.features), next=nxt)
+        case spec.ReviewStep():
+            return _review(step)
+        case spec.SetStep():
+            return p.SetPlan(id=step.id, assignments=dict(step.set), next=nxt)
+        case spec.CallStep():
+            return _call(step, nxt)
+        case spec.ExitStep():
+            return p.ExitPlan(id=step.id, outcome=step.exit)
+        case _:
+            assert_never(step)
+
+
+def _send(step: spec.SendStep, nxt: str | None, document: spec.Document) -> p.SendPlan:
+    channels = [step.channel] if isinstance(step.channel, str) else list(step.channel or [])
+    if not channels:
+        channels = _default_channel(document.templates.get(step.send))
+    return p.SendPlan(
+        id=step.id,
+        template=step.send,
+        channels=tuple(channels),
+        to=step.to,
+        on_capped=step.on_capped,
+        on_failure=step.on_failure,
+        next=nxt,
+    )
+
+
+def _default_channel(template: spec.TemplateSpec | None) -> list[str]:
+    """A send without ``channel:`` uses its template's one form. None (an unknown or broken
+    template, which the validator reports) gives none: the validator compiles such a step
+    too, only to learn where it leads."""
+    if template is None:
+        return []
+    return [f for f in ("email", "sms", "push") if getattr(template, f) is not None][:1]
+
+
+def _wait(
+    step: spec.WaitStep, nxt: str | None
+) -> p.EventWaitPlan | p.UntilWaitPlan | p.TimerWaitPlan:
+    wait = step.wait
+    if isinstance(wait, spec.WaitEvent):
+        return p.EventWaitPlan(
             id=step.id,
-            rules=tuple(p.BranchRulePlan(when=r.when, goto=r.goto) for r in step.branch),
-            otherwise=step.else_ or nxt,
-        )
-    if isinstance(step, spec.SplitStep):
-        return p.SplitPlan(
-            id=step.id,
-            arms=tuple(
-                p.SplitArm(name=arm, weight=weight, goto=step.paths[arm])
-                for arm, weight in step.split.items()
-            ),
-        )
-    if isinstance(step, spec.ScoreStep):
-        return p.ScorePlan(id=step.id, model=step.score, features=dict(step.features), next=nxt)
-    if isinstance(step, spec.ReviewStep):
-        return p.ReviewPlan(
-            id=step.id,
-            queue=step.review,
-            title=step.title,
-            details=step.details,
-            decisions=dict(step.decisions),
-            sla_seconds=parse_duration(step.sla) if step.sla else None,
-            on_timeout=step.on_timeout,
-            escalate_to=step.escalate_to,
-        )
-    if isinstance(step, spec.SetStep):
-        return p.SetPlan(id=step.id, assignments=dict(step.set), next=nxt)
-    if isinstance(step, spec.CallStep):
-        call = step.call
-        return p.CallPlan(
-            id=step.id,
-            method=call.method,
-            url=call.url,
-            json_body=dict(call.json_) if call.json_ else None,
-            headers=dict(call.headers) if call.headers else None,
-            timeout_seconds=parse_duration(call.timeout),
-            on_failure=step.on_failure,
+            event=wait.event,
+            when=wait.when,
+            within_seconds=parse_duration(wait.within) if wait.within else None,
+            # a timeout without its own on_timeout carries on as if the event had come
+            on_timeout=step.on_timeout or (nxt if wait.within else None),
             next=nxt,
         )
-    if isinstance(step, spec.ExitStep):
-        return p.ExitPlan(id=step.id, outcome=step.exit)
-    raise TypeError(f"unhandled step type {type(step).__name__}")  # pragma: no cover
+    if isinstance(wait, spec.WaitUntil):
+        return p.UntilWaitPlan(id=step.id, until=wait.until, next=nxt)
+    return p.TimerWaitPlan(id=step.id, seconds=parse_duration(wait), next=nxt)
+
+
+def _split(step: spec.SplitStep) -> p.SplitPlan:
+    return p.SplitPlan(
+        id=step.id,
+        arms=tuple(
+            p.SplitArm(name=arm, weight=weight, goto=step.paths[arm])
+            for arm, weight in step.split.items()
+        ),
+    )
+
+
+def _review(step: spec.ReviewStep) -> p.ReviewPlan:
+    return p.ReviewPlan(
+        id=step.id,
+        queue=step.review,
+        title=step.title,
+        details=step.details,
+        decisions=dict(step.decisions),
+        sla_seconds=parse_duration(step.sla) if step.sla else None,
+        on_timeout=step.on_timeout,
+        escalate_to=step.escalate_to,
+    )
+
+
+def _call(step: spec.CallStep, nxt: str | None) -> p.CallPlan:
+    call = step.call
+    return p.CallPlan(
+        id=step.id,
+        method=call.method,
+        url=call.url,
+        json_body=dict(call.json_) if call.json_ else None,
+        headers=dict(call.headers) if call.headers else None,
+        timeout_seconds=parse_duration(call.timeout),
+        on_failure=step.on_failure,
+        next=nxt,
+    )
 
 
 def compile_journey(
@@ -158,7 +207,7 @@ def compile_journey(
     steps: dict[str, p.PlanStep] = {}
     for position, step in enumerate(journey.steps):
         following = journey.steps[position + 1].id if position + 1 < len(journey.steps) else None
-        steps[step.id] = _compile_step(step, following, document)
+        steps[step.id] = compile_step(step, following, document)
     used_templates = sorted({s.template for s in steps.values() if isinstance(s, p.SendPlan)})
     used_models = sorted({s.model for s in steps.values() if isinstance(s, p.ScorePlan)})
     used_channels = sorted(

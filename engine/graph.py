@@ -164,41 +164,68 @@ def _ranks(plan: p.Plan, edges: list[Edge]) -> dict[str, int]:
     return rank
 
 
+_BOX_W, _BOX_H, _GAP_X, _GAP_Y, _MARGIN = 220, 46, 40, 56, 30
+_COLOURS = {
+    "send": "#e3f2fd",
+    "wait": "#fff8e1",
+    "branch": "#f3e5f5",
+    "split": "#f3e5f5",
+    "score": "#e8f5e9",
+    "review": "#ffebee",
+    "set": "#eceff1",
+    "call": "#eceff1",
+    "exit": "#fafafa",
+}
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where each box goes: its centre, by rank (row) then in row order."""
+
+    centre: dict[str, tuple[float, float]]
+    rank: dict[str, int]
+    width: float
+    height: float
+
+
 def to_svg(plan: p.Plan) -> str:
     """A standalone SVG drawing of the plan."""
     edges = edges_of(plan)
     nodes = [*plan.steps]
     if any(e.target == END for e in edges):
         nodes.append(END)
-    rank = _ranks(plan, edges)
+    layout = _layout(nodes, _ranks(plan, edges))
+    parts = _svg_head(plan, layout)
+    for edge in edges:
+        parts.extend(_svg_edge(edge, layout))
+    for node in nodes:
+        parts.extend(_svg_node(plan, node, layout.centre[node]))
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def _layout(nodes: list[str], rank: dict[str, int]) -> _Layout:
     rows: dict[int, list[str]] = {}
     for node in nodes:
         rows.setdefault(rank[node], []).append(node)
-    box_w, box_h, gap_x, gap_y, margin = 220, 46, 40, 56, 30
-    width = max(len(r) for r in rows.values()) * (box_w + gap_x) + 2 * margin + 160
-    top = margin + 50
+    width = max(len(r) for r in rows.values()) * (_BOX_W + _GAP_X) + 2 * _MARGIN + 160
+    top = _MARGIN + 50
     centre: dict[str, tuple[float, float]] = {}
     for r, members in sorted(rows.items()):
-        row_w = len(members) * box_w + (len(members) - 1) * gap_x
+        row_w = len(members) * _BOX_W + (len(members) - 1) * _GAP_X
         x0 = (width - row_w) / 2
         for i, node in enumerate(members):
             centre[node] = (
-                x0 + i * (box_w + gap_x) + box_w / 2,
-                top + r * (box_h + gap_y) + box_h / 2,
+                x0 + i * (_BOX_W + _GAP_X) + _BOX_W / 2,
+                top + r * (_BOX_H + _GAP_Y) + _BOX_H / 2,
             )
-    height = top + (max(rows) + 1) * (box_h + gap_y) + margin
-    colours = {
-        "send": "#e3f2fd",
-        "wait": "#fff8e1",
-        "branch": "#f3e5f5",
-        "split": "#f3e5f5",
-        "score": "#e8f5e9",
-        "review": "#ffebee",
-        "set": "#eceff1",
-        "call": "#eceff1",
-        "exit": "#fafafa",
-    }
-    parts = [
+    height = top + (max(rows) + 1) * (_BOX_H + _GAP_Y) + _MARGIN
+    return _Layout(centre=centre, rank=rank, width=width, height=height)
+
+
+def _svg_head(plan: p.Plan, layout: _Layout) -> list[str]:
+    width, height, margin = layout.width, layout.height, _MARGIN
+    return [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
         f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="Helvetica, Arial, sans-serif" font-size="12">',
         '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
@@ -210,46 +237,42 @@ def to_svg(plan: p.Plan) -> str:
         + escape("".join(f" · {e.event} exits as {e.outcome}" for e in plan.exit_on))
         + "</text>",
     ]
-    for edge in edges:
-        (x1, y1), (x2, y2) = centre[edge.source], centre[edge.target]
-        if rank[edge.target] > rank[edge.source]:
-            start, end = (x1, y1 + box_h / 2), (x2, y2 - box_h / 2)
-            path = f"M {start[0]:.0f} {start[1]:.0f} L {end[0]:.0f} {end[1]:.0f}"
-            lx, ly = (start[0] + end[0]) / 2, (start[1] + end[1]) / 2
-        else:  # a loop back: around the right-hand side
-            sx, ex = x1 + box_w / 2, x2 + box_w / 2
-            bend = max(sx, ex) + 50
-            path = (
-                f"M {sx:.0f} {y1:.0f} C {bend:.0f} {y1:.0f} {bend:.0f} {y2:.0f} {ex:.0f} {y2:.0f}"
-            )
-            lx, ly = bend, (y1 + y2) / 2
-        parts.append(f'<path d="{path}" fill="none" stroke="#555" marker-end="url(#arrow)"/>')
-        if edge.label:
-            text = edge.label if len(edge.label) <= 40 else edge.label[:37] + "..."
-            parts.append(
-                f'<text x="{lx:.0f}" y="{ly:.0f}" fill="#333" font-size="11" text-anchor="middle" '
-                f'stroke="white" stroke-width="3" paint-order="stroke">{escape(text)}</text>'
-            )
-    for node in nodes:
-        x, y = centre[node]
-        if node == END:
-            parts.append(
-                f'<ellipse cx="{x:.0f}" cy="{y:.0f}" rx="60" ry="20" fill="#f1f8e9" stroke="#558b2f"/>'
-            )
-            parts.append(f'<text x="{x:.0f}" y="{y + 4:.0f}" text-anchor="middle">completed</text>')
-            continue
-        step = plan.steps[node]
-        label = _label(step)
-        label = label if len(label) <= 34 else label[:31] + "..."
+
+
+def _svg_edge(edge: Edge, layout: _Layout) -> list[str]:
+    (x1, y1), (x2, y2) = layout.centre[edge.source], layout.centre[edge.target]
+    if layout.rank[edge.target] > layout.rank[edge.source]:
+        start, end = (x1, y1 + _BOX_H / 2), (x2, y2 - _BOX_H / 2)
+        path = f"M {start[0]:.0f} {start[1]:.0f} L {end[0]:.0f} {end[1]:.0f}"
+        lx, ly = (start[0] + end[0]) / 2, (start[1] + end[1]) / 2
+    else:  # a loop back: around the right-hand side
+        sx, ex = x1 + _BOX_W / 2, x2 + _BOX_W / 2
+        bend = max(sx, ex) + 50
+        path = f"M {sx:.0f} {y1:.0f} C {bend:.0f} {y1:.0f} {bend:.0f} {y2:.0f} {ex:.0f} {y2:.0f}"
+        lx, ly = bend, (y1 + y2) / 2
+    parts = [f'<path d="{path}" fill="none" stroke="#555" marker-end="url(#arrow)"/>']
+    if edge.label:
+        text = edge.label if len(edge.label) <= 40 else edge.label[:37] + "..."
         parts.append(
-            f'<rect x="{x - box_w / 2:.0f}" y="{y - box_h / 2:.0f}" width="{box_w}" height="{box_h}" rx="8" '
-            f'fill="{colours[step.type]}" stroke="#555"/>'
+            f'<text x="{lx:.0f}" y="{ly:.0f}" fill="#333" font-size="11" text-anchor="middle" '
+            f'stroke="white" stroke-width="3" paint-order="stroke">{escape(text)}</text>'
         )
-        parts.append(
-            f'<text x="{x:.0f}" y="{y - 4:.0f}" text-anchor="middle" font-weight="bold">{escape(node)}</text>'
-        )
-        parts.append(
-            f'<text x="{x:.0f}" y="{y + 12:.0f}" text-anchor="middle" fill="#333">{escape(label)}</text>'
-        )
-    parts.append("</svg>")
-    return "\n".join(parts) + "\n"
+    return parts
+
+
+def _svg_node(plan: p.Plan, node: str, centre: tuple[float, float]) -> list[str]:
+    x, y = centre
+    if node == END:
+        return [
+            f'<ellipse cx="{x:.0f}" cy="{y:.0f}" rx="60" ry="20" fill="#f1f8e9" stroke="#558b2f"/>',
+            f'<text x="{x:.0f}" y="{y + 4:.0f}" text-anchor="middle">completed</text>',
+        ]
+    step = plan.steps[node]
+    label = _label(step)
+    label = label if len(label) <= 34 else label[:31] + "..."
+    return [
+        f'<rect x="{x - _BOX_W / 2:.0f}" y="{y - _BOX_H / 2:.0f}" width="{_BOX_W}" height="{_BOX_H}" rx="8" '
+        f'fill="{_COLOURS[step.type]}" stroke="#555"/>',
+        f'<text x="{x:.0f}" y="{y - 4:.0f}" text-anchor="middle" font-weight="bold">{escape(node)}</text>',
+        f'<text x="{x:.0f}" y="{y + 12:.0f}" text-anchor="middle" fill="#333">{escape(label)}</text>',
+    ]

@@ -246,63 +246,82 @@ def _resolve_includes(
     if isinstance(includes, str):
         includes = [includes]
     if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
-        doc.violations.append(
-            Violation(
-                "type",
-                "include: must be a list of file patterns",
-                where.file,
-                where.line,
-                where.column,
-            )
-        )
+        doc.violations.append(_at("type", "include: must be a list of file patterns", where))
         return
     for pattern in includes:
-        matches = sorted(glob.glob(str(root / pattern)))
-        if not matches:
-            doc.violations.append(
-                Violation(
-                    "include",
-                    f"include: '{pattern}' matches no file",
-                    where.file,
-                    where.line,
-                    where.column,
-                    hint=f"paths are relative to {root}",
-                )
-            )
-        for match in matches:
-            if match in seen:
-                continue
-            seen.add(match)
-            if len(seen) > MAX_INCLUDES:
-                doc.violations.append(
-                    Violation(
-                        "include",
-                        f"more than {MAX_INCLUDES} included files",
-                        where.file,
-                        where.line,
-                        where.column,
-                    )
-                )
-                return
-            _merge_file(doc, data, match, seen)
+        if not _include_pattern(doc, data, pattern, where, root, seen):
+            return
+
+
+def _include_pattern(
+    doc: LoadedDocument,
+    data: dict[str, Any],
+    pattern: str,
+    where: Location,
+    root: FsPath,
+    seen: set[str],
+) -> bool:
+    """Merge the files one include ``pattern`` matches; False once there are too many."""
+    matches = sorted(glob.glob(str(root / pattern)))
+    if not matches:
+        message = f"include: '{pattern}' matches no file"
+        doc.violations.append(_at("include", message, where, hint=f"paths are relative to {root}"))
+    for match in matches:
+        if match in seen:
+            continue
+        seen.add(match)
+        if len(seen) > MAX_INCLUDES:
+            message = f"more than {MAX_INCLUDES} included files"
+            doc.violations.append(_at("include", message, where))
+            return False
+        _merge_file(doc, data, match, seen)
+    return True
+
+
+def _at(code: str, message: str, where: Location, *, hint: str | None = None) -> Violation:
+    return Violation(code, message, where.file, where.line, where.column, hint=hint)
 
 
 def _merge_file(doc: LoadedDocument, data: dict[str, Any], match: str, seen: set[str]) -> None:
+    """Merge the included file ``match`` into ``data``, then the files it includes."""
     doc.files.append(match)
     local = SourceMap(match)
-    try:
-        included = _parse(_read_capped(FsPath(match)), match, local)
-    except (OSError, _LoadError) as exc:
-        if isinstance(exc, _LoadError):
-            doc.violations.append(_violation(exc, match))
-        else:
-            doc.violations.append(Violation("include", f"cannot read {match}: {exc}", match, 1, 1))
-        return
+    included = _read_included(doc, match, local)
     if included is None:
         return
+    _check_included_keys(doc, included, match, local)
+    for section in _MERGEABLE:
+        part = included.get(section)
+        if part is None:
+            continue
+        if section == "journeys":
+            _merge_journeys(doc, data, part, match, local)
+        elif isinstance(part, dict):
+            _merge_section(doc, data, section, part, match, local)
+    _resolve_includes(doc, data, included.get("include"), local, FsPath(match).parent, seen)
+
+
+def _read_included(doc: LoadedDocument, match: str, local: SourceMap) -> dict[str, Any] | None:
+    """The included file's mapping; None (with a violation, unless it is empty) otherwise."""
+    try:
+        included = _parse(_read_capped(FsPath(match)), match, local)
+    except _LoadError as exc:
+        doc.violations.append(_violation(exc, match))
+        return None
+    except OSError as exc:
+        doc.violations.append(Violation("include", f"cannot read {match}: {exc}", match, 1, 1))
+        return None
+    if included is None:
+        return None
     if not isinstance(included, dict):
         doc.violations.append(Violation("type", "an included file must be a mapping", match, 1, 1))
-        return
+        return None
+    return included
+
+
+def _check_included_keys(
+    doc: LoadedDocument, included: dict[str, Any], match: str, local: SourceMap
+) -> None:
     for key in included:
         if key not in (*_MERGEABLE, "version", "include"):
             loc = local.locate((key,), key=True)
@@ -316,45 +335,55 @@ def _merge_file(doc: LoadedDocument, data: dict[str, Any], match: str, seen: set
                     hint=f"included files may hold: {', '.join(_MERGEABLE)}",
                 )
             )
-    for section in _MERGEABLE:
-        part = included.get(section)
-        if part is None:
-            continue
-        if section == "journeys":
-            if not isinstance(part, list):
-                loc = local.locate((section,))
-                doc.violations.append(
-                    Violation("type", "journeys: must be a list", match, loc.line, loc.column)
+
+
+def _merge_journeys(
+    doc: LoadedDocument, data: dict[str, Any], part: Any, match: str, local: SourceMap
+) -> None:
+    """Append an included file's journeys, each keeping its own file and lines."""
+    if not isinstance(part, list):
+        loc = local.locate(("journeys",))
+        doc.violations.append(
+            Violation("type", "journeys: must be a list", match, loc.line, loc.column)
+        )
+        return
+    target = data.setdefault("journeys", [])
+    if not isinstance(target, list):
+        return
+    for journey_index, journey in enumerate(part):
+        new_index = len(target)
+        target.append(journey)
+        _copy_marks(local, doc.source, ("journeys", journey_index), ("journeys", new_index))
+
+
+def _merge_section(
+    doc: LoadedDocument,
+    data: dict[str, Any],
+    section: str,
+    part: dict[str, Any],
+    match: str,
+    local: SourceMap,
+) -> None:
+    """Add an included file's events, channels, models or templates; names stay unique."""
+    target = data.setdefault(section, {})
+    if not isinstance(target, dict):
+        return
+    for name, value in part.items():
+        if name in target:
+            loc = local.locate((section, name), key=True)
+            doc.violations.append(
+                Violation(
+                    "duplicate-id",
+                    f"{section[:-1]} '{name}' is already defined in another file",
+                    match,
+                    loc.line,
+                    loc.column,
+                    hint="names must be unique across included files",
                 )
-                continue
-            target = data.setdefault("journeys", [])
-            if not isinstance(target, list):
-                continue
-            for journey_index, journey in enumerate(part):
-                new_index = len(target)
-                target.append(journey)
-                _copy_marks(local, doc.source, ("journeys", journey_index), ("journeys", new_index))
-        elif isinstance(part, dict):
-            target_map = data.setdefault(section, {})
-            if not isinstance(target_map, dict):
-                continue
-            for name, value in part.items():
-                if name in target_map:
-                    loc = local.locate((section, name), key=True)
-                    doc.violations.append(
-                        Violation(
-                            "duplicate-id",
-                            f"{section[:-1]} '{name}' is already defined in another file",
-                            match,
-                            loc.line,
-                            loc.column,
-                            hint="names must be unique across included files",
-                        )
-                    )
-                    continue
-                target_map[name] = value
-                _copy_marks(local, doc.source, (section, name), (section, name))
-    _resolve_includes(doc, data, included.get("include"), local, FsPath(match).parent, seen)
+            )
+            continue
+        target[name] = value
+        _copy_marks(local, doc.source, (section, name), (section, name))
 
 
 def _copy_marks(src: SourceMap, dst: SourceMap, old: Path, new: Path) -> None:

@@ -4,7 +4,11 @@ It checks structure (pydantic, with the closest valid key for typos), the step g
 (duplicate ids, dangling references, unreachable steps, loops that never wait),
 expressions and templates (parsed once here, with names and event properties checked
 against the declared schemas) and cross references (templates, channels, models).
-It never raises on any input and knows nothing of Temporal or the database.
+
+Where a step leads is not worked out here: each step is compiled (`compile_step`) and
+`engine.successors` names its ways out; this module only knows where each way out is
+written, for the messages. It never raises on any input and knows nothing of Temporal
+or the database.
 """
 
 from __future__ import annotations
@@ -16,14 +20,16 @@ import types
 import typing
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
 from engine import spec
+from engine.compiler import compile_step
 from engine.durations import parse_duration
 from engine.loader import LoadedDocument
+from engine.successors import Successor, successors
 from engine.violations import Path, Violation
 from rules import (
     CompiledTemplate,
@@ -158,43 +164,57 @@ def _model_at(root: type[BaseModel], path: Path, data: Any) -> type[BaseModel] |
     current: list[Any] = [root]
     value = data
     for elem in path:
-        nxt: list[Any] = []
-        for candidate in current:
-            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-                if not isinstance(elem, str):
-                    continue
-                for name, info in candidate.model_fields.items():
-                    if elem in (name, info.alias):
-                        nxt.extend(_unwrap(info.annotation))
-            else:
-                origin = typing.get_origin(candidate)
-                args = typing.get_args(candidate)
-                if origin is list and args:
-                    nxt.extend(_unwrap(args[0]))
-                elif origin is dict and len(args) == 2:
-                    nxt.extend(_unwrap(args[1]))
-        value = (
-            value.get(elem)
-            if isinstance(value, dict)
-            else (
-                value[elem]
-                if isinstance(value, list) and isinstance(elem, int) and elem < len(value)
-                else None
-            )
-        )
-        current = nxt
+        current = [inner for candidate in current for inner in _types_below(candidate, elem)]
+        value = _item(value, elem)
     models = [c for c in current if isinstance(c, type) and issubclass(c, BaseModel)]
     if len(models) > 1 and isinstance(value, dict):
-        for model in models:
-            key = getattr(model, "step_type", None)
-            if key and key in value:
-                return model
-        kind = value.get("kind")
-        for model in models:
-            literal = model.model_fields.get("kind")
-            if kind and literal and kind in typing.get_args(literal.annotation):
-                return model
+        chosen = _tagged_model(models, value)
+        if chosen is not None:
+            return chosen
     return models[0] if models else None
+
+
+def _types_below(candidate: Any, elem: str | int) -> list[Any]:
+    """The types that may hold the value at ``elem`` inside a ``candidate`` value."""
+    if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+        if not isinstance(elem, str):
+            return []
+        return [
+            inner
+            for name, info in candidate.model_fields.items()
+            if elem in (name, info.alias)
+            for inner in _unwrap(info.annotation)
+        ]
+    origin = typing.get_origin(candidate)
+    args = typing.get_args(candidate)
+    if origin is list and args:
+        return _unwrap(args[0])
+    if origin is dict and len(args) == 2:
+        return _unwrap(args[1])
+    return []
+
+
+def _item(value: Any, elem: str | int) -> Any:
+    """``value[elem]`` when there is one, else None."""
+    if isinstance(value, dict):
+        return value.get(elem)
+    if isinstance(value, list) and isinstance(elem, int) and elem < len(value):
+        return value[elem]
+    return None
+
+
+def _tagged_model(models: list[type[BaseModel]], value: dict[str, Any]) -> type[BaseModel] | None:
+    """Which of a union's ``models`` a mapping is: by its step type key, or its ``kind``."""
+    for model in models:
+        key = getattr(model, "step_type", None)
+        if key and key in value:
+            return model
+    kind = value.get("kind")
+    for model in models:
+        literal = model.model_fields.get("kind")
+        if kind and literal and kind in typing.get_args(literal.annotation):
+            return model
+    return None
 
 
 def _allowed_keys(model: type[BaseModel]) -> list[str]:
@@ -281,67 +301,62 @@ class _Checker:
     def add_pydantic(
         self, root: type[BaseModel], prefix: Path, data: Any, errors: list[ErrorDetails]
     ) -> None:
+        """Report pydantic's ``errors`` for ``data`` (validated as ``root``, at ``prefix``)."""
         for error in errors:
             loc = _clean_loc(tuple(error["loc"]))
-            path = prefix + loc
-            kind = error["type"]
-            value = error.get("input")
-            field_name = next((str(p) for p in reversed(loc) if isinstance(p, str)), "value")
-            if kind == "extra_forbidden":
-                key = str(loc[-1])
-                parent = _model_at(root, loc[:-1], data)
-                allowed = _allowed_keys(parent) if parent else []
-                if (
-                    parent is not None
-                    and issubclass(parent, tuple(spec.STEP_MODELS))
-                    and key in spec.STEP_TYPES
-                ):
-                    self.add(
-                        "step-type",
-                        path,
-                        f"a step has one type key, but this one has '{getattr(parent, 'step_type', '?')}' and '{key}'",
-                        key=True,
-                        hint="split it into two steps",
-                    )
-                    continue
-                self.add(
-                    "unknown-key",
-                    path,
-                    f"unknown key '{key}'",
-                    key=True,
-                    hint=_did_you_mean(key, allowed),
-                )
-            elif kind == "missing":
-                self.add("missing-key", path[:-1], f"missing required key '{loc[-1]}'")
-            elif kind == "literal_error" and loc == ("version",):
-                self.add(
-                    "version",
-                    path,
-                    f"language version {value!r} is not supported: this engine reads version 1",
-                    hint="set version: 1",
-                )
-            elif kind == "value_error":
-                message = str(error["msg"]).removeprefix("Value error, ")
-                code = "duration" if "duration" in message or "time of day" in message else "value"
-                self.add(code, path, message)
-            elif kind == "string_pattern_mismatch":
-                self.add(
-                    "identifier",
-                    path,
-                    f"{field_name}: '{value}' is not a valid id",
-                    hint="use lowercase letters, digits and _ (like payment_recovery)",
-                )
-            elif kind in ("step_type", "wait_shape", "push_shape", "channel_shape"):
-                self.add("type", path, str(error["msg"]))
-            elif kind.endswith("_type") or kind in (
-                "model_attributes_type",
-                "dict_type",
-                "list_type",
-            ):
-                expected = str(error["msg"]).removeprefix("Input should be ")
-                self.add("type", path, f"{field_name}: expected {expected}, got {_describe(value)}")
+            if error["type"] == "extra_forbidden":
+                self._add_extra_key(root, prefix + loc, loc, data)
             else:
-                self.add("value", path, f"{field_name}: {error['msg']}")
+                self._add_invalid(prefix + loc, loc, error)
+
+    def _add_extra_key(self, root: type[BaseModel], path: Path, loc: Path, data: Any) -> None:
+        key = str(loc[-1])
+        parent = _model_at(root, loc[:-1], data)
+        if parent is not None and issubclass(parent, spec.STEP_MODELS) and key in spec.STEP_TYPES:
+            self.add(
+                "step-type",
+                path,
+                f"a step has one type key, but this one has '{getattr(parent, 'step_type', '?')}' and '{key}'",
+                key=True,
+                hint="split it into two steps",
+            )
+            return
+        allowed = _allowed_keys(parent) if parent else []
+        self.add(
+            "unknown-key", path, f"unknown key '{key}'", key=True, hint=_did_you_mean(key, allowed)
+        )
+
+    def _add_invalid(self, path: Path, loc: Path, error: ErrorDetails) -> None:
+        kind = error["type"]
+        value = error.get("input")
+        field_name = next((str(p) for p in reversed(loc) if isinstance(p, str)), "value")
+        if kind == "missing":
+            self.add("missing-key", path[:-1], f"missing required key '{loc[-1]}'")
+        elif kind == "literal_error" and loc == ("version",):
+            self.add(
+                "version",
+                path,
+                f"language version {value!r} is not supported: this engine reads version 1",
+                hint="set version: 1",
+            )
+        elif kind == "value_error":
+            message = str(error["msg"]).removeprefix("Value error, ")
+            code = "duration" if "duration" in message or "time of day" in message else "value"
+            self.add(code, path, message)
+        elif kind == "string_pattern_mismatch":
+            self.add(
+                "identifier",
+                path,
+                f"{field_name}: '{value}' is not a valid id",
+                hint="use lowercase letters, digits and _ (like payment_recovery)",
+            )
+        elif kind in ("step_type", "wait_shape", "push_shape", "channel_shape"):
+            self.add("type", path, str(error["msg"]))
+        elif kind.endswith("_type") or kind in ("model_attributes_type", "dict_type", "list_type"):
+            expected = str(error["msg"]).removeprefix("Input should be ")
+            self.add("type", path, f"{field_name}: expected {expected}, got {_describe(value)}")
+        else:
+            self.add("value", path, f"{field_name}: {error['msg']}")
 
     # -- the run
 
@@ -438,57 +453,75 @@ class _Checker:
             self.add("type", ("journeys",), f"journeys: expected a list, got {_describe(raw)}")
             return []
         result: list[spec.Journey] = []
-        head_fields = {k: v for k, v in spec.Journey.model_fields.items() if k != "steps"}
         for index, raw_journey in enumerate(raw):
-            path: Path = ("journeys", index)
             if not isinstance(raw_journey, dict):
-                self.add("type", path, f"a journey must be a mapping, got {_describe(raw_journey)}")
+                self.add(
+                    "type",
+                    ("journeys", index),
+                    f"a journey must be a mapping, got {_describe(raw_journey)}",
+                )
                 continue
-            head_ok = True
-            head: dict[str, Any] = {}
-            for key in raw_journey:
-                if key not in spec.Journey.model_fields:
-                    self.add(
-                        "unknown-key",
-                        (*path, key),
-                        f"unknown key '{key}'",
-                        key=True,
-                        hint=_did_you_mean(key, spec.Journey.model_fields),
-                    )
-                    head_ok = False
-            for name, info in head_fields.items():
-                if name not in raw_journey:
-                    if info.is_required():
-                        self.add("missing-key", path, f"missing required key '{name}'")
-                        head_ok = False
-                    else:
-                        head[name] = info.get_default(call_default_factory=True)
-                    continue
-                try:
-                    head[name] = _field_adapter(spec.Journey, name).validate_python(
-                        raw_journey[name]
-                    )
-                    if name == "holdout":
-                        spec.holdout_percent(head[name])
-                except ValidationError as exc:
-                    self.add_pydantic(
-                        spec.Journey, path, {name: raw_journey[name]}, _prefixed(exc, name)
-                    )
-                    head_ok = False
-                except ValueError as exc:
-                    self.add("value", (*path, name), str(exc))
-                    head_ok = False
-            steps, broken_ids = self._check_steps(path, raw_journey)
-            if broken_ids or steps is None or not head_ok:
-                journey_id = raw_journey.get("id")
-                if isinstance(journey_id, str):
-                    self.broken_journeys.add(journey_id)
-            if not head_ok or "id" not in head:
-                continue
-            journey = spec.Journey.model_construct(**head, steps=steps or [])
-            self.broken_steps[journey.id] = broken_ids
-            result.append(journey)
+            journey = self._check_journey(("journeys", index), raw_journey)
+            if journey is not None:
+                result.append(journey)
         return result
+
+    def _check_journey(self, path: Path, raw_journey: dict[str, Any]) -> spec.Journey | None:
+        """The journey with the steps that validate; None when its head does not.
+
+        A journey with any invalid part is marked broken: it gets no plan, but the valid
+        rest of it is still checked."""
+        head, head_ok = self._journey_head(path, raw_journey)
+        steps, broken_ids = self._check_steps(path, raw_journey)
+        if broken_ids or steps is None or not head_ok:
+            journey_id = raw_journey.get("id")
+            if isinstance(journey_id, str):
+                self.broken_journeys.add(journey_id)
+        if not head_ok or "id" not in head:
+            return None
+        journey = spec.Journey.model_construct(**head, steps=steps or [])
+        self.broken_steps[journey.id] = broken_ids
+        return journey
+
+    def _journey_head(self, path: Path, raw_journey: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """A journey's fields but its steps, each validated on its own; and whether all were."""
+        head_ok = True
+        for key in raw_journey:
+            if key not in spec.Journey.model_fields:
+                self.add(
+                    "unknown-key",
+                    (*path, key),
+                    f"unknown key '{key}'",
+                    key=True,
+                    hint=_did_you_mean(key, spec.Journey.model_fields),
+                )
+                head_ok = False
+        head: dict[str, Any] = {}
+        for name, info in spec.Journey.model_fields.items():
+            if name == "steps":
+                continue
+            if name in raw_journey:
+                head_ok = self._journey_field(path, name, raw_journey[name], head) and head_ok
+            elif info.is_required():
+                self.add("missing-key", path, f"missing required key '{name}'")
+                head_ok = False
+            else:
+                head[name] = info.get_default(call_default_factory=True)
+        return head, head_ok
+
+    def _journey_field(self, path: Path, name: str, raw: Any, head: dict[str, Any]) -> bool:
+        """Validate one journey field into ``head``; False when it is invalid."""
+        try:
+            head[name] = _field_adapter(spec.Journey, name).validate_python(raw)
+            if name == "holdout":
+                spec.holdout_percent(head[name])
+        except ValidationError as exc:
+            self.add_pydantic(spec.Journey, path, {name: raw}, _prefixed(exc, name))
+            return False
+        except ValueError as exc:
+            self.add("value", (*path, name), str(exc))
+            return False
+        return True
 
     def _check_steps(
         self, path: Path, raw_journey: dict[str, Any]
@@ -654,37 +687,7 @@ class _Checker:
     def _check_http_model(self, at: Path, name: str, model: spec.HttpModel) -> None:
         given = model.model_fields_set
         if model.protocol == "json":
-            for key in ("body", "score"):
-                if getattr(model, key) is None:
-                    self.add(
-                        "missing-key",
-                        at,
-                        f"model '{name}': protocol json needs {key}:",
-                        hint=(
-                            "body: the request's JSON as a template, e.g. "
-                            "'{\"amount\": {{ features.amount }}}'"
-                            if key == "body"
-                            else "score: the dotted path to the score in the reply, e.g. result.score"
-                        ),
-                    )
-            for key in sorted({"input", "output", "positive_class"} & given):
-                self.add(
-                    "value",
-                    (*at, key),
-                    f"model '{name}': {key}: is for protocol oip",
-                    key=True,
-                    hint="protocol json reads the reply at score:",
-                )
-            if model.body is not None:
-                try:
-                    compile_template(model.body, html=False, names=MODEL_BODY_NAMES)
-                except TemplateError as exc:
-                    self.add(
-                        "template",
-                        (*at, "body"),
-                        f"model '{name}': body, line {exc.line}: {exc.message}",
-                        hint=exc.hint,
-                    )
+            self._check_json_protocol(at, name, model, given)
         else:
             for key in sorted({"body", "score"} & given):
                 self.add(
@@ -694,6 +697,44 @@ class _Checker:
                     key=True,
                     hint="add protocol: json, or remove it (oip sends the features as a tensor)",
                 )
+        self._check_model_secrets(at, name, model)
+
+    def _check_json_protocol(
+        self, at: Path, name: str, model: spec.HttpModel, given: set[str]
+    ) -> None:
+        for key in ("body", "score"):
+            if getattr(model, key) is None:
+                self.add(
+                    "missing-key",
+                    at,
+                    f"model '{name}': protocol json needs {key}:",
+                    hint=(
+                        "body: the request's JSON as a template, e.g. "
+                        "'{\"amount\": {{ features.amount }}}'"
+                        if key == "body"
+                        else "score: the dotted path to the score in the reply, e.g. result.score"
+                    ),
+                )
+        for key in sorted({"input", "output", "positive_class"} & given):
+            self.add(
+                "value",
+                (*at, key),
+                f"model '{name}': {key}: is for protocol oip",
+                key=True,
+                hint="protocol json reads the reply at score:",
+            )
+        if model.body is not None:
+            try:
+                compile_template(model.body, html=False, names=MODEL_BODY_NAMES)
+            except TemplateError as exc:
+                self.add(
+                    "template",
+                    (*at, "body"),
+                    f"model '{name}': body, line {exc.line}: {exc.message}",
+                    hint=exc.hint,
+                )
+
+    def _check_model_secrets(self, at: Path, name: str, model: spec.HttpModel) -> None:
         if _has_literal_credentials(model.url):
             self.add(
                 "secret",
@@ -835,6 +876,59 @@ def _prefixed(exc: ValidationError, *prefix: str | int) -> list[ErrorDetails]:
     return errors
 
 
+# ----------------------------------------------------------------------------- where ways are written
+
+_Written = tuple[tuple[str | int, ...], str]
+"""Where (below the step) a way out's target is written, and what messages call it."""
+
+
+def _written_at(step: spec.Step, way: Successor) -> _Written | None:
+    """Where ``way`` out of ``step`` was written; None: a default the compiler filled in
+    that another way out already stands for (an event's timeout carrying on to next).
+
+    This knows only where things are written; where they lead is engine.successors'.
+    """
+    at_next: _Written = (("next",) if step.next else (), "next")
+    match way.kind:
+        case "rule":
+            return ("branch", way.index or 0, "goto"), "goto"
+        case "else":
+            written_else = isinstance(step, spec.BranchStep) and step.else_
+            return (("else",), "else") if written_else else at_next
+        case "arm":
+            return ("paths", way.name or ""), "path"
+        case "decision":
+            return ("decisions", way.name or ""), "decision"
+        case "received":
+            return at_next[0], "arrival"
+        case "next":
+            return at_next
+        case "timeout":
+            written_timeout = isinstance(step, spec.WaitStep | spec.ReviewStep) and step.on_timeout
+            return (("on_timeout",), "on_timeout") if written_timeout else None
+        case "failure":
+            return ("on_failure",), "on_failure"
+        case _:
+            assert_never(way.kind)
+
+
+def _arms_as_written(step: spec.Step) -> spec.Step:
+    """A split with one arm per path written, in the order written, so that a path for an
+    unknown arm is still checked (the mismatch with ``split:`` is reported on its own)."""
+    if not isinstance(step, spec.SplitStep):
+        return step
+    arms = {arm: step.split.get(arm, 0.0) for arm in step.paths}
+    return step.model_copy(update={"split": arms})
+
+
+def _ignored_timeout(step: spec.Step, ways: list[Successor]) -> str | None:
+    """An ``on_timeout:`` written where it never fires (no ``within:``, no ``sla:``, not a
+    wait for an event)."""
+    if not isinstance(step, spec.WaitStep | spec.ReviewStep) or not step.on_timeout:
+        return None
+    return None if any(way.kind == "timeout" for way in ways) else step.on_timeout
+
+
 # ----------------------------------------------------------------------------- one journey
 
 
@@ -842,7 +936,8 @@ def _prefixed(exc: ValidationError, *prefix: str | int) -> list[ErrorDetails]:
 class _Edge:
     target: str
     path: Path
-    kind: str  # next | goto | else | path | decision | on_timeout | on_failure | arrival
+    kind: str  # what messages call it: next | goto | else | path | decision | on_timeout |
+    # on_failure | arrival (the awaited event came: `event` is that event from there on)
 
 
 class _JourneyChecker:
@@ -890,67 +985,43 @@ class _JourneyChecker:
         return unique
 
     def _edges(self) -> dict[str, list[_Edge]]:
+        """Every way out of every step, with where its target is written."""
         edges: dict[str, list[_Edge]] = {}
         steps = self.journey.steps
         for position, step in enumerate(steps):
-            out: list[_Edge] = []
             following = steps[position + 1].id if position + 1 < len(steps) else None
-            default = step.next or following
-            default_path = (
-                self.step_path(position, "next") if step.next else self.step_path(position)
-            )
-            if isinstance(step, spec.BranchStep):
-                for i, rule in enumerate(step.branch):
-                    out.append(
-                        _Edge(rule.goto, self.step_path(position, "branch", i, "goto"), "goto")
-                    )
-                if step.else_:
-                    out.append(_Edge(step.else_, self.step_path(position, "else"), "else"))
-                elif default:
-                    out.append(_Edge(default, default_path, "next"))
-            elif isinstance(step, spec.SplitStep):
-                for arm, target in step.paths.items():
-                    out.append(_Edge(target, self.step_path(position, "paths", arm), "path"))
-            elif isinstance(step, spec.ReviewStep):
-                for decision, target in step.decisions.items():
-                    out.append(
-                        _Edge(target, self.step_path(position, "decisions", decision), "decision")
-                    )
-                if step.on_timeout:
-                    out.append(
-                        _Edge(step.on_timeout, self.step_path(position, "on_timeout"), "on_timeout")
-                    )
-            elif isinstance(step, spec.ExitStep):
-                pass
-            else:
-                if default:
-                    kind = (
-                        "arrival"
-                        if isinstance(step, spec.WaitStep) and isinstance(step.wait, spec.WaitEvent)
-                        else "next"
-                    )
-                    out.append(_Edge(default, default_path, kind))
-                if isinstance(step, spec.WaitStep) and step.on_timeout:
-                    out.append(
-                        _Edge(step.on_timeout, self.step_path(position, "on_timeout"), "on_timeout")
-                    )
-                if isinstance(step, spec.SendStep | spec.CallStep) and step.on_failure:
-                    out.append(
-                        _Edge(step.on_failure, self.step_path(position, "on_failure"), "on_failure")
-                    )
-            ignored_next = isinstance(
-                step, spec.BranchStep | spec.SplitStep | spec.ReviewStep | spec.ExitStep
-            ) and not (isinstance(step, spec.BranchStep) and not step.else_)
-            if step.next and ignored_next:
-                self.c.add(
-                    "value",
-                    self.step_path(position, "next"),
-                    f"next: is never taken after a {step.step_type} step",
-                    hint="remove it"
-                    + (" or use else:" if isinstance(step, spec.BranchStep) else ""),
-                )
+            out = self._ways_out(position, step, following)
+            self._check_next_taken(position, step, out)
             edges[step.id] = out if step.id not in edges else edges[step.id] + out
         return edges
+
+    def _ways_out(self, position: int, step: spec.Step, following: str | None) -> list[_Edge]:
+        """Where the engine goes from ``step`` (engine.successors over the compiled step),
+        each way placed where the author wrote it."""
+        ways = successors(compile_step(_arms_as_written(step), following, self.doc))
+        out: list[_Edge] = []
+        for way in ways:
+            written = _written_at(step, way)
+            if way.target is not None and written is not None:
+                suffix, kind = written
+                out.append(_Edge(way.target, self.step_path(position, *suffix), kind))
+        timeout = _ignored_timeout(step, ways)
+        if timeout is not None:
+            # The run never takes this on_timeout (_check_step says so); the graph still
+            # follows it, so that one mistake gives one error, not also "unreachable".
+            out.append(_Edge(timeout, self.step_path(position, "on_timeout"), "on_timeout"))
+        return out
+
+    def _check_next_taken(self, position: int, step: spec.Step, out: list[_Edge]) -> None:
+        """A ``next:`` that no way out goes through is a mistake the run would hide."""
+        at_next = self.step_path(position, "next")
+        if step.next and all(edge.path != at_next for edge in out):
+            self.c.add(
+                "value",
+                at_next,
+                f"next: is never taken after a {step.step_type} step",
+                hint="remove it" + (" or use else:" if isinstance(step, spec.BranchStep) else ""),
+            )
 
     def _check_references(self, edges: Mapping[str, list[_Edge]]) -> None:
         for out in edges.values():
@@ -1076,139 +1147,124 @@ class _JourneyChecker:
                 self.expression((*self.path, "exit_on", i, "when"), exit_on.when, {exit_on.event})
 
     def _check_step(self, position: int, step: spec.Step, events: set[str]) -> None:
+        """What one step can get wrong beyond its structure and the graph."""
         at = self.step_path
-        if isinstance(step, spec.SendStep):
-            self._check_send(position, step, events)
-        elif isinstance(step, spec.WaitStep):
-            if isinstance(step.wait, spec.WaitEvent):
-                self._declared_event(step.wait.event, at(position, "wait", "event"))
-                if step.wait.when:
-                    self.expression(at(position, "wait", "when"), step.wait.when, {step.wait.event})
-                if step.on_timeout and not step.wait.within:
-                    self.c.add(
-                        "value",
-                        at(position, "on_timeout"),
-                        "on_timeout: needs wait.within",
-                        hint="add within: 3d (how long to wait for the event)",
-                    )
-            elif step.on_timeout:
+        match step:
+            case spec.SendStep():
+                self._check_send(position, step, events)
+            case spec.WaitStep():
+                self._check_wait(position, step)
+            case spec.BranchStep():
+                for i, rule in enumerate(step.branch):
+                    self.expression(at(position, "branch", i, "when"), rule.when, events)
+            case spec.SplitStep():
+                self._check_split(position, step)
+            case spec.ScoreStep():
+                self._check_score(position, step, events)
+            case spec.ReviewStep():
+                self._check_review(position, step, events)
+            case spec.SetStep():
+                for target, expr in step.set.items():
+                    self.expression(at(position, "set", target), expr, events)
+            case spec.CallStep():
+                self._check_call(position, step, events)
+            case spec.ExitStep():
+                pass
+            case _:
+                assert_never(step)
+
+    def _check_wait(self, position: int, step: spec.WaitStep) -> None:
+        at = self.step_path
+        wait = step.wait
+        if not isinstance(wait, spec.WaitEvent):
+            if step.on_timeout:
                 self.c.add(
                     "value",
                     at(position, "on_timeout"),
                     "on_timeout: only applies to a wait for an event",
                     hint="remove it",
                 )
-        elif isinstance(step, spec.BranchStep):
-            for i, rule in enumerate(step.branch):
-                self.expression(at(position, "branch", i, "when"), rule.when, events)
-        elif isinstance(step, spec.SplitStep):
-            total = sum(step.split.values())
-            if abs(total - 100) > 1e-9:
-                self.c.add(
-                    "split",
-                    at(position, "split"),
-                    f"split weights add up to {total:g}, not 100",
-                    hint="weights are percentages",
-                )
-            if set(step.split) != set(step.paths):
-                missing = sorted(set(step.split) - set(step.paths))
-                extra = sorted(set(step.paths) - set(step.split))
-                detail = "; ".join(
-                    part
-                    for part in (
-                        f"no path for arm {', '.join(missing)}" if missing else "",
-                        f"path for unknown arm {', '.join(extra)}" if extra else "",
-                    )
-                    if part
-                )
-                self.c.add(
-                    "split",
-                    at(position, "paths"),
-                    f"paths: must name exactly the split's arms: {detail}",
-                )
-        elif isinstance(step, spec.ScoreStep):
-            if step.score not in self.doc.models:
-                self.c.add(
-                    "unknown-model",
-                    at(position, "score"),
-                    f"model '{step.score}' is not declared under models:",
-                    hint=_did_you_mean(step.score, self.doc.models),
-                )
-            else:
-                self._check_score_features(position, step)
-            for name, expr in step.features.items():
-                self.expression(at(position, "features", name), expr, events)
-        elif isinstance(step, spec.ReviewStep):
-            self.template(at(position, "title"), step.title, events)
-            if step.details:
-                self.template(at(position, "details"), step.details, events)
-            if step.on_timeout and not step.sla:
-                self.c.add(
-                    "value",
-                    at(position, "on_timeout"),
-                    "on_timeout: needs sla:",
-                    hint="add sla: 4h (how long the task may wait for a decision)",
-                )
-            if step.escalate_to and not step.sla:
-                self.c.add(
-                    "value",
-                    at(position, "escalate_to"),
-                    "escalate_to: needs sla:",
-                    hint="add sla: 4h (escalation happens when the SLA passes)",
-                )
-        elif isinstance(step, spec.SetStep):
-            for target, expr in step.set.items():
-                self.expression(at(position, "set", target), expr, events)
-        elif isinstance(step, spec.CallStep):
-            self.template(at(position, "call", "url"), step.call.url, events)
-            for name, expr in (step.call.json_ or {}).items():
-                self.expression(at(position, "call", "json", name), expr, events)
-            for name, value in (step.call.headers or {}).items():
-                self.template(at(position, "call", "headers", name), value, events)
+            return
+        self._declared_event(wait.event, at(position, "wait", "event"))
+        if wait.when:
+            self.expression(at(position, "wait", "when"), wait.when, {wait.event})
+        if step.on_timeout and not wait.within:
+            self.c.add(
+                "value",
+                at(position, "on_timeout"),
+                "on_timeout: needs wait.within",
+                hint="add within: 3d (how long to wait for the event)",
+            )
+
+    def _check_split(self, position: int, step: spec.SplitStep) -> None:
+        total = sum(step.split.values())
+        if abs(total - 100) > 1e-9:
+            self.c.add(
+                "split",
+                self.step_path(position, "split"),
+                f"split weights add up to {total:g}, not 100",
+                hint="weights are percentages",
+            )
+        if set(step.split) != set(step.paths):
+            self.c.add(
+                "split",
+                self.step_path(position, "paths"),
+                f"paths: must name exactly the split's arms: {_arm_mismatch(step)}",
+            )
+
+    def _check_score(self, position: int, step: spec.ScoreStep, events: set[str]) -> None:
+        if step.score not in self.doc.models:
+            self.c.add(
+                "unknown-model",
+                self.step_path(position, "score"),
+                f"model '{step.score}' is not declared under models:",
+                hint=_did_you_mean(step.score, self.doc.models),
+            )
+        else:
+            self._check_score_features(position, step)
+        for name, expr in step.features.items():
+            self.expression(self.step_path(position, "features", name), expr, events)
+
+    def _check_review(self, position: int, step: spec.ReviewStep, events: set[str]) -> None:
+        at = self.step_path
+        self.template(at(position, "title"), step.title, events)
+        if step.details:
+            self.template(at(position, "details"), step.details, events)
+        if step.on_timeout and not step.sla:
+            self.c.add(
+                "value",
+                at(position, "on_timeout"),
+                "on_timeout: needs sla:",
+                hint="add sla: 4h (how long the task may wait for a decision)",
+            )
+        if step.escalate_to and not step.sla:
+            self.c.add(
+                "value",
+                at(position, "escalate_to"),
+                "escalate_to: needs sla:",
+                hint="add sla: 4h (escalation happens when the SLA passes)",
+            )
+
+    def _check_call(self, position: int, step: spec.CallStep, events: set[str]) -> None:
+        at = self.step_path
+        self.template(at(position, "call", "url"), step.call.url, events)
+        for name, expr in (step.call.json_ or {}).items():
+            self.expression(at(position, "call", "json", name), expr, events)
+        for name, value in (step.call.headers or {}).items():
+            self.template(at(position, "call", "headers", name), value, events)
 
     def _check_send(self, position: int, step: spec.SendStep, events: set[str]) -> None:
         at = self.step_path
         template = self.doc.templates.get(step.send) if step.send in self.doc.templates else None
-        known = step.send in self.doc.templates
-        if not known:
+        if step.send not in self.doc.templates:
             self.c.add(
                 "unknown-template",
                 at(position, "send"),
                 f"template '{step.send}' is not declared under templates:",
                 hint=_did_you_mean(step.send, self.doc.templates),
             )
-        channels = [step.channel] if isinstance(step.channel, str) else list(step.channel or [])
-        if not channels and template is not None:
-            forms = [f for f in ("email", "sms", "push") if getattr(template, f) is not None]
-            if len(forms) == 1:
-                channels = forms
-            else:
-                self.c.add(
-                    "missing-key",
-                    at(position),
-                    f"send: template '{step.send}' has several forms; say which with channel:",
-                    hint="channel: " + " | ".join(forms or ["email", "sms", "push"]),
-                )
-        for i, channel in enumerate(channels):
-            where = (
-                at(position, "channel", i)
-                if isinstance(step.channel, list)
-                else at(position, "channel")
-            )
-            if channel not in self.doc.channels:
-                self.c.add(
-                    "unknown-channel",
-                    where,
-                    f"channel '{channel}' is not declared under channels:",
-                    hint=_did_you_mean(channel, self.doc.channels),
-                )
-            if template is not None and not _template_form_for(template, channel):
-                self.c.add(
-                    "template",
-                    where,
-                    f"template '{step.send}' has no form for channel '{channel}'",
-                    hint=f"add {channel if channel in ('email', 'sms', 'push') else 'text'}: to the template",
-                )
+        for where, channel in self._send_channels(position, step, template):
+            self._check_channel(where, step.send, template, channel)
         if step.to:
             self.expression(at(position, "to"), step.to, events)
         if template is not None:
@@ -1220,6 +1276,52 @@ class _JourneyChecker:
                         events,
                         what=f"template '{name}' ({form})",
                     )
+
+    def _send_channels(
+        self, position: int, step: spec.SendStep, template: spec.TemplateSpec | None
+    ) -> list[tuple[Path, str]]:
+        """The channels a send uses, each with where it is written."""
+        at = self.step_path
+        channels = [step.channel] if isinstance(step.channel, str) else list(step.channel or [])
+        if not channels and template is not None:
+            channels = self._default_channel(position, step, template)
+        if isinstance(step.channel, list):
+            return [(at(position, "channel", i), c) for i, c in enumerate(channels)]
+        return [(at(position, "channel"), c) for c in channels]
+
+    def _default_channel(
+        self, position: int, step: spec.SendStep, template: spec.TemplateSpec
+    ) -> list[str]:
+        """A send without channel: uses its template's one form; several are an error."""
+        forms = [f for f in ("email", "sms", "push") if getattr(template, f) is not None]
+        if len(forms) == 1:
+            return forms
+        self.c.add(
+            "missing-key",
+            self.step_path(position),
+            f"send: template '{step.send}' has several forms; say which with channel:",
+            hint="channel: " + " | ".join(forms or ["email", "sms", "push"]),
+        )
+        return []
+
+    def _check_channel(
+        self, where: Path, name: str, template: spec.TemplateSpec | None, channel: str
+    ) -> None:
+        if channel not in self.doc.channels:
+            self.c.add(
+                "unknown-channel",
+                where,
+                f"channel '{channel}' is not declared under channels:",
+                hint=_did_you_mean(channel, self.doc.channels),
+            )
+        if template is not None and not _template_form_for(template, channel):
+            form = channel if channel in ("email", "sms", "push") else "text"
+            self.c.add(
+                "template",
+                where,
+                f"template '{name}' has no form for channel '{channel}'",
+                hint=f"add {form}: to the template",
+            )
 
     # -- expressions and templates
 
@@ -1330,44 +1432,72 @@ def _template_form_for(template: spec.TemplateSpec, channel: str) -> bool:
     return template.text is not None or template.sms is not None
 
 
+def _arm_mismatch(step: spec.SplitStep) -> str:
+    """How a split's ``paths:`` differ from its arms, for the message."""
+    missing = sorted(set(step.split) - set(step.paths))
+    extra = sorted(set(step.paths) - set(step.split))
+    parts = (
+        f"no path for arm {', '.join(missing)}" if missing else "",
+        f"path for unknown arm {', '.join(extra)}" if extra else "",
+    )
+    return "; ".join(part for part in parts if part)
+
+
 def _strongly_connected(graph: Mapping[str, list[_Edge]]) -> list[set[str]]:
-    """Tarjan's algorithm, iterative (journeys may be long)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    on_stack: set[str] = set()
-    stack: list[str] = []
-    result: list[set[str]] = []
-    counter = 0
+    """The strongly connected components of ``graph``, by Tarjan's algorithm."""
+    tarjan = _Tarjan(
+        {node: [e.target for e in out if e.target in graph] for node, out in graph.items()}
+    )
     for start in graph:
-        if start in index:
-            continue
-        work: list[tuple[str, int]] = [(start, 0)]
+        if start not in tarjan.index:
+            tarjan.visit(start)
+    return tarjan.components
+
+
+class _Tarjan:
+    """Tarjan's algorithm, iterative (journeys may be long: no recursion limit to hit)."""
+
+    def __init__(self, out: dict[str, list[str]]) -> None:
+        self.out = out
+        self.index: dict[str, int] = {}
+        self.low: dict[str, int] = {}
+        self.on_stack: set[str] = set()
+        self.stack: list[str] = []
+        self.components: list[set[str]] = []
+
+    def visit(self, start: str) -> None:
+        work: list[tuple[str, int]] = [(start, 0)]  # a node, and its next child to look at
         while work:
             node, child = work.pop()
             if child == 0:
-                index[node] = low[node] = counter
-                counter += 1
-                stack.append(node)
-                on_stack.add(node)
-            out = [e.target for e in graph.get(node, []) if e.target in graph]
-            if child < len(out):
-                work.append((node, child + 1))
-                target = out[child]
-                if target not in index:
-                    work.append((target, 0))
-                elif target in on_stack:
-                    low[node] = min(low[node], index[target])
+                self._enter(node)
+            targets = self.out[node]
+            if child == len(targets):
+                self._leave(node)
                 continue
-            for target in out:
-                if target in on_stack:
-                    low[node] = min(low[node], low[target])
-            if low[node] == index[node]:
-                component: set[str] = set()
-                while True:
-                    member = stack.pop()
-                    on_stack.discard(member)
-                    component.add(member)
-                    if member == node:
-                        break
-                result.append(component)
-    return result
+            work.append((node, child + 1))
+            target = targets[child]
+            if target not in self.index:
+                work.append((target, 0))
+            elif target in self.on_stack:
+                self.low[node] = min(self.low[node], self.index[target])
+
+    def _enter(self, node: str) -> None:
+        self.index[node] = self.low[node] = len(self.index)
+        self.stack.append(node)
+        self.on_stack.add(node)
+
+    def _leave(self, node: str) -> None:
+        for target in self.out[node]:
+            if target in self.on_stack:
+                self.low[node] = min(self.low[node], self.low[target])
+        if self.low[node] != self.index[node]:
+            return
+        component: set[str] = set()
+        while True:
+            member = self.stack.pop()
+            self.on_stack.discard(member)
+            component.add(member)
+            if member == node:
+                break
+        self.components.append(component)

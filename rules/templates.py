@@ -394,25 +394,9 @@ def compile_template(
         free_names = meta.find_undeclared_variables(tree)
     except TemplateSyntaxError as error:
         raise _syntax_error(error) from None
-    paths: dict[tuple[str, ...], None] = {}
-    printed: dict[tuple[str, ...], None] = {}
-    for node, parent, depth in _walk(tree):
-        if isinstance(node, nodes.Name) and node.name in free_names and node.name not in names:
-            hint = did_you_mean(node.name, names) or (
-                f"available names: {', '.join(sorted(names))}"
-            )
-            message = f"unknown name '{node.name}'"
-            problems.append(_Problem(_UNKNOWN_NAME_RANK, node.lineno, depth, message, hint))
-        if isinstance(node, nodes.Name) and node.name in free_names and _is_printed(parent, node):
-            printed.setdefault((node.name,), None)
-        if isinstance(node, nodes.Getattr | nodes.Getitem) and not _extends_path(parent, node):
-            path = _path_of(node)
-            if path is not None and path[0] in free_names:
-                paths.setdefault(path, None)
-                if _is_printed(parent, node):
-                    printed.setdefault(path, None)
-    if problems:
-        raise _first_error(problems)
+    reads = _reads(tree, free_names, names)
+    if reads.unknown:
+        raise _first_error(reads.unknown)
 
     try:
         template = environment.from_string(tree)
@@ -422,7 +406,40 @@ def compile_template(
         source=source,
         html=html,
         names=frozenset(free_names),
-        attribute_paths=tuple(paths),
+        attribute_paths=reads.paths,
         _template=template,
-        _printed_paths=tuple(printed),
+        _printed_paths=reads.printed,
     )
+
+
+class _Reads(NamedTuple):
+    """What a template reads: free names it may not (as problems), the attribute paths
+    below its free names, and those of them (or bare names) it prints."""
+
+    unknown: list[_Problem]
+    paths: tuple[tuple[str, ...], ...]
+    printed: tuple[tuple[str, ...], ...]
+
+
+def _reads(tree: nodes.Template, free_names: set[str], names: Collection[str]) -> _Reads:
+    unknown: list[_Problem] = []
+    paths: dict[tuple[str, ...], None] = {}  # a dict keeps the first-seen order
+    printed: dict[tuple[str, ...], None] = {}
+    for node, parent, depth in _walk(tree):
+        if isinstance(node, nodes.Name) and node.name in free_names:
+            if node.name not in names:
+                unknown.append(_unknown_name(node, depth, names))
+            if _is_printed(parent, node):
+                printed.setdefault((node.name,), None)
+        if isinstance(node, nodes.Getattr | nodes.Getitem) and not _extends_path(parent, node):
+            path = _path_of(node)
+            if path is not None and path[0] in free_names:
+                paths.setdefault(path, None)
+                if _is_printed(parent, node):
+                    printed.setdefault(path, None)
+    return _Reads(unknown, tuple(paths), tuple(printed))
+
+
+def _unknown_name(node: nodes.Name, depth: int, names: Collection[str]) -> _Problem:
+    hint = did_you_mean(node.name, names) or f"available names: {', '.join(sorted(names))}"
+    return _Problem(_UNKNOWN_NAME_RANK, node.lineno, depth, f"unknown name '{node.name}'", hint)
