@@ -13,6 +13,7 @@ never echoes an API key, an Authorization header or a traceback.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.auth import api_keys, unauthorized
+from service.console.auth import basic_user
 from service.review_desk import ReviewRefused
 
 __all__ = [
@@ -155,11 +157,7 @@ def _invalid_input(request: Request, error: Exception) -> list[ErrorDetail]:
 async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     # FastAPI parses the body before it checks dependencies; a caller without a valid
     # key must learn nothing about its input, so the key is checked first here too.
-    authorization = request.headers.get("Authorization")
-    if (
-        request.url.path.startswith("/v1/")
-        and await api_keys(request).caller(authorization) is None
-    ):
+    if request.url.path.startswith("/v1/") and not await _known_caller(request):
         refusal = unauthorized()
         return error_response(refusal.status_code, refusal.detail, headers=refusal.headers)
     details = _invalid_input(request, error)
@@ -169,6 +167,18 @@ async def _validation_error(request: Request, error: Exception) -> JSONResponse:
         summary or "invalid request",
         details[:_MAX_LISTED_ERRORS],
     )
+
+
+async def _known_caller(request: Request) -> bool:
+    """An API key's caller, or on the review API a person by HTTP Basic (as the review
+    routes accept them): they learn what is wrong with their input."""
+    authorization = request.headers.get("Authorization")
+    if await api_keys(request).caller(authorization) is not None:
+        return True
+    if not request.url.path.startswith("/v1/reviews"):
+        return False
+    viewer = await asyncio.to_thread(basic_user, request.app.state.db, authorization)
+    return viewer is not None
 
 
 async def _http_error(_request: Request, error: Exception) -> JSONResponse:

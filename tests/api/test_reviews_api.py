@@ -196,6 +196,21 @@ async def test_every_review_endpoint_refuses_missing_or_wrong_credentials(
         assert session.get(ReviewTask, task.id).status == "open"  # type: ignore[union-attr]
 
 
+async def test_a_reviewer_learns_what_is_wrong_with_a_malformed_decision(desk: Desk) -> None:
+    _, task = await desk.open_case()
+    answer = await desk.http.post(
+        f"/v1/reviews/{task.id}/decision", json={"note": "fine"}, headers=basic("ana")
+    )
+    assert answer.status_code == 422, answer.text
+    assert [error["field"] for error in answer.json()["errors"]] == ["decision"]
+    stranger = await desk.http.post(
+        f"/v1/reviews/{task.id}/decision", json={"note": "fine"}, headers=basic("ana", "wrong-pw")
+    )
+    assert stranger.status_code == 401 and "decision" not in stranger.text
+    with session_scope(desk.db) as session:
+        assert session.get(ReviewTask, task.id).status == "open"  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize(("method", "path", "body"), ENDPOINTS[2:])
 @pytest.mark.parametrize("who", ["api-key", "aud", "dee"])
 async def test_only_ops_and_supervisors_may_work_a_task(
