@@ -33,9 +33,11 @@ test: lint typecheck mlserver browser
 
 # The quick loop (docs/testing.md): unit and language tests, the workflow tests on the
 # time-skipping server, delivery to loopback servers, the model adapters without MLServer.
-# 92 s measured on 2 cores shared with another suite (about 50 s alone); the API tests
+# Measured on 2 cores: 44 s wall (92 s beside another suite's API tests); the API tests
 # (2 min alone) and the slow groups (e2e, mlserver, browser) are left out.
-FAST_GROUPS := tests/unit tests/workflows tests/channels tests/risk_models
+# tests/risk_models before tests/workflows: after them, test_score_routing's low-risk run
+# times out in env.sleep 3 runs in 4 (order-dependent; see the report of issue #13).
+FAST_GROUPS := tests/unit tests/risk_models tests/channels tests/workflows
 SLOW_MARKERS := not e2e and not mlserver and not browser
 
 test-fast: $(STAMP)
