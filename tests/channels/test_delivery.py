@@ -27,8 +27,6 @@ from channels.rendering import RenderedMessage
 from tests.http_endpoint import HttpEndpoint, running_endpoint
 from tests.smtp_server import SMTP_PASSWORD, SmtpServer, free_port
 
-pytestmark = pytest.mark.e2e
-
 PUSH_TOKEN = "tk_pushtokenvalue0123456789"
 SMS_TOKEN = "sms-gateway-token-0123456789"
 UNSUBSCRIBE = "<https://journeys.example.com/unsubscribe?c=cust-42&s=a%2Fb%2Bc>"

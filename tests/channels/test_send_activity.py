@@ -17,8 +17,6 @@ from engine.payloads import SendMessageInput
 from tests.database import fresh_engine
 from tests.smtp_server import SmtpServer, free_port
 
-pytestmark = pytest.mark.e2e
-
 RECIPIENT = "dana@example.com"
 
 

@@ -1,5 +1,9 @@
 """Fixtures of the model tests: the local model services (tests/risk_models/servers.py) and,
-for the workflow-level test, the time-skipping Temporal fixtures of tests/workflows."""
+for the workflow-level test, the workflow fixtures of tests/workflows (on the root ``env``).
+
+The ``served`` fixture starts MLServer from its own venv (.venv-mlserver, built on first
+use, `make mlserver`): the root conftest marks every test using it ``mlserver``.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.models.servers import MLServer, ModelService, mlserver, model_service
-from tests.workflows.conftest import db, env, start_run, worker  # noqa: F401
+from tests.risk_models.servers import MLServer, ModelService, mlserver, model_service
+from tests.workflows.conftest import env, start_run, worker  # noqa: F401
 
 # Probe rows the MLServer tests score: (amount, days_past_due, failed_payments_90d, tenure).
 HIGH_RISK_ROW = [900000.0, 30.0, 3.0, 12.0]

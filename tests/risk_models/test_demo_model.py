@@ -13,7 +13,7 @@ from activities.scoring import score_with_model
 from risk_models.train_default_risk import ROUTING_EXAMPLES, main
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = ROOT / "models" / "default_risk.onnx"
+SHIPPED = ROOT / "risk_models" / "default_risk.onnx"
 
 
 def declaration() -> dict[str, object]:

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from activities.scoring import score_with_model
-from tests.models.conftest import HIGH_RISK_ROW, LOW_RISK_ROW
-from tests.models.servers import MLServer, ModelService
+from tests.risk_models.conftest import HIGH_RISK_ROW, LOW_RISK_ROW
+from tests.risk_models.servers import MLServer, ModelService
 
 FEATURES = ["amount", "days_past_due", "failed_payments_90d", "tenure_months"]
 JSON_BODY = '{"amount": {{ features.amount }}, "days_past_due": {{ features.days_past_due }}}'

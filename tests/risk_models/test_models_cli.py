@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from service.cli.main import app
-from tests.models.servers import ModelService
+from tests.risk_models.servers import ModelService
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -54,7 +54,7 @@ def test_each_failing_model_is_named_with_its_reason_and_the_exit_code_is_1(
           example: {amount: 900000, days_past_due: 30, failed_payments_90d: 3}
         buggy:
           kind: python
-          function: tests.models.python_models:explode
+          function: tests.risk_models.python_models:explode
           fallback: 0.5
           example: {amount: 1}
         no_example:
@@ -63,7 +63,7 @@ def test_each_failing_model_is_named_with_its_reason_and_the_exit_code_is_1(
           fallback: 0.5
         wrong_inputs:
           kind: onnx
-          path: risk_models/risk.onnx
+          path: models/risk.onnx
           fallback: 0.5
           example: {amount: 1}
         """,

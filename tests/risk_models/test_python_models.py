@@ -30,7 +30,7 @@ async def test_demo_python_model_scores_the_features_it_is_given() -> None:
 
 async def test_a_mapping_answer_gives_its_score_and_version() -> None:
     result = await score_with_model(
-        "wrapped", python_model("tests.models.python_models:mapping"), {"amount": 250000}
+        "wrapped", python_model("tests.risk_models.python_models:mapping"), {"amount": 250000}
     )
     assert (result.score, result.model_version, result.fallback_used) == (0.25, "m-2", False)
 
@@ -38,7 +38,7 @@ async def test_a_mapping_answer_gives_its_score_and_version() -> None:
 async def test_a_declared_version_is_recorded_over_the_answered_one() -> None:
     result = await score_with_model(
         "wrapped",
-        python_model("tests.models.python_models:mapping", version="2024-09"),
+        python_model("tests.risk_models.python_models:mapping", version="2024-09"),
         {"amount": 1},
     )
     assert result.model_version == "2024-09"
@@ -52,8 +52,8 @@ async def test_a_declared_version_is_recorded_over_the_answered_one() -> None:
         ("not_a_number", "the model answered nan, not a finite number"),
         ("above_one", "score 1.7 is outside the declared range [0, 1]"),
         ("slow", "the model did not answer within 1s"),
-        ("missing", "cannot load tests.models.python_models:missing"),
-        ("NOT_CALLABLE", "tests.models.python_models:NOT_CALLABLE is not a function"),
+        ("missing", "cannot load tests.risk_models.python_models:missing"),
+        ("NOT_CALLABLE", "tests.risk_models.python_models:NOT_CALLABLE is not a function"),
     ],
 )
 async def test_a_failing_python_model_yields_the_fallback_and_says_why(
@@ -61,7 +61,7 @@ async def test_a_failing_python_model_yields_the_fallback_and_says_why(
 ) -> None:
     result = await score_with_model(
         "risk",
-        python_model(f"tests.models.python_models:{function}", range=[0, 1], fallback=0.8),
+        python_model(f"tests.risk_models.python_models:{function}", range=[0, 1], fallback=0.8),
         {"amount": 100},
     )
     assert (result.score, result.fallback_used) == (0.8, True)
@@ -83,7 +83,7 @@ async def test_a_bad_feature_value_is_named_and_the_model_is_not_called(
     features: dict[str, Any], error: str
 ) -> None:
     result = await score_with_model(
-        "risk", python_model("tests.models.python_models:explode"), features
+        "risk", python_model("tests.risk_models.python_models:explode"), features
     )
     assert result.fallback_used is True
     assert result.error is not None and result.error.startswith(error), result.error
@@ -98,7 +98,7 @@ async def test_a_feature_the_model_does_not_declare_is_refused() -> None:
 
 async def test_booleans_are_features_too() -> None:
     result = await score_with_model(
-        "wrapped", python_model("tests.models.python_models:mapping"), {"amount": True}
+        "wrapped", python_model("tests.risk_models.python_models:mapping"), {"amount": True}
     )
     assert (result.score, result.fallback_used) == (0.000001, False)
 

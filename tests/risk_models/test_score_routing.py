@@ -19,7 +19,7 @@ from engine.database import OutboxMessage, ReviewTask
 from engine.decisions import bucket_of
 from engine.payloads import RunState
 from engine.plan import Plan
-from tests.models.servers import ModelService
+from tests.risk_models.servers import ModelService
 from tests.workflows.conftest import StartRun, compile_plan, send_event, set_profile, steps_of
 
 ROOT = Path(__file__).resolve().parents[2]

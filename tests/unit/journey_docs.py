@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from dataclasses import dataclass
 
 from engine.catalog import Catalog, build_catalog_from_text
 from engine.violations import Violation
@@ -61,3 +62,33 @@ def only_error(catalog: Catalog) -> Violation:
     found = errors(catalog)
     assert len(found) == 1, "\n".join(v.format() for v in catalog.violations)
     return found[0]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A document the validator must refuse with exactly one error, and that error as
+    `journeys validate` shows it: code, message, hint, and the line holding ``at``."""
+
+    text: str
+    code: str
+    message: str
+    at: str
+    hint: str | None = None
+    journey: str | None = "j"
+    step: str | None = None
+    column: int | None = None  # checked when given
+
+
+def assert_refused(case: Refusal) -> None:
+    catalog = check(case.text)
+    violation = only_error(catalog)
+    assert (violation.code, violation.message, violation.hint) == (
+        case.code,
+        case.message,
+        case.hint,
+    )
+    assert violation.line == line_of(case.text, case.at)
+    assert (violation.journey, violation.step) == (case.journey, case.step)
+    if case.column is not None:
+        assert violation.column == case.column
+    assert catalog.plans == {}

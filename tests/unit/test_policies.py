@@ -34,15 +34,6 @@ T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 SECRET = "test-secret-not-a-secret"
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'policies.db'}")
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-
-
 # ----------------------------------------------------------------------------- addresses
 
 

