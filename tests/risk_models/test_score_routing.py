@@ -5,13 +5,16 @@ fallback, recorded, and the run takes the branch the journey defines for it."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
+from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from engine.catalog import build_catalog
@@ -52,13 +55,19 @@ def treated_customer(plan: Plan) -> str:
 
 
 async def run_until(
-    env: WorkflowEnvironment, handle: object, step: str, *, tick: timedelta
+    env: WorkflowEnvironment, handle: WorkflowHandle[Any, RunState], step: str, *, tick: timedelta
 ) -> RunState:
-    """Skip time until the run's current step is ``step`` (bounded)."""
-    for _ in range(200):
-        state: RunState = await handle.query("state", result_type=RunState)  # type: ignore[attr-defined]
+    """Skip time until the run's current step is ``step`` (bounded), never while an activity
+    is in flight: the time-skipping server would jump past its timeout (a score taking a
+    second of real time would time out an hour later in the run's time, and retry)."""
+    for _ in range(400):
+        state: RunState = await handle.query("state", result_type=RunState)
         if state.current_step == step:
             return state
+        description = await handle.describe()
+        if description.raw_description.pending_activities:
+            await asyncio.sleep(0.05)
+            continue
         await env.sleep(tick)
     raise AssertionError(f"the run never reached {step}; it is at {state.current_step}")
 
