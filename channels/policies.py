@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, text
@@ -40,6 +40,7 @@ from sqlmodel import Session, col, select
 
 from engine.database import CapReservation, Preference, Suppression, dialect_insert, utcnow
 from engine.profiles import mask_address, normalise_address
+from engine.timestamps import as_utc
 
 __all__ = [
     "DEFAULT_CHANNELS",
@@ -225,11 +226,6 @@ def _customer_lock_key(customer_id: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-def _utc(moment: datetime) -> datetime:
-    """Aware, in UTC (the columns are `UTCDateTime`); a naive value is taken as UTC."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def reserve_cap_slot(
     engine: Engine,
     *,
@@ -251,23 +247,10 @@ def reserve_cap_slot(
     """
     if max_count < 1 or per_seconds <= 0:
         raise ValueError("a frequency cap needs max_count >= 1 and per_seconds > 0")
-    at = _utc(now)
+    at = as_utc(now)
     window_start = at - timedelta(seconds=per_seconds)
     with Session(engine) as session:
-        connection = session.connection()
-        if engine.dialect.name == "sqlite":
-            # pysqlite begins transactions lazily and deferred; take the write lock up front
-            # so that no other writer can count between our count and our insert.
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-        elif engine.dialect.name == "postgresql":
-            connection.execute(
-                text("SELECT pg_advisory_xact_lock(:key)"),
-                {"key": _customer_lock_key(customer_id)},
-            )
-        else:
-            raise RuntimeError(
-                f"unsupported database dialect {engine.dialect.name!r}: use SQLite or PostgreSQL"
-            )
+        _lock_customer(session, engine.dialect.name, customer_id)
         try:
             mine = session.exec(
                 select(CapReservation).where(
@@ -276,17 +259,7 @@ def reserve_cap_slot(
                     CapReservation.visit == visit,
                 )
             ).first()
-            times = [
-                _utc(moment)
-                for moment in session.exec(
-                    select(CapReservation.reserved_at)
-                    .where(
-                        CapReservation.customer_id == customer_id,
-                        col(CapReservation.reserved_at) > window_start,
-                    )
-                    .order_by(col(CapReservation.reserved_at))
-                ).all()
-            ]
+            times = _reserved_since(session, customer_id, window_start)
             if mine is not None:
                 session.rollback()
                 return CapDecision(granted=True, retry_at=None, used=len(times))
@@ -309,6 +282,34 @@ def reserve_cap_slot(
             session.rollback()
             raise
     return CapDecision(granted=True, retry_at=None, used=len(times) + 1)
+
+
+def _lock_customer(session: Session, dialect: str, customer_id: str) -> None:
+    """Begin the reservation's transaction holding the customer's lock, so that no other
+    writer can count between our count and our insert."""
+    connection = session.connection()
+    if dialect == "sqlite":
+        # pysqlite begins transactions lazily and deferred; take the write lock up front.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    elif dialect == "postgresql":
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": _customer_lock_key(customer_id)}
+        )
+    else:
+        raise RuntimeError(f"unsupported database dialect {dialect!r}: use SQLite or PostgreSQL")
+
+
+def _reserved_since(session: Session, customer_id: str, window_start: datetime) -> list[datetime]:
+    """When the customer's slots still in the window were taken, oldest first."""
+    query = (
+        select(CapReservation.reserved_at)
+        .where(
+            CapReservation.customer_id == customer_id,
+            col(CapReservation.reserved_at) > window_start,
+        )
+        .order_by(col(CapReservation.reserved_at))
+    )
+    return [as_utc(moment) for moment in session.exec(query).all()]
 
 
 def release_cap_slot(engine: Engine, *, run_id: str, step_id: str, visit: int) -> bool:

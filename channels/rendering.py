@@ -6,11 +6,10 @@ source) in the sandbox of `rules.templates`. HTML is escaped in email HTML parts
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
-from rules import CompiledTemplate, compile_template
+from rules import cached_template
 
 __all__ = ["MissingFormError", "RenderedMessage", "form_for", "render_message"]
 
@@ -31,11 +30,6 @@ class RenderedMessage:
     subject: str | None = None
     html: str | None = None
     title: str | None = None
-
-
-@functools.lru_cache(maxsize=2048)
-def _compiled(source: str, html: bool) -> CompiledTemplate:
-    return compile_template(source, html=html)
 
 
 def form_for(forms: dict[str, str], channel: str) -> str:
@@ -66,7 +60,7 @@ def _render(
 ) -> str | None:
     if source is None:
         return None
-    return _compiled(source, html).render(context, timezone=timezone, max_length=limit)
+    return cached_template(source, html=html).render(context, timezone=timezone, max_length=limit)
 
 
 def render_message(
