@@ -1,5 +1,6 @@
-"""The schema as a deployment sees it: migrated on start, the routing indexes made on a
-database from before them, and routing's reads of the runs table going through an index."""
+"""The database schema as a deployment sees it: migrated on start, the routing indexes made
+on a database from before them, and routing's reads of the runs table going through an index
+(query plans). Not `journeys schema`, which is in test_designer_cli.py."""
 
 from __future__ import annotations
 

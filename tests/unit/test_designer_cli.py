@@ -1,4 +1,5 @@
-"""The designer's command line: validate, schema, graph, show."""
+"""The designer's command line (`service.cli.design`), the design-time commands that need no
+server: validate, schema (the JSON Schema of the language), graph, show."""
 
 from __future__ import annotations
 
