@@ -71,7 +71,7 @@ def stack(
     text = text.replace('wait: {until: "09:00"}', f'wait: {{until: "{send_at:%H:%M}"}}')
     journeys = directory / "journeys.yaml"
     journeys.write_text(text, encoding="utf-8")
-    for folder in ("templates", "models"):  # what the catalogue names relative to itself
+    for folder in ("templates", "risk_models"):  # what the catalogue names relative to itself
         shutil.copytree(
             ROOT / folder, directory / folder, ignore=shutil.ignore_patterns("*.py", "__pycache__")
         )
