@@ -1,7 +1,8 @@
 """Run records and customer profiles: the database side of a run (activities).
 
 Lives here: the `@activity.defn` wrappers that read and write the `runs` row and the
-profile, and `upsert_run` (the send activity writes a run's final row with it). Must not
+profile, and `upsert_run` (the send activity writes a run's final row with it; it also
+writes the run's split arms to `run_arms`, from its path). Must not
 live here: deciding (`engine.decisions`), the customer view and masking of a profile
 (`engine.profiles`): both are pure and used by the service too.
 """
@@ -17,7 +18,15 @@ from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from engine.database import Profile, Run, dialect_insert, session_scope, upsert_profile, utcnow
+from engine.database import (
+    Profile,
+    Run,
+    RunArm,
+    dialect_insert,
+    session_scope,
+    upsert_profile,
+    utcnow,
+)
 from engine.decisions import bucket_of, decide
 from engine.errors import ErrorType
 from engine.payloads import (
@@ -142,6 +151,26 @@ def upsert_run(session: Session, request: RecordRunInput) -> None:
             "ended_at": ended,
         },
     )
+    arms = [
+        {"run_id": request.run_id, "step_id": entry.step, "arm": entry.detail["arm"]}
+        for entry in request.path
+        if entry.type == "split" and isinstance(entry.detail.get("arm"), str)
+    ]
+    if arms:
+        # A run's arm at a split never changes (its bucket is stable), so rows written by
+        # an earlier record of the same run are left as they are.
+        session.connection().execute(_arms_statement(dialect), _distinct(arms))
+
+
+def _distinct(arms: list[dict[str, str]]) -> list[dict[str, str]]:
+    """One row per split, for a run that passed a split more than once (a loop)."""
+    return list({row["step_id"]: row for row in arms}.values())
+
+
+@functools.cache
+def _arms_statement(dialect: str) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` into `run_arms` for ``dialect``, built once."""
+    return dialect_insert(dialect)(RunArm.__table__).on_conflict_do_nothing()  # type: ignore[attr-defined]
 
 
 @functools.cache

@@ -170,6 +170,7 @@ def _split(step: spec.SplitStep) -> p.SplitPlan:
             p.SplitArm(name=arm, weight=weight, goto=step.paths[arm])
             for arm, weight in step.split.items()
         ),
+        salt=step.salt,
     )
 
 
@@ -224,6 +225,7 @@ def compile_journey(
             p.PlanExit(event=e.event, when=e.when, outcome=e.outcome) for e in journey.exit_on
         ),
         "holdout_percent": spec.holdout_percent(journey.holdout),
+        "salt": journey.salt,
         "settings": _settings(document, journey),
         "start": journey.steps[0].id,
         "steps": steps,

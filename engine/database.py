@@ -42,6 +42,7 @@ __all__ = [
     "ReviewAudit",
     "ReviewTask",
     "Run",
+    "RunArm",
     "Suppression",
     "User",
     "activate_plan",
@@ -131,6 +132,21 @@ class Run(SQLModel, table=True):
     started_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     ended_at: datetime | None = None
+
+
+class RunArm(SQLModel, table=True):
+    """The arm a run was put in at one split: the path's split entries, as rows, so that
+    runs can be listed by arm (a JSON path is not searchable alike on SQLite and
+    PostgreSQL). Written with the runs row (`activities.runs.upsert_run`); a run is in
+    one arm per split, however often it passes it, as its bucket is stable."""
+
+    __tablename__ = "run_arms"
+    # Listing asks for one split's arm across runs; the key serves a run's own arms.
+    __table_args__ = (Index("ix_run_arms_step_arm", "step_id", "arm"),)
+
+    run_id: str = Field(primary_key=True, max_length=100)
+    step_id: str = Field(primary_key=True, max_length=100)
+    arm: str = Field(max_length=100)
 
 
 class OutboxMessage(SQLModel, table=True):

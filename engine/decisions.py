@@ -43,7 +43,11 @@ def _read(context: dict[str, Any], path: tuple[str, ...]) -> Any:
 
 
 def bucket_of(salt: str, weights: list[float]) -> int:
-    """The arm (index into ``weights``, percentages) a salt falls in: stable, uniform."""
+    """The arm (index into ``weights``, percentages) a salt falls in: stable, uniform.
+
+    The arms are contiguous ranges of one point per salt, in the order given: moving
+    weight between two arms moves only the customers at their boundary (50/50 to 60/40
+    moves a tenth), so keep the declared order when editing weights."""
     digest = hashlib.sha256(salt.encode("utf-8")).digest()
     point = int.from_bytes(digest[:8], "big") / 2**64 * sum(weights)
     total = 0.0
@@ -115,7 +119,7 @@ def _decide_one(step: p.PlanStep, context: dict[str, Any], request: DecideInput)
     """Decide one pure step and say where it leads; None: the walk stops at ``step``."""
     match step:
         case p.SplitPlan():
-            bucket = bucket_of(request.salt + step.id, [arm.weight for arm in step.arms])
+            bucket = bucket_of(p.split_salt(request.salt, step), [a.weight for a in step.arms])
             split = StepDecision(step_id=step.id, type=step.type, bucket=bucket)
             return split, taken(step, rule=None, arm=bucket)
         case p.BranchPlan():

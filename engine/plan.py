@@ -36,7 +36,9 @@ __all__ = [
     "TimerWaitPlan",
     "UntilWaitPlan",
     "WaitPlan",
+    "bucket_salt",
     "decidable",
+    "split_salt",
 ]
 
 
@@ -155,6 +157,7 @@ class SplitArm(_Frozen):
 class SplitPlan(_PlanStep):
     type: Literal["split"] = "split"
     arms: tuple[SplitArm, ...]
+    salt: str | None = None  # the step's `salt:`; None in plans compiled before it existed
 
 
 class ScorePlan(_PlanStep):
@@ -222,6 +225,7 @@ class Plan(_Frozen):
     entry: PlanEntry
     exit_on: tuple[PlanExit, ...] = ()
     holdout_percent: float = 0.0
+    salt: str | None = None  # the journey's `salt:` (the holdout's)
     settings: PlanSettings
     start: str
     steps: dict[str, PlanStep]
@@ -248,9 +252,21 @@ PURE_STEPS = ("set", "branch", "split")
 
 def bucket_salt(plan: Plan, customer_id: str, name: str = "") -> str:
     """What a customer's stable buckets hash with: the split arms (``name`` empty, the walk
-    adds the step id) and the holdout (``name`` "holdout"). The run and its starter build
-    it here alone, so both put a customer in the same arm."""
-    return f"{plan.journey_id}:{plan.version}:{customer_id}:{name}"
+    adds the step with `split_salt`) and the holdout (``name`` "holdout", with the journey's
+    ``salt``). The run and its starter build it here alone, so both put a customer in the
+    same arm. Never the plan's version: an edit must not reshuffle a running experiment;
+    only a new ``salt:`` does, on purpose."""
+    salt = f"{plan.journey_id}:{customer_id}:{name}"
+    if name == "holdout" and plan.salt is not None:
+        salt = f"{salt}:{plan.salt}"
+    return salt
+
+
+def split_salt(prefix: str, step: SplitPlan) -> str:
+    """A split's bucket salt: ``prefix`` (`bucket_salt` with no name), its step id and its
+    own ``salt:`` when it has one."""
+    salt = prefix + step.id
+    return salt if step.salt is None else f"{salt}:{step.salt}"
 
 
 def decidable(step: PlanStep) -> bool:

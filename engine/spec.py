@@ -143,6 +143,15 @@ TemplateText = Annotated[
 ]
 StepRef = Annotated[str, Field(pattern=ID_PATTERN, description="The id of a step in this journey.")]
 Identifier = Annotated[str, Field(pattern=ID_PATTERN)]
+Salt = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[^\x00-\x1f]+$",
+        description="Any short text, e.g. 'pricing-2025-06'; changing it reshuffles.",
+    ),
+]
 
 
 class _Model(BaseModel):
@@ -459,6 +468,14 @@ class SplitStep(_Step):
     step_type: ClassVar[str] = "split"
     split: dict[Identifier, Annotated[float, Field(ge=0, le=100)]] = Field(min_length=1)
     paths: dict[Identifier, StepRef]
+    salt: Salt | None = Field(
+        None,
+        description=(
+            "Starts a new experiment on purpose: a customer's arm comes from the journey id,"
+            " the step id, the customer id and this salt, never from the journey's version,"
+            " so edits keep everyone in their arm; a new salt reshuffles everyone."
+        ),
+    )
 
 
 class ScoreStep(_Step):
@@ -573,6 +590,14 @@ class Journey(_Model):
     exit_on: list[ExitOn] = Field(default_factory=list)
     holdout: str | float | None = Field(
         None, description="Global control group, e.g. '5%': enters, is recorded, gets nothing."
+    )
+    salt: Salt | None = Field(
+        None,
+        description=(
+            "Starts a new holdout on purpose: who is held out comes from the journey id, the"
+            " customer id and this salt, never from the journey's version; a new salt draws"
+            " a new control group. Splits have their own `salt:`."
+        ),
     )
     settings: Settings | None = None
     steps: list[Step] = Field(min_length=1)

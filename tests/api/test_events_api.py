@@ -20,6 +20,7 @@ from sqlmodel import col, select
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import SearchAttributeKey
 
+from activities.runs import upsert_run
 from engine.database import (
     ApiKey,
     EventRecord,
@@ -29,6 +30,7 @@ from engine.database import (
     session_scope,
     utcnow,
 )
+from engine.payloads import PathEntry, RecordRunInput
 from service.api.app import create_app
 from service.api.auth import ApiKeys
 from tests.api.conftest import API_KEY, AUTH, RunningApi, api_settings, eventually, running_api
@@ -498,6 +500,43 @@ async def test_runs_are_listed_newest_first_and_filtered(
     bad = await http.get("/v1/runs", params={"status": "asleep"}, headers=AUTH)
     assert bad.status_code == 422
     assert bad.json()["detail"].startswith("status:")
+
+
+async def test_runs_are_listed_by_the_arm_a_split_put_them_in(
+    journeys_api: RunningApi, db: Engine, customer: str
+) -> None:
+    http = journeys_api.http
+    customers = [f"{customer}-{n}" for n in range(4)]
+    for name in customers:
+        await post(http, "/v1/track", track(name, "order_placed", order_id="o-1"))
+    # The stand-in workflow records no path: record each run's split as the journey's own
+    # `record_run` would (customers 0 and 2 in arm a, 1 and 3 in arm b).
+    with session_scope(db) as session:
+        for n, name in enumerate(customers):
+            [run] = runs_of(db, name)
+            arm = "ab"[n % 2]
+            split = PathEntry(
+                step="ab", type="split", at=utcnow(), outcome=arm, detail={"arm": arm}
+            )
+            fields = run.model_dump(include=set(RecordRunInput.model_fields) - {"path"})
+            for path in ([split], [split, split]):  # a later record, after a loop back
+                upsert_run(session, RecordRunInput(**fields, path=path))
+
+    async def listed(**query: Any) -> list[str]:
+        response = await http.get("/v1/runs", params={"journey": "orders", **query}, headers=AUTH)
+        assert response.status_code == 200, response.text
+        return sorted(run["customer_id"] for run in response.json()["runs"])
+
+    assert await listed(split="ab", arm="a") == [customers[0], customers[2]]
+    assert await listed(split="ab", arm="b") == [customers[1], customers[3]]
+    assert len(await listed(split="ab")) >= 4  # every run that passed the split, once
+    assert await listed(split="ab", arm="c") == []
+    assert await listed(split="other", arm="a") == []
+    for query, field in (({"arm": "a"}, "arm"), ({"split": "ab", "arm": "x" * 101}, "arm")):
+        bad = await http.get("/v1/runs", params=query, headers=AUTH)
+        assert bad.status_code == 422, bad.text
+        assert bad.json()["detail"].startswith(f"{field}:")
+        assert [e["field"] for e in bad.json()["errors"]] == [field]
 
 
 async def test_a_run_shows_its_row_and_live_path(

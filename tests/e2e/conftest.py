@@ -541,16 +541,17 @@ def customer_id(prefix: str) -> str:
 def holdout_customer(
     journeys_file: Path, journey: str, *, prefix: str, held_out: bool = False
 ) -> str:
-    """A new customer id that ``journey``'s compiled version puts in its holdout
+    """A new customer id that ``journey`` puts in its holdout
     (``held_out``) or, by default, keeps out of it (so the run gets the whole journey)."""
     from engine.catalog import build_catalog
     from engine.decisions import bucket_of
+    from engine.plan import bucket_salt
 
     plan = build_catalog(journeys_file).plans[journey]
     weights = [plan.holdout_percent, 100 - plan.holdout_percent]
     for _ in range(2000):
         customer = customer_id(prefix)
-        salt = f"{journey}:{plan.version}:{customer}:holdout"
+        salt = bucket_salt(plan, customer, "holdout")
         if (bucket_of(salt, weights) == 0) == held_out:
             return customer
     raise AssertionError(f"no customer found in the wanted holdout bucket of {journey}")

@@ -49,7 +49,7 @@ from engine.payloads import (
     ReviewDecision,
     RunState,
 )
-from engine.plan import Plan, SplitPlan, bucket_salt
+from engine.plan import Plan, SplitPlan, bucket_salt, split_salt
 from engine.profiles import customer_from_traits, masked_customer
 from worker import build_worker
 
@@ -92,7 +92,7 @@ def _arm_of(plan: Plan, customer: str) -> str | None:
     split = next((s for s in plan.steps.values() if isinstance(s, SplitPlan)), None)
     if split is None:
         return None
-    salt = bucket_salt(plan, customer) + split.id
+    salt = split_salt(bucket_salt(plan, customer), split)
     return split.arms[bucket_of(salt, [arm.weight for arm in split.arms])].name
 
 

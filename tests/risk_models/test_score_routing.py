@@ -49,7 +49,7 @@ def treated_customer(plan: Plan) -> str:
     weights = [plan.holdout_percent, 100 - plan.holdout_percent]
     for _ in range(1000):
         customer = f"c-{uuid.uuid4().hex[:8]}"
-        if bucket_of(f"{plan.journey_id}:{plan.version}:{customer}:holdout", weights) == 1:
+        if bucket_of(f"{plan.journey_id}:{customer}:holdout", weights) == 1:
             return customer
     raise AssertionError("no customer outside the holdout")
 

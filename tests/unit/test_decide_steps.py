@@ -52,7 +52,7 @@ def _input(plan: p.Plan, start: str, *, amount: int, limit: int = 100) -> Decide
         steps={sid: s for sid, s in plan.steps.items() if p.decidable(s)},
         context=context,
         timezone="Asia/Seoul",
-        salt=f"{plan.journey_id}:{plan.version}:cust-1:",
+        salt=f"{plan.journey_id}:cust-1:",
         limit=limit,
     )
 
@@ -82,19 +82,17 @@ def test_a_false_branch_takes_else_and_stops_at_the_exit() -> None:
     assert result.prepared is None
 
 
-def test_a_customer_stays_in_one_split_arm_per_journey_version() -> None:
+def test_a_customer_stays_in_one_split_arm() -> None:
     plan = _plan()
     split = plan.steps["ab"]
     assert isinstance(split, p.SplitPlan)
     for customer in ("cust-1", "cust-2", "cust-3", "cust-4", "cust-5", "cust-6"):
         request = _input(plan, "ab", amount=5000).model_copy(
-            update={"salt": f"{plan.journey_id}:{plan.version}:{customer}:"}
+            update={"salt": f"{plan.journey_id}:{customer}:"}
         )
         walked = decide(request)
-        # A split's salt (`bucket_salt` and the step id): journey:version:customer:step.
-        expected = bucket_of(
-            f"{plan.journey_id}:{plan.version}:{customer}:ab", [a.weight for a in split.arms]
-        )
+        # A split's salt (`bucket_salt` and the step id): journey:customer:step.
+        expected = bucket_of(f"{plan.journey_id}:{customer}:ab", [a.weight for a in split.arms])
         assert walked.decisions[0].bucket == expected
 
 
@@ -172,7 +170,7 @@ def test_the_starter_decides_the_first_pure_steps_as_the_run_would() -> None:
                 run_id="r1",
                 step=None,
             ),
-            salt=f"j:{plan.version}:c1:",
+            salt="j:c1:",
         )
     )
 

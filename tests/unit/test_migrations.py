@@ -275,3 +275,30 @@ def test_starts_racing_on_one_fresh_database_migrate_it_once(empty_url: str) -> 
         assert _schema_diff(engine) == []
     finally:
         engine.dispose()
+
+
+def test_revision_0002_lists_runs_already_recorded_by_their_split_arms(plain: Engine) -> None:
+    _to(plain, FIRST_REVISION)
+    path = [
+        {"step": "entry", "type": "entry", "at": "2025-01-02T03:04:05Z", "detail": {}},
+        {"step": "ab", "type": "split", "at": "2025-01-02T03:04:05Z", "detail": {"arm": "b"}},
+        {"step": "ab", "type": "split", "at": "2025-01-03T03:04:05Z", "detail": {"arm": "b"}},
+        {"step": "nudge", "type": "send", "at": "2025-01-02T03:04:05Z", "detail": {}},
+    ]
+    with plain.begin() as connection:
+        for run_id, run_path in (("r1", path), ("r2", [])):
+            connection.execute(
+                text(
+                    "INSERT INTO runs (run_id, workflow_id, journey_id, version, customer_id, "
+                    "status, holdout, path, started_at, updated_at) VALUES (:run_id, "
+                    "'journey/recover/c1', 'recover', 'v1', 'c1', 'running', false, :path, "
+                    "'2025-01-02 03:04:05+00:00', '2025-01-02 03:04:05+00:00')"
+                ),
+                {"run_id": run_id, "path": json.dumps(run_path)},
+            )
+
+    _to(plain, "0002")
+
+    with plain.connect() as connection:
+        rows = connection.execute(text("SELECT run_id, step_id, arm FROM run_arms")).all()
+    assert [tuple(row) for row in rows] == [("r1", "ab", "b")]

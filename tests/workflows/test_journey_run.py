@@ -378,10 +378,7 @@ async def test_the_same_customer_always_gets_the_same_split_arm(start_run: Start
         for c in ("c1", "c2", "c3", "c4", "c5", "c6")
     }
     assert all(len(arms) == 1 for arms in outcomes.values()), outcomes
-    expected = {
-        c: "got_a" if bucket_of(f"j:{plan.version}:{c}:ab", [50, 50]) == 0 else "got_b"
-        for c in outcomes
-    }
+    expected = {c: "got_a" if bucket_of(f"j:{c}:ab", [50, 50]) == 0 else "got_b" for c in outcomes}
     assert {c: next(iter(arms)) for c, arms in outcomes.items()} == expected
     assert {next(iter(arms)) for arms in outcomes.values()} == {"got_a", "got_b"}
 
@@ -404,15 +401,12 @@ async def test_holdout_runs_record_entry_and_send_nothing(
     env: WorkflowEnvironment, start_run: StartRun, db: Engine
 ) -> None:
     plan = compile_plan(HOLDOUT)
-    held = [
-        c
-        for c in (f"h{i}" for i in range(40))
-        if bucket_of(f"j:{plan.version}:{c}:holdout", [50, 50]) == 0
-    ][:2]
+    in_holdout = (
+        c for c in (f"h{i}" for i in range(40)) if bucket_of(f"j:{c}:holdout", [50, 50]) == 0
+    )
+    held = [next(in_holdout), next(in_holdout)]
     treated = next(
-        c
-        for c in (f"t{i}" for i in range(40))
-        if bucket_of(f"j:{plan.version}:{c}:holdout", [50, 50]) == 1
+        c for c in (f"t{i}" for i in range(40)) if bucket_of(f"j:{c}:holdout", [50, 50]) == 1
     )
     for customer in (*held, treated):
         set_profile(db, customer, first_name="Ana", phone="+15550000000")

@@ -1,4 +1,4 @@
-"""Runs: GET /v1/runs (the runs table, filtered) and GET /v1/runs/{run_id} (one run with
+"""Runs: GET /v1/runs (the runs table, filtered, also by split arm via `run_arms`) and GET /v1/runs/{run_id} (one run with
 its recorded path and, when the workflow answers its `state` query, its live state).
 
 Lives here: the run views and routes, and `temporal_ui_url` (the console links the same
@@ -14,11 +14,12 @@ from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import col, select
 from temporalio.client import Client
 
-from engine.database import Run, session_scope
+from engine.database import Run, RunArm, session_scope
 from engine.payloads import QUERY_STATE
 from engine.settings import RuntimeSettings
 from service.api.deps import (
@@ -28,7 +29,7 @@ from service.api.deps import (
     TemporalClientDep,
     require_api_key,
 )
-from service.api.errors import ERROR_RESPONSES, NO_NUL, responses
+from service.api.errors import ERROR_RESPONSES, NO_NUL, problem, responses
 
 __all__ = ["LiveRunState", "RunDetail", "RunList", "RunSummary", "router", "temporal_ui_url"]
 
@@ -104,7 +105,11 @@ router = APIRouter(
 )
 
 
-@router.get("", summary="List runs, newest first")
+@router.get(
+    "",
+    summary="List runs, newest first",
+    response_model=RunList,
+)
 def list_runs(
     session: SessionDep,
     customer: Annotated[str | None, Query(max_length=200, pattern=NO_NUL)] = None,
@@ -113,9 +118,27 @@ def list_runs(
         Literal["running", "completed", "exited", "expired", "failed"] | None,
         Query(alias="status"),
     ] = None,
+    split: Annotated[
+        str | None,
+        Query(
+            max_length=100,
+            pattern=NO_NUL,
+            description="A split step's id: only runs that passed it (with `arm`: in that arm).",
+        ),
+    ] = None,
+    arm: Annotated[
+        str | None,
+        Query(max_length=100, pattern=NO_NUL, description="An arm of `split`; needs `split`."),
+    ] = None,
+    holdout: Annotated[
+        bool | None, Query(description="true: only held-out runs; false: only the others.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-) -> RunList:
-    """Runs from the runs table, filtered by customer id, journey id and status."""
+) -> RunList | JSONResponse:
+    """Runs from the runs table, filtered by customer id, journey id, status, the arm a
+    split put them in, and whether the journey's holdout kept them out."""
+    if arm is not None and split is None:
+        return problem("arm", "needs split: the id of the split step the arm belongs to")
     query = select(Run)
     if customer is not None:
         query = query.where(Run.customer_id == customer)
@@ -123,6 +146,15 @@ def list_runs(
         query = query.where(Run.journey_id == journey)
     if run_status is not None:
         query = query.where(Run.status == run_status)
+    if split is not None:
+        # A join, not a subquery: each run has at most one row per split in `run_arms`.
+        query = query.join(RunArm, col(RunArm.run_id) == col(Run.run_id)).where(
+            RunArm.step_id == split
+        )
+        if arm is not None:
+            query = query.where(RunArm.arm == arm)
+    if holdout is not None:
+        query = query.where(Run.holdout == holdout)
     query = query.order_by(col(Run.started_at).desc(), col(Run.run_id)).limit(limit)
     return RunList(runs=[RunSummary.from_row(row) for row in session.exec(query).all()])
 
