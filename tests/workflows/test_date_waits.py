@@ -106,38 +106,33 @@ async def test_renewal_minus_3_days_at_0900_local_in_seoul_and_across_dst_in_new
     now = await env.get_current_time()
     assert now < target, "this test needs the test server's clock before March 2027"
     await env.sleep(target - now)
-    set_profile(
-        db,
-        "seoul",
-        first_name="Min",
-        phone="+821000000000",
-        timezone="Asia/Seoul",
-        renewal_date="2027-03-17",
-    )
-    set_profile(
-        db,
-        "ny",
-        first_name="Ann",
-        phone="+12125550100",
-        timezone="America/New_York",
-        renewal_date="2027-03-17",
-    )
-    seoul, ny = await _run(env, db, ["seoul", "ny"])
-    for state, zone, fires in (
-        (seoul, SEOUL, datetime(2027, 3, 14, 0, 0, tzinfo=UTC)),
-        (ny, NEW_YORK, datetime(2027, 3, 14, 13, 0, tzinfo=UTC)),
+    people = [
+        ("seoul", "+821000000000", "Asia/Seoul", "2027-03-17"),
+        ("ny", "+12125550100", "America/New_York", "2027-03-17"),
+        ("ny_early", "+12125550101", "America/New_York", "2027-03-16"),
+    ]
+    for customer, phone, zone_name, renewal in people:
+        set_profile(
+            db, customer, first_name="Min", phone=phone, timezone=zone_name, renewal_date=renewal
+        )
+    seoul, ny, ny_early = await _run(env, db, [person[0] for person in people])
+    for state, zone, renewal, fires in (
+        (seoul, SEOUL, "2027-03-17", datetime(2027, 3, 14, 0, 0, tzinfo=UTC)),  # KST, UTC+9
+        # sent on EDT after a start on EST (clocks sprang forward that night)
+        (ny, NEW_YORK, "2027-03-17", datetime(2027, 3, 14, 13, 0, tzinfo=UTC)),
+        # renewal on EDT, reminder on EST: 72 hours before 09:00 EDT would be 08:00 EST
+        (ny_early, NEW_YORK, "2027-03-16", datetime(2027, 3, 13, 14, 0, tzinfo=UTC)),
     ):
         assert state.outcome == "reminded"
         waiting = next(e for e in state.path if e.step == "before_renewal")
         assert waiting.outcome == "waiting"
-        assert waiting.detail["value"] == "2027-03-17"
+        assert waiting.detail["value"] == renewal
         assert waiting.detail["until"] == fires.isoformat()
         sent = next(e for e in state.path if e.step == "offer")
         assert sent.outcome == "captured"
         assert abs(sent.at - fires) < timedelta(seconds=1)
-        assert sent.at.astimezone(zone).strftime("%Y-%m-%d %H:%M") == "2027-03-14 09:00"
-    ny_sent = next(e for e in ny.path if e.step == "offer")
-    assert ny_sent.at.astimezone(NEW_YORK).tzname() == "EDT"  # started on EST
+        assert sent.at.astimezone(zone).strftime("%H:%M") == "09:00"
+    assert next(e for e in ny.path if e.step == "offer").at.astimezone(NEW_YORK).tzname() == "EDT"
 
 
 async def test_a_missing_date_takes_on_missing_at_once(
