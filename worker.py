@@ -70,6 +70,7 @@ def build_worker(
             decisions.evaluate,
             decisions.decide_steps,
             decisions.local_time,
+            decisions.date_wait,
             runs.begin_run,
             runs.load_profile,
             runs.record_run,

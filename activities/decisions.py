@@ -1,5 +1,5 @@
 """Decision activities (run as local activities): a walk over pure steps, a wait's or an
-exit's condition, a local time.
+exit's condition, a local time, a wait on a date.
 
 They are pure computations, but they run as activities so that the history records each
 decision with what it read and what it chose, which is what an auditor replays. Only the
@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from temporalio import activity
 
-from engine.decisions import decide, evaluate_expressions
+from engine.decisions import decide, decide_date_wait, evaluate_expressions
 from engine.localtime import next_local_time, zone_named
 from engine.payloads import (
     ActivityName,
+    DateWaitInput,
+    DateWaitResult,
     DecideInput,
     DecideResult,
     EvaluateInput,
@@ -24,7 +26,7 @@ from engine.payloads import (
 )
 from engine.timestamps import as_utc
 
-__all__ = ["decide_steps", "evaluate", "local_time"]
+__all__ = ["date_wait", "decide_steps", "evaluate", "local_time"]
 
 
 @activity.defn(name=ActivityName.EVALUATE)
@@ -50,3 +52,9 @@ async def local_time(request: LocalTimeInput) -> LocalTimeResult:
         local=fire.astimezone(zone).isoformat(),
         reason=f"next {request.until} in {zone.key}",
     )
+
+
+@activity.defn(name=ActivityName.DATE_WAIT)
+async def date_wait(request: DateWaitInput) -> DateWaitResult:
+    """When a wait on a date or a weekday fires; the history records the date it read."""
+    return decide_date_wait(request.model_copy(update={"now": as_utc(request.now)}))

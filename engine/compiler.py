@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, assert_never
 
 from engine import plan as p
 from engine import spec
-from engine.durations import parse_duration
+from engine.durations import parse_duration, parse_offset
 
 if TYPE_CHECKING:  # the validator compiles steps through here: no import cycle at run time
     from engine.validator import CheckedDocument
@@ -146,7 +146,7 @@ def _default_channel(template: spec.TemplateSpec | None) -> list[str]:
 
 def _wait(
     step: spec.WaitStep, nxt: str | None
-) -> p.EventWaitPlan | p.UntilWaitPlan | p.TimerWaitPlan:
+) -> p.EventWaitPlan | p.UntilWaitPlan | p.DateWaitPlan | p.TimerWaitPlan:
     wait = step.wait
     if isinstance(wait, spec.WaitEvent):
         return p.EventWaitPlan(
@@ -159,8 +159,27 @@ def _wait(
             next=nxt,
         )
     if isinstance(wait, spec.WaitUntil):
-        return p.UntilWaitPlan(id=step.id, until=wait.until, next=nxt)
+        return _until(step, wait.until, nxt)
     return p.TimerWaitPlan(id=step.id, seconds=parse_duration(wait), next=nxt)
+
+
+def _until(
+    step: spec.WaitStep, until: str | spec.UntilDate | spec.UntilWeekday, nxt: str | None
+) -> p.UntilWaitPlan | p.DateWaitPlan:
+    """Today's `until: "09:00"` stays an `UntilWaitPlan` (its histories replay unchanged);
+    a date or a weekday is a `DateWaitPlan`."""
+    if isinstance(until, spec.UntilWeekday):
+        return p.DateWaitPlan(id=step.id, weekday=until.weekday, at=until.at, next=nxt)
+    if isinstance(until, spec.UntilDate):
+        return p.DateWaitPlan(
+            id=step.id,
+            date=until.date,
+            offset_seconds=parse_offset(until.offset) if until.offset else 0,
+            at=until.at,
+            on_missing=step.on_missing,
+            next=nxt,
+        )
+    return p.UntilWaitPlan(id=step.id, until=until, next=nxt)
 
 
 def _split(step: spec.SplitStep) -> p.SplitPlan:

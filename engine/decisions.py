@@ -11,12 +11,15 @@ out here. Must not live here: Temporal, the database, any I/O.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Literal, assert_never
 
 from engine import plan as p
+from engine.localtime import date_wait_fire_at, next_weekday, zone_named
 from engine.payloads import (
     CustomerContext,
+    DateWaitInput,
+    DateWaitResult,
     DecideInput,
     DecideResult,
     EvaluateResult,
@@ -28,7 +31,7 @@ from engine.successors import taken
 from rules import EvaluationError, ExpressionError
 from rules.cache import cached_expression
 
-__all__ = ["bucket_of", "decide", "decide_at_entry", "evaluate_expressions"]
+__all__ = ["bucket_of", "decide", "decide_at_entry", "decide_date_wait", "evaluate_expressions"]
 
 Mode = Literal["first", "all"]
 
@@ -137,6 +140,7 @@ def _decide_one(step: p.PlanStep, context: dict[str, Any], request: DecideInput)
             p.SendPlan()
             | p.TimerWaitPlan()
             | p.UntilWaitPlan()
+            | p.DateWaitPlan()
             | p.EventWaitPlan()
             | p.ScorePlan()
             | p.ReviewPlan()
@@ -212,3 +216,41 @@ def decide_at_entry(
     if any("journey.run_id" in decision.reads for decision in decisions):
         return None
     return walked
+
+
+def decide_date_wait(request: DateWaitInput) -> DateWaitResult:
+    """When a wait on a date or a weekday fires: the date expression evaluated against the
+    run's context and moved to the customer's local time (`engine.localtime`). An
+    expression that fails reads as a missing date, its error kept."""
+    zone = zone_named(request.timezone)
+    now = request.now
+    if request.weekday is not None:
+        at = request.at or "00:00"
+        fire = next_weekday(now, zone, request.weekday, at)
+        return DateWaitResult(
+            outcome="waiting",
+            fire_at=fire,
+            local=fire.astimezone(zone).isoformat(),
+            reason=f"next {request.weekday} {at} in {zone.key}",
+        )
+    evaluated = evaluate_expressions(
+        [request.date or "None"], "all", request.context, request.timezone
+    )
+    value = evaluated.values[0]
+    fire_at, outcome = date_wait_fire_at(
+        now, zone, value, offset_seconds=request.offset_seconds, at=request.at
+    )
+    reasons = {
+        "waiting": f"{request.date} in {zone.key}",
+        "missing": f"{request.date} gave no date",
+        "past": f"{request.date} is already past",
+    }
+    return DateWaitResult(
+        outcome=outcome,
+        fire_at=fire_at,
+        local=fire_at.astimezone(zone).isoformat() if fire_at else None,
+        value=value.isoformat() if isinstance(value, date) else value,
+        reads=evaluated.reads,
+        error=evaluated.error,
+        reason=reasons[outcome],
+    )

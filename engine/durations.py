@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["DurationError", "format_duration", "parse_duration", "parse_time_of_day"]
+__all__ = [
+    "DurationError",
+    "format_duration",
+    "parse_duration",
+    "parse_offset",
+    "parse_time_of_day",
+]
 
 _UNIT_SECONDS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
 _DURATION = re.compile(r"^(?:\d+[wdhms])+$")
@@ -43,6 +49,21 @@ def parse_duration(text: object) -> int:
     if seconds > _MAX_SECONDS:
         raise DurationError(f"'{text}' is longer than the 10-year maximum")
     return seconds
+
+
+def parse_offset(text: object) -> int:
+    """Seconds in a signed duration such as ``-3d`` (before) or ``12h``/``+12h`` (after)."""
+    if not isinstance(text, str):
+        raise DurationError(f"offset must be text like '-3d' or '12h', got {text!r}")
+    value = text.strip()
+    sign = -1 if value.startswith("-") else 1
+    try:
+        return sign * parse_duration(value[1:] if value[:1] in ("+", "-") else value)
+    except DurationError as error:
+        raise DurationError(
+            f"'{text}' is not an offset: use a duration with an optional sign, "
+            "like '-3d' (3 days before), '12h' or '-1d6h'"
+        ) from error
 
 
 def format_duration(seconds: int) -> str:

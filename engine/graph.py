@@ -30,12 +30,8 @@ def _label(step: p.PlanStep) -> str:
     match step:
         case p.SendPlan():
             return f"send {step.template} via {' / '.join(step.channels)}"
-        case p.TimerWaitPlan():
-            return f"wait {format_duration(step.seconds)}"
-        case p.UntilWaitPlan():
-            return f"wait until {step.until} local"
-        case p.EventWaitPlan():
-            return f"wait for {step.event}"
+        case p.TimerWaitPlan() | p.UntilWaitPlan() | p.DateWaitPlan() | p.EventWaitPlan():
+            return _wait_label(step)
         case p.BranchPlan():
             return "branch"
         case p.SplitPlan():
@@ -68,12 +64,39 @@ def _edge_label(step: p.PlanStep, way: Successor) -> str:
             return way.name or ""
         case "timeout":
             return _timeout_label(step)
+        case "missing":
+            return "missing or past"
         case "else" | "received" | "failure":
             return {"else": "else", "received": "received", "failure": "failed"}[way.kind]
         case "next":
             return ""
         case _:
             assert_never(way.kind)
+
+
+def _wait_label(step: p.TimerWaitPlan | p.UntilWaitPlan | p.DateWaitPlan | p.EventWaitPlan) -> str:
+    match step:
+        case p.TimerWaitPlan():
+            return f"wait {format_duration(step.seconds)}"
+        case p.UntilWaitPlan():
+            return f"wait until {step.until} local"
+        case p.DateWaitPlan():
+            return _date_label(step)
+        case p.EventWaitPlan():
+            return f"wait for {step.event}"
+        case _:
+            assert_never(step)
+
+
+def _date_label(step: p.DateWaitPlan) -> str:
+    at = f" at {step.at} local" if step.at else ""
+    if step.weekday is not None:
+        return f"wait until {step.weekday}{at}"
+    offset = ""
+    if step.offset_seconds:
+        sign = "-" if step.offset_seconds < 0 else "+"
+        offset = f" {sign} {format_duration(abs(step.offset_seconds))}"
+    return f"wait until {step.date}{offset}{at}"
 
 
 def _timeout_label(step: p.PlanStep) -> str:

@@ -33,6 +33,8 @@ __all__ = [
     "CallHttpInput",
     "CallHttpResult",
     "CustomerContext",
+    "DateWaitInput",
+    "DateWaitResult",
     "DecideInput",
     "DecideResult",
     "EvaluateInput",
@@ -80,6 +82,7 @@ class ActivityName(StrEnum):
     DECIDE_STEPS = "decide_steps"  # local: a walk over set/branch/split steps
     EVALUATE = "evaluate"  # local: a wait's or an exit's `when`, against the event in hand
     LOCAL_TIME = "local_time"  # local: the next `until` time in the customer's zone
+    DATE_WAIT = "date_wait"  # local: when a wait on a date or a weekday fires
     LOAD_PROFILE = "load_profile"  # local: the profile read again after a wait
     RECORD_RUN = "record_run"  # local: the run's `runs` row
     UPDATE_PROFILE = "update_profile"
@@ -336,6 +339,35 @@ class LocalTimeResult(_Message):
     fire_at: datetime
     local: str
     reason: str
+
+
+class DateWaitInput(_Message):
+    """When does a wait on a date (``date``, an expression read against ``context``, moved
+    by ``offset_seconds``, at ``at`` local) or on a ``weekday`` at ``at`` fire, after
+    ``now``, for a customer in ``timezone``."""
+
+    step_id: str
+    now: datetime
+    timezone: str
+    date: str | None = None
+    weekday: str | None = None
+    offset_seconds: int = 0
+    at: str | None = None
+    context: dict[str, Any] = Field(default_factory=dict)
+
+
+class DateWaitResult(_Message):
+    """``outcome`` ``waiting``: wake at ``fire_at`` (``local`` in the customer's zone);
+    ``missing`` or ``past``: go on now. ``value`` is the date as read (text), with what the
+    expression read and why it failed, for the run's path."""
+
+    outcome: Literal["waiting", "missing", "past"]
+    fire_at: datetime | None = None
+    local: str | None = None
+    value: Any = None
+    reads: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    reason: str = ""
 
 
 class LoadProfileInput(_Message):

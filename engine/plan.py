@@ -18,6 +18,7 @@ __all__ = [
     "BranchRulePlan",
     "CallPlan",
     "ChannelPlan",
+    "DateWaitPlan",
     "EventWaitPlan",
     "ExitPlan",
     "FrequencyCapPlan",
@@ -120,6 +121,23 @@ class UntilWaitPlan(_PlanStep):
     next: str | None
 
 
+class DateWaitPlan(_PlanStep):
+    """`wait: {until: {date: ..., offset: ..., at: ...}}` or `{until: {weekday: ..., at: ...}}`.
+
+    ``date``: an expression read from the run, moved by ``offset_seconds`` on the local wall
+    clock, at ``at`` local if set; missing or past: ``on_missing`` (None: ``next`` at once).
+    ``weekday`` (``mon`` .. ``sun``) instead: the next such day at ``at`` local."""
+
+    type: Literal["wait"] = "wait"
+    mode: Literal["date"] = "date"
+    date: str | None = None
+    weekday: str | None = None
+    offset_seconds: int = 0
+    at: str | None = None
+    on_missing: str | None = None
+    next: str | None
+
+
 class EventWaitPlan(_PlanStep):
     """`wait: {event: ..., within: ..., when: ...}`: the first matching event, or a timeout
     after ``within_seconds`` (then ``on_timeout``; None: the run ends)."""
@@ -133,7 +151,9 @@ class EventWaitPlan(_PlanStep):
     next: str | None
 
 
-WaitPlan = Annotated[TimerWaitPlan | UntilWaitPlan | EventWaitPlan, Field(discriminator="mode")]
+WaitPlan = Annotated[
+    TimerWaitPlan | UntilWaitPlan | DateWaitPlan | EventWaitPlan, Field(discriminator="mode")
+]
 """One model per kind of wait, told apart by ``mode``."""
 
 

@@ -25,7 +25,7 @@ from pydantic import (
     field_validator,
 )
 
-from engine.durations import parse_duration, parse_time_of_day
+from engine.durations import parse_duration, parse_offset, parse_time_of_day
 
 __all__ = [
     "STEP_MODELS",
@@ -57,6 +57,8 @@ __all__ = [
     "SplitStep",
     "Step",
     "TemplateSpec",
+    "UntilDate",
+    "UntilWeekday",
     "WaitEvent",
     "WaitStep",
     "WaitUntil",
@@ -414,10 +416,61 @@ class SendStep(_Step):
     on_failure: StepRef | None = None
 
 
-class WaitUntil(_Model):
-    """Wait until the next such local time of the customer."""
+def _check_offset(value: str) -> str:
+    parse_offset(value)
+    return value
 
-    until: TimeOfDay
+
+Offset = Annotated[
+    str,
+    AfterValidator(_check_offset),
+    Field(description="A duration, before (leading '-') or after the date: -3d, 12h, -1d6h."),
+]
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class UntilDate(_Model):
+    """A date read from the run: `{date: profile.renewal_date, offset: -3d, at: "09:00"}`.
+
+    A date-only value is taken in the customer's time zone at `at` (default 00:00); a value
+    with a time keeps its instant, `at` replacing its local time of day if given. The
+    offset moves the result on the customer's wall clock, so -3d keeps 09:00 across a DST
+    change. A missing, unreadable or past date goes to the step's `on_missing` (default: on
+    at once)."""
+
+    date: Expr = Field(
+        description="An expression giving a date or datetime (ISO-8601 text, a date, "
+        "a datetime), e.g. profile.renewal_date."
+    )
+    offset: Offset | None = None
+    at: TimeOfDay | None = Field(None, description="The local time of day (HH:MM) to wake at.")
+
+
+class UntilWeekday(_Model):
+    """The next such weekday at `at` in the customer's time zone (today if still ahead)."""
+
+    weekday: Weekday = Field(description="mon, tue, wed, thu, fri, sat or sun.")
+    at: TimeOfDay = Field("00:00", description="The local time of day (HH:MM) to wake at.")
+
+
+class WaitUntil(_Model):
+    """Wait until a local time: `"09:00"` (the next one), a date read from the run
+    (`{date: ..., offset: -3d, at: "09:00"}`) or a weekday (`{weekday: mon, at: "10:00"}`)."""
+
+    until: Annotated[
+        Annotated[TimeOfDay, Tag("text")]
+        | Annotated[UntilDate, Tag("date")]
+        | Annotated[UntilWeekday, Tag("weekday")],
+        Discriminator(
+            lambda v: _shape(v, ("date", "weekday")),
+            custom_error_type="until_shape",
+            custom_error_message=(
+                "until: must be a time like '09:00', {date: <expression>, offset: -3d, "
+                "at: '09:00'} or {weekday: mon, at: '10:00'}"
+            ),
+        ),
+    ]
 
 
 class WaitEvent(_Model):
@@ -440,12 +493,18 @@ class WaitStep(_Step):
             lambda v: _shape(v, ("event", "until")),
             custom_error_type="wait_shape",
             custom_error_message=(
-                "wait: must be a duration like '3d', {until: 'HH:MM'} or {event: name, within: 3d}"
+                "wait: must be a duration like '3d', {until: 'HH:MM'}, {until: {date: ...}} "
+                "or {event: name, within: 3d}"
             ),
         ),
     ]
     on_timeout: StepRef | None = Field(
         None, description="Where to go when `within` passes without the event."
+    )
+    on_missing: StepRef | None = Field(
+        None,
+        description="Where to go when `until: {date: ...}` is missing, unreadable or "
+        "already past (default: on to the next step at once).",
     )
 
 

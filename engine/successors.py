@@ -16,11 +16,14 @@ from engine import plan as p
 
 __all__ = ["Successor", "SuccessorKind", "successors", "taken"]
 
-SuccessorKind = Literal["next", "rule", "else", "arm", "decision", "received", "timeout", "failure"]
+SuccessorKind = Literal[
+    "next", "rule", "else", "arm", "decision", "received", "timeout", "failure", "missing"
+]
 """What takes a way out: ``next`` (the step is done), ``rule`` (a branch rule held),
 ``else`` (no rule held), ``arm`` (a split arm), ``decision`` (a reviewer's decision),
 ``received`` (the awaited event came), ``timeout`` (an event or a review did not come in
-time), ``failure`` (a send or call failed for good)."""
+time), ``failure`` (a send or call failed for good), ``missing`` (a date wait's date was
+missing or past, and the step declares ``on_missing``)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,11 @@ def successors(step: p.PlanStep) -> list[Successor]:
             out = [Successor("next", step.next)]
             if step.on_failure is not None:
                 out.append(Successor("failure", step.on_failure))
+            return out
+        case p.DateWaitPlan():
+            out = [Successor("next", step.next)]
+            if step.on_missing is not None:
+                out.append(Successor("missing", step.on_missing))
             return out
         case p.TimerWaitPlan() | p.UntilWaitPlan() | p.ScorePlan() | p.SetPlan():
             return [Successor("next", step.next)]

@@ -115,6 +115,7 @@ def check_document(loaded: LoadedDocument) -> CheckedDocument:
 
 _TAGGED_PARENTS: dict[str, frozenset[str]] = {
     "wait": frozenset({"text", "until", "event"}),
+    "until": frozenset({"text", "date", "weekday"}),
     "push": frozenset({"text", "title"}),
     "channel": frozenset({"text", "list"}),
 }
@@ -350,7 +351,7 @@ class _Checker:
                 f"{field_name}: '{value}' is not a valid id",
                 hint="use lowercase letters, digits and _ (like payment_recovery)",
             )
-        elif kind in ("step_type", "wait_shape", "push_shape", "channel_shape"):
+        elif kind in ("step_type", "wait_shape", "until_shape", "push_shape", "channel_shape"):
             self.add("type", path, str(error["msg"]))
         elif kind.endswith("_type") or kind in ("model_attributes_type", "dict_type", "list_type"):
             expected = str(error["msg"]).removeprefix("Input should be ")
@@ -908,6 +909,8 @@ def _written_at(step: spec.Step, way: Successor) -> _Written | None:
             return (("on_timeout",), "on_timeout") if written_timeout else None
         case "failure":
             return ("on_failure",), "on_failure"
+        case "missing":
+            return ("on_missing",), "on_missing"
         case _:
             assert_never(way.kind)
 
@@ -927,6 +930,13 @@ def _ignored_timeout(step: spec.Step, ways: list[Successor]) -> str | None:
     if not isinstance(step, spec.WaitStep | spec.ReviewStep) or not step.on_timeout:
         return None
     return None if any(way.kind == "timeout" for way in ways) else step.on_timeout
+
+
+def _ignored_missing(step: spec.Step, ways: list[Successor]) -> str | None:
+    """An ``on_missing:`` written where it never fires (not a wait on a date)."""
+    if not isinstance(step, spec.WaitStep) or not step.on_missing:
+        return None
+    return None if any(way.kind == "missing" for way in ways) else step.on_missing
 
 
 # ----------------------------------------------------------------------------- one journey
@@ -1010,6 +1020,9 @@ class _JourneyChecker:
             # The run never takes this on_timeout (_check_step says so); the graph still
             # follows it, so that one mistake gives one error, not also "unreachable".
             out.append(_Edge(timeout, self.step_path(position, "on_timeout"), "on_timeout"))
+        missing = _ignored_missing(step, ways)
+        if missing is not None:  # likewise: reported once, by _check_wait
+            out.append(_Edge(missing, self.step_path(position, "on_missing"), "on_missing"))
         return out
 
     def _check_next_taken(self, position: int, step: spec.Step, out: list[_Edge]) -> None:
@@ -1153,7 +1166,7 @@ class _JourneyChecker:
             case spec.SendStep():
                 self._check_send(position, step, events)
             case spec.WaitStep():
-                self._check_wait(position, step)
+                self._check_wait(position, step, events)
             case spec.BranchStep():
                 for i, rule in enumerate(step.branch):
                     self.expression(at(position, "branch", i, "when"), rule.when, events)
@@ -1173,9 +1186,19 @@ class _JourneyChecker:
             case _:
                 assert_never(step)
 
-    def _check_wait(self, position: int, step: spec.WaitStep) -> None:
+    def _check_wait(self, position: int, step: spec.WaitStep, events: set[str]) -> None:
         at = self.step_path
         wait = step.wait
+        until = wait.until if isinstance(wait, spec.WaitUntil) else None
+        if isinstance(until, spec.UntilDate):
+            self.expression(at(position, "wait", "until", "date"), until.date, events)
+        elif step.on_missing:
+            self.c.add(
+                "value",
+                at(position, "on_missing"),
+                "on_missing: only applies to a wait until a date",
+                hint="use wait: {until: {date: <expression>}} or remove it",
+            )
         if not isinstance(wait, spec.WaitEvent):
             if step.on_timeout:
                 self.c.add(

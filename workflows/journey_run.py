@@ -41,6 +41,8 @@ with workflow.unsafe.imports_passed_through():
         CallHttpInput,
         CallHttpResult,
         CustomerContext,
+        DateWaitInput,
+        DateWaitResult,
         DecideInput,
         DecideResult,
         EvaluateInput,
@@ -244,6 +246,8 @@ class JourneyRunWorkflow:
                 return await self._wait_timer(step)
             case p.UntilWaitPlan():
                 return await self._wait_until(step)
+            case p.DateWaitPlan():
+                return await self._wait_date(step)
             case p.EventWaitPlan():
                 return await self._wait_event(step)
             case p.ScorePlan():
@@ -400,6 +404,41 @@ class JourneyRunWorkflow:
         await self._sleep_until(
             local.fire_at, waiting_for=f"local time {step.until} ({local.local})"
         )
+        await self._load_profile()
+        return step.next
+
+    async def _wait_date(self, step: p.DateWaitPlan) -> str | None:
+        """Wait until a date read from the run (or a weekday). The date is read and moved
+        to local time in a local activity, so the history records what it read; a missing
+        or past date goes on at once, to ``on_missing`` when the step declares one."""
+        request = DateWaitInput(
+            step_id=step.id,
+            now=workflow.now(),
+            timezone=self._timezone(),
+            date=step.date,
+            weekday=step.weekday,
+            offset_seconds=step.offset_seconds,
+            at=step.at,
+            context=self._context() if step.date is not None else {},
+        )
+        found: DateWaitResult = await workflow.execute_local_activity(
+            ActivityName.DATE_WAIT,
+            request,
+            result_type=DateWaitResult,
+            start_to_close_timeout=_LOCAL,
+        )
+        detail = {
+            "until": found.fire_at.isoformat() if found.fire_at else None,
+            "local": found.local,
+            "value": found.value,
+            "reason": found.reason,
+        }
+        if found.error:
+            detail["error"] = found.error
+        self._path(step.id, step.type, outcome=found.outcome, detail=detail)
+        if found.outcome != "waiting" or found.fire_at is None:
+            return step.on_missing or step.next
+        await self._sleep_until(found.fire_at, waiting_for=f"{found.reason} ({found.local})")
         await self._load_profile()
         return step.next
 
