@@ -34,8 +34,19 @@ DEFAULT_MAX_DURATION = "30d"
 def plan_version(data: dict[str, Any]) -> str:
     """Short hash of a plan's canonical JSON (without its own version field)."""
     body = {k: v for k, v in data.items() if k != "version"}
+    # A plan without `correlate:` keeps the version it had before the field existed.
+    if "exit_on" in body:
+        body["exit_on"] = [_without_unset_correlate(e) for e in body["exit_on"]]
+    if "steps" in body:
+        body["steps"] = {k: _without_unset_correlate(v) for k, v in body["steps"].items()}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+
+
+def _without_unset_correlate(part: Any) -> Any:
+    if isinstance(part, dict) and "correlate" in part and part["correlate"] is None:
+        return {k: v for k, v in part.items() if k != "correlate"}
+    return part
 
 
 def _settings(document: spec.Document, journey: spec.Journey) -> p.PlanSettings:
@@ -157,6 +168,7 @@ def _wait(
             # a timeout without its own on_timeout carries on as if the event had come
             on_timeout=step.on_timeout or (nxt if wait.within else None),
             next=nxt,
+            correlate=wait.correlate,
         )
     if isinstance(wait, spec.WaitUntil):
         return _until(step, wait.until, nxt)
@@ -241,7 +253,8 @@ def compile_journey(
         "description": journey.description,
         "entry": _entry(journey.entry),
         "exit_on": tuple(
-            p.PlanExit(event=e.event, when=e.when, outcome=e.outcome) for e in journey.exit_on
+            p.PlanExit(event=e.event, when=e.when, outcome=e.outcome, correlate=e.correlate)
+            for e in journey.exit_on
         ),
         "holdout_percent": spec.holdout_percent(journey.holdout),
         "salt": journey.salt,

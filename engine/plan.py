@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "CORRELATE_NONE",
     "BranchPlan",
     "BranchRulePlan",
     "CallPlan",
@@ -78,6 +79,11 @@ class PlanExit(_Frozen):
     event: str
     when: str | None = None
     outcome: str
+    correlate: str | None = None  # see `EventWaitPlan.correlate`
+
+
+CORRELATE_NONE = "none"
+"""`correlate: none`: the event is meant for every run of the customer."""
 
 
 class ChannelPlan(_Frozen):
@@ -140,7 +146,11 @@ class DateWaitPlan(_PlanStep):
 
 class EventWaitPlan(_PlanStep):
     """`wait: {event: ..., within: ..., when: ...}`: the first matching event, or a timeout
-    after ``within_seconds`` (then ``on_timeout``; None: the run ends)."""
+    after ``within_seconds`` (then ``on_timeout``; None: the run ends).
+
+    ``correlate`` (the router's, never the run's): an expression whose value on the event
+    must equal the run's key, `CORRELATE_NONE` for every run of the customer, or None for
+    the default: the entry key's expression in a keyed journey, every run otherwise."""
 
     type: Literal["wait"] = "wait"
     mode: Literal["event"] = "event"
@@ -149,6 +159,7 @@ class EventWaitPlan(_PlanStep):
     when: str | None = None
     on_timeout: str | None = None
     next: str | None
+    correlate: str | None = None
 
 
 WaitPlan = Annotated[
@@ -257,6 +268,20 @@ class Plan(_Frozen):
     def step(self, step_id: str) -> PlanStep:
         """The step called ``step_id`` (KeyError if the plan has none)."""
         return self.steps[step_id]
+
+    def correlations(self) -> dict[str, frozenset[str | None]]:
+        """For each event a run waits for or exits on, which runs of the customer it is
+        for: an expression whose value on the event must equal the run's key, or None for
+        every run (`correlate: none`, or no `correlate` in a journey without a key)."""
+        listeners: list[tuple[str, str | None]] = [(e.event, e.correlate) for e in self.exit_on]
+        listeners += [
+            (s.event, s.correlate) for s in self.steps.values() if isinstance(s, EventWaitPlan)
+        ]
+        found: dict[str, set[str | None]] = {}
+        for event, correlate in listeners:
+            source = self.entry.key if correlate is None else correlate
+            found.setdefault(event, set()).add(None if source == CORRELATE_NONE else source)
+        return {event: frozenset(sources) for event, sources in found.items()}
 
     @property
     def events(self) -> frozenset[str]:

@@ -377,6 +377,12 @@ class ExitOn(_Model):
     event: str = Field(min_length=1, max_length=200)
     when: Expr | None = None
     outcome: Identifier
+    correlate: Expr | None = Field(
+        None,
+        description="Which runs the event is for: an expression on the event whose value "
+        "must equal the run's key (default: the entry key, e.g. event.invoice_id), or "
+        "`none` for every run of the customer.",
+    )
 
 
 class _Step(_Model):
@@ -479,6 +485,12 @@ class WaitEvent(_Model):
     event: str = Field(min_length=1, max_length=200)
     within: Duration | None = None
     when: Expr | None = None
+    correlate: Expr | None = Field(
+        None,
+        description="Which runs the event is for: an expression on the event whose value "
+        "must equal the run's key (default: the entry key, e.g. event.invoice_id), or "
+        "`none` for every run of the customer.",
+    )
 
 
 class WaitStep(_Step):

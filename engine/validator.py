@@ -29,6 +29,7 @@ from engine import spec
 from engine.compiler import compile_step
 from engine.durations import parse_duration
 from engine.loader import LoadedDocument
+from engine.plan import CORRELATE_NONE
 from engine.successors import Successor, successors
 from engine.violations import Path, Violation
 from rules import (
@@ -1158,6 +1159,45 @@ class _JourneyChecker:
             self._declared_event(exit_on.event, (*self.path, "exit_on", i, "event"))
             if exit_on.when:
                 self.expression((*self.path, "exit_on", i, "when"), exit_on.when, {exit_on.event})
+            self._check_correlate((*self.path, "exit_on", i), exit_on.event, exit_on.correlate)
+
+    def _check_correlate(self, path: Path, event: str, correlate: str | None) -> None:
+        """Which runs an awaited event reaches: `correlate` needs a keyed journey, and the
+        default (the entry key read from the event) needs the event to carry the key."""
+        key = self.journey.entry.key
+        if correlate == CORRELATE_NONE:
+            return
+        if correlate is not None:
+            if key is None:
+                self.c.add(
+                    "value",
+                    (*path, "correlate"),
+                    "correlate: only applies to a journey with entry.key",
+                    hint="add entry.key, or remove correlate (every run of the customer hears it)",
+                )
+            else:
+                self.expression((*path, "correlate"), correlate, {event})
+            return
+        declared = self.doc.events.get(event)
+        if key is None or declared is None:
+            return
+        try:
+            reads = compile_expression(key).attribute_paths
+        except ExpressionError:
+            return  # reported on entry.key
+        missing = sorted(
+            {ref[1] for ref in reads if len(ref) >= 2 and ref[0] == "event"} - set(declared)
+        )
+        if missing:
+            self.c.add(
+                "correlation",
+                (*path, "event"),
+                f"event '{event}' declares no {', '.join(missing)}: runs are keyed by "
+                f"{key!r}, so it would reach none of them",
+                hint=f"add {missing[0]} to events.{event}, or say which runs it is for: "
+                f"correlate: event.<property> (or correlate: none for all of them)",
+                warning=True,
+            )
 
     def _check_step(self, position: int, step: spec.Step, events: set[str]) -> None:
         """What one step can get wrong beyond its structure and the graph."""
@@ -1211,6 +1251,7 @@ class _JourneyChecker:
         self._declared_event(wait.event, at(position, "wait", "event"))
         if wait.when:
             self.expression(at(position, "wait", "when"), wait.when, {wait.event})
+        self._check_correlate(at(position, "wait"), wait.event, wait.correlate)
         if step.on_timeout and not wait.within:
             self.c.add(
                 "value",

@@ -3,7 +3,9 @@
 `EventRouter.ingest` stores events (deduplicated by message id) and merges `identify`
 traits into profiles in one transaction; `EventRouter.route` then starts a run for every
 active journey whose entry matches (deterministic workflow id, `reentry` checked against
-the runs table) and signals the open runs that wait for or exit on the event. An event is
+the runs table) and signals the open runs that wait for or exit on the event and that it
+is for (correlation: the run's key against the event's, found by the runs table's
+(customer, journey, key) index). An event is
 marked routed only when all of that succeeded, so `route_pending` can finish the job
 later (Temporal down, process killed): nothing accepted is lost.
 
@@ -26,6 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection, Table, and_, bindparam, case, func, or_, update
+from sqlalchemy import select as core_select  # sqlmodel's is typed for up to 4 columns
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 from temporalio.client import Client
@@ -57,7 +60,7 @@ from engine.payloads import (
     JourneyRunInput,
     workflow_id_for,
 )
-from engine.plan import EventWaitPlan, Plan
+from engine.plan import Plan
 from engine.profiles import customer_from_traits, masked_customer
 from engine.timestamps import as_utc, utcnow
 from rules import EvaluationError, Expression, ExpressionError, compile_expression
@@ -99,7 +102,8 @@ class RoutingUnavailableError(RuntimeError):
 
 
 class SkippedStart(BaseModel):
-    """A journey whose entry event matched but that did not start a run, and why."""
+    """A journey whose entry event matched but that did not start a run, or whose runs
+    listen to the event but none of which it reached (no correlation key), and why."""
 
     journey_id: str
     message_id: str
@@ -131,18 +135,34 @@ class RoutingInputs:
 
     message_id: str
     entries: list[_Entry | SkippedStart]
-    open_runs: list[_OpenRun]
+    open_runs: list[_OpenRun]  # the ones listening to the event it is for, oldest first
+    # Per (journey, correlation expression), the key the event gives (see `_Listener`).
+    keys: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
+    unmatched: list[SkippedStart] = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class _CompiledPlan:
-    """A plan with its entry expressions parsed once, and the events its runs listen to."""
+    """A plan with its entry expressions parsed once, and the events its runs listen to:
+    for each, which runs it is for (`Plan.correlations`: None for all of the customer's,
+    else the expression whose value on the event must be the run's key), parsed."""
 
     plan: Plan
     when: Expression | None
     key: Expression | None
-    listens_to: frozenset[str]
+    listens_to: dict[str, frozenset[str | None]]
+    correlators: dict[str, Expression] = dataclasses.field(default_factory=dict)
     problem: str | None = None
+
+
+@dataclass(frozen=True)
+class _Listener:
+    """A journey some version of which listens to an event: its runs to find by
+    ``correlate`` (None: all of the customer's runs of it)."""
+
+    journey_id: str
+    correlate: str | None
+    compiled: _CompiledPlan  # a version with it, to evaluate ``correlate`` with
 
 
 @dataclass(frozen=True)
@@ -165,6 +185,7 @@ class _OpenRun:
     journey_id: str
     version: str
     trigger_message_id: str | None
+    key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -184,21 +205,61 @@ _EntryHistory = dict[tuple[str, str | None], tuple[datetime, bool]]
 def _compile_plan(plan: Plan) -> _CompiledPlan:
     # Runs hear the events they wait for or exit on; their own entry event only when it
     # is also one of those (a signal costs the run a workflow task).
-    listens_to = {exit_rule.event for exit_rule in plan.exit_on}
-    listens_to.update(step.event for step in plan.steps.values() if isinstance(step, EventWaitPlan))
+    listens_to = plan.correlations()
+    sources = {source for found in listens_to.values() for source in found if source}
     try:
         when = compile_expression(plan.entry.when) if plan.entry.when else None
         key = compile_expression(plan.entry.key) if plan.entry.key else None
+        correlators = {source: compile_expression(source) for source in sources}
     except ExpressionError as error:
         # Deployed plans were validated; this only guards against a hand-edited row.
         return _CompiledPlan(
             plan=plan,
             when=None,
             key=None,
-            listens_to=frozenset(listens_to),
-            problem=f"entry expression does not compile: {error}",
+            listens_to={},
+            problem=f"entry or correlate expression does not compile: {error}",
         )
-    return _CompiledPlan(plan=plan, when=when, key=key, listens_to=frozenset(listens_to))
+    return _CompiledPlan(
+        plan=plan, when=when, key=key, listens_to=listens_to, correlators=correlators
+    )
+
+
+def _correlation_key(
+    record: EventRecord, listener: _Listener, traits: dict[str, Any]
+) -> str | SkippedStart:
+    """The key of the runs ``record`` is for, by ``listener.correlate``, or why it has none
+    (then it reaches none of that journey's keyed runs: nothing to guess a run from)."""
+    assert listener.correlate is not None
+    compiled = listener.compiled
+    plan = compiled.plan
+    context = _entry_context(record, plan, traits)
+    timezone = _text_or_none(traits.get("timezone")) or plan.settings.timezone
+    try:
+        value = compiled.correlators[listener.correlate].evaluate(context, timezone=timezone)
+    except EvaluationError as error:
+        value, why = None, f"failed: {error}"
+    else:
+        why = "has no value"
+    if value is None or value == "":
+        return SkippedStart(
+            journey_id=plan.journey_id,
+            message_id=record.message_id,
+            reason=f"no run signalled: correlation key {listener.correlate!r} {why}",
+        )
+    return str(value)
+
+
+def _is_for(
+    run: _OpenRun, compiled: _CompiledPlan, record: EventRecord, keys: dict[tuple[str, str], str]
+) -> bool:
+    """Whether ``run`` (of ``compiled``'s version) listens to ``record`` and it is for
+    this run: for every run of the customer, or its key is the run's key."""
+    sources = compiled.listens_to.get(record.name or "", frozenset())
+    return any(
+        source is None or (run.key is not None and keys.get((run.journey_id, source)) == run.key)
+        for source in sources
+    )
 
 
 def _duration_text(seconds: int) -> str:
@@ -313,18 +374,47 @@ _MARK_ROUTED = (
 _PROFILES: Table = Profile.__table__  # type: ignore[attr-defined]
 _PLAN_VERSIONS: Table = PlanVersion.__table__  # type: ignore[attr-defined]
 _TRAITS = select(_PROFILES.c.traits).where(_PROFILES.c.customer_id == bindparam("customer_id"))
-_OPEN_RUNS = (
-    select(_RUNS.c.workflow_id, _RUNS.c.journey_id, _RUNS.c.version, _RUNS.c.trigger_message_id)
-    .where(_RUNS.c.customer_id == bindparam("customer_id"), _RUNS.c.status == "running")
-    .order_by(_RUNS.c.started_at)
-)
-_ACTIVE_VERSIONS = select(_PLAN_VERSIONS.c.journey_id, _PLAN_VERSIONS.c.version).where(
-    _PLAN_VERSIONS.c.active.is_(True)
-)
+# The active versions, and every version stored since the last read (``seen_id``): runs
+# of a superseded version still listen to what it listens to.
+_VERSIONS = select(
+    _PLAN_VERSIONS.c.id,
+    _PLAN_VERSIONS.c.journey_id,
+    _PLAN_VERSIONS.c.version,
+    _PLAN_VERSIONS.c.active,
+).where(or_(_PLAN_VERSIONS.c.active.is_(True), _PLAN_VERSIONS.c.id > bindparam("seen_id")))
 _PLAN_JSON = select(_PLAN_VERSIONS.c.plan_json).where(
     _PLAN_VERSIONS.c.journey_id == bindparam("journey_id"),
     _PLAN_VERSIONS.c.version == bindparam("version"),
 )
+
+
+@functools.cache
+def _open_runs_statement(keyed: tuple[bool, ...]) -> Any:
+    """The customer's open runs of journeys ``journey_<n>``, of key ``key_<n>`` where
+    ``keyed`` says True (any key where False), oldest first: read by the (customer,
+    journey, key) index, never all of the customer's runs. Parameters: ``customer_id``,
+    ``journey_<n>``, ``key_<n>``."""
+    wanted = [
+        and_(_RUNS.c.journey_id == bindparam(f"journey_{n}"), _RUNS.c.key == bindparam(f"key_{n}"))
+        if has_key
+        else _RUNS.c.journey_id == bindparam(f"journey_{n}")
+        for n, has_key in enumerate(keyed)
+    ]
+    return (
+        core_select(
+            _RUNS.c.workflow_id,
+            _RUNS.c.journey_id,
+            _RUNS.c.version,
+            _RUNS.c.trigger_message_id,
+            _RUNS.c.key,
+        )
+        .where(
+            _RUNS.c.customer_id == bindparam("customer_id"),
+            or_(*wanted),
+            _RUNS.c.status == "running",
+        )
+        .order_by(_RUNS.c.started_at)
+    )
 
 
 @functools.cache
@@ -363,6 +453,10 @@ class EventRouter:
         self.task_queue = task_queue
         self._plans: dict[tuple[str, str], _CompiledPlan | None] = {}
         self._plans_lock = threading.Lock()
+        # Who listens to what, over every stored version (see `_refresh_active`).
+        self._versions_seen = 0
+        self._listened: dict[tuple[str, str], _CompiledPlan] = {}
+        self._listeners: dict[str, tuple[_Listener, ...]] = {}
         self._in_flight: set[str] = set()
         self._insert_runs = dialect_insert(db.dialect.name)(_RUNS).on_conflict_do_nothing(
             index_elements=["run_id"]
@@ -473,7 +567,8 @@ class EventRouter:
             raise RoutingUnavailableError("no Temporal connection yet")
         if prepared is None or prepared.message_id != record.message_id:
             prepared = await asyncio.to_thread(self._routing_inputs, record)
-        entries, open_runs = prepared.entries, prepared.open_runs
+        entries = prepared.entries
+        result.skipped += prepared.unmatched
 
         for entry in entries:
             if isinstance(entry, SkippedStart):
@@ -485,7 +580,7 @@ class EventRouter:
                 if run_id:
                     started.append(_StartedRun(entry=entry, run_id=run_id, started_at=utcnow()))
 
-        await self._signal_open_runs(client, record, open_runs, result)
+        await self._signal_open_runs(client, record, prepared, result)
         return result
 
     def _decide_entry(
@@ -580,11 +675,11 @@ class EventRouter:
         self,
         client: Client,
         record: EventRecord,
-        open_runs: Sequence[_OpenRun],
+        prepared: RoutingInputs,
         result: RouteResult,
     ) -> None:
         message = _event_message(record)
-        for run in open_runs:
+        for run in prepared.open_runs:
             if (
                 run.workflow_id in result.started
                 or run.workflow_id in result.signalled
@@ -597,7 +692,7 @@ class EventRouter:
                 compiled = self._plans.get(version)
             if not known:
                 compiled = await asyncio.to_thread(self._plan_version, *version)
-            if compiled is None or (record.name or "") not in compiled.listens_to:
+            if compiled is None or not _is_for(run, compiled, record, prepared.keys):
                 continue
             try:
                 await client.get_workflow_handle(run.workflow_id).signal(SIGNAL_EVENT, message)
@@ -617,18 +712,9 @@ class EventRouter:
         with self.db.connect() as connection:
             traits_json = connection.execute(_TRAITS, customer).scalar_one_or_none()
             traits: dict[str, Any] = dict(traits_json) if traits_json is not None else {}
-            open_runs = [
-                _OpenRun(
-                    workflow_id=workflow_id,
-                    journey_id=journey_id,
-                    version=version,
-                    trigger_message_id=trigger_message_id,
-                )
-                for workflow_id, journey_id, version, trigger_message_id in connection.execute(
-                    _OPEN_RUNS, customer
-                )
-            ]
             active = self._refresh_active(connection)
+            listeners = self._listeners.get(record.name or "", ())
+            keys, unmatched, open_runs = self._listening_runs(connection, record, listeners, traits)
             candidates = [
                 self._decide_entry(record, compiled, traits)
                 for compiled in active
@@ -645,16 +731,80 @@ class EventRouter:
                 for entry in candidates
             ],
             open_runs=open_runs,
+            keys=keys,
+            unmatched=unmatched,
         )
+
+    @staticmethod
+    def _listening_runs(
+        connection: Connection,
+        record: EventRecord,
+        listeners: Sequence[_Listener],
+        traits: dict[str, Any],
+    ) -> tuple[dict[tuple[str, str], str], list[SkippedStart], list[_OpenRun]]:
+        """The keys ``record`` gives each listening journey, the journeys it reaches no run
+        of for want of one, and the open runs it may be for, in one indexed read."""
+        keys: dict[tuple[str, str], str] = {}
+        unmatched: list[SkippedStart] = []
+        parameters: dict[str, Any] = {"customer_id": record.customer_id}
+        keyed: list[bool] = []
+        for listener in listeners:
+            n = len(keyed)
+            if listener.correlate is not None:
+                key = _correlation_key(record, listener, traits)
+                if isinstance(key, SkippedStart):
+                    unmatched.append(key)
+                    continue
+                keys[(listener.journey_id, listener.correlate)] = key
+                parameters[f"key_{n}"] = key
+            parameters[f"journey_{n}"] = listener.journey_id
+            keyed.append(listener.correlate is not None)
+        if not keyed:
+            return keys, unmatched, []
+        rows = connection.execute(_open_runs_statement(tuple(keyed)), parameters)
+        open_runs = [
+            _OpenRun(
+                workflow_id=workflow_id,
+                journey_id=journey_id,
+                version=version,
+                trigger_message_id=trigger_message_id,
+                key=key,
+            )
+            for workflow_id, journey_id, version, trigger_message_id, key in rows
+        ]
+        return keys, unmatched, open_runs
 
     def _refresh_active(self, connection: Connection) -> list[_CompiledPlan]:
         # A cheap query per event keeps deploys visible at once; plans compile once per
-        # version (the cache is keyed by it, and versions are immutable).
-        rows = connection.execute(_ACTIVE_VERSIONS).all()
+        # version (the cache is keyed by it, and versions are immutable). The same read
+        # brings versions stored since the last one, for who listens to what.
+        rows = connection.execute(_VERSIONS, {"seen_id": self._versions_seen}).all()
+        new = [row for row in rows if row.id > self._versions_seen]
+        if new:
+            self._add_listened(connection, new)
+        active = sorted((row.journey_id, row.version) for row in rows if row.active)
         compiled = (
-            self._plan_version_in(connection, journey, version) for journey, version in sorted(rows)
+            self._plan_version_in(connection, journey, version) for journey, version in active
         )
         return [plan for plan in compiled if plan is not None]
+
+    def _add_listened(self, connection: Connection, rows: Sequence[Any]) -> None:
+        """Add newly stored versions to the listeners: one per journey and correlation."""
+        listened = dict(self._listened)
+        for row in rows:
+            compiled = self._plan_version_in(connection, row.journey_id, row.version)
+            if compiled is not None:
+                listened[(row.journey_id, row.version)] = compiled
+        by_event: dict[str, dict[tuple[str, str | None], _Listener]] = {}
+        for (journey_id, _version), compiled in sorted(listened.items()):
+            for event, sources in compiled.listens_to.items():
+                for source in sources:
+                    listener = _Listener(journey_id=journey_id, correlate=source, compiled=compiled)
+                    by_event.setdefault(event, {})[(journey_id, source)] = listener
+        with self._plans_lock:
+            self._listened = listened
+            self._listeners = {event: tuple(found.values()) for event, found in by_event.items()}
+            self._versions_seen = max(self._versions_seen, *(row.id for row in rows))
 
     def _plan_version(self, journey_id: str, version: str) -> _CompiledPlan | None:
         with self._plans_lock:

@@ -5,6 +5,7 @@ change nothing. Runs are the stand-in `RecordingJourneyWorkflow` (see conftest.p
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import uuid
@@ -45,6 +46,9 @@ events:
   payment_received: {amount: number}
   subscription_renewed: {plan: string}
   order_placed: {order_id: string}
+  invoice_failed: {invoice_id: string}
+  invoice_paid: {invoice_id: string}
+  account_closed: {}
   stop: {}
 journeys:
   - id: recovery
@@ -69,10 +73,18 @@ journeys:
   - id: orders
     entry: {event: order_placed, key: event.order_id, reentry: always}
     exit_on:
-      - {event: stop, outcome: stopped}
+      - {event: stop, outcome: stopped, correlate: none}
     steps:
       - id: pause
         wait: 1d
+  - id: invoices
+    entry: {event: invoice_failed, key: event.invoice_id, reentry: always}
+    exit_on:
+      - {event: stop, outcome: stopped, correlate: none}
+      - {event: account_closed, outcome: closed, correlate: none}
+    steps:
+      - id: wait_for_payment
+        wait: {event: invoice_paid, within: 3d}
 """
 
 
@@ -313,6 +325,64 @@ async def test_an_event_the_run_waits_for_is_signalled_to_it(
         check=lambda s: s["signals"] == ["payment_received"],
     )
     assert state["signals"] == ["payment_received"]
+
+
+async def _two_invoice_runs(http: httpx.AsyncClient, customer: str) -> list[str]:
+    for invoice in ("inv-1", "inv-2"):
+        await post(http, "/v1/track", track(customer, "invoice_failed", invoice_id=invoice))
+    return [f"journey/invoices/{customer}/inv-1", f"journey/invoices/{customer}/inv-2"]
+
+
+async def test_a_payment_for_one_invoice_reaches_that_invoices_run_only(
+    journeys_api: RunningApi, customer: str, temporal_client: Client
+) -> None:
+    first, second = await _two_invoice_runs(journeys_api.http, customer)
+
+    paid = await post(
+        journeys_api.http, "/v1/track", track(customer, "invoice_paid", invoice_id="inv-2")
+    )
+
+    assert paid.json()["signalled"] == [second]
+    await eventually(
+        lambda: run_state(temporal_client, second), check=lambda s: s["signals"] == ["invoice_paid"]
+    )
+    untouched = await eventually(lambda: run_state(temporal_client, first), check=lambda s: True)
+    assert untouched["signals"] == []
+
+
+async def test_a_payment_without_an_invoice_id_reaches_no_invoice_run_and_says_why(
+    journeys_api: RunningApi, customer: str, temporal_client: Client
+) -> None:
+    runs = await _two_invoice_runs(journeys_api.http, customer)
+
+    paid = await post(journeys_api.http, "/v1/track", track(customer, "invoice_paid"))
+
+    assert paid.json()["signalled"] == []
+    [skipped] = paid.json()["skipped"]
+    assert skipped["journey_id"] == "invoices"
+    assert skipped["reason"] == (
+        "no run signalled: correlation key 'event.invoice_id' has no value"
+    )
+    for workflow_id in runs:
+        state = await eventually(
+            functools.partial(run_state, temporal_client, workflow_id), check=lambda s: True
+        )
+        assert state["signals"] == []
+
+
+async def test_correlate_none_reaches_every_run_of_the_customer(
+    journeys_api: RunningApi, customer: str, temporal_client: Client
+) -> None:
+    runs = await _two_invoice_runs(journeys_api.http, customer)
+
+    closed = await post(journeys_api.http, "/v1/track", track(customer, "account_closed"))
+
+    assert sorted(closed.json()["signalled"]) == runs
+    for workflow_id in runs:
+        await eventually(
+            functools.partial(run_state, temporal_client, workflow_id),
+            check=lambda s: s["signals"] == ["account_closed"],
+        )
 
 
 async def test_a_batch_is_stored_whole_and_routed_in_order(
@@ -574,7 +644,7 @@ async def test_journeys_lists_active_plans_with_running_counts(
     response = await journeys_api.http.get("/v1/journeys", headers=AUTH)
 
     journeys = {journey["id"]: journey for journey in response.json()["journeys"]}
-    assert sorted(journeys) == ["orders", "recovery", "renewal"]
+    assert sorted(journeys) == ["invoices", "orders", "recovery", "renewal"]
     recovery = journeys["recovery"]
     assert (recovery["name"], recovery["entry_event"], recovery["steps"]) == (
         "Payment recovery",

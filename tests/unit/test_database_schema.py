@@ -25,11 +25,13 @@ version: 1
 journeys:
   - id: recover
     entry: {event: payment_failed, reentry: 30d}
+    exit_on: [{event: payment_failed, outcome: failed_again}]
     steps:
       - {id: pause, wait: {event: payment_received}}
       - {id: done, exit: done}
   - id: follow_up
     entry: {event: payment_failed, key: event.invoice}
+    exit_on: [{event: payment_failed, outcome: failed_again}]
     steps:
       - {id: done, exit: done}
 """
@@ -80,6 +82,22 @@ def test_routing_reads_a_customers_runs_through_an_index_not_a_scan(tmp_path: Pa
                     customer_id=f"other{n}",
                 )
             )
+        # The customer's own open runs: one of each keyed run, one unkeyed.
+        for workflow_id, journey_id, key in (
+            ("journey/recover/c1", "recover", None),
+            ("journey/follow_up/c1/inv-1", "follow_up", "inv-1"),
+            ("journey/follow_up/c1/inv-2", "follow_up", "inv-2"),
+        ):
+            session.add(
+                Run(
+                    run_id=workflow_id,
+                    workflow_id=workflow_id,
+                    journey_id=journey_id,
+                    version="v",
+                    customer_id="c1",
+                    key=key,
+                )
+            )
     statements: list[tuple[str, Any]] = []
 
     def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
@@ -102,7 +120,12 @@ def test_routing_reads_a_customers_runs_through_an_index_not_a_scan(tmp_path: Pa
     finally:
         event.remove(db, "before_cursor_execute", capture)
 
-    assert len(inputs.entries) == 2 and inputs.open_runs == []
+    assert len(inputs.entries) == 2
+    # The event is for inv-1's run and the unkeyed one, never read for inv-2's.
+    assert sorted(run.workflow_id for run in inputs.open_runs) == [
+        "journey/follow_up/c1/inv-1",
+        "journey/recover/c1",
+    ]
     assert len(statements) == 2, [s for s, _ in statements]  # open runs; reentry history
     with db.connect() as connection:
         for statement, parameters in statements:
