@@ -177,7 +177,8 @@ class ReviewActivities:
 
     @activity.defn(name=ActivityName.CLOSE_REVIEW_TASK)
     def close_review_task(self, change: ReviewTaskChange) -> None:
-        """Record the decision (or the expiry) on the task."""
+        """Record the decision, the expiry, or the task's closing because its run ended
+        (`closed`, the reason in `note`) on the task."""
         self._change(change, escalate=False)
 
     def _change(self, change: ReviewTaskChange, *, escalate: bool) -> None:
@@ -189,6 +190,9 @@ class ReviewActivities:
                     type=ErrorType.UNKNOWN_REVIEW_TASK,
                     non_retryable=True,
                 )
+            if change.status == "closed" and task.status == "decided":
+                # A reviewer decided just as the run ended: the decision and its note stand.
+                return
             task.status = change.status
             if escalate:
                 task.escalated = True
@@ -199,6 +203,8 @@ class ReviewActivities:
                 task.decision = change.decision
                 task.reviewer = change.reviewer
                 task.note = change.note
+            elif change.note is not None:
+                task.note = change.note  # why the task closed without a decision
             if change.status != "open":
                 task.decided_at = utcnow()
             session.add(task)

@@ -4,8 +4,9 @@ console and the review API alike, with every attempt audited.
 A decision is taken once: the task row moves `open -> deciding` in one conditional update
 (so a double click, or two reviewers, cannot both pass), then the run's `decide_review`
 Update carries it to the workflow, whose validator refuses a task it no longer has open
-(timed out, escalated and expired). Only then is the row `decided`; a refused Update puts
-it back. Who, when, what, and from which address go to `review_audit`, refusals included.
+(timed out, escalated and expired, or `closed` because its run ended). Only then is the
+row `decided`; a refused Update puts it back. Who, when, what, and from which address go
+to `review_audit`, refusals included.
 
 Not here: HTTP (the console and API modules), the workflow side (workflows/journey_run.py).
 """
@@ -231,6 +232,10 @@ def _closed_message(task: ReviewTask) -> str:
         return f"this task was decided already ({task.decision} by {task.reviewer})"
     if task.status == "expired":
         return "this task expired: its SLA ran out and the run went on without a decision"
+    if task.status == "closed":
+        return (
+            f"this task was closed: {task.note or 'its run ended'}, so nothing waits for a decision"
+        )
     if task.status == "deciding":
         return "this task is being decided by someone else right now"
     return f"this task is {task.status}"

@@ -10,11 +10,12 @@ activity. Side effects (messages, scores, review tasks, HTTP calls, profile writ
 activities, called by their one name (`ActivityName`). Events arrive by signal, review
 decisions by a validated Update, and the state is a query.
 
-Deterministic: time, ids and randomness come only from `workflow.*`; no I/O here. This
-file is one baseline with no `workflow.patched` branch: a change to the behaviour of
-recorded runs goes behind `workflow.patched(...)` with a history of the new behaviour
-added to tests/histories/, then `workflow.deprecate_patch(...)`, then its removal once
-every run started before it has ended (`max_duration`), each step with its history.
+Deterministic: time, ids and randomness come only from `workflow.*`; no I/O here. A
+change to the behaviour of recorded runs goes behind `workflow.patched(...)` with a
+history of the new behaviour added to tests/histories/, then `workflow.deprecate_patch(...)`,
+then its removal once every run started before it has ended (`max_duration`), each step
+with its history. Patches in force (docs/architecture.md keeps their dates):
+`REVIEW_ENDS_WITH_RUN`.
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ MAX_WALK = 100
 MAX_STEPS = 10_000
 MAX_INBOX = 200
 MAX_SEEN = 1000
+
+REVIEW_ENDS_WITH_RUN = "review-ends-with-run"
+"""Patch: a review task whose run ends (exit event, `max_duration`) while it waits is closed
+with the reason, and the profile is read again after the review's wait. Runs that opened
+their review before the patch leave the task open and keep the profile read before it."""
 
 _LOCAL = timedelta(seconds=30)
 _DB_RETRY = RetryPolicy(
@@ -555,16 +561,48 @@ class JourneyRunWorkflow:
     # ------------------------------------------------------------------ review
 
     async def _review(self, step: p.ReviewPlan) -> str | None:
-        """Open a task, wait for a decision until the SLA, escalate once if the step says
-        so, else close the task as expired and take `on_timeout`."""
+        """Open a task and wait for its decision (`_await_review`). A run that ends meanwhile
+        (exit event, `max_duration`) closes the task first, so no reviewer is left with a
+        case nobody waits for (`REVIEW_ENDS_WITH_RUN`)."""
         due = workflow.now() + timedelta(seconds=step.sla_seconds) if step.sla_seconds else None
+        # Asked once, before the task opens: a run replaying a review opened before the
+        # patch gets False here and keeps the old behaviour for the whole review.
+        patched = workflow.patched(REVIEW_ENDS_WITH_RUN)
         task_id = await self._open_review(step, due)
+        try:
+            return await self._await_review(step, task_id, due, reread=patched)
+        except _RunEnded as ended:
+            if patched:
+                await self._close_review(step, task_id, ended)
+            raise
+
+    async def _close_review(self, step: p.ReviewPlan, task_id: str, ended: _RunEnded) -> None:
+        """The open task closed because its run ended, with the run's outcome as the reason."""
+        self.state.open_review = None  # the validator now refuses a late decision
+        if ended.status == ended.outcome:
+            reason = f"run {ended.status}"
+        else:
+            reason = f"run {ended.status}: {ended.outcome}"
+        await self._review_activity(
+            ActivityName.CLOSE_REVIEW_TASK, task_id, status="closed", note=reason
+        )
+        detail = {"task_id": task_id, "reason": reason}
+        self._path(step.id, step.type, outcome="closed", detail=detail)
+
+    async def _await_review(
+        self, step: p.ReviewPlan, task_id: str, due: datetime | None, *, reread: bool
+    ) -> str | None:
+        """Wait for a decision until the SLA, escalate once if the step says so, else close
+        the task as expired and take `on_timeout`. With ``reread`` the profile is read again
+        after each wait, as after any other wait: the customer may have changed meanwhile."""
         escalated = False
         while True:
             queue = step.escalate_to if escalated and step.escalate_to else step.queue
             decided = await self._wait_for(
                 lambda: self.decision is not None, due, waiting_for=f"review in {queue}"
             )
+            if reread:
+                await self._load_profile()
             if decided and self.decision is not None:
                 return await self._review_decided(step, task_id, self.decision)
             if step.escalate_to and not escalated and step.sla_seconds:
@@ -660,9 +698,15 @@ class JourneyRunWorkflow:
         queue: str | None = None,
         due_at: datetime | None = None,
         announce_url: str | None = None,
+        note: str | None = None,
     ) -> None:
         change = ReviewTaskChange(
-            task_id=task_id, status=status, queue=queue, due_at=due_at, announce_url=announce_url
+            task_id=task_id,
+            status=status,
+            queue=queue,
+            due_at=due_at,
+            announce_url=announce_url,
+            note=note,
         )
         if decision is not None:
             change.decision = decision.decision

@@ -292,7 +292,9 @@ async def queue_page(
     viewer = await _signed_in(request, "view_reviews")
     if isinstance(viewer, Response):
         return viewer
-    status = status if status in ("open", "decided", "expired", "deciding", "") else "open"
+    status = (
+        status if status in ("open", "decided", "expired", "closed", "deciding", "") else "open"
+    )
     flt = TaskFilter(
         queue=(queue or None) if queue and len(queue) <= 100 else None,
         status=status or None,

@@ -3,10 +3,10 @@ time-skipping server with the real worker. Run it when a journey scenario is add
 
     .venv/bin/python -m tests.histories.record
 
-The scenarios cover one history per shape of run: every step type, a review approved and
-one timed out (after its escalation), an exit event during a wait, a fallback channel (the
-first has no address, the second delivers), a held-out customer, and runs started as the
-event router starts them. The untagged files are the interpreter's baseline (issue #13):
+The scenarios cover one history per shape of run: every step type, a review approved, one
+timed out (after its escalation) and one whose run an exit event ended, an exit event
+during a wait, a fallback channel (the first has no address, the second delivers), a
+held-out customer, and runs started as the event router starts them. The untagged files are the interpreter's baseline (issue #13):
 no `workflow.patched` branch existed when they were recorded.
 
 Existing files are kept (they are what old runs look like); pass --overwrite to redo them.
@@ -131,6 +131,22 @@ async def _nothing(env: WorkflowEnvironment, handle: WorkflowHandle[Any, RunStat
     return None
 
 
+async def _pay_during_review(
+    env: WorkflowEnvironment, handle: WorkflowHandle[Any, RunState]
+) -> None:
+    await _until_review(env, handle)
+    await handle.signal(
+        "event",
+        _event(
+            "payment_received",
+            handle.id.split("/")[2],
+            await env.get_current_time(),
+            amount=900000,
+            currency="KRW",
+        ),
+    )
+
+
 async def _three_failures(env: WorkflowEnvironment, handle: WorkflowHandle[Any, RunState]) -> None:
     customer = handle.id.split("/")[2]
     for _ in range(2):
@@ -185,6 +201,11 @@ SCENARIOS: dict[str, Scenario] = {
     # the review escalated, then timed out: reminder, timer, the handover call, exit step
     "payment_recovery_high_risk_review_timed_out": Scenario(
         "payment_recovery", {**_HIGH_RISK, "invoice_id": "INV-3"}, _MIN, _nothing
+    ),
+    # an exit event while the review waits: the task is closed with the reason
+    # (recorded from patch `review-ends-with-run` on: no untagged file)
+    "payment_recovery_high_risk_paid_during_review": Scenario(
+        "payment_recovery", {**_HIGH_RISK, "invoice_id": "INV-4"}, _MIN, _pay_during_review
     ),
     # wait for an event that times out, send, timer, call, exit step
     "payment_recovery_low_risk_unpaid": Scenario(

@@ -160,7 +160,7 @@ async def get_reviews(
     db: DatabaseDep,
     queue: Annotated[str | None, Query(max_length=100, pattern=NO_NUL)] = None,
     status_: Annotated[
-        str | None, Query(alias="status", pattern=r"^(open|deciding|decided|expired)$")
+        str | None, Query(alias="status", pattern=r"^(open|deciding|decided|expired|closed)$")
     ] = "open",
     breached: bool | None = None,
     min_risk: Annotated[float | None, Query(ge=0, le=1e9)] = None,
