@@ -8,6 +8,7 @@ from pathlib import Path
 
 from engine import plan as p
 from engine.catalog import build_catalog
+from engine.schema import json_schema
 from tests.unit.journey_docs import check, errors, journey_doc, line_of, only_error
 
 TABLE = """
@@ -179,3 +180,19 @@ def test_a_missing_csv_is_an_error_at_rules_csv(tmp_path: Path) -> None:
     found = [v for v in catalog.violations if v.code == "decide"]
     assert found and found[0].line == line_of(text, "rules_csv")
     assert "cannot read" in found[0].message
+
+
+def test_the_json_schema_offers_decide_with_its_hit_policies() -> None:
+    defs = json_schema()["$defs"]
+    table = defs["DecideTable"]["properties"]
+    assert table["hit"]["enum"] == ["first", "unique", "collect"]
+    assert {"inputs", "rules", "rules_csv", "else"} <= set(table)
+    assert "decide" in defs["DecideStep"]["properties"]
+
+
+def test_the_catalogue_decides_a_collections_strategy_by_risk_and_days_late() -> None:
+    catalog = build_catalog(Path(__file__).parents[2] / "journeys.yaml")
+    assert catalog.ok, [v.format() for v in catalog.violations]
+    step = catalog.plans["payment_recovery"].steps["choose_strategy"]
+    assert isinstance(step, p.DecidePlan) and step.hit == "unique"
+    assert not [v for v in catalog.violations if v.code.startswith("decide")]
