@@ -463,6 +463,8 @@ def _csv_rules(
         rule: dict[str, Any] = {"when": {}, "set": {}}
         for column, (title, cell) in enumerate(zip(header, row, strict=False), start=1):
             value = cell.strip()
+            if not title:  # a spreadsheet's trailing empty column
+                continue
             part = "when" if title in inputs else "goto" if title == "goto" else "set"
             cell_path = (*path, title) if part == "goto" else (*path, part, title)
             doc.source.add(cell_path, Location(file, line, column))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from engine import plan as p
 from engine.catalog import build_catalog
+from engine.graph import to_mermaid
 from engine.schema import json_schema
 from tests.unit.journey_docs import check, errors, journey_doc, line_of, only_error
 
@@ -196,3 +197,12 @@ def test_the_catalogue_decides_a_collections_strategy_by_risk_and_days_late() ->
     step = catalog.plans["payment_recovery"].steps["choose_strategy"]
     assert isinstance(step, p.DecidePlan) and step.hit == "unique"
     assert not [v for v in catalog.violations if v.code.startswith("decide")]
+
+
+def test_the_map_draws_a_rule_edge_per_rule_and_the_else() -> None:
+    text = to_mermaid(check(table(hit="unique")).plans["j"])
+    assert (
+        'choose -->|"rule 2: risk [0.3..0.7), currency #quot;EUR#quot;, #quot;USD#quot;"| mid'
+        in text
+    )
+    assert 'choose -->|"else"| other' in text

@@ -3,10 +3,12 @@ and leaves on the path which rules held for which input values."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from temporalio.testing import WorkflowEnvironment
 
+from engine.catalog import build_catalog
 from engine.payloads import PathEntry, RunState
 from tests.workflows.conftest import StartRun, compile_plan, run_to_end, steps_of
 
@@ -118,3 +120,30 @@ async def test_a_table_as_the_first_step_is_decided_before_anything_else(
     assert state.outcome == "reminded"
     assert decided(state).detail["inputs"]["risk"] == 0.2
     assert decided(state).detail["reads"]["event.amount"] == 20
+
+
+async def test_a_table_from_a_csv_routes_the_run_without_reading_the_file_again(
+    env: WorkflowEnvironment, start_run: StartRun, tmp_path: Path
+) -> None:
+    (tmp_path / "offers.csv").write_text(
+        "risk,late,tier,offer,limit,goto\n"
+        "< 0.5,,,'reminder',1000,remind\n"
+        "\"[0.5..1]\",< 30,'gold','grace',500,grace\n"
+        "\"[0.5..1]\",>= 30,,'plan',100,plan\n"
+        ",,'gold','call',,call\n"
+    )
+    text = HEAD.replace("HIT", "first")
+    start = text.index("          rules:\n")
+    end = text.index("          else: review\n")
+    (tmp_path / "journeys.yaml").write_text(
+        text[:start] + "          rules_csv: offers.csv\n" + text[end:]
+    )
+    catalog = build_catalog(tmp_path / "journeys.yaml")
+    assert catalog.ok, [v.format() for v in catalog.violations]
+    plan = catalog.plans["j"]
+    (tmp_path / "offers.csv").unlink()  # the plan carries the rules
+    handle = await start_run(plan, properties={"amount": 1, "days_past_due": 40, "tier": "x"})
+    state = await run_to_end(env, handle)
+    assert state.outcome == "planned"
+    assert (state.vars["offer"], state.vars["limit"]) == ("plan", 100)
+    assert decided(state).detail["rules"] == [2]
