@@ -452,9 +452,13 @@ def _csv_rules(
     if not any(any(cell.strip() for cell in row) for row in rows[1:]):
         doc.violations.append(Violation("decide", "the rules CSV has no rules", file, 1, 1))
         return []
+    if len(rows) - 1 > MAX_TABLE_ROWS:
+        message = f"the rules CSV has more than {MAX_TABLE_ROWS} rows"
+        doc.violations.append(Violation("decide", message, file, MAX_TABLE_ROWS + 2, 1))
+        return []
     header = [column.strip() for column in rows[0]]
     rules: list[dict[str, Any]] = []
-    for number, row in enumerate(rows[1 : MAX_TABLE_ROWS + 1], start=1):
+    for number, row in enumerate(rows[1:], start=1):
         if not any(cell.strip() for cell in row):
             continue
         line = lines[number] if number < len(lines) else number + 1
