@@ -127,6 +127,8 @@ def compile_step(step: spec.Step, following: str | None, document: spec.Document
             return _call(step, nxt)
         case spec.ExitStep():
             return p.ExitPlan(id=step.id, outcome=step.exit)
+        case spec.DecideStep():
+            return _decide(step, nxt)
         case _:
             assert_never(step)
 
@@ -202,6 +204,22 @@ def _split(step: spec.SplitStep) -> p.SplitPlan:
             for arm, weight in step.split.items()
         ),
         salt=step.salt,
+    )
+
+
+def _decide(step: spec.DecideStep, nxt: str | None) -> p.DecidePlan:
+    """A table's rules as the loader left them (a `rules_csv:` file already read into
+    ``rules``); a rule without ``goto``, and no rule at all, go on to ``nxt``."""
+    table = step.decide
+    return p.DecidePlan(
+        id=step.id,
+        inputs=dict(table.inputs),
+        hit=table.hit,
+        rules=tuple(
+            p.DecideRulePlan(when=dict(r.when), set=dict(r.set), goto=r.goto or nxt)
+            for r in table.rules
+        ),
+        otherwise=table.else_ or nxt,
     )
 
 

@@ -1,5 +1,5 @@
 """Deciding steps: expressions evaluated with what they read, stable buckets, and the walk
-over consecutive set/branch/split steps.
+over consecutive set/branch/split/decide steps.
 
 Pure domain code, below both the service (the event router decides a run's first walk
 with `decide_at_entry` before starting it) and the activities (`decide_steps`,
@@ -28,10 +28,18 @@ from engine.payloads import (
     run_context,
 )
 from engine.successors import taken
+from engine.unary import UnaryTestError, matches, parse_test
 from rules import EvaluationError, ExpressionError
 from rules.cache import cached_expression
 
-__all__ = ["bucket_of", "decide", "decide_at_entry", "decide_date_wait", "evaluate_expressions"]
+__all__ = [
+    "bucket_of",
+    "decide",
+    "decide_at_entry",
+    "decide_date_wait",
+    "decide_table",
+    "evaluate_expressions",
+]
 
 Mode = Literal["first", "all"]
 
@@ -136,6 +144,10 @@ def _decide_one(step: p.PlanStep, context: dict[str, Any], request: DecideInput)
             evaluated = evaluate_expressions(sources, "all", context, request.timezone)
             _assign(context, step, evaluated.values)
             return _decision(step, evaluated), taken(step, rule=None, arm=None)
+        case p.DecidePlan():
+            table = decide_table(step, context, request.timezone)
+            context["vars"].update(table.outputs or {})
+            return table, taken(step, rule=table.first_true, arm=None)
         case (
             p.SendPlan()
             | p.TimerWaitPlan()
@@ -150,6 +162,54 @@ def _decide_one(step: p.PlanStep, context: dict[str, Any], request: DecideInput)
             return None
         case _:
             assert_never(step)
+
+
+def _matching(step: p.DecidePlan, inputs: dict[str, Any]) -> tuple[list[int], list[str]]:
+    """The rules whose every cell holds for ``inputs``; a cell that does not parse (the
+    validator rejects those) holds for nothing, its error kept."""
+    held: list[int] = []
+    errors: list[str] = []
+    for index, rule in enumerate(step.rules):
+        try:
+            if all(matches(parse_test(c), inputs.get(n)) for n, c in rule.when.items()):
+                held.append(index)
+        except UnaryTestError as error:
+            errors.append(f"rule {index + 1}: {error}")
+    return held, errors
+
+
+def decide_table(step: p.DecidePlan, context: dict[str, Any], timezone: str) -> StepDecision:
+    """A decision table decided: its inputs evaluated once, the rules taken (``matched``:
+    the first that holds under ``first`` and ``unique``, every one under ``collect``) and
+    their outputs (``collect``: a list per output named in the table, empty when no rule
+    held). Under ``unique`` the validator rules out overlaps; should two rules still hold,
+    the first is taken and the error recorded."""
+    evaluated = evaluate_expressions(list(step.inputs.values()), "all", context, timezone)
+    inputs = dict(zip(step.inputs, evaluated.values, strict=True))
+    held, errors = _matching(step, inputs)
+    if step.hit == "unique" and len(held) > 1:
+        errors.append(f"rules {', '.join(str(i + 1) for i in held)} all hold under hit: unique")
+    chosen = held if step.hit == "collect" else held[:1]
+    sources = [(name, source) for i in chosen for name, source in step.rules[i].set.items()]
+    values = evaluate_expressions([s for _, s in sources], "all", context, timezone)
+    outputs: dict[str, Any] = {}
+    if step.hit == "collect":
+        outputs = {name: [] for rule in step.rules for name in rule.set}
+        for (name, _), value in zip(sources, values.values, strict=True):
+            outputs[name].append(value)
+    else:
+        outputs = {name: value for (name, _), value in zip(sources, values.values, strict=True)}
+    errors += [e for e in (evaluated.error, values.error) if e]
+    return StepDecision(
+        step_id=step.id,
+        type=step.type,
+        values=evaluated.values,
+        first_true=held[0] if held else None,
+        reads={**evaluated.reads, **values.reads},
+        error="; ".join(errors) or None,
+        matched=chosen,
+        outputs=outputs,
+    )
 
 
 def _prepare(step: p.PlanStep, context: dict[str, Any], timezone: str) -> StepDecision | None:

@@ -46,6 +46,8 @@ def _label(step: p.PlanStep) -> str:
             return f"call {step.method}"
         case p.ExitPlan():
             return f"exit: {step.outcome}"
+        case p.DecidePlan():
+            return f"decide ({step.hit}) on " + ", ".join(step.inputs)
         case _:
             assert_never(step)
 
@@ -53,6 +55,9 @@ def _label(step: p.PlanStep) -> str:
 def _edge_label(step: p.PlanStep, way: Successor) -> str:
     """How the map names a way out of ``step`` (`engine.successors` says where it leads)."""
     match way.kind:
+        case "rule" if isinstance(step, p.DecidePlan):
+            assert way.index is not None
+            return _table_rule_label(step.rules[way.index].when, way.index)
         case "rule":
             assert isinstance(step, p.BranchPlan) and way.index is not None
             return step.rules[way.index].when
@@ -72,6 +77,12 @@ def _edge_label(step: p.PlanStep, way: Successor) -> str:
             return ""
         case _:
             assert_never(way.kind)
+
+
+def _table_rule_label(cells: dict[str, str], index: int) -> str:
+    """A table rule's edge: its number and the cells that test something."""
+    tests = [f"{name} {cell}" for name, cell in cells.items() if cell.strip() not in ("", "-")]
+    return f"rule {index + 1}: " + (", ".join(tests) or "any")
 
 
 def _wait_label(step: p.TimerWaitPlan | p.UntilWaitPlan | p.DateWaitPlan | p.EventWaitPlan) -> str:
@@ -139,6 +150,7 @@ def to_mermaid(plan: p.Plan) -> str:
         "send": ('["', '"]'),
         "wait": ('(["', '"])'),
         "branch": ('{"', '"}'),
+        "decide": ('{"', '"}'),
         "split": ('{{"', '"}}'),
         "score": ('[["', '"]]'),
         "review": ('[/"', '"/]'),
@@ -192,6 +204,7 @@ _COLOURS = {
     "send": "#e3f2fd",
     "wait": "#fff8e1",
     "branch": "#f3e5f5",
+    "decide": "#f3e5f5",
     "split": "#f3e5f5",
     "score": "#e8f5e9",
     "review": "#ffebee",

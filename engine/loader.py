@@ -11,7 +11,9 @@ Nothing here validates journeys; problems are returned as `Violation`s, never ra
 
 from __future__ import annotations
 
+import csv
 import glob
+import io
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any
@@ -196,6 +198,7 @@ def load_text(
         return doc
     doc.data = data
     _resolve_includes(doc, data, data.pop("include", None), doc.source, doc.root, seen={file})
+    _read_rule_tables(doc)
     return doc
 
 
@@ -391,3 +394,100 @@ def _copy_marks(src: SourceMap, dst: SourceMap, old: Path, new: Path) -> None:
     for path, loc in src.marks.items():
         if path[:size] == old:
             dst.add(new + path[size:], loc)
+
+
+# ----------------------------------------------------------------------------- decision tables
+
+MAX_TABLE_ROWS = 10_000
+
+
+def _read_rule_tables(doc: LoadedDocument) -> None:
+    """Every `decide: {rules_csv: file}` read into that table's ``rules`` now, so the plan
+    the compiler makes carries its rules and never reads a file; each rule and cell keeps
+    its CSV file, row and column for the validator's messages."""
+    journeys = doc.data.get("journeys")
+    for j, journey in enumerate(journeys if isinstance(journeys, list) else []):
+        steps = journey.get("steps") if isinstance(journey, dict) else None
+        for s, step in enumerate(steps if isinstance(steps, list) else []):
+            table = step.get("decide") if isinstance(step, dict) else None
+            if isinstance(table, dict) and isinstance(table.get("rules_csv"), str):
+                _read_rule_table(doc, table, ("journeys", j, "steps", s, "decide"))
+
+
+def _read_rule_table(doc: LoadedDocument, table: dict[str, Any], at: Path) -> None:
+    where = doc.source.locate((*at, "rules_csv"))
+    name: str = table["rules_csv"]
+    if "rules" in table:
+        doc.violations.append(_at("decide", "give rules: or rules_csv:, not both", where))
+        return
+    base = doc.root if where.file == doc.files[0] else FsPath(where.file).parent
+    path = base / name
+    if FsPath(name).is_absolute() or ".." in FsPath(name).parts:
+        message = f"rules_csv '{name}' must be a file beside the journeys file"
+        doc.violations.append(_at("decide", message, where))
+        return
+    try:
+        text = _read_capped(path)
+    except (OSError, _LoadError) as exc:
+        message = f"rules_csv: cannot read {path}: {getattr(exc, 'strerror', None) or exc}"
+        doc.violations.append(_at("decide", message, where))
+        return
+    inputs = table.get("inputs")
+    table["rules"] = _csv_rules(
+        doc, text, str(path), set(inputs if isinstance(inputs, dict) else ()), at
+    )
+
+
+def _csv_rules(
+    doc: LoadedDocument, text: str, file: str, inputs: set[str], at: Path
+) -> list[dict[str, Any]]:
+    """A CSV table's rows as rules: a column named like an input holds that input's test,
+    `goto` where the rule leads, any other column an output (an expression); an empty
+    cell is any (a test), not set (an output), or the step after the table (goto)."""
+    rows = list(csv.reader(io.StringIO(text)))
+    lines = _row_lines(text)
+    if not rows:
+        doc.violations.append(Violation("decide", "the rules CSV is empty", file, 1, 1))
+        return []
+    if not any(any(cell.strip() for cell in row) for row in rows[1:]):
+        doc.violations.append(Violation("decide", "the rules CSV has no rules", file, 1, 1))
+        return []
+    if len(rows) - 1 > MAX_TABLE_ROWS:
+        message = f"the rules CSV has more than {MAX_TABLE_ROWS} rows"
+        doc.violations.append(Violation("decide", message, file, MAX_TABLE_ROWS + 2, 1))
+        return []
+    header = [column.strip() for column in rows[0]]
+    rules: list[dict[str, Any]] = []
+    for number, row in enumerate(rows[1:], start=1):
+        if not any(cell.strip() for cell in row):
+            continue
+        line = lines[number] if number < len(lines) else number + 1
+        path = (*at, "rules", len(rules))
+        doc.source.add(path, Location(file, line, 1))
+        rule: dict[str, Any] = {"when": {}, "set": {}}
+        for column, (title, cell) in enumerate(zip(header, row, strict=False), start=1):
+            value = cell.strip()
+            if not title:  # a spreadsheet's trailing empty column
+                continue
+            part = "when" if title in inputs else "goto" if title == "goto" else "set"
+            cell_path = (*path, title) if part == "goto" else (*path, part, title)
+            doc.source.add(cell_path, Location(file, line, column))
+            doc.source.add((*cell_path, KEY), Location(file, line, column))
+            if part == "goto":
+                if value:
+                    rule["goto"] = value
+            elif part == "when" or value:
+                rule[part][title] = value
+        rules.append(rule)
+    return rules
+
+
+def _row_lines(text: str) -> list[int]:
+    """The line each CSV record starts on (a quoted cell may span lines)."""
+    reader = csv.reader(io.StringIO(text))
+    starts: list[int] = []
+    line = 1
+    for _ in reader:
+        starts.append(line)
+        line = reader.line_num + 1
+    return starts

@@ -154,7 +154,9 @@ class StepDecision(_Message):
 
     ``values`` are a `set` step's assignments (in the step's order) or a score/call step's
     feature/body values; ``first_true`` is the branch rule taken (None: ``else``);
-    ``bucket`` the split arm.
+    ``bucket`` the split arm. A decision table's ``values`` are its inputs' (in its
+    order), ``matched`` the rules that held (``first_true`` the one whose goto it takes)
+    and ``outputs`` what it sets in `vars`.
     """
 
     step_id: str
@@ -164,6 +166,8 @@ class StepDecision(_Message):
     bucket: int | None = None
     reads: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
+    matched: list[int] | None = None
+    outputs: dict[str, Any] | None = None
 
 
 class DecideResult(_Message):

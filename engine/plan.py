@@ -20,6 +20,8 @@ __all__ = [
     "CallPlan",
     "ChannelPlan",
     "DateWaitPlan",
+    "DecidePlan",
+    "DecideRulePlan",
     "EventWaitPlan",
     "ExitPlan",
     "FrequencyCapPlan",
@@ -226,6 +228,26 @@ class CallPlan(_PlanStep):
     next: str | None
 
 
+class DecideRulePlan(_Frozen):
+    """A table rule: unary-test cells by input (see `engine.unary`; an input left out
+    matches anything), output expressions by variable, and where it leads."""
+
+    when: dict[str, str]
+    set: dict[str, str]
+    goto: str | None
+
+
+class DecidePlan(_PlanStep):
+    """A decision table: ``inputs`` evaluated once, the rules matched per ``hit``; no rule:
+    ``otherwise``. CSV rules are already in ``rules``: the plan reads no file."""
+
+    type: Literal["decide"] = "decide"
+    inputs: dict[str, str]
+    hit: Literal["first", "unique", "collect"]
+    rules: tuple[DecideRulePlan, ...]
+    otherwise: str | None
+
+
 class ExitPlan(_PlanStep):
     type: Literal["exit"] = "exit"
     outcome: str
@@ -240,7 +262,8 @@ PlanStep = Annotated[
     | ReviewPlan
     | SetPlan
     | CallPlan
-    | ExitPlan,
+    | ExitPlan
+    | DecidePlan,
     Field(discriminator="type"),
 ]
 
@@ -291,7 +314,7 @@ class Plan(_Frozen):
         return frozenset(names)
 
 
-PURE_STEPS = ("set", "branch", "split")
+PURE_STEPS = ("set", "branch", "split", "decide")
 """Step types decided by evaluating expressions alone, with no side effect but profile writes."""
 
 

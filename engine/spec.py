@@ -36,6 +36,9 @@ __all__ = [
     "CallStep",
     "ChannelRetry",
     "ChannelSpec",
+    "DecideRule",
+    "DecideStep",
+    "DecideTable",
     "Document",
     "EmailTemplate",
     "Entry",
@@ -549,6 +552,78 @@ class SplitStep(_Step):
     )
 
 
+def _cell_text(value: Any) -> Any:
+    """A plain YAML number or boolean in a table cell (`late: 0`) is that literal's test."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return value
+
+
+Cell = Annotated[
+    str,
+    BeforeValidator(_cell_text),
+    WithJsonSchema(
+        {
+            "type": ["string", "number", "boolean"],
+            "description": "A unary test: - (any), < 0.3, >= 30, [0.3..0.7), "
+            '(0..1], "gold", "silver" or = 5.',
+        }
+    ),
+]
+
+
+class DecideRule(_Model):
+    """One row of a decision table: when every cell holds, set the outputs and go to `goto`."""
+
+    when: dict[Identifier, Cell] = Field(
+        default_factory=dict,
+        description="A unary test per input (an input left out matches anything).",
+    )
+    set: dict[Identifier, Expr] = Field(
+        default_factory=dict,
+        description="Outputs, each an expression, into `vars.<name>`.",
+    )
+    goto: StepRef | None = Field(
+        None, description="Where this rule leads (default: the step after the table)."
+    )
+
+
+class DecideTable(_Model):
+    """A decision table: inputs read once, rules of unary tests, outputs into `vars`."""
+
+    inputs: dict[Identifier, Expr] = Field(
+        min_length=1, description="The values the rules test, each an expression, by name."
+    )
+    hit: Literal["first", "unique", "collect"] = Field(
+        "first",
+        description="first: the first matching rule; unique: rules must not overlap (the "
+        "validator checks); collect: every matching rule's outputs, as lists in `vars`, and "
+        "the first one's goto.",
+    )
+    rules: list[DecideRule] = Field(
+        default_factory=list, description="The rules, in order; or `rules_csv:`."
+    )
+    rules_csv: str | None = Field(
+        None,
+        description="A CSV file beside this journeys file holding the rules: a header of "
+        "input names, output names and `goto`, then one rule per row (read when the file "
+        "is loaded, so the compiled plan carries the rules).",
+    )
+    else_: StepRef | None = Field(
+        None, alias="else", description="Where to go when no rule matches (default: next)."
+    )
+
+
+class DecideStep(_Step):
+    """A decision table (DMN-style): the first, the only or every matching rule sets
+    `vars` and chooses where to go; `else` when none matches."""
+
+    step_type: ClassVar[str] = "decide"
+    decide: DecideTable
+
+
 class ScoreStep(_Step):
     """Calls a risk model; the result is in `scores.<model>`."""
 
@@ -616,6 +691,7 @@ STEP_MODELS: tuple[type[_Step], ...] = (
     SetStep,
     CallStep,
     ExitStep,
+    DecideStep,
 )
 STEP_TYPES: tuple[str, ...] = tuple(m.step_type for m in STEP_MODELS)
 
@@ -640,7 +716,8 @@ Step = Annotated[
     | Annotated[ReviewStep, Tag("review")]
     | Annotated[SetStep, Tag("set")]
     | Annotated[CallStep, Tag("call")]
-    | Annotated[ExitStep, Tag("exit")],
+    | Annotated[ExitStep, Tag("exit")]
+    | Annotated[DecideStep, Tag("decide")],
     Discriminator(
         step_type_of,
         custom_error_type="step_type",

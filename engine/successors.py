@@ -9,6 +9,7 @@ once. `taken` is the successor a decided branch, split or set step follows. Pure
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, assert_never
 
@@ -20,7 +21,8 @@ SuccessorKind = Literal[
     "next", "rule", "else", "arm", "decision", "received", "timeout", "failure", "missing"
 ]
 """What takes a way out: ``next`` (the step is done), ``rule`` (a branch rule held),
-``else`` (no rule held), ``arm`` (a split arm), ``decision`` (a reviewer's decision),
+``else`` (no rule held; both also for a decision table), ``arm`` (a split arm),
+``decision`` (a reviewer's decision),
 ``received`` (the awaited event came), ``timeout`` (an event or a review did not come in
 time), ``failure`` (a send or call failed for good), ``missing`` (a date wait's date was
 missing or past, and the step declares ``on_missing``)."""
@@ -41,8 +43,9 @@ class Successor:
 def successors(step: p.PlanStep) -> list[Successor]:
     """Every way out of ``step``, in the step's own order."""
     match step:
-        case p.BranchPlan():
-            rules = [Successor("rule", r.goto, index=i) for i, r in enumerate(step.rules)]
+        case p.BranchPlan() | p.DecidePlan():
+            written: Sequence[p.BranchRulePlan | p.DecideRulePlan] = step.rules
+            rules = [Successor("rule", r.goto, index=i) for i, r in enumerate(written)]
             return [*rules, Successor("else", step.otherwise)]
         case p.SplitPlan():
             return [
@@ -82,13 +85,16 @@ def _review(step: p.ReviewPlan) -> list[Successor]:
 
 
 def taken(
-    step: p.BranchPlan | p.SplitPlan | p.SetPlan, *, rule: int | None, arm: int | None
+    step: p.BranchPlan | p.SplitPlan | p.SetPlan | p.DecidePlan,
+    *,
+    rule: int | None,
+    arm: int | None,
 ) -> str | None:
-    """The step a decided pure step leads to: the branch ``rule`` that held (None: its
-    ``else``), the split ``arm``, or a set step's next."""
+    """The step a decided pure step leads to: the branch ``rule`` (or the table's first
+    matching rule) that held (None: its ``else``), the split ``arm``, or a set step's next."""
     ways = successors(step)
     match step:
-        case p.BranchPlan():
+        case p.BranchPlan() | p.DecidePlan():
             return ways[rule].target if rule is not None else ways[-1].target
         case p.SplitPlan():
             return ways[arm or 0].target

@@ -18,7 +18,7 @@ import functools
 import math
 import types
 import typing
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, assert_never
 
@@ -31,6 +31,8 @@ from engine.durations import parse_duration
 from engine.loader import LoadedDocument
 from engine.plan import CORRELATE_NONE
 from engine.successors import Successor, successors
+from engine.tables import gaps, overlapping
+from engine.unary import HELP, UnaryTest, UnaryTestError, parse_test
 from engine.violations import Path, Violation
 from rules import (
     CompiledTemplate,
@@ -892,8 +894,13 @@ def _written_at(step: spec.Step, way: Successor) -> _Written | None:
     """
     at_next: _Written = (("next",) if step.next else (), "next")
     match way.kind:
+        case "rule" if isinstance(step, spec.DecideStep):
+            rule = step.decide.rules[way.index or 0]
+            return (("decide", "rules", way.index or 0, "goto"), "goto") if rule.goto else at_next
         case "rule":
             return ("branch", way.index or 0, "goto"), "goto"
+        case "else" if isinstance(step, spec.DecideStep):
+            return (("decide", "else"), "else") if step.decide.else_ else at_next
         case "else":
             written_else = isinstance(step, spec.BranchStep) and step.else_
             return (("else",), "else") if written_else else at_next
@@ -1201,28 +1208,25 @@ class _JourneyChecker:
 
     def _check_step(self, position: int, step: spec.Step, events: set[str]) -> None:
         """What one step can get wrong beyond its structure and the graph."""
-        at = self.step_path
         match step:
             case spec.SendStep():
                 self._check_send(position, step, events)
             case spec.WaitStep():
                 self._check_wait(position, step, events)
-            case spec.BranchStep():
-                for i, rule in enumerate(step.branch):
-                    self.expression(at(position, "branch", i, "when"), rule.when, events)
+            case spec.BranchStep() | spec.SetStep():
+                self._check_conditions(position, step, events)
             case spec.SplitStep():
                 self._check_split(position, step)
             case spec.ScoreStep():
                 self._check_score(position, step, events)
             case spec.ReviewStep():
                 self._check_review(position, step, events)
-            case spec.SetStep():
-                for target, expr in step.set.items():
-                    self.expression(at(position, "set", target), expr, events)
             case spec.CallStep():
                 self._check_call(position, step, events)
             case spec.ExitStep():
                 pass
+            case spec.DecideStep():
+                self._check_decide(position, step, events)
             case _:
                 assert_never(step)
 
@@ -1275,6 +1279,87 @@ class _JourneyChecker:
                 self.step_path(position, "paths"),
                 f"paths: must name exactly the split's arms: {_arm_mismatch(step)}",
             )
+
+    def _check_conditions(
+        self, position: int, step: spec.BranchStep | spec.SetStep, events: set[str]
+    ) -> None:
+        """A branch's rules and a set step's values: expressions only."""
+        at = self.step_path
+        if isinstance(step, spec.BranchStep):
+            for i, rule in enumerate(step.branch):
+                self.expression(at(position, "branch", i, "when"), rule.when, events)
+        else:
+            for target, expr in step.set.items():
+                self.expression(at(position, "set", target), expr, events)
+
+    def _check_decide(self, position: int, step: spec.DecideStep, events: set[str]) -> None:
+        """A table's expressions and cells, each at its line (a CSV rule's: its row), then
+        its overlaps under ``hit: unique`` and its numeric gaps when it has no ``else``."""
+        table = step.decide
+        at = functools.partial(self.step_path, position, "decide")
+        for name, expr in table.inputs.items():
+            self.expression(at("inputs", name), expr, events)
+        if not table.rules:  # a rules_csv: the loader could not read, it reported
+            if table.rules_csv is None:
+                self.c.add("decide", at(), "a decision table needs rules: or rules_csv:")
+            return
+        parsed = [
+            self._table_rule(at, i, rule, table, events) for i, rule in enumerate(table.rules)
+        ]
+        if any(rule is None for rule in parsed):
+            return  # overlaps and gaps only mean something once every cell is understood
+        rules = [rule for rule in parsed if rule is not None]
+        names = list(table.inputs)
+        if table.hit == "unique":
+            for first, second in overlapping(names, rules):
+                self.c.add(
+                    "decide-overlap",
+                    at("rules", second),
+                    f"rule {second + 1} overlaps rule {first + 1}: some inputs match both, "
+                    "and hit: unique needs exactly one",
+                    hint="narrow one of them, or use hit: first",
+                )
+        if table.else_ is None:
+            for gap in gaps(names, rules):
+                self.c.add(
+                    "decide-gap",
+                    at("rules", gap.nearest),
+                    f"no rule matches {gap.description}; without else: the run goes on "
+                    "to the next step",
+                    hint=f"widen rule {gap.nearest + 1}, add a rule, or add else:",
+                    warning=True,
+                )
+
+    def _table_rule(
+        self,
+        at: Callable[..., Path],
+        index: int,
+        rule: spec.DecideRule,
+        table: spec.DecideTable,
+        events: set[str],
+    ) -> dict[str, UnaryTest] | None:
+        """One rule's cells parsed (None: one is wrong, and reported), its outputs checked."""
+        cells: dict[str, UnaryTest] = {}
+        ok = True
+        for name, cell in rule.when.items():
+            if name not in table.inputs:
+                self.c.add(
+                    "decide",
+                    at("rules", index, "when", name),
+                    f"'{name}' is not one of the table's inputs",
+                    hint=_did_you_mean(name, table.inputs) or "declare it under inputs:",
+                    key=True,
+                )
+                ok = False
+                continue
+            try:
+                cells[name] = parse_test(cell)
+            except UnaryTestError as error:
+                self.c.add("decide", at("rules", index, "when", name), str(error), hint=HELP)
+                ok = False
+        for name, expr in rule.set.items():
+            self.expression(at("rules", index, "set", name), expr, events)
+        return cells if ok else None
 
     def _check_score(self, position: int, step: spec.ScoreStep, events: set[str]) -> None:
         if step.score not in self.doc.models:

@@ -264,7 +264,7 @@ class JourneyRunWorkflow:
                 return await self._call(step)
             case p.ExitPlan():
                 raise _RunEnded("completed", step.outcome)
-            case p.BranchPlan() | p.SplitPlan() | p.SetPlan():
+            case p.BranchPlan() | p.SplitPlan() | p.SetPlan() | p.DecidePlan():
                 # Only walks decide these (`_interpret` walks from every one); reaching one
                 # here is a bug: end the run visibly rather than fail its workflow task.
                 raise _RunEnded("failed", f"{step.id}_failed")
@@ -823,8 +823,28 @@ class JourneyRunWorkflow:
                     "error": decision.error,
                 }
                 self._path(step.id, step.type, outcome="set", detail=detail)
+            case p.DecidePlan():
+                self._take_table(step, decision)
             case _:  # a walk decides nothing else; a mismatch is a bug, not a retry
                 raise _RunEnded("failed", f"{step.id}_failed")
+
+    def _take_table(self, step: p.DecidePlan, decision: StepDecision) -> None:
+        """A decision table's outputs into `vars`; its path entry says which rules held
+        (``rules``; ``rule`` the one taken, numbered from 0 as a branch's) for which
+        input values."""
+        outputs = decision.outputs or {}
+        self.state.vars.update(outputs)
+        target = taken(step, rule=decision.first_true, arm=None)
+        detail: dict[str, Any] = {
+            "rule": decision.first_true,
+            "rules": decision.matched or [],
+            "hit": step.hit,
+            "inputs": dict(zip(step.inputs, decision.values, strict=False)),
+            "set": outputs,
+            "reads": decision.reads,
+            "error": decision.error,
+        }
+        self._path(step.id, step.type, outcome=target or "end", detail=detail)
 
     def _assign(self, step: p.SetPlan, values: list[Any], profile_updates: dict[str, Any]) -> None:
         """A set step's values into `vars` and the profile (its writes into ``profile_updates``)."""

@@ -322,11 +322,12 @@ async def queue_page(
 
 
 def _why(task: ReviewTask) -> list[dict[str, Any]]:
-    """The path entries that sent the run here: scores and the branch decisions, with values."""
+    """The path entries that sent the run here: scores and the branch and table decisions,
+    with values."""
     reasons = []
     for entry in (task.case or {}).get("path") or []:
         kind = entry.get("type")
-        if kind in ("score", "branch", "split") or (
+        if kind in ("score", "branch", "split", "decide") or (
             kind == "wait" and entry.get("outcome") == "received"
         ):
             reasons.append(entry)

@@ -229,6 +229,7 @@ def test_payment_received_ends_recovery_as_recovered(stack: JourneysStack, held_
         assert float(steps[1][2] or "nan") < 0.7
         assert steps[3:] == [
             ("offer_date", "set", "set"),
+            ("choose_strategy", "decide", "wait_for_morning"),
             ("wait_for_morning", "wait", "waiting"),
             ("wait_for_morning", "exit_on", "recovered"),
             ("end", "exited", "recovered"),

@@ -319,7 +319,7 @@ REFUSALS = [
             code="step-type",
             message=(
                 "a step needs one type key: "
-                "send, wait, branch, split, score, review, set, call, exit"
+                "send, wait, branch, split, score, review, set, call, exit, decide"
             ),
             hint="did you mean 'send'?",
             at="- id: hello",
