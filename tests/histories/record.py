@@ -219,6 +219,19 @@ SCENARIOS: dict[str, Scenario] = {
         },
         _nothing,
     ),
+    # as above, recorded after the catalogue gained its decision table (issue #14): the
+    # `choose_strategy` decide step after the score, with the rule and inputs in the path
+    "payment_recovery_low_risk_decided": Scenario(
+        "payment_recovery",
+        {"amount": 12000, "currency": "KRW", "days_past_due": 1, "invoice_id": "INV-5"},
+        {
+            "first_name": "Jae",
+            "phone": "+821055550000",
+            "email": "jae@example.com",
+            "tenure_months": 60,
+        },
+        _nothing,
+    ),
     # split (email arm), the awaited event that is also an exit event
     "onboarding_converted": Scenario(
         "onboarding",
