@@ -14,6 +14,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy.engine import Engine
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -28,7 +29,7 @@ from engine.payloads import (
     workflow_id_for,
 )
 from engine.plan import Plan
-from tests.conftest import TEST_SERVER  # noqa: F401  (test_quiet_hours starts its own)
+from tests.conftest import TEST_SERVER
 from worker import build_worker
 
 SECRET_KEY = "test-secret-key-for-unsubscribe-links"
@@ -42,6 +43,19 @@ def env(env: WorkflowEnvironment) -> WorkflowEnvironment:
     if not env.supports_time_skipping:
         pytest.skip("the workflow tests need --workflow-environment=time-skipping")
     return env
+
+
+@pytest_asyncio.fixture
+async def fresh_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server of its own: its clock starts at today's date, untouched by
+    other tests, so a test can move it to a chosen date (a DST switch, a renewal)."""
+    environment = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(TEST_SERVER), data_converter=pydantic_data_converter
+    )
+    try:
+        yield environment
+    finally:
+        await environment.shutdown()
 
 
 @pytest_asyncio.fixture

@@ -4,17 +4,14 @@ time in the customer's zone (across DST changes too), and a missing or past date
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-import pytest_asyncio
 from sqlalchemy.engine import Engine
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from engine.payloads import WORKFLOW_NAME, EventMessage, JourneyRunInput, RunState
-from tests.workflows.conftest import TEST_SERVER, StartRun, compile_plan, set_profile, steps_of
+from tests.workflows.conftest import StartRun, compile_plan, set_profile, steps_of
 from tests.workflows.test_journey_run import doc
 from worker import build_worker
 
@@ -55,18 +52,6 @@ MONDAY = doc(
     - {id: offer, send: offer, channel: sms}
 """
 )
-
-
-@pytest_asyncio.fixture
-async def fresh_env() -> AsyncIterator[WorkflowEnvironment]:
-    """A test server of its own, so that its clock can be moved to a chosen date."""
-    environment = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(TEST_SERVER), data_converter=pydantic_data_converter
-    )
-    try:
-        yield environment
-    finally:
-        await environment.shutdown()
 
 
 async def _run(env: WorkflowEnvironment, db: Engine, customers: list[str]) -> list[RunState]:

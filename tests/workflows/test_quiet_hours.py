@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-import pytest_asyncio
 from sqlalchemy.engine import Engine
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from engine.localtime import next_local_time, quiet_hours_end
 from engine.payloads import WORKFLOW_NAME, EventMessage, JourneyRunInput, RunState
-from tests.workflows.conftest import TEST_SERVER, compile_plan, set_profile
+from tests.workflows.conftest import compile_plan, set_profile
 from tests.workflows.test_journey_run import doc, outbox
 from worker import build_worker
 
@@ -56,18 +53,6 @@ def test_a_local_time_inside_the_spring_forward_gap_is_shifted_by_the_gap() -> N
     now = datetime(2027, 3, 14, 5, 0, tzinfo=UTC)  # 00:00 EST
     fire = next_local_time(now, NEW_YORK, "02:30")  # does not exist that night
     assert fire == datetime(2027, 3, 14, 7, 30, tzinfo=UTC)  # 03:30 EDT
-
-
-@pytest_asyncio.fixture
-async def fresh_env() -> AsyncIterator[WorkflowEnvironment]:
-    """A test server of its own: its clock starts at today's date, untouched by other tests."""
-    environment = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(TEST_SERVER), data_converter=pydantic_data_converter
-    )
-    try:
-        yield environment
-    finally:
-        await environment.shutdown()
 
 
 async def test_a_send_in_quiet_hours_waits_until_0800_in_the_customer_zone_across_dst(
