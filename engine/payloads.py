@@ -391,6 +391,13 @@ class RecordRunInput(_Message):
     holdout: bool = False
     trigger_message_id: str | None = None
     path: list[PathEntry] = Field(default_factory=list)
+    """The path entries not recorded yet (the run's tail), the first of them at position
+    ``path_start`` of the run's whole path. The activity writes them as `run_path` rows
+    (idempotent by position): no activity ships the whole path."""
+    path_start: int = 0
+    current_run_id: str | None = None
+    """Temporal's run id of the generation that records (``run_id`` is the first
+    generation's, the run's id across continue-as-new)."""
 
 
 class BeginRunInput(_Message):
@@ -547,6 +554,9 @@ class OpenReviewInput(_Message):
     due_at: datetime | None = None
     context: dict[str, Any] = Field(default_factory=dict)
     path: list[PathEntry] = Field(default_factory=list)
+    """The run's path entries not recorded yet, from position ``path_start``: the activity
+    writes them as `run_path` rows and reads the case's path from the table."""
+    path_start: int = 0
     timezone: str = "UTC"
     announce_url: str | None = Field(
         None,
