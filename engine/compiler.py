@@ -39,6 +39,10 @@ def plan_version(data: dict[str, Any]) -> str:
         body["exit_on"] = [_without_unset_correlate(e) for e in body["exit_on"]]
     if "steps" in body:
         body["steps"] = {k: _without_unset_correlate(v) for k, v in body["steps"].items()}
+    # Nor without `max_steps:`.
+    settings = body.get("settings")
+    if isinstance(settings, dict) and settings.get("max_steps", 0) is None:
+        body["settings"] = {k: v for k, v in settings.items() if k != "max_steps"}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
 
@@ -65,6 +69,7 @@ def _settings(document: spec.Document, journey: spec.Journey) -> p.PlanSettings:
         if cap
         else None,
         max_duration_seconds=parse_duration(merged.get("max_duration") or DEFAULT_MAX_DURATION),
+        max_steps=merged.get("max_steps"),
     )
 
 

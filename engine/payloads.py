@@ -176,6 +176,48 @@ class DecideResult(_Message):
     prepared: StepDecision | None = None
 
 
+class CarriedWait(_Message):
+    """A wait a run was in when it continued as new: the next generation goes on with it
+    (same step, same deadline) without entering it again."""
+
+    step_id: str
+    until: datetime | None = None
+    """When the wait ends (its timer, its `within`), None: no timeout."""
+    waiting_for: str = ""
+    """What the run's state says it waits for."""
+
+
+class RunCarry(_Message):
+    """Everything that shapes a run's behaviour, carried into its next generation when it
+    continues as new (`workflow.continue_as_new`) to keep each history bounded."""
+
+    generation: int
+    """This generation's number (the first run is 0; the first carried one is 1)."""
+    started_at: datetime
+    """When the first generation started (`max_duration` counts from it)."""
+    next_step: str | None
+    """The step to take next; with ``wait``, the wait to go on with."""
+    wait: CarriedWait | None = None
+    holdout: bool = False
+    steps: int = 0
+    """Steps taken by all generations so far (`max_steps`)."""
+    path_start: int = 0
+    """How many path entries earlier generations recorded (this one's first position)."""
+    current_step: str | None = None
+    event: EventMessage
+    customer: CustomerContext
+    vars: dict[str, Any] = Field(default_factory=dict)
+    scores: dict[str, Any] = Field(default_factory=dict)
+    review: dict[str, Any] | None = None
+    visits: dict[str, int] = Field(default_factory=dict)
+    inbox: list[EventMessage] = Field(default_factory=list)
+    """Events signalled and not handled yet, oldest first: none is dropped."""
+    exit_checked: int = 0
+    """How many of ``inbox`` were checked against `exit_on` already."""
+    seen: list[str] = Field(default_factory=list)
+    """The newest message ids signalled (a re-routed event is handled once)."""
+
+
 class JourneyRunInput(_Message):
     """What a run starts with. The plan is pinned here for the run's whole life.
 
@@ -197,6 +239,8 @@ class JourneyRunInput(_Message):
     """The run's first walk (the set/branch/split steps from the plan's first step), decided
     by the starter with ``profile`` (`engine.decisions.decide_at_entry`): recorded here,
     in the run's input, with what each decision read. Only taken with ``profile``."""
+    carry: RunCarry | None = None
+    """Set when an earlier generation of this run continued as new: where it was."""
 
 
 def run_context(
@@ -269,6 +313,14 @@ class RunState(_Message):
     wake_at: datetime | None = None
     holdout: bool = False
     path: list[PathEntry] = Field(default_factory=list)
+    """This generation's path entries; the whole path is in the `run_path` table."""
+    path_start: int = 0
+    """The position of ``path[0]`` in the run's whole path (earlier generations' entries)."""
+    generation: int = 0
+    steps: int = 0
+    """Steps the run has taken (all generations)."""
+    pending_events: int = 0
+    """Events signalled to the run and not handled yet."""
     vars: dict[str, Any] = Field(default_factory=dict)
     scores: dict[str, Any] = Field(default_factory=dict)
     review: dict[str, Any] | None = None

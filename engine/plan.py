@@ -67,6 +67,8 @@ class PlanSettings(_Frozen):
     quiet_hours: QuietHoursPlan | None = None
     frequency_cap: FrequencyCapPlan | None = None
     max_duration_seconds: int = 30 * 86400
+    max_steps: int | None = None
+    """None: the interpreter's default (`workflows.journey_run.MAX_STEPS`)."""
 
 
 class PlanEntry(_Frozen):

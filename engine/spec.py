@@ -191,6 +191,15 @@ class Settings(_Model):
     max_duration: Duration | None = Field(
         None, description="A run still open after this exits with outcome 'expired' (default 30d)."
     )
+    max_steps: int | None = Field(
+        None,
+        ge=1,
+        le=10_000_000,
+        description=(
+            "A run that has taken this many steps (across all its generations) ends as"
+            " 'failed' with outcome 'step_limit' (default 1,000,000)."
+        ),
+    )
 
 
 # ----------------------------------------------------------------------------- catalogue

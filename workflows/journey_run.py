@@ -20,9 +20,11 @@ with its history. Patches in force (docs/architecture.md keeps their dates):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any, assert_never
+from typing import Any, TypeVar, assert_never
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -41,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         BeginRunResult,
         CallHttpInput,
         CallHttpResult,
+        CarriedWait,
         CustomerContext,
         DateWaitInput,
         DateWaitResult,
@@ -60,6 +63,7 @@ with workflow.unsafe.imports_passed_through():
         ReviewDecisionResult,
         ReviewTaskChange,
         ReviewTaskRef,
+        RunCarry,
         RunState,
         ScoreInput,
         ScoreStepInput,
@@ -78,10 +82,28 @@ with workflow.unsafe.imports_passed_through():
 __all__ = ["MAX_STEPS", "MAX_WALK", "JourneyRunWorkflow"]
 
 MAX_WALK = 100
-"""Steps one walk decides at most (a loop of pure steps ends at `MAX_STEPS`)."""
-MAX_STEPS = 10_000
-MAX_INBOX = 200
-MAX_SEEN = 1000
+"""Steps one walk decides at most."""
+MAX_STEPS = 1_000_000
+"""Steps a run takes at most, across its generations, unless the plan sets `max_steps`."""
+MAX_SEEN = 2000
+"""Message ids a run remembers, to handle a re-routed event once."""
+GENERATION_EVENTS = 5000
+"""History events after which a run continues as new (Temporal suggests it at 4 Ki events
+or 4 MB on its default limits, warns at 10 Ki, and stops a run at 50 Ki)."""
+GENERATION_BYTES = 2_000_000
+GENERATION_PATH = 2000
+"""Path entries one generation holds at most (its query answer and result stay small)."""
+CARRY_BYTES = 1_500_000
+"""A backlog larger than this is not carried (Temporal's payload limit is 2 MB): the run
+goes on in the same generation until it has handled enough of it."""
+RESULT_PATH = 200
+"""Path entries in a run's result (the `run_path` table keeps them all)."""
+
+LONG_RUNS = "long-runs"
+"""Patch: a run continues as new before its history grows large, carrying its state and
+backlog; an `exit_on` event ends a run even while a send or call is retrying; a run whose
+activity fails for good during a review closes the task. Runs recorded before it do none
+of these."""
 
 REVIEW_ENDS_WITH_RUN = "review-ends-with-run"
 """Patch: a review task whose run ends (exit event, `max_duration`) while it waits is closed
@@ -108,6 +130,18 @@ _CALL_RETRY = RetryPolicy(
         ErrorType.BAD_CONFIGURATION,
     ],
 )
+
+
+_T = TypeVar("_T")
+
+
+class _Continue(Exception):
+    """Raised inside the interpreter to continue as new (from a step, or inside a wait)."""
+
+    def __init__(self, next_step: str | None, wait: CarriedWait | None = None) -> None:
+        super().__init__(next_step)
+        self.next_step = next_step
+        self.wait = wait
 
 
 class _RunEnded(Exception):
@@ -141,6 +175,14 @@ class JourneyRunWorkflow:
         self.visits: dict[str, int] = {}
         self.decision: ReviewDecision | None = None
         self.deadline: datetime | None = None
+        self.started: datetime | None = None
+        self.long_runs = False  # the LONG_RUNS patch, asked first thing in `run`
+        self.max_steps = self.plan.settings.max_steps or MAX_STEPS
+        # Events some wait step takes: any other event is handled by `exit_on` or ignored.
+        self.awaited = {s.event for s in self.plan.steps.values() if isinstance(s, p.EventWaitPlan)}
+        # How many of `state.path` the `run_path` table has (written by a record, a
+        # delivering send or a review's opening): the rest is the tail records carry.
+        self.recorded_upto = 0
         # The final row a delivering send wrote (`SendMessageInput.finish`), if one did.
         self.recorded: RecordRunInput | None = None
         self.decidable = {sid: s for sid, s in self.plan.steps.items() if p.decidable(s)}
@@ -151,6 +193,26 @@ class JourneyRunWorkflow:
         self.walked: DecideResult | None = None
         self.walked_from: str | None = None
         self.prepared: StepDecision | None = None  # a score/call step's evaluated expressions
+        if input.carry is not None:
+            self._restore(input.carry)
+
+    def _restore(self, carry: RunCarry) -> None:
+        """An earlier generation's state (in `__init__`: signals may come before `run`)."""
+        self.state.generation = carry.generation
+        self.state.path_start = carry.path_start
+        self.state.steps = carry.steps
+        self.state.current_step = carry.current_step
+        self.state.vars = dict(carry.vars)
+        self.state.scores = dict(carry.scores)
+        self.state.review = carry.review
+        self.state.holdout = carry.holdout
+        self.started = carry.started_at
+        self.event = carry.event
+        self.customer = carry.customer
+        self.visits = dict(carry.visits)
+        self.inbox = list(carry.inbox)
+        self.exit_checked = carry.exit_checked
+        self.seen = list(carry.seen)
 
     # ------------------------------------------------------------------ messages in
 
@@ -162,11 +224,9 @@ class JourneyRunWorkflow:
         self.seen.append(event.message_id)
         if len(self.seen) > MAX_SEEN:
             del self.seen[: len(self.seen) - MAX_SEEN]
+        # Never dropped: each is handled, or recorded in the path as ignored with the
+        # reason; a long backlog is carried into the next generation.
         self.inbox.append(event)
-        if len(self.inbox) > MAX_INBOX:
-            dropped = len(self.inbox) - MAX_INBOX
-            del self.inbox[:dropped]
-            self.exit_checked = max(0, self.exit_checked - dropped)
 
     @workflow.update(name=UPDATE_REVIEW)
     async def decide_review(self, decision: ReviewDecision) -> ReviewDecisionResult:
@@ -194,23 +254,31 @@ class JourneyRunWorkflow:
 
     @workflow.query(name=QUERY_STATE)
     def query_state(self) -> RunState:
-        """Where the run is, the path so far, variables and scores."""
-        return self.state
+        """Where the run is, this generation's path, variables and scores."""
+        return self.state.model_copy(update={"pending_events": len(self.inbox)})
 
     # ------------------------------------------------------------------ the interpreter
 
     @workflow.run
     async def run(self, input: JourneyRunInput) -> RunState:
-        started = workflow.now()
-        self.deadline = started + timedelta(seconds=self.plan.settings.max_duration_seconds)
-        entry = {"event": input.trigger.name, "message_id": input.trigger.message_id}
-        self._path("entry", "entry", detail=entry)
+        self.long_runs = workflow.patched(LONG_RUNS)
+        carry = input.carry
+        if self.started is None:
+            self.started = workflow.now()
+        self.deadline = self.started + timedelta(seconds=self.plan.settings.max_duration_seconds)
+        if carry is None:
+            entry = {"event": input.trigger.name, "message_id": input.trigger.message_id}
+            self._path("entry", "entry", detail=entry)
         try:
-            if await self._begin():
+            if carry is not None:
+                await self._resume(carry)
+            elif await self._begin():
                 await self._hold_out()
             else:
-                await self._interpret()
+                await self._interpret(self.plan.start)
             self._finish("completed", "completed")
+        except _Continue as more:
+            await self._continue_as_new(more)
         except _RunEnded as ended:
             self._finish(ended.status, ended.outcome)
         except ActivityError as error:
@@ -221,18 +289,32 @@ class JourneyRunWorkflow:
             self._finish("failed", f"{step}_failed")
         if self.recorded is None or self._record_input() != self.recorded:
             await self._record()
-        return self.state
+        return self._result()
 
-    async def _interpret(self) -> None:
-        step_id: str | None = self.plan.start
-        count = 0
-        while count < MAX_STEPS:
+    def _result(self) -> RunState:
+        """The run's final state, its path cut to the newest `RESULT_PATH` entries (all of
+        them are in the `run_path` table): a result never nears Temporal's payload limit."""
+        cut = max(0, len(self.state.path) - RESULT_PATH)
+        return self.state.model_copy(
+            update={
+                "path": self.state.path[cut:],
+                "path_start": self.state.path_start + cut,
+                "pending_events": len(self.inbox),
+            }
+        )
+
+    async def _interpret(self, step_id: str | None) -> None:
+        while True:
             await self._check_exits()
             if step_id is None:
                 return
+            if self.state.steps >= self.max_steps:
+                raise _RunEnded("failed", "step_limit")
+            if self.walked is None and self.prepared is None and self._generation_full():
+                raise _Continue(step_id)
             if step_id in self.walk_starts and not self._is_prepared(step_id):
-                step_id, decided = await self._walk(step_id, MAX_STEPS - count)
-                count += decided
+                step_id, decided = await self._walk(step_id, self.max_steps - self.state.steps)
+                self.state.steps += decided
                 if decided:
                     continue  # exit events first, then the step the walk stopped at
                 if step_id is None:
@@ -240,8 +322,90 @@ class JourneyRunWorkflow:
             self.visits[step_id] = self.visits.get(step_id, 0) + 1
             self.state.current_step = step_id
             step_id = await self._step(self.plan.steps[step_id])
-            count += 1
-        raise _RunEnded("failed", "step_limit")
+            self.state.steps += 1
+
+    # ------------------------------------------------------------------ generations
+
+    def _generation_full(self) -> bool:
+        """Whether this generation should continue as new (`LONG_RUNS`): Temporal suggests
+        it, or its history or path passed this engine's bounds. Not when the backlog to
+        carry is too large for one payload: the run handles more of it first."""
+        if not self.long_runs:
+            return False
+        info = workflow.info()
+        full = (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() >= GENERATION_EVENTS
+            or info.get_current_history_size() >= GENERATION_BYTES
+            or len(self.state.path) >= GENERATION_PATH
+        )
+        if not full:
+            return False
+        backlog = sum(len(event.model_dump_json()) for event in self.inbox)
+        return backlog <= CARRY_BYTES
+
+    async def _continue_as_new(self, more: _Continue) -> None:
+        """Record the path's tail, let handlers finish, and go on in a new generation with
+        everything that shapes the run: step or wait, variables, scores, visits, backlog."""
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._record()
+        assert self.started is not None
+        carry = RunCarry(
+            generation=self.state.generation + 1,
+            started_at=self.started,
+            next_step=more.next_step,
+            wait=more.wait,
+            holdout=self.state.holdout,
+            steps=self.state.steps,
+            path_start=self.state.path_start + len(self.state.path),
+            current_step=self.state.current_step,
+            event=self.event,
+            customer=self.customer,
+            vars=self.state.vars,
+            scores=self.state.scores,
+            review=self.state.review,
+            visits=self.visits,
+            inbox=self.inbox,
+            exit_checked=self.exit_checked,
+            seen=self.seen,
+        )
+        workflow.continue_as_new(
+            JourneyRunInput(
+                plan=self.plan,
+                customer_id=self.input.customer_id,
+                key=self.input.key,
+                trigger=self.input.trigger,
+                recorded_by_starter=True,
+                carry=carry,
+            )
+        )
+
+    async def _resume(self, carry: RunCarry) -> None:
+        """Go on where the last generation stopped: in the holdout, in a wait, or at a step."""
+        if carry.holdout:
+            await self._hold_out(resumed=True)
+            return
+        step_id = carry.next_step
+        if carry.wait is not None:
+            step = self.plan.steps[carry.wait.step_id]
+            step_id = await self._go_on_waiting(step, carry.wait.until, carry.wait.waiting_for)
+            self.state.steps += 1
+        await self._interpret(step_id)
+
+    async def _go_on_waiting(
+        self, step: p.PlanStep, until: datetime | None, waiting_for: str
+    ) -> str | None:
+        """The rest of a wait entered by an earlier generation."""
+        match step:
+            case p.EventWaitPlan():
+                return await self._take_event(step, until)
+            case p.TimerWaitPlan() | p.UntilWaitPlan() | p.DateWaitPlan():
+                assert until is not None
+                await self._sleep_until(until, waiting_for=waiting_for, step=step.id)
+                await self._load_profile()
+                return step.next
+            case _:  # only waits are carried; anything else is a bug: end visibly
+                raise _RunEnded("failed", f"{step.id}_failed")
 
     async def _step(self, step: p.PlanStep) -> str | None:
         """Run one step that is not decided by a walk; returns the next step id."""
@@ -272,6 +436,12 @@ class JourneyRunWorkflow:
                 assert_never(step)
 
     def _finish(self, status: str, outcome: str) -> None:
+        # Events no wait took: in the path, not lost without a trace.
+        reason = f"the run ended ({outcome}) before a wait took this event"
+        for event in self.inbox:
+            self._ignored(event, reason)
+        self.inbox.clear()
+        self.exit_checked = 0
         self.state.status = status  # type: ignore[assignment]
         self.state.outcome = outcome
         self.state.waiting_for = None
@@ -332,7 +502,7 @@ class JourneyRunWorkflow:
         info = workflow.info()
         return SendMessageInput(
             workflow_id=info.workflow_id,
-            run_id=info.run_id,
+            run_id=info.first_execution_run_id,
             journey_id=self.plan.journey_id,
             step_id=step.id,
             visit=self.visits[step.id],
@@ -360,13 +530,17 @@ class JourneyRunWorkflow:
             non_retryable_error_types=_SEND_NON_RETRYABLE,
         )
         try:
-            result: SendMessageResult = await workflow.execute_activity(
-                ActivityName.SEND_MESSAGE,
-                request,
-                result_type=SendMessageResult,
-                start_to_close_timeout=timedelta(seconds=60),
-                schedule_to_close_timeout=timedelta(seconds=config.ttl_seconds if config else 3600),
-                retry_policy=retry,
+            result: SendMessageResult = await self._watch_exits(
+                workflow.execute_activity(
+                    ActivityName.SEND_MESSAGE,
+                    request,
+                    result_type=SendMessageResult,
+                    start_to_close_timeout=timedelta(seconds=60),
+                    schedule_to_close_timeout=timedelta(
+                        seconds=config.ttl_seconds if config else 3600
+                    ),
+                    retry_policy=retry,
+                )
             )
         except ActivityError as error:
             return SendMessageResult(status="failed", channel=request.channel, reason=_cause(error))
@@ -384,12 +558,7 @@ class JourneyRunWorkflow:
         else:
             return None
         return self._record_input().model_copy(
-            update={
-                "status": "completed",
-                "step": end_step,
-                "outcome": outcome,
-                "path": list(self.state.path),
-            }
+            update={"status": "completed", "step": end_step, "outcome": outcome}
         )
 
     # ------------------------------------------------------------------ wait
@@ -397,7 +566,7 @@ class JourneyRunWorkflow:
     async def _wait_timer(self, step: p.TimerWaitPlan) -> str | None:
         wake = workflow.now() + timedelta(seconds=step.seconds)
         self._path(step.id, step.type, outcome="waiting", detail={"until": wake.isoformat()})
-        await self._sleep_until(wake, waiting_for=f"timer until {wake.isoformat()}")
+        await self._sleep_until(wake, waiting_for=f"timer until {wake.isoformat()}", step=step.id)
         await self._load_profile()
         return step.next
 
@@ -408,7 +577,7 @@ class JourneyRunWorkflow:
         detail = {"until": local.fire_at.isoformat(), "local": local.local}
         self._path(step.id, step.type, outcome="waiting", detail=detail)
         await self._sleep_until(
-            local.fire_at, waiting_for=f"local time {step.until} ({local.local})"
+            local.fire_at, waiting_for=f"local time {step.until} ({local.local})", step=step.id
         )
         await self._load_profile()
         return step.next
@@ -444,7 +613,9 @@ class JourneyRunWorkflow:
         self._path(step.id, step.type, outcome=found.outcome, detail=detail)
         if found.outcome != "waiting" or found.fire_at is None:
             return step.on_missing or step.next
-        await self._sleep_until(found.fire_at, waiting_for=f"{found.reason} ({found.local})")
+        await self._sleep_until(
+            found.fire_at, waiting_for=f"{found.reason} ({found.local})", step=step.id
+        )
         await self._load_profile()
         return step.next
 
@@ -461,6 +632,10 @@ class JourneyRunWorkflow:
                 "until": timeout_at.isoformat() if timeout_at else None,
             },
         )
+        return await self._take_event(step, timeout_at)
+
+    async def _take_event(self, step: p.EventWaitPlan, timeout_at: datetime | None) -> str | None:
+        """The wait for an event once entered: the event (queued or arriving) or the timeout."""
         event = await self._await_event(step, timeout_at)
         await self._load_profile()
         if event is None:
@@ -531,23 +706,25 @@ class JourneyRunWorkflow:
                 raise _RunEnded("failed", f"{step.id}_failed")
             body = dict(zip(step.json_body, prepared.values, strict=True))
         try:
-            result: CallHttpResult = await workflow.execute_activity(
-                ActivityName.CALL_HTTP,
-                CallHttpInput(
-                    workflow_id=workflow.info().workflow_id,
-                    step_id=step.id,
-                    visit=self.visits[step.id],
-                    method=step.method,
-                    url=step.url,
-                    json_body=body,
-                    headers=dict(step.headers or {}),
-                    timeout_seconds=step.timeout_seconds,
-                    context=self._context(),
-                ),
-                result_type=CallHttpResult,
-                start_to_close_timeout=timedelta(seconds=step.timeout_seconds + 5),
-                schedule_to_close_timeout=timedelta(hours=1),
-                retry_policy=_CALL_RETRY,
+            result: CallHttpResult = await self._watch_exits(
+                workflow.execute_activity(
+                    ActivityName.CALL_HTTP,
+                    CallHttpInput(
+                        workflow_id=workflow.info().workflow_id,
+                        step_id=step.id,
+                        visit=self.visits[step.id],
+                        method=step.method,
+                        url=step.url,
+                        json_body=body,
+                        headers=dict(step.headers or {}),
+                        timeout_seconds=step.timeout_seconds,
+                        context=self._context(),
+                    ),
+                    result_type=CallHttpResult,
+                    start_to_close_timeout=timedelta(seconds=step.timeout_seconds + 5),
+                    schedule_to_close_timeout=timedelta(hours=1),
+                    retry_policy=_CALL_RETRY,
+                )
             )
         except ActivityError as error:
             self._path(step.id, step.type, outcome="failed", detail={"reason": _cause(error)})
@@ -574,6 +751,11 @@ class JourneyRunWorkflow:
         except _RunEnded as ended:
             if patched:
                 await self._close_review(step, task_id, ended)
+            raise
+        except ActivityError:
+            # Failed for good meanwhile (the run ends as failed): the task closes too.
+            if patched and self.long_runs:
+                await self._close_review(step, task_id, _RunEnded("failed", f"{step.id}_failed"))
             raise
 
     async def _close_review(self, step: p.ReviewPlan, task_id: str, ended: _RunEnded) -> None:
@@ -620,7 +802,7 @@ class JourneyRunWorkflow:
             ActivityName.OPEN_REVIEW_TASK,
             OpenReviewInput(
                 workflow_id=info.workflow_id,
-                run_id=info.run_id,
+                run_id=info.first_execution_run_id,
                 journey_id=self.plan.journey_id,
                 customer_id=self.input.customer_id,
                 step_id=step.id,
@@ -631,7 +813,8 @@ class JourneyRunWorkflow:
                 decisions=list(step.decisions),
                 due_at=due,
                 context=self._context(),
-                path=self.state.path,
+                path=self.state.path[self.recorded_upto :],
+                path_start=self.state.path_start + self.recorded_upto,
                 timezone=self._timezone(),
                 announce_url=self._ops_url(),
             ),
@@ -639,6 +822,7 @@ class JourneyRunWorkflow:
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=_DB_RETRY,
         )
+        self.recorded_upto = len(self.state.path)  # the activity wrote them
         self.decision = None
         self.state.open_review = ReviewTaskRef(
             task_id=task_id, queue=step.queue, decisions=list(step.decisions), due_at=due
@@ -759,6 +943,8 @@ class JourneyRunWorkflow:
             retry_policy=_DB_RETRY,
         )
         self.customer = result.customer
+        if given is None:
+            self.recorded_upto = len(self.state.path)  # begin_run wrote the row and entry
         if ahead is None:
             self.walked, self.walked_from = result.decided, start
         return result.holdout_bucket == 0
@@ -877,24 +1063,37 @@ class JourneyRunWorkflow:
 
     # ------------------------------------------------------------------ holdout
 
-    async def _hold_out(self) -> None:
+    async def _hold_out(self, *, resumed: bool = False) -> None:
         """Enter, get nothing, and still record how the run ends (exit events), for comparison."""
-        self.state.holdout = True
-        self.state.current_step = "holdout"
-        self._path("holdout", "holdout", outcome="held_out")
-        await self._record()
+        if not resumed:
+            self.state.holdout = True
+            self.state.current_step = "holdout"
+            self._path("holdout", "holdout", outcome="held_out")
+            await self._record()
         assert self.deadline is not None
-        await self._sleep_until(self.deadline, waiting_for="holdout: exit events only")
+        await self._sleep_until(
+            self.deadline, waiting_for="holdout: exit events only", step="holdout"
+        )
 
     # ------------------------------------------------------------------ waiting
 
-    async def _sleep_until(self, wake: datetime, *, waiting_for: str) -> None:
-        await self._wait_for(lambda: False, wake, waiting_for=waiting_for)
+    async def _sleep_until(
+        self, wake: datetime, *, waiting_for: str, step: str | None = None
+    ) -> None:
+        await self._wait_for(lambda: False, wake, waiting_for=waiting_for, step=step)
 
     async def _wait_for(
-        self, done: Callable[[], bool], until: datetime | None, *, waiting_for: str
+        self,
+        done: Callable[[], bool],
+        until: datetime | None,
+        *,
+        waiting_for: str,
+        step: str | None = None,
     ) -> bool:
-        """Wait until ``done()`` or ``until``, handling exit events meanwhile. True if done."""
+        """Wait until ``done()`` or ``until``, handling exit events meanwhile. True if done.
+
+        With ``step`` (a wait step's, or the holdout's), a generation that is full
+        continues as new in the middle of the wait, which the next one goes on with."""
         self.state.waiting_for = waiting_for
         self.state.wake_at = until
         self._upsert()
@@ -912,6 +1111,10 @@ class JourneyRunWorkflow:
                     if self.deadline is not None and now >= self.deadline:
                         raise _RunEnded("expired", "expired")
                     return False
+                if step is not None and self._generation_full():
+                    raise _Continue(
+                        None, CarriedWait(step_id=step, until=until, waiting_for=waiting_for)
+                    )
                 timeout = (limit - now).total_seconds() if limit is not None else None
                 try:
                     await workflow.wait_condition(
@@ -941,34 +1144,42 @@ class JourneyRunWorkflow:
                 if step.when:
                     check = await self._evaluate(step.id, "wait.when", [step.when], event=event)
                     if check.first_true is None:
-                        self._path(
-                            step.id,
-                            step.type,
-                            outcome="ignored",
-                            detail={"message_id": event.message_id, "reads": check.reads},
-                        )
+                        detail = {
+                            "event": event.name,
+                            "message_id": event.message_id,
+                            "reason": "the wait's when did not hold",
+                            "reads": check.reads,
+                        }
+                        self._path(step.id, step.type, outcome="ignored", detail=detail)
                         continue
                 return event
             arrived = await self._wait_for(
-                lambda: self._queued(name) is not None, timeout_at, waiting_for=f"event {name}"
+                lambda: self._queued(name) is not None,
+                timeout_at,
+                waiting_for=f"event {name}",
+                step=step.id,
             )
             if not arrived:
                 return None
 
     async def _check_exits(self) -> None:
-        """Look at events not yet checked against `exit_on`; end the run if one matches."""
+        """Look at events not yet checked against `exit_on`, oldest first and ahead of any
+        backlog a wait has not taken yet; end the run if one matches. An event that no
+        wait takes either is recorded as ignored, with the reason, and leaves the inbox."""
         while self.exit_checked < len(self.inbox):
             event = self.inbox[self.exit_checked]
-            self.exit_checked += 1
+            listened = False
             for rule in self.plan.exit_on:
                 if rule.event != event.name:
                     continue
+                listened = True
                 if rule.when:
                     check = await self._evaluate(
                         "exit_on", "exit_on.when", [rule.when], event=event
                     )
                     if check.first_true is None:
                         continue
+                del self.inbox[self.exit_checked]
                 self.event = event
                 self._path(
                     self.state.current_step or "entry",
@@ -977,6 +1188,42 @@ class JourneyRunWorkflow:
                     detail={"event": event.name, "message_id": event.message_id},
                 )
                 raise _RunEnded("exited", rule.outcome)
+            if event.name in self.awaited:
+                self.exit_checked += 1
+                continue
+            del self.inbox[self.exit_checked]
+            reason = (
+                "no exit_on condition held, and no wait takes this event"
+                if listened
+                else "no wait or exit_on of this journey listens for this event"
+            )
+            self._ignored(event, reason)
+
+    def _ignored(self, event: EventMessage, reason: str, *, step: str | None = None) -> None:
+        detail = {"event": event.name, "message_id": event.message_id, "reason": reason}
+        self._path(
+            step or self.state.current_step or "entry", "event", outcome="ignored", detail=detail
+        )
+
+    async def _watch_exits(self, activity: Awaitable[_T]) -> _T:
+        """An activity that may retry for a long time (a send, a call), with exit events
+        acted on meanwhile: one that ends the run cancels the activity (`LONG_RUNS`)."""
+        if not self.long_runs:
+            return await activity
+        task = asyncio.ensure_future(activity)
+        try:
+            while not task.done():
+                await workflow.wait_condition(
+                    lambda: task.done() or len(self.inbox) > self.exit_checked
+                )
+                if not task.done():
+                    await self._check_exits()
+        except _RunEnded:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ActivityError):
+                await task
+            raise
+        return await task
 
     # ------------------------------------------------------------------ local activities
 
@@ -1025,11 +1272,14 @@ class JourneyRunWorkflow:
             start_to_close_timeout=_LOCAL,
             retry_policy=_DB_RETRY,
         )
+        self.recorded_upto = len(self.state.path)
 
     def _record_input(self) -> RecordRunInput:
+        """The run's row, with the path entries not recorded yet (its tail)."""
         info = workflow.info()
         return RecordRunInput(
-            run_id=info.run_id,
+            run_id=info.first_execution_run_id,
+            current_run_id=info.run_id,
             workflow_id=info.workflow_id,
             journey_id=self.plan.journey_id,
             version=self.plan.version,
@@ -1040,7 +1290,8 @@ class JourneyRunWorkflow:
             outcome=self.state.outcome,
             holdout=self.state.holdout,
             trigger_message_id=self.input.trigger.message_id,
-            path=self.state.path,
+            path=self.state.path[self.recorded_upto :],
+            path_start=self.state.path_start + self.recorded_upto,
         )
 
     # ------------------------------------------------------------------ context and records
@@ -1057,7 +1308,7 @@ class JourneyRunWorkflow:
             self.customer,
             self.input.trigger,
             now=workflow.now(),
-            run_id=workflow.info().run_id,
+            run_id=workflow.info().first_execution_run_id,
             step=self.state.current_step,
             event=event or self.event,
             variables=self.state.vars,
