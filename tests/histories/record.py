@@ -10,6 +10,8 @@ held-out customer, and runs started as the event router starts them. The untagge
 no `workflow.patched` branch existed when they were recorded.
 
 Existing files are kept (they are what old runs look like); pass --overwrite to redo them.
+Name scenarios to record only those (``... record suspicious_login_alerted``): a new
+scenario then gets its file without the others' missing untagged files being written.
 When a change to the interpreter goes behind `workflow.patched(...)`, record the scenarios
 again under a tag naming the patch (``--tag <patch-id>`` writes
 ``<scenario>.<patch-id>.json``), so both the old and the new shape replay; remove the old
@@ -282,7 +284,15 @@ the runs row written by the router (`JourneyRunInput.recorded_by_starter`), and 
 walk the router decides (`JourneyRunInput.decided`, `decide_at_entry`)."""
 
 
-async def record(out_dir: Path, *, overwrite: bool = False, tag: str | None = None) -> list[Path]:
+async def record(
+    out_dir: Path,
+    *,
+    overwrite: bool = False,
+    tag: str | None = None,
+    only: frozenset[str] | None = None,
+) -> list[Path]:
+    """Record the scenarios (``only``: those named) whose files are missing, or all of them
+    with ``overwrite``; the files written."""
     plans = build_catalog(ROOT / "journeys.yaml").plans
     written: list[Path] = []
     collections = _CollectionsApi()
@@ -298,6 +308,8 @@ async def record(out_dir: Path, *, overwrite: bool = False, tag: str | None = No
                 runs = [(name, False, SCENARIOS[name]) for name in SCENARIOS]
                 runs += [(name, True, SCENARIOS[base]) for name, base in ROUTED.items()]
                 for name, routed, scenario in runs:
+                    if only is not None and name not in only:
+                        continue
                     target = out_dir / (f"{name}.{tag}.json" if tag else f"{name}.json")
                     if target.exists() and not overwrite:
                         continue
@@ -396,8 +408,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--tag", help="suffix for the files: the patch id a change went behind")
+    parser.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO",
+        help="record only these scenarios (default: every one)",
+    )
     args = parser.parse_args()
-    asyncio.run(record(HERE, overwrite=args.overwrite, tag=args.tag))
+    names = frozenset(args.scenarios)
+    unknown = names - {*SCENARIOS, *ROUTED}
+    if unknown:
+        parser.error(f"no such scenario: {', '.join(sorted(unknown))}")
+    asyncio.run(record(HERE, overwrite=args.overwrite, tag=args.tag, only=names or None))
 
 
 if __name__ == "__main__":
