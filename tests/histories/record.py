@@ -9,7 +9,15 @@ during a wait, a fallback channel (the first has no address, the second delivers
 held-out customer, and runs started as the event router starts them. The untagged files are the interpreter's baseline (issue #13):
 no `workflow.patched` branch existed when they were recorded.
 
+Most scenarios run a journey of the example catalogue (journeys.yaml); the waits until a
+date read from the profile (and, when it is missing, `on_missing` and a wait until a
+weekday) run `renewal_reminder` from date_waits.yaml beside this file, since the catalogue
+has no such step. Each scenario names its file (`Scenario.catalogue`), compiled the same
+way (`engine.catalog.build_catalog`).
+
 Existing files are kept (they are what old runs look like); pass --overwrite to redo them.
+Name scenarios to record only those (``... record suspicious_login_alerted``): a new
+scenario then gets its file without the others' missing untagged files being written.
 When a change to the interpreter goes behind `workflow.patched(...)`, record the scenarios
 again under a tag naming the patch (``--tag <patch-id>`` writes
 ``<scenario>.<patch-id>.json``), so both the old and the new shape replay; remove the old
@@ -28,17 +36,18 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from engine.catalog import build_catalog
+from engine.catalog import Catalog, build_catalog
 from engine.database import make_engine, session_scope, upsert_profile
 from engine.decisions import bucket_of, decide_at_entry
 from engine.payloads import (
@@ -56,6 +65,8 @@ from worker import build_worker
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 QUEUE = "record-histories"
+CATALOGUE = ROOT / "journeys.yaml"  # the example catalogue, for most scenarios
+DATE_WAITS = HERE / "date_waits.yaml"  # journeys with steps the catalogue lacks
 
 Act = Callable[[WorkflowEnvironment, WorkflowHandle[Any, RunState]], Awaitable[None]]
 
@@ -173,8 +184,9 @@ async def _purchase(env: WorkflowEnvironment, handle: WorkflowHandle[Any, RunSta
 
 @dataclass(frozen=True)
 class Scenario:
-    """A run to record: the journey, its trigger's properties, the customer's profile,
-    what happens during the run, and where the customer is placed."""
+    """A run to record: the journey (from the file ``catalogue``), its trigger's
+    properties, the customer's profile, what happens during the run, and where the
+    customer is placed."""
 
     journey: str
     properties: dict[str, Any]
@@ -182,6 +194,10 @@ class Scenario:
     act: Act
     held_out: bool = False
     arm: str | None = None  # the arm of the journey's split the customer must fall in
+    catalogue: Path = CATALOGUE
+    # Traits holding a date: the customer's local date this long after the recording's
+    # start (the test server's clock), so that a wait until it lies ahead.
+    dates: dict[str, timedelta] = field(default_factory=dict)
 
 
 _HIGH_RISK = {"amount": 900000, "currency": "KRW", "days_past_due": 40, "invoice_id": "INV-1"}
@@ -270,6 +286,23 @@ SCENARIOS: dict[str, Scenario] = {
         {"first_name": "Park", "email": "park@example.com", "push_token": "tok-3"},
         _nothing,
     ),
+    # a wait until a date on the profile (renewal minus 3 days at 09:00 local), then a send
+    "renewal_reminder_date_wait": Scenario(
+        "renewal_reminder",
+        {"plan": "annual"},
+        {"first_name": "Ana", "email": "ana@example.com", "timezone": "America/New_York"},
+        _nothing,
+        catalogue=DATE_WAITS,
+        dates={"renewal_date": timedelta(days=10)},
+    ),
+    # no date on the profile: `on_missing` at once, a wait until Monday 10:00, a send
+    "renewal_reminder_missing_date": Scenario(
+        "renewal_reminder",
+        {"plan": "monthly"},
+        {"first_name": "Bo", "email": "bo@example.com", "timezone": "Europe/Berlin"},
+        _nothing,
+        catalogue=DATE_WAITS,
+    ),
 }
 
 ROUTED = {
@@ -282,8 +315,16 @@ the runs row written by the router (`JourneyRunInput.recorded_by_starter`), and 
 walk the router decides (`JourneyRunInput.decided`, `decide_at_entry`)."""
 
 
-async def record(out_dir: Path, *, overwrite: bool = False, tag: str | None = None) -> list[Path]:
-    plans = build_catalog(ROOT / "journeys.yaml").plans
+async def record(
+    out_dir: Path,
+    *,
+    overwrite: bool = False,
+    tag: str | None = None,
+    only: frozenset[str] | None = None,
+) -> list[Path]:
+    """Record the scenarios (``only``: those named) whose files are missing, or all of them
+    with ``overwrite``; the files written."""
+    catalogues = {path: _catalogue(path) for path in {s.catalogue for s in SCENARIOS.values()}}
     written: list[Path] = []
     collections = _CollectionsApi()
     os.environ["COLLECTIONS_API_URL"] = collections.url
@@ -298,14 +339,19 @@ async def record(out_dir: Path, *, overwrite: bool = False, tag: str | None = No
                 runs = [(name, False, SCENARIOS[name]) for name in SCENARIOS]
                 runs += [(name, True, SCENARIOS[base]) for name, base in ROUTED.items()]
                 for name, routed, scenario in runs:
+                    if only is not None and name not in only:
+                        continue
                     target = out_dir / (f"{name}.{tag}.json" if tag else f"{name}.json")
                     if target.exists() and not overwrite:
                         continue
-                    plan = plans[scenario.journey]
+                    plan = catalogues[scenario.catalogue].plans[scenario.journey]
                     # One customer per scenario: caps and profiles never leak between them.
                     prefix = "".join(word[0] for word in name.split("_"))
                     customer = _customer(plan, prefix, held_out=scenario.held_out, arm=scenario.arm)
-                    traits = scenario.traits
+                    traits = {
+                        **scenario.traits,
+                        **_dates(scenario, plan, await env.get_current_time()),
+                    }
                     with session_scope(db) as session:
                         upsert_profile(session, customer_id=customer, traits=traits)
                     profile = (
@@ -331,6 +377,24 @@ async def record(out_dir: Path, *, overwrite: bool = False, tag: str | None = No
             await env.shutdown()
             collections.close()
     return written
+
+
+def _catalogue(path: Path) -> Catalog:
+    """The journeys file at ``path``, compiled; every problem in it stops the recording."""
+    catalogue = build_catalog(path)
+    if not catalogue.ok:
+        problems = "\n".join(str(violation) for violation in catalogue.violations)
+        raise SystemExit(f"{path} does not validate:\n{problems}")
+    return catalogue
+
+
+def _dates(scenario: Scenario, plan: Plan, now: datetime) -> dict[str, str]:
+    """The scenario's date traits as ISO dates in the customer's time zone."""
+    zone = ZoneInfo(str(scenario.traits.get("timezone") or plan.settings.timezone))
+    return {
+        name: (now + delta).astimezone(zone).date().isoformat()
+        for name, delta in scenario.dates.items()
+    }
 
 
 class _CollectionsApi:
@@ -396,8 +460,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--tag", help="suffix for the files: the patch id a change went behind")
+    parser.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO",
+        help="record only these scenarios (default: every one)",
+    )
     args = parser.parse_args()
-    asyncio.run(record(HERE, overwrite=args.overwrite, tag=args.tag))
+    names = frozenset(args.scenarios)
+    unknown = names - {*SCENARIOS, *ROUTED}
+    if unknown:
+        parser.error(f"no such scenario: {', '.join(sorted(unknown))}")
+    asyncio.run(record(HERE, overwrite=args.overwrite, tag=args.tag, only=names or None))
 
 
 if __name__ == "__main__":

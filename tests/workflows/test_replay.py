@@ -45,8 +45,14 @@ def test_there_is_a_history_for_every_recorded_scenario() -> None:
     # `<scenario>.json` or `<scenario>.<patch-id>.json`: a scenario added with a patch has
     # only tagged files.
     assert {path.name.split(".")[0] for path in HISTORIES} >= {*SCENARIOS, *ROUTED}
-    journeys = {scenario.journey for scenario in SCENARIOS.values()}
-    assert journeys == {"payment_recovery", "onboarding", "suspicious_login", "abandoned_cart"}
+    journeys = {(scenario.catalogue.name, scenario.journey) for scenario in SCENARIOS.values()}
+    assert journeys == {
+        ("journeys.yaml", "payment_recovery"),
+        ("journeys.yaml", "onboarding"),
+        ("journeys.yaml", "suspicious_login"),
+        ("journeys.yaml", "abandoned_cart"),
+        ("date_waits.yaml", "renewal_reminder"),  # waits until a date or a weekday
+    }
 
 
 def test_no_history_holds_a_customer_address() -> None:
