@@ -28,12 +28,17 @@ from engine.database import OutboxMessage, ReviewTask, session_scope, utcnow
 from engine.environment import MissingVariableError, resolve_env
 from engine.errors import ErrorType
 from engine.payloads import ActivityName, OpenReviewInput, ReviewTaskChange
+from engine.run_path import last_path, write_path
 from rules import RenderError
 from rules.cache import cached_template
 
 __all__ = ["ReviewActivities"]
 
 log = logging.getLogger("journeys.reviews")
+
+CASE_PATH_ENTRIES = 200
+"""How much of the run's path a case shows: its recent history (what sent it here), not
+every entry of a run that has been going for months."""
 
 
 def _texts(request: OpenReviewInput) -> tuple[str, str | None]:
@@ -67,9 +72,17 @@ class ReviewActivities:
 
     @activity.defn(name=ActivityName.OPEN_REVIEW_TASK)
     def open_review_task(self, request: OpenReviewInput) -> str:
-        """Open (once per step visit) the task; returns its id."""
+        """Open (once per step visit) the task; returns its id. The path entries the
+        request carries (those not recorded yet) are written first, so the case's path,
+        read back from `run_path`, ends with them."""
         title, details = _texts(request)
         with session_scope(self.db) as session:
+            write_path(
+                session.connection(),
+                run_id=request.run_id,
+                start=request.path_start,
+                entries=request.path,
+            )
             existing = session.exec(
                 select(ReviewTask).where(
                     ReviewTask.run_id == request.run_id,
@@ -84,7 +97,7 @@ class ReviewActivities:
                 "trigger": request.context.get("trigger"),
                 "scores": request.context.get("scores"),
                 "vars": request.context.get("vars"),
-                "path": [entry.model_dump(mode="json") for entry in request.path],
+                "path": last_path(session, request.run_id, CASE_PATH_ENTRIES),
             }
             task = ReviewTask(
                 id=uuid.uuid4().hex,

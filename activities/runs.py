@@ -2,7 +2,7 @@
 
 Lives here: the `@activity.defn` wrappers that read and write the `runs` row and the
 profile, and `upsert_run` (the send activity writes a run's final row with it; it also
-writes the run's split arms to `run_arms`, from its path). Must not
+writes the run's path tail to `run_path` and its split arms to `run_arms`). Must not
 live here: deciding (`engine.decisions`), the customer view and masking of a profile
 (`engine.profiles`): both are pure and used by the service too.
 """
@@ -40,6 +40,7 @@ from engine.payloads import (
     UpdateProfileInput,
 )
 from engine.profiles import customer_from_traits, masked_customer
+from engine.run_path import write_path
 
 __all__ = ["RunActivities", "upsert_run"]
 
@@ -70,7 +71,7 @@ class RunActivities:
 
     @activity.defn(name=ActivityName.RECORD_RUN)
     def record_run(self, request: RecordRunInput) -> None:
-        """Upsert the run's row: status, step, outcome and path (idempotent)."""
+        """Upsert the run's row (status, step, outcome) and add its path's tail (idempotent)."""
         with session_scope(self.db) as session:
             upsert_run(session, request)
 
@@ -126,12 +127,16 @@ def _first_walk(request: BeginRunInput, customer: CustomerContext) -> DecideResu
 
 def upsert_run(session: Session, request: RecordRunInput) -> None:
     """Insert the run's row or bring it up to date, in one statement where the database
-    can (SQLite, PostgreSQL: ``INSERT ... ON CONFLICT DO UPDATE``)."""
+    can (SQLite, PostgreSQL: ``INSERT ... ON CONFLICT DO UPDATE``), and add the path
+    entries it carries (the tail not recorded yet) as `run_path` rows at ``path_start``
+    on (`write_path`), in the same transaction. Both are idempotent: a retried record, or
+    a tail sent again, changes nothing more. `runs.path` is no longer written (a new row
+    gets `[]`)."""
     now = utcnow()
     ended = now if request.status != "running" else None
-    path = [entry.model_dump(mode="json") for entry in request.path]
     dialect = session.get_bind().dialect.name
-    session.connection().execute(
+    connection = session.connection()
+    connection.execute(
         _upsert_statement(dialect),
         {
             "run_id": request.run_id,
@@ -145,12 +150,16 @@ def upsert_run(session: Session, request: RecordRunInput) -> None:
             "step": request.step,
             "outcome": request.outcome,
             "holdout": request.holdout,
-            "path": path,
+            "path": [],
             "started_at": now,
             "updated_at": now,
             "ended_at": ended,
+            # A worker of the release before continue-as-new sends none: its run has one
+            # generation, whose id is the run's.
+            "current_run_id": request.current_run_id or request.run_id,
         },
     )
+    write_path(connection, run_id=request.run_id, start=request.path_start, entries=request.path)
     arms = [
         {"run_id": request.run_id, "step_id": entry.step, "arm": entry.detail["arm"]}
         for entry in request.path
@@ -159,7 +168,7 @@ def upsert_run(session: Session, request: RecordRunInput) -> None:
     if arms:
         # A run's arm at a split never changes (its bucket is stable), so rows written by
         # an earlier record of the same run are left as they are.
-        session.connection().execute(_arms_statement(dialect), _distinct(arms))
+        connection.execute(_arms_statement(dialect), _distinct(arms))
 
 
 def _distinct(arms: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -181,7 +190,8 @@ def _upsert_statement(dialect: str) -> Any:
     table = Run.__table__  # type: ignore[attr-defined]
     statement = dialect_insert(dialect)(table)
     excluded = statement.excluded
-    changed = ("status", "step", "outcome", "holdout", "path", "updated_at")
+    # Not `path`: the entries are `run_path` rows, and the column stays as it is (`[]`).
+    changed = ("status", "step", "outcome", "holdout", "current_run_id", "updated_at")
     return statement.on_conflict_do_update(
         index_elements=[table.c.run_id],
         set_={

@@ -2,11 +2,11 @@
 
 SQLite by default (a file under the state directory), PostgreSQL when `DATABASE_URL` says
 so. Tables: plan versions (immutable, with their YAML), events (deduplicated by message
-id), profiles, runs, the outbox, review tasks, deliveries, consent and caps, API keys,
-console users and the review audit trail. `make_engine` brings the schema to head through
-the migrations (`engine.migrate`, `engine/migrations/`): a change to a table here needs a
-new revision there. Nothing here knows Temporal; workflows never import this module
-(activities and the API do).
+id), profiles, runs (their paths as rows, their split arms), the outbox, review tasks,
+deliveries, consent and caps, API keys, console users and the review audit trail.
+`make_engine` brings the schema to head through the migrations (`engine.migrate`,
+`engine/migrations/`): a change to a table here needs a new revision there. Nothing here
+knows Temporal; workflows never import this module (activities and the API do).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ __all__ = [
     "ReviewTask",
     "Run",
     "RunArm",
+    "RunPathEntry",
     "Suppression",
     "User",
     "activate_plan",
@@ -128,10 +129,15 @@ class Run(SQLModel, table=True):
     outcome: str | None = Field(default=None, max_length=100)
     holdout: bool = False
     trigger_message_id: str | None = Field(default=None, max_length=200)
+    # No longer written (`[]`): the path is `run_path`'s rows. Kept for readers of an older
+    # release during a rollout; revision 0003 moved every path there.
     path: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     started_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     ended_at: datetime | None = None
+    # Temporal's run id of the generation now running (`run_id` is the first one's, the
+    # run's id across continue-as-new): queries go to it. Null: the first generation.
+    current_run_id: str | None = Field(default=None, max_length=100)
 
 
 class RunArm(SQLModel, table=True):
@@ -147,6 +153,28 @@ class RunArm(SQLModel, table=True):
     run_id: str = Field(primary_key=True, max_length=100)
     step_id: str = Field(primary_key=True, max_length=100)
     arm: str = Field(max_length=100)
+
+
+class RunPathEntry(SQLModel, table=True):
+    """One entry of a run's path, at its position ``seq`` (0-based) in the whole path.
+
+    A row per entry, not one JSON column rewritten whole by every record: a run records
+    only the entries it has not recorded yet (`RecordRunInput.path_start`), so recording
+    costs the same at the 20,000th step as at the first, and a reader pages through a long
+    path instead of loading it. Written with the runs row (`activities.runs.upsert_run`)
+    and by `open_review_task`, by position (`engine.run_path.write_path`): a retried
+    record writes nothing twice. The key (run_id, seq) is also the index a run's path is
+    read by."""
+
+    __tablename__ = "run_path"
+
+    run_id: str = Field(primary_key=True, max_length=100)
+    seq: int = Field(primary_key=True)
+    step: str
+    type: str
+    at: datetime
+    outcome: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
 class OutboxMessage(SQLModel, table=True):

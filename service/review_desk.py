@@ -26,6 +26,7 @@ from temporalio.service import RPCError
 
 from engine.database import Delivery, OutboxMessage, ReviewAudit, ReviewTask, Run, session_scope
 from engine.payloads import UPDATE_REVIEW, ReviewDecision, ReviewDecisionResult
+from engine.run_path import run_without_path
 from engine.timestamps import as_utc, utcnow
 from service.users import Viewer
 
@@ -165,7 +166,7 @@ def load_case(db: Engine, task_id: str) -> CaseFile:
     task = load_task(db, task_id)
     deliveries, outbox = run_messages(db, task.run_id)
     with session_scope(db) as session:
-        run = session.get(Run, task.run_id)
+        run = run_without_path(session, task.run_id)  # the case holds the path it shows
         audit = list(
             session.exec(
                 select(ReviewAudit)
@@ -417,7 +418,10 @@ def _end_deciding(db: Engine, task_id: str, decided: dict[str, Any] | None) -> N
 async def _send_update(
     client: Client, task: ReviewTask, *, viewer: Viewer, decision: str, note: str | None
 ) -> ReviewDecisionResult:
-    handle = client.get_workflow_handle(task.workflow_id, run_id=task.run_id)
+    # The task's run id is its run's first generation's: the Update goes to whichever
+    # generation runs now (a run continues as new), and to none of another run of the
+    # same workflow id.
+    handle = client.get_workflow_handle(task.workflow_id, first_execution_run_id=task.run_id)
     try:
         return await asyncio.wait_for(
             handle.execute_update(

@@ -16,13 +16,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel, select
 from typer.testing import CliRunner
 
@@ -35,6 +36,7 @@ from engine.migrate import (
     migration_config,
     upgrade,
 )
+from engine.run_path import read_path
 from service.cli.main import app
 
 runner = CliRunner()
@@ -302,3 +304,58 @@ def test_revision_0002_lists_runs_already_recorded_by_their_split_arms(plain: En
     with plain.connect() as connection:
         rows = connection.execute(text("SELECT run_id, step_id, arm FROM run_arms")).all()
     assert [tuple(row) for row in rows] == [("r1", "ab", "b")]
+
+
+def _insert_run(connection: Connection, run_id: str, path: list[dict[str, Any]]) -> None:
+    connection.execute(
+        text(
+            "INSERT INTO runs (run_id, workflow_id, journey_id, version, customer_id, "
+            "status, holdout, path, started_at, updated_at) VALUES (:run_id, "
+            "'journey/recover/c1', 'recover', 'v1', 'c1', 'running', false, :path, "
+            "'2025-01-02 03:04:05+00:00', '2025-01-02 03:04:05+00:00')"
+        ),
+        {"run_id": run_id, "path": json.dumps(path)},
+    )
+
+
+def test_revision_0003_moves_each_runs_json_path_into_rows_and_back(plain: Engine) -> None:
+    _to(plain, "0002")
+    path = [
+        {"step": "entry", "type": "entry", "at": "2025-01-02T03:04:05Z", "detail": {}},
+        {
+            "step": "ab",
+            "type": "split",
+            "at": "2025-01-02T03:04:06.250000Z",
+            "outcome": "b",
+            "detail": {"arm": "b", "bucket": 7},
+        },
+        {"step": "nudge", "type": "send", "at": "2025-01-03T03:04:05Z", "outcome": "sent"},
+    ]
+    with plain.begin() as connection:
+        _insert_run(connection, "r1", path)
+        _insert_run(connection, "r2", [])
+
+    _to(plain, "0003")
+
+    with session_scope(plain) as session:
+        assert read_path(session, "r1") == [
+            {**entry, "outcome": entry.get("outcome"), "detail": entry.get("detail", {})}
+            for entry in path
+        ]
+        assert read_path(session, "r2") == []
+        runs = session.exec(select(Run.run_id, Run.path, Run.current_run_id)).all()
+    assert sorted(tuple(run) for run in runs) == [("r1", [], None), ("r2", [], None)]
+
+    with plain.connect() as connection:
+        command.downgrade(migration_config(connection), "0002")
+        connection.commit()
+        stored = dict(connection.execute(text("SELECT run_id, path FROM runs")).all())
+    assert "run_path" not in inspect(plain).get_table_names()
+    assert {run_id: _json(value) for run_id, value in stored.items()} == {
+        "r1": [{"outcome": None, "detail": {}, **entry} for entry in path],
+        "r2": [],
+    }
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value

@@ -20,8 +20,16 @@ from temporalio.testing import WorkflowEnvironment
 from engine.database import OutboxMessage, Profile, ReviewTask, Run
 from engine.decisions import bucket_of
 from engine.payloads import PathEntry, ReviewDecision, RunState
+from engine.run_path import read_path
 from tests.http_endpoint import running_endpoint
 from tests.workflows.conftest import StartRun, compile_plan, send_event, set_profile, steps_of
+
+
+def stored_path(db: Engine, run_id: str) -> list[PathEntry]:
+    """The run's path as its `run_path` rows hold it."""
+    with Session(db) as session:
+        return [PathEntry.model_validate(entry) for entry in read_path(session, run_id)]
+
 
 HEAD = """\
 version: 1
@@ -531,7 +539,7 @@ async def test_consecutive_decisions_are_one_recorded_walk_before_the_first_send
         run = session.exec(select(Run).where(Run.run_id == handle.result_run_id)).one()
     assert run.status == "completed" and run.outcome == "completed"
     # The send that ended the run wrote its final row: the same path the history holds.
-    assert [PathEntry.model_validate(entry) for entry in run.path] == state.path
+    assert stored_path(db, run.run_id) == state.path
     assert run.step == "offer" and run.ended_at is not None
     # The profile write of `set` reached the database.
     with Session(db) as session:
@@ -590,7 +598,7 @@ async def test_an_exit_event_during_the_last_send_is_recorded_over_the_sends_end
     with Session(db) as session:
         run = session.exec(select(Run).where(Run.run_id == handle.result_run_id)).one()
     assert (run.status, run.outcome) == ("exited", "recovered")
-    assert [PathEntry.model_validate(entry) for entry in run.path] == state.path
+    assert stored_path(db, run.run_id) == state.path
     markers = _local_activity_markers(await handle.fetch_history())
     assert [name for name, _ in markers] == ["begin_run", "record_run"]
 
