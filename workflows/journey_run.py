@@ -21,7 +21,6 @@ with its history. Patches in force (docs/architecture.md keeps their dates):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, assert_never
@@ -29,6 +28,7 @@ from typing import Any, TypeVar, assert_never
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from engine import plan as p
@@ -183,6 +183,8 @@ class JourneyRunWorkflow:
         # How many of `state.path` the `run_path` table has (written by a record, a
         # delivering send or a review's opening): the rest is the tail records carry.
         self.recorded_upto = 0
+        # An exit that matched while an activity was out, acted on at the next exit check.
+        self.exit_found: tuple[p.PlanExit, EventMessage] | None = None
         # The final row a delivering send wrote (`SendMessageInput.finish`), if one did.
         self.recorded: RecordRunInput | None = None
         self.decidable = {sid: s for sid, s in self.plan.steps.items() if p.decidable(s)}
@@ -531,7 +533,7 @@ class JourneyRunWorkflow:
         )
         try:
             result: SendMessageResult = await self._watch_exits(
-                workflow.execute_activity(
+                lambda: workflow.execute_activity(
                     ActivityName.SEND_MESSAGE,
                     request,
                     result_type=SendMessageResult,
@@ -540,6 +542,7 @@ class JourneyRunWorkflow:
                         seconds=config.ttl_seconds if config else 3600
                     ),
                     retry_policy=retry,
+                    cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                 )
             )
         except ActivityError as error:
@@ -707,7 +710,7 @@ class JourneyRunWorkflow:
             body = dict(zip(step.json_body, prepared.values, strict=True))
         try:
             result: CallHttpResult = await self._watch_exits(
-                workflow.execute_activity(
+                lambda: workflow.execute_activity(
                     ActivityName.CALL_HTTP,
                     CallHttpInput(
                         workflow_id=workflow.info().workflow_id,
@@ -724,6 +727,7 @@ class JourneyRunWorkflow:
                     start_to_close_timeout=timedelta(seconds=step.timeout_seconds + 5),
                     schedule_to_close_timeout=timedelta(hours=1),
                     retry_policy=_CALL_RETRY,
+                    cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                 )
             )
         except ActivityError as error:
@@ -1163,9 +1167,29 @@ class JourneyRunWorkflow:
                 return None
 
     async def _check_exits(self) -> None:
+        """End the run if an event not yet checked against `exit_on` matches one (or one
+        matched while an activity was out, `_watch_exits`)."""
+        found, self.exit_found = self.exit_found, None
+        if found is None:
+            found = await self._next_exit()
+        if found is not None:
+            self._exit(*found)
+
+    def _exit(self, rule: p.PlanExit, event: EventMessage) -> None:
+        self.event = event
+        self._path(
+            self.state.current_step or "entry",
+            "exit_on",
+            outcome=rule.outcome,
+            detail={"event": event.name, "message_id": event.message_id},
+        )
+        raise _RunEnded("exited", rule.outcome)
+
+    async def _next_exit(self) -> tuple[p.PlanExit, EventMessage] | None:
         """Look at events not yet checked against `exit_on`, oldest first and ahead of any
-        backlog a wait has not taken yet; end the run if one matches. An event that no
-        wait takes either is recorded as ignored, with the reason, and leaves the inbox."""
+        backlog a wait has not taken yet: the first rule that matches, and its event (out
+        of the inbox). An event that no wait takes either is recorded as ignored, with
+        the reason, and leaves the inbox."""
         while self.exit_checked < len(self.inbox):
             event = self.inbox[self.exit_checked]
             listened = False
@@ -1180,14 +1204,7 @@ class JourneyRunWorkflow:
                     if check.first_true is None:
                         continue
                 del self.inbox[self.exit_checked]
-                self.event = event
-                self._path(
-                    self.state.current_step or "entry",
-                    "exit_on",
-                    outcome=rule.outcome,
-                    detail={"event": event.name, "message_id": event.message_id},
-                )
-                raise _RunEnded("exited", rule.outcome)
+                return rule, event
             if event.name in self.awaited:
                 self.exit_checked += 1
                 continue
@@ -1198,6 +1215,7 @@ class JourneyRunWorkflow:
                 else "no wait or exit_on of this journey listens for this event"
             )
             self._ignored(event, reason)
+        return None
 
     def _ignored(self, event: EventMessage, reason: str, *, step: str | None = None) -> None:
         detail = {"event": event.name, "message_id": event.message_id, "reason": reason}
@@ -1205,25 +1223,32 @@ class JourneyRunWorkflow:
             step or self.state.current_step or "entry", "event", outcome="ignored", detail=detail
         )
 
-    async def _watch_exits(self, activity: Awaitable[_T]) -> _T:
+    async def _watch_exits(self, activity: Callable[[], Awaitable[_T]]) -> _T:
         """An activity that may retry for a long time (a send, a call), with exit events
-        acted on meanwhile: one that ends the run cancels the activity (`LONG_RUNS`)."""
+        looked at meanwhile (`LONG_RUNS`). One that matches cancels the activity: an
+        attempt in flight still ends (the activities are started with
+        `WAIT_CANCELLATION_COMPLETED`), and if it succeeded its result is taken as usual
+        and the run ends at the next exit check; otherwise the run ends now."""
         if not self.long_runs:
-            return await activity
-        task = asyncio.ensure_future(activity)
+            return await activity()
+        await self._check_exits()  # an exit found during an earlier activity comes first
+        task = asyncio.ensure_future(activity())
+        found = None
+        while found is None and not task.done():
+            await workflow.wait_condition(
+                lambda: task.done() or len(self.inbox) > self.exit_checked
+            )
+            if not task.done():
+                found = await self._next_exit()
+        if found is None:
+            return await task
+        task.cancel()
         try:
-            while not task.done():
-                await workflow.wait_condition(
-                    lambda: task.done() or len(self.inbox) > self.exit_checked
-                )
-                if not task.done():
-                    await self._check_exits()
-        except _RunEnded:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ActivityError):
-                await task
-            raise
-        return await task
+            result = await task
+        except (asyncio.CancelledError, ActivityError):
+            self._exit(*found)
+        self.exit_found = found
+        return result
 
     # ------------------------------------------------------------------ local activities
 

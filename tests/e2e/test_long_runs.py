@@ -52,7 +52,7 @@ journeys:
         wait: {event: item_scanned, within: 30d, when: event.n >= 0}
         on_timeout: quiet
       - id: count
-        set: {vars.n: coalesce(vars.n, 0) + 1}
+        set: {vars.n: "coalesce(vars.n, 0) + 1"}
         next: listen
       - id: quiet
         exit: quiet

@@ -97,7 +97,7 @@ STEP_LIMITED = doc(
     - id: listen
       wait: {event: payment_received, within: 1d}
       on_timeout: done
-    - {id: count, set: {vars.n: coalesce(vars.n, 0) + 1}, next: listen}
+    - {id: count, set: {vars.n: "coalesce(vars.n, 0) + 1"}, next: listen}
     - {id: done, exit: quiet}
 """
 )
