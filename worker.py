@@ -73,6 +73,7 @@ def build_worker(
             decisions.date_wait,
             runs.begin_run,
             runs.load_profile,
+            runs.load_events,
             runs.record_run,
             runs.update_profile,
             messaging.send_message,

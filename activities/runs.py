@@ -19,6 +19,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from engine.database import (
+    EventRecord,
     Profile,
     Run,
     RunArm,
@@ -35,12 +36,16 @@ from engine.payloads import (
     BeginRunResult,
     CustomerContext,
     DecideResult,
+    EventMessage,
+    LoadEventsInput,
+    LoadEventsResult,
     LoadProfileInput,
     RecordRunInput,
     UpdateProfileInput,
 )
 from engine.profiles import customer_from_traits, masked_customer
 from engine.run_path import write_path
+from engine.timestamps import as_utc
 
 __all__ = ["RunActivities", "upsert_run"]
 
@@ -63,6 +68,32 @@ class RunActivities:
             traits = dict(profile.traits) if profile is not None else {}
         return customer_from_traits(customer_id, traits)
 
+    @activity.defn(name=ActivityName.LOAD_EVENTS)
+    def load_events(self, request: LoadEventsInput) -> LoadEventsResult:
+        """A page of a run's carried backlog: the customer's events by message id, in the
+        order asked (the router stored each before signalling it)."""
+        with session_scope(self.db) as session:
+            rows = session.exec(
+                select(EventRecord).where(
+                    col(EventRecord.message_id).in_(request.message_ids),
+                    EventRecord.customer_id == request.customer_id,
+                )
+            ).all()
+            found = {row.message_id: row for row in rows}
+            events = [
+                EventMessage(
+                    name=row.name or row.type,
+                    customer_id=row.customer_id,
+                    message_id=row.message_id,
+                    timestamp=as_utc(row.timestamp),
+                    properties=dict(row.properties),
+                )
+                for mid in request.message_ids
+                if (row := found.get(mid)) is not None
+            ]
+        missing = [mid for mid in request.message_ids if mid not in found]
+        return LoadEventsResult(events=events, missing=missing)
+
     @activity.defn(name=ActivityName.UPDATE_PROFILE)
     def update_profile(self, request: UpdateProfileInput) -> None:
         """A `set: {profile.x: ...}` step's writes."""
@@ -82,6 +113,8 @@ class RunActivities:
         customer = request.customer
         if request.record is not None:
             customer = self._record_and_read(request.record, customer)
+        elif customer is None and request.reload and request.customer_id is not None:
+            customer = masked_customer(self.read_customer(request.customer_id))
         if customer is None:
             raise ApplicationError(
                 "begin_run needs the run's record or the customer's profile",

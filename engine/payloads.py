@@ -84,6 +84,7 @@ class ActivityName(StrEnum):
     LOCAL_TIME = "local_time"  # local: the next `until` time in the customer's zone
     DATE_WAIT = "date_wait"  # local: when a wait on a date or a weekday fires
     LOAD_PROFILE = "load_profile"  # local: the profile read again after a wait
+    LOAD_EVENTS = "load_events"  # local: a page of a carried backlog, from the events table
     RECORD_RUN = "record_run"  # local: the run's `runs` row
     UPDATE_PROFILE = "update_profile"
     SEND_MESSAGE = "send_message"
@@ -214,8 +215,24 @@ class RunCarry(_Message):
     """Events signalled and not handled yet, oldest first: none is dropped."""
     exit_checked: int = 0
     """How many of ``inbox`` were checked against `exit_on` already."""
+    backlog: list[str] = Field(default_factory=list)
+    """Message ids of queued events older than ``inbox``, all checked against `exit_on`
+    already, carried by reference when the queue is too large to carry whole: the next
+    generation reads them from the events table in pages (`load_events`), in order."""
     seen: list[str] = Field(default_factory=list)
     """The newest message ids signalled (a re-routed event is handled once)."""
+
+
+class LoadEventsInput(_Message):
+    customer_id: str
+    message_ids: list[str]
+
+
+class LoadEventsResult(_Message):
+    events: list[EventMessage] = Field(default_factory=list)
+    """The events found, in the order asked."""
+    missing: list[str] = Field(default_factory=list)
+    """Ids not in the events table for this customer (a signal not sent by the router)."""
 
 
 class JourneyRunInput(_Message):
@@ -469,6 +486,10 @@ class BeginRunInput(_Message):
     holdout_weights: list[float] = Field(default_factory=list)
     holdout_salt: str = ""
     decide: DecideInput | None = None
+    reload: bool = False
+    """After a wait (`long-runs`): with neither ``record`` nor ``customer``, read the
+    profile again (masked) and walk ``decide`` against it, in one local activity."""
+    customer_id: str | None = None
 
 
 class BeginRunResult(_Message):

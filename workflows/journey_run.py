@@ -53,6 +53,8 @@ with workflow.unsafe.imports_passed_through():
         EvaluateResult,
         EventMessage,
         JourneyRunInput,
+        LoadEventsInput,
+        LoadEventsResult,
         LoadProfileInput,
         LocalTimeInput,
         LocalTimeResult,
@@ -93,9 +95,14 @@ or 4 MB on its default limits, warns at 10 Ki, and stops a run at 50 Ki)."""
 GENERATION_BYTES = 2_000_000
 GENERATION_PATH = 2000
 """Path entries one generation holds at most (its query answer and result stay small)."""
-CARRY_BYTES = 1_500_000
-"""A backlog larger than this is not carried (Temporal's payload limit is 2 MB): the run
-goes on in the same generation until it has handled enough of it."""
+CARRY_EVENTS_BYTES = 500_000
+"""Queued events up to this size (as JSON) are carried whole; a larger queue is carried by
+reference: the message ids of its events already checked against `exit_on` (`backlog`),
+read back from the events table in pages of `BACKLOG_PAGE` as the run gets to them."""
+CARRY_IDS_BYTES = 1_200_000
+"""A backlog whose ids alone pass this (Temporal's payload limit is 2 MB) is not carried:
+the generation handles more of it first."""
+BACKLOG_PAGE = 200
 RESULT_PATH = 200
 """Path entries in a run's result (the `run_path` table keeps them all)."""
 
@@ -170,6 +177,10 @@ class JourneyRunWorkflow:
         self.event: EventMessage = input.trigger
         self.customer = CustomerContext(id=input.customer_id)
         self.inbox: list[EventMessage] = []
+        # Message ids of queued events read back from the events table only when the run
+        # gets to them (a backlog carried by reference); they come before `inbox[loaded:]`.
+        self.backlog: list[str] = []
+        self.loaded = 0  # how many of `inbox` (its oldest) came from `backlog`
         self.seen: list[str] = [input.trigger.message_id]
         self.exit_checked = 0
         self.visits: dict[str, int] = {}
@@ -183,6 +194,7 @@ class JourneyRunWorkflow:
         # How many of `state.path` the `run_path` table has (written by a record, a
         # delivering send or a review's opening): the rest is the tail records carry.
         self.recorded_upto = 0
+        self.carry_after = 0  # history length before which a too-large backlog is not carried
         # An exit that matched while an activity was out, acted on at the next exit check.
         self.exit_found: tuple[p.PlanExit, EventMessage] | None = None
         # The final row a delivering send wrote (`SendMessageInput.finish`), if one did.
@@ -195,6 +207,7 @@ class JourneyRunWorkflow:
         self.walked: DecideResult | None = None
         self.walked_from: str | None = None
         self.prepared: StepDecision | None = None  # a score/call step's evaluated expressions
+        self.seen_ids = set(self.seen)
         if input.carry is not None:
             self._restore(input.carry)
 
@@ -214,18 +227,22 @@ class JourneyRunWorkflow:
         self.visits = dict(carry.visits)
         self.inbox = list(carry.inbox)
         self.exit_checked = carry.exit_checked
+        self.backlog = list(carry.backlog)
         self.seen = list(carry.seen)
+        self.seen_ids = set(self.seen)
 
     # ------------------------------------------------------------------ messages in
 
     @workflow.signal(name=SIGNAL_EVENT)
     def on_event(self, event: EventMessage) -> None:
         """An event for this customer that the plan waits for or exits on (once per message id)."""
-        if event.message_id in self.seen:
+        if event.message_id in self.seen_ids:
             return  # a re-routed event: the router may signal twice
         self.seen.append(event.message_id)
-        if len(self.seen) > MAX_SEEN:
-            del self.seen[: len(self.seen) - MAX_SEEN]
+        self.seen_ids.add(event.message_id)
+        if len(self.seen) > 2 * MAX_SEEN:
+            del self.seen[:MAX_SEEN]
+            self.seen_ids = set(self.seen)
         # Never dropped: each is handled, or recorded in the path as ignored with the
         # reason; a long backlog is carried into the next generation.
         self.inbox.append(event)
@@ -257,7 +274,8 @@ class JourneyRunWorkflow:
     @workflow.query(name=QUERY_STATE)
     def query_state(self) -> RunState:
         """Where the run is, this generation's path, variables and scores."""
-        return self.state.model_copy(update={"pending_events": len(self.inbox)})
+        pending = len(self.inbox) + len(self.backlog)
+        return self.state.model_copy(update={"pending_events": pending})
 
     # ------------------------------------------------------------------ the interpreter
 
@@ -271,24 +289,29 @@ class JourneyRunWorkflow:
         if carry is None:
             entry = {"event": input.trigger.name, "message_id": input.trigger.message_id}
             self._path("entry", "entry", detail=entry)
-        try:
-            if carry is not None:
-                await self._resume(carry)
-            elif await self._begin():
-                await self._hold_out()
-            else:
-                await self._interpret(self.plan.start)
-            self._finish("completed", "completed")
-        except _Continue as more:
-            await self._continue_as_new(more)
-        except _RunEnded as ended:
-            self._finish(ended.status, ended.outcome)
-        except ActivityError as error:
-            # A step whose activity failed for good (bad template, broken configuration):
-            # end the run visibly as failed instead of leaving it open.
-            step = self.state.current_step or "entry"
-            self._path(step, "error", outcome="failed", detail={"reason": _cause(error)})
-            self._finish("failed", f"{step}_failed")
+        more = _Continue(carry.next_step, carry.wait) if carry is not None else None
+        while True:
+            try:
+                if more is not None:
+                    await self._go_on(more)
+                elif await self._begin():
+                    await self._hold_out()
+                else:
+                    await self._interpret(self.plan.start)
+                self._finish("completed", "completed")
+            except _Continue as full:
+                await self._continue_as_new(full)  # returns only when it could not
+                more = full
+                continue
+            except _RunEnded as ended:
+                self._finish(ended.status, ended.outcome)
+            except ActivityError as error:
+                # A step whose activity failed for good (bad template, broken configuration):
+                # end the run visibly as failed instead of leaving it open.
+                step = self.state.current_step or "entry"
+                self._path(step, "error", outcome="failed", detail={"reason": _cause(error)})
+                self._finish("failed", f"{step}_failed")
+            break
         if self.recorded is None or self._record_input() != self.recorded:
             await self._record()
         return self._result()
@@ -301,7 +324,7 @@ class JourneyRunWorkflow:
             update={
                 "path": self.state.path[cut:],
                 "path_start": self.state.path_start + cut,
-                "pending_events": len(self.inbox),
+                "pending_events": len(self.inbox) + len(self.backlog),
             }
         )
 
@@ -335,21 +358,43 @@ class JourneyRunWorkflow:
         if not self.long_runs:
             return False
         info = workflow.info()
-        full = (
+        if info.get_current_history_length() < self.carry_after:
+            return False
+        return (
             info.is_continue_as_new_suggested()
             or info.get_current_history_length() >= GENERATION_EVENTS
             or info.get_current_history_size() >= GENERATION_BYTES
             or len(self.state.path) >= GENERATION_PATH
         )
-        if not full:
-            return False
-        backlog = sum(len(event.model_dump_json()) for event in self.inbox)
-        return backlog <= CARRY_BYTES
+
+    def _carried_queue(self) -> tuple[list[EventMessage], int, list[str]] | None:
+        """The queue to carry: (events, how many of them were exit-checked, backlog ids).
+        Whole when small; else by reference: the exit-checked events become message ids,
+        oldest first. None when even the ids are too large for one payload."""
+        size = sum(len(event.model_dump_json()) for event in self.inbox)
+        if not self.backlog and size <= CARRY_EVENTS_BYTES:
+            return self.inbox, self.exit_checked, []
+        checked = self.inbox[: self.exit_checked]
+        ids = [
+            *(event.message_id for event in checked[: self.loaded]),
+            *self.backlog,
+            *(event.message_id for event in checked[self.loaded :]),
+        ]
+        if sum(len(mid) + 3 for mid in ids) > CARRY_IDS_BYTES:
+            return None
+        return self.inbox[self.exit_checked :], 0, ids
 
     async def _continue_as_new(self, more: _Continue) -> None:
         """Record the path's tail, let handlers finish, and go on in a new generation with
         everything that shapes the run: step or wait, variables, scores, visits, backlog."""
         await workflow.wait_condition(workflow.all_handlers_finished)
+        queue = self._carried_queue()
+        if queue is None:
+            # Too large to carry even by reference: handle more of it in this generation
+            # (asked again after another 1,000 history events).
+            self.carry_after = workflow.info().get_current_history_length() + 1000
+            return
+        inbox, exit_checked, backlog = queue
         await self._record()
         assert self.started is not None
         carry = RunCarry(
@@ -367,9 +412,10 @@ class JourneyRunWorkflow:
             scores=self.state.scores,
             review=self.state.review,
             visits=self.visits,
-            inbox=self.inbox,
-            exit_checked=self.exit_checked,
-            seen=self.seen,
+            inbox=inbox,
+            exit_checked=exit_checked,
+            backlog=backlog,
+            seen=self.seen[-MAX_SEEN:],
         )
         workflow.continue_as_new(
             JourneyRunInput(
@@ -382,15 +428,16 @@ class JourneyRunWorkflow:
             )
         )
 
-    async def _resume(self, carry: RunCarry) -> None:
-        """Go on where the last generation stopped: in the holdout, in a wait, or at a step."""
-        if carry.holdout:
+    async def _go_on(self, more: _Continue) -> None:
+        """Go on where a generation stopped to continue as new (the last one's, or this
+        one's when it could not): in the holdout, in a wait, or at a step."""
+        if self.state.holdout:
             await self._hold_out(resumed=True)
             return
-        step_id = carry.next_step
-        if carry.wait is not None:
-            step = self.plan.steps[carry.wait.step_id]
-            step_id = await self._go_on_waiting(step, carry.wait.until, carry.wait.waiting_for)
+        step_id = more.next_step
+        if more.wait is not None:
+            step = self.plan.steps[more.wait.step_id]
+            step_id = await self._go_on_waiting(step, more.wait.until, more.wait.waiting_for)
             self.state.steps += 1
         await self._interpret(step_id)
 
@@ -440,10 +487,19 @@ class JourneyRunWorkflow:
     def _finish(self, status: str, outcome: str) -> None:
         # Events no wait took: in the path, not lost without a trace.
         reason = f"the run ended ({outcome}) before a wait took this event"
-        for event in self.inbox:
+        queued = self.inbox[: self.loaded]
+        for event in queued:
+            self._ignored(event, reason)
+        for message_id in self.backlog:
+            detail = {"message_id": message_id, "reason": reason}
+            self._path(
+                self.state.current_step or "entry", "event", outcome="ignored", detail=detail
+            )
+        for event in self.inbox[self.loaded :]:
             self._ignored(event, reason)
         self.inbox.clear()
-        self.exit_checked = 0
+        self.backlog.clear()
+        self.exit_checked = self.loaded = 0
         self.state.status = status  # type: ignore[assignment]
         self.state.outcome = outcome
         self.state.waiting_for = None
@@ -640,7 +696,12 @@ class JourneyRunWorkflow:
     async def _take_event(self, step: p.EventWaitPlan, timeout_at: datetime | None) -> str | None:
         """The wait for an event once entered: the event (queued or arriving) or the timeout."""
         event = await self._await_event(step, timeout_at)
-        await self._load_profile()
+        if event is not None and self.long_runs and step.next in self.walk_starts:
+            # The profile read and the walk after the wait in one local activity.
+            self.event = event
+            await self._reload_and_walk(step.next)
+        else:
+            await self._load_profile()
         if event is None:
             self._path(step.id, step.type, outcome="timed_out")
             return step.on_timeout or step.next
@@ -953,6 +1014,24 @@ class JourneyRunWorkflow:
             self.walked, self.walked_from = result.decided, start
         return result.holdout_bucket == 0
 
+    async def _reload_and_walk(self, start: str) -> None:
+        """The profile read again after a wait and the walk from ``start`` against it, in
+        one `begin_run` local activity (`LONG_RUNS`): a run taking a stream of events
+        spends one local activity per event on them, not two."""
+        result: BeginRunResult = await workflow.execute_local_activity(
+            ActivityName.BEGIN_RUN,
+            BeginRunInput(
+                reload=True,
+                customer_id=self.input.customer_id,
+                decide=self._decide_input(start, MAX_WALK),
+            ),
+            result_type=BeginRunResult,
+            start_to_close_timeout=_LOCAL,
+            retry_policy=_DB_RETRY,
+        )
+        self.customer = result.customer
+        self.walked, self.walked_from = result.decided, start
+
     def _decide_input(self, start: str, limit: int) -> DecideInput:
         return DecideInput(
             start=start,
@@ -1131,10 +1210,40 @@ class JourneyRunWorkflow:
             self.state.wake_at = None
 
     def _queued(self, name: str) -> int | None:
-        """Index of the first exit-checked event called ``name`` waiting in the inbox."""
-        return next(
-            (i for i, e in enumerate(self.inbox[: self.exit_checked]) if e.name == name), None
-        )
+        """Index of the first exit-checked event called ``name`` waiting in the inbox (while
+        a backlog is left to read, only among the events read from it: they are older)."""
+        inbox = self.inbox
+        for index in range(self.loaded if self.backlog else self.exit_checked):
+            if inbox[index].name == name:
+                return index
+        return None
+
+    def _take_queued(self, index: int) -> EventMessage:
+        if index < self.loaded:
+            self.loaded -= 1
+        self.exit_checked -= 1
+        return self.inbox.pop(index)
+
+    async def _refill(self, name: str) -> None:
+        """Read the carried backlog (`load_events`, a page at a time) until an event called
+        ``name`` is among the events read, or the backlog is all read."""
+        while self.backlog and self._queued(name) is None:
+            page, self.backlog = self.backlog[:BACKLOG_PAGE], self.backlog[BACKLOG_PAGE:]
+            found: LoadEventsResult = await workflow.execute_local_activity(
+                ActivityName.LOAD_EVENTS,
+                LoadEventsInput(customer_id=self.input.customer_id, message_ids=page),
+                result_type=LoadEventsResult,
+                start_to_close_timeout=_LOCAL,
+                retry_policy=_DB_RETRY,
+            )
+            for message_id in found.missing:
+                detail = {"message_id": message_id, "reason": "not in the events table"}
+                self._path(
+                    self.state.current_step or "entry", "event", outcome="ignored", detail=detail
+                )
+            self.inbox[self.loaded : self.loaded] = found.events
+            self.loaded += len(found.events)
+            self.exit_checked += len(found.events)
 
     async def _await_event(
         self, step: p.EventWaitPlan, timeout_at: datetime | None
@@ -1142,9 +1251,12 @@ class JourneyRunWorkflow:
         """The first event called ``step.event`` (already queued or arriving) whose `when` holds."""
         name = step.event
         while True:
-            while (index := self._queued(name)) is not None:
-                event = self.inbox.pop(index)
-                self.exit_checked -= 1
+            while True:
+                await self._refill(name)
+                index = self._queued(name)
+                if index is None:
+                    break
+                event = self._take_queued(index)
                 if step.when:
                     check = await self._evaluate(step.id, "wait.when", [step.when], event=event)
                     if check.first_true is None:

@@ -35,7 +35,7 @@ settings:
   timezone: UTC
   max_duration: 30d
 events:
-  tally_started: {}
+  tally_started: {stuck: boolean}
   item_scanned: {n: integer}
   tally_closed: {}
 channels:
