@@ -17,11 +17,12 @@ Lives here: routing decisions and the Temporal calls they make. Not here: HTTP (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -525,6 +526,19 @@ class EventRouter:
             return result
         finally:
             self._in_flight.discard(record.message_id)
+
+    @contextlib.contextmanager
+    def claimed(self, message_ids: Sequence[str]) -> Iterator[None]:
+        """Hold ``message_ids`` as being routed (by the request that accepted them) while
+        the block runs: `route_pending` leaves them alone. Without it, the background loop
+        routed the tail of a large batch while the request was still at its head, and
+        signalled those events twice (each run then relies on its seen-ids window)."""
+        claimed = [mid for mid in message_ids if mid not in self._in_flight]
+        self._in_flight.update(claimed)
+        try:
+            yield
+        finally:
+            self._in_flight.difference_update(claimed)
 
     async def route_pending(self, *, limit: int = 100, min_age_seconds: float = 0.0) -> int:
         """Route up to ``limit`` unrouted events, oldest first; returns how many were routed.

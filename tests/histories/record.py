@@ -43,8 +43,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from engine.catalog import Catalog, build_catalog
@@ -67,6 +68,7 @@ ROOT = HERE.parents[1]
 QUEUE = "record-histories"
 CATALOGUE = ROOT / "journeys.yaml"  # the example catalogue, for most scenarios
 DATE_WAITS = HERE / "date_waits.yaml"  # journeys with steps the catalogue lacks
+LONG_RUNS = HERE / "long_runs.yaml"  # a looping wait, for runs that continue as new
 
 Act = Callable[[WorkflowEnvironment, WorkflowHandle[Any, RunState]], Awaitable[None]]
 
@@ -180,6 +182,46 @@ async def _purchase(env: WorkflowEnvironment, handle: WorkflowHandle[Any, RunSta
         "event",
         _event("first_purchase", handle.id.split("/")[2], await env.get_current_time(), amount=30),
     )
+
+
+async def _scan_many(env: WorkflowEnvironment, handle: WorkflowHandle[Any, RunState]) -> None:
+    """800 events in a burst (every tenth fails the wait's `when`), then the close: the
+    run's path passes 2,000 entries and it continues as new with the rest queued."""
+    customer = handle.id.split("/")[2]
+    now = await env.get_current_time()
+    for i in range(800):
+        n = -1 if i % 10 == 9 else i
+        await handle.signal("event", _event("item_scanned", customer, now, n=n))
+    # An exit event is acted on ahead of a backlog: close only once all were counted.
+    latest = env.client.get_workflow_handle(handle.id)  # the generation now running
+    for _ in range(120):  # bounded: about 2 min
+        try:
+            state: RunState = await latest.query(
+                "state", result_type=RunState, rpc_timeout=timedelta(seconds=5)
+            )
+        except RPCError:
+            continue  # busy with a long workflow task: ask again
+        if state.vars.get("n") == 720:
+            break
+        await asyncio.sleep(0.5)
+    else:
+        raise AssertionError("the burst was not counted")
+    await handle.signal("event", _event("tally_closed", customer, now))
+
+
+async def _generations(
+    client: Client, handle: WorkflowHandle[Any, RunState]
+) -> list[WorkflowHistory]:
+    """The histories of a run's generations, following each continue-as-new."""
+    first = client.get_workflow_handle(handle.id, run_id=handle.result_run_id)
+    histories = [await first.fetch_history()]
+    while True:
+        last = histories[-1].events[-1]
+        if not last.HasField("workflow_execution_continued_as_new_event_attributes"):
+            return histories
+        next_run = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
+        following = client.get_workflow_handle(handle.id, run_id=next_run)
+        histories.append(await following.fetch_history())
 
 
 @dataclass(frozen=True)
@@ -296,6 +338,12 @@ SCENARIOS: dict[str, Scenario] = {
         dates={"renewal_date": timedelta(days=10)},
     ),
     # no date on the profile: `on_missing` at once, a wait until Monday 10:00, a send
+    # a burst of events into a looping wait: the run continues as new (each generation's
+    # history is a file: `<name>.<tag>.json`, then `.gen1`, ...), and ends on the close
+    # (recorded from patch `long-runs` on: no untagged file)
+    "tally_continued": Scenario(
+        "tally", {}, {"email": "tally@example.com"}, _scan_many, catalogue=LONG_RUNS
+    ),
     "renewal_reminder_missing_date": Scenario(
         "renewal_reminder",
         {"plan": "monthly"},
@@ -367,12 +415,16 @@ async def record(
                     )
                     await scenario.act(env, handle)
                     state = await handle.result()
-                    history = await handle.fetch_history()
-                    target.write_text(history.to_json(), encoding="utf-8")
-                    written.append(target)
-                    print(
-                        f"{target.name}: {state.status} {state.outcome} ({len(history.events)} events)"
-                    )
+                    for number, history in enumerate(await _generations(env.client, handle)):
+                        path = target
+                        if number:
+                            path = target.with_name(f"{target.stem}.gen{number}.json")
+                        path.write_text(history.to_json(), encoding="utf-8")
+                        written.append(path)
+                        print(
+                            f"{path.name}: {state.status} {state.outcome}"
+                            f" ({len(history.events)} events)"
+                        )
         finally:
             await env.shutdown()
             collections.close()

@@ -52,6 +52,7 @@ def test_there_is_a_history_for_every_recorded_scenario() -> None:
         ("journeys.yaml", "suspicious_login"),
         ("journeys.yaml", "abandoned_cart"),
         ("date_waits.yaml", "renewal_reminder"),  # waits until a date or a weekday
+        ("long_runs.yaml", "tally"),  # continues as new
     }
 
 

@@ -72,12 +72,13 @@ async def _route_accepted(
 ) -> IngestResponse:
     response = IngestResponse(accepted=len(stored), duplicates=0)
     try:
-        async with asyncio.timeout(ROUTING_TIMEOUT_SECONDS):
-            for record in stored:
-                result = await events.route(record, prepared)
-                response.started += result.started
-                response.signalled += result.signalled
-                response.skipped += result.skipped
+        with events.claimed([record.message_id for record in stored]):
+            async with asyncio.timeout(ROUTING_TIMEOUT_SECONDS):
+                for record in stored:
+                    result = await events.route(record, prepared)
+                    response.started += result.started
+                    response.signalled += result.signalled
+                    response.skipped += result.skipped
     except Exception as error:
         # Stored is what matters: the background loop routes what is left.
         log.warning("routing deferred: %s", type(error).__name__)
