@@ -290,6 +290,8 @@ class JourneyRunWorkflow:
             entry = {"event": input.trigger.name, "message_id": input.trigger.message_id}
             self._path("entry", "entry", detail=entry)
         more = _Continue(carry.next_step, carry.wait) if carry is not None else None
+        if carry is not None:
+            await self._record()  # the runs row names this generation (`current_run_id`)
         while True:
             try:
                 if more is not None:
@@ -387,15 +389,20 @@ class JourneyRunWorkflow:
     async def _continue_as_new(self, more: _Continue) -> None:
         """Record the path's tail, let handlers finish, and go on in a new generation with
         everything that shapes the run: step or wait, variables, scores, visits, backlog."""
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        queue = self._carried_queue()
-        if queue is None:
+        if self._carried_queue() is None:
             # Too large to carry even by reference: handle more of it in this generation
             # (asked again after another 1,000 history events).
             self.carry_after = workflow.info().get_current_history_length() + 1000
             return
-        inbox, exit_checked, backlog = queue
         await self._record()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        # The queue as it is now, with no await before `continue_as_new`: an event that
+        # arrived during the record is in it (taking it earlier lost such events).
+        queue = self._carried_queue()
+        if queue is None:
+            self.carry_after = workflow.info().get_current_history_length() + 1000
+            return
+        inbox, exit_checked, backlog = queue
         assert self.started is not None
         carry = RunCarry(
             generation=self.state.generation + 1,
