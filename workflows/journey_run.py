@@ -89,7 +89,7 @@ MAX_STEPS = 1_000_000
 """Steps a run takes at most, across its generations, unless the plan sets `max_steps`."""
 MAX_SEEN = 2000
 """Message ids a run remembers, to handle a re-routed event once."""
-GENERATION_EVENTS = 5000
+GENERATION_EVENTS = 4000
 """History events after which a run continues as new (Temporal suggests it at 4 Ki events
 or 4 MB on its default limits, warns at 10 Ki, and stops a run at 50 Ki)."""
 GENERATION_BYTES = 2_000_000
@@ -103,6 +103,8 @@ CARRY_IDS_BYTES = 1_200_000
 """A backlog whose ids alone pass this (Temporal's payload limit is 2 MB) is not carried:
 the generation handles more of it first."""
 BACKLOG_PAGE = 200
+TASK_EVENTS = 50
+"""Queued events a run takes in one workflow task at most (`_pace`)."""
 RESULT_PATH = 200
 """Path entries in a run's result (the `run_path` table keeps them all)."""
 
@@ -195,6 +197,7 @@ class JourneyRunWorkflow:
         # delivering send or a review's opening): the rest is the tail records carry.
         self.recorded_upto = 0
         self.carry_after = 0  # history length before which a too-large backlog is not carried
+        self.taken = 0  # queued events taken by waits in this generation (`_pace`)
         # An exit that matched while an activity was out, acted on at the next exit check.
         self.exit_found: tuple[p.PlanExit, EventMessage] | None = None
         # The final row a delivering send wrote (`SendMessageInput.finish`), if one did.
@@ -1225,6 +1228,17 @@ class JourneyRunWorkflow:
                 return index
         return None
 
+    async def _pace(self) -> None:
+        """Every `TASK_EVENTS` queued events taken, end the workflow task (a 1 ms timer,
+        `LONG_RUNS`). A run working through a backlog otherwise chains local activities
+        in one task until it passes Temporal's 10 s task timeout; the retried task then
+        replays the whole generation and can fail the same way for good."""
+        if not self.long_runs:
+            return
+        self.taken += 1
+        if self.taken % TASK_EVENTS == 0:
+            await workflow.sleep(timedelta(milliseconds=1))
+
     def _take_queued(self, index: int) -> EventMessage:
         if index < self.loaded:
             self.loaded -= 1
@@ -1263,6 +1277,7 @@ class JourneyRunWorkflow:
                 index = self._queued(name)
                 if index is None:
                     break
+                await self._pace()
                 event = self._take_queued(index)
                 if step.when:
                     check = await self._evaluate(step.id, "wait.when", [step.when], event=event)
