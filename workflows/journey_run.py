@@ -95,15 +95,16 @@ or 4 MB on its default limits, warns at 10 Ki, and stops a run at 50 Ki)."""
 GENERATION_BYTES = 2_000_000
 GENERATION_PATH = 2000
 """Path entries one generation holds at most (its query answer and result stay small)."""
-CARRY_EVENTS_BYTES = 500_000
+CARRY_EVENTS_BYTES = 250_000
 """Queued events up to this size (as JSON) are carried whole; a larger queue is carried by
 reference: the message ids of its events already checked against `exit_on` (`backlog`),
 read back from the events table in pages of `BACKLOG_PAGE` as the run gets to them."""
-CARRY_IDS_BYTES = 1_200_000
-"""A backlog whose ids alone pass this (Temporal's payload limit is 2 MB) is not carried:
-the generation handles more of it first."""
+CARRY_IDS_BYTES = 400_000
+"""A backlog whose ids alone pass this is not carried: the generation handles more of it
+first. Together with the events carried whole, the next generation's input stays under
+Temporal's 512 KB payload warning (its limit is 2 MB)."""
 BACKLOG_PAGE = 200
-TASK_EVENTS = 50
+TASK_EVENTS = 100
 """Queued events a run takes in one workflow task at most (`_pace`)."""
 RESULT_PATH = 200
 """Path entries in a run's result (the `run_path` table keeps them all)."""
