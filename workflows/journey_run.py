@@ -212,6 +212,7 @@ class JourneyRunWorkflow:
         self.walked_from: str | None = None
         self.prepared: StepDecision | None = None  # a score/call step's evaluated expressions
         self.seen_ids = set(self.seen)
+        self.seen_limit = 2 * MAX_SEEN  # when `_trim_seen` next trims the window
         if input.carry is not None:
             self._restore(input.carry)
 
@@ -232,7 +233,26 @@ class JourneyRunWorkflow:
         self.inbox = list(carry.inbox)
         self.exit_checked = carry.exit_checked
         self.backlog = list(carry.backlog)
-        self.seen = list(carry.seen)
+        # The carried window, after every id still queued: a late copy of a queued event
+        # must not be queued twice (the window alone may have passed it).
+        queued = [event.message_id for event in self.inbox]
+        self.seen = list(dict.fromkeys([*self.backlog, *queued, *carry.seen]))
+        self.seen_ids = set(self.seen)
+        self.seen_limit = len(self.seen) + MAX_SEEN
+
+    def _trim_seen(self) -> None:
+        """Forget the oldest ids of the seen window, except those of events still queued:
+        the router signals an event again when it cannot tell that the first signal
+        landed (a timeout), and that copy may come after thousands of others."""
+        # A carried generation is a long-runs one even before `run` asks the patch.
+        if self.long_runs or self.input.carry is not None:
+            pending = set(self.backlog)
+            pending.update(event.message_id for event in self.inbox)
+            older = [mid for mid in self.seen[:-MAX_SEEN] if mid in pending]
+            self.seen = older + self.seen[-MAX_SEEN:]
+            self.seen_limit = len(self.seen) + MAX_SEEN
+        else:
+            del self.seen[:MAX_SEEN]
         self.seen_ids = set(self.seen)
 
     # ------------------------------------------------------------------ messages in
@@ -244,9 +264,8 @@ class JourneyRunWorkflow:
             return  # a re-routed event: the router may signal twice
         self.seen.append(event.message_id)
         self.seen_ids.add(event.message_id)
-        if len(self.seen) > 2 * MAX_SEEN:
-            del self.seen[:MAX_SEEN]
-            self.seen_ids = set(self.seen)
+        if len(self.seen) > self.seen_limit:
+            self._trim_seen()
         # Never dropped: each is handled, or recorded in the path as ignored with the
         # reason; a long backlog is carried into the next generation.
         self.inbox.append(event)

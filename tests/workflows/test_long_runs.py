@@ -5,17 +5,19 @@ are in the path as ignored, with the reason."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from temporalio.testing import WorkflowEnvironment
 
 from engine.database import Run, session_scope
+from engine.payloads import QUERY_STATE, EventMessage, RunState
 from engine.run_path import read_path
 from tests.workflows.conftest import StartRun, compile_plan, send_event, set_profile
 from tests.workflows.test_journey_run import doc, outbox
-from workflows.journey_run import GENERATION_PATH
+from workflows.journey_run import GENERATION_PATH, MAX_SEEN
 
 NOISY_WAIT = doc(
     """
@@ -130,3 +132,60 @@ async def test_a_run_at_its_step_limit_ends_failed_the_same_in_temporal_and_the_
         "failed",
         "step_limit",
     )
+
+
+PAUSED_COUNT = doc(
+    """
+- id: j
+  entry: {event: payment_failed}
+  steps:
+    - {id: pause, wait: 1d}
+    - id: listen
+      wait: {event: payment_received, within: 1d}
+      on_timeout: done
+    - {id: count, set: {vars.n: "coalesce(vars.n, 0) + 1"}, next: listen}
+    - {id: done, exit: quiet}
+"""
+)
+
+
+async def test_a_late_copy_of_a_queued_event_is_not_queued_twice(
+    env: WorkflowEnvironment, start_run: StartRun, db: Engine
+) -> None:
+    # The router signals an event again when it cannot tell the first signal landed. A
+    # run queues thousands during a pause; copies of its oldest ones then come after more
+    # than the seen window's worth of others (and after a new generation).
+    handle = await start_run(compile_plan(PAUSED_COUNT))
+    ids = [f"pay-{n:05d}" for n in range(2 * MAX_SEEN + 100)]
+
+    async def pay(message_id: str) -> None:
+        await handle.signal(
+            "event",
+            EventMessage(
+                name="payment_received",
+                customer_id="c1",
+                message_id=message_id,
+                timestamp=datetime.now(UTC),
+                properties={"amount": 1},
+            ),
+        )
+
+    async def state() -> RunState:
+        answer: RunState = await handle.query(QUERY_STATE, result_type=RunState)
+        return answer
+
+    for message_id in ids:
+        await pay(message_id)
+    for message_id in ids[:10]:  # past the window, still queued, in the same generation
+        await pay(message_id)
+    for _ in range(300):  # the burst passes the generation's bounds: it continues as new
+        if (await state()).generation >= 1:
+            break
+        await asyncio.sleep(0.1)
+    for message_id in ids[10:20]:  # in the next one, which holds the queue by reference
+        await pay(message_id)
+
+    # Still queued, all of them, once each: the copies changed nothing.
+    now = await state()
+    assert (now.generation, now.current_step, now.pending_events) == (1, "pause", len(ids))
+    await handle.terminate("the test is over")
