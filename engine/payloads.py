@@ -24,6 +24,7 @@ __all__ = [
     "QUERY_STATE",
     "SEARCH_ATTRIBUTES",
     "SIGNAL_EVENT",
+    "SIGNAL_EVENTS",
     "TASK_QUEUE",
     "UPDATE_REVIEW",
     "WORKFLOW_NAME",
@@ -39,6 +40,7 @@ __all__ = [
     "DecideResult",
     "EvaluateInput",
     "EvaluateResult",
+    "EventBatch",
     "EventMessage",
     "JourneyRunInput",
     "LoadProfileInput",
@@ -70,6 +72,7 @@ __all__ = [
 TASK_QUEUE = "journeys"
 WORKFLOW_NAME = "JourneyRunWorkflow"
 SIGNAL_EVENT = "event"
+SIGNAL_EVENTS = "events"  # several, in order (`EventBatch`): the router's coalesced signals
 UPDATE_REVIEW = "decide_review"
 QUERY_STATE = "state"
 
@@ -128,6 +131,14 @@ class EventMessage(_Message):
     message_id: str
     timestamp: datetime
     properties: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventBatch(_Message):
+    """Events for one run in arrival order, in one signal (`SIGNAL_EVENTS`): the router
+    sends one signal for all that queued up while the previous one was in flight, so a
+    flood costs the run's history a few events, not one per event."""
+
+    events: list[EventMessage]
 
 
 class CustomerContext(_Message):

@@ -53,7 +53,6 @@ from engine.database import (
 )
 from engine.decisions import decide_at_entry
 from engine.payloads import (
-    SIGNAL_EVENT,
     WORKFLOW_NAME,
     CustomerContext,
     DecideResult,
@@ -65,6 +64,7 @@ from engine.plan import Plan
 from engine.profiles import customer_from_traits, masked_customer
 from engine.timestamps import as_utc, utcnow
 from rules import EvaluationError, Expression, ExpressionError, compile_expression
+from service.run_signals import RunSignals
 from workflows.search_attributes import at_start
 
 __all__ = [
@@ -459,6 +459,7 @@ class EventRouter:
         self._listened: dict[tuple[str, str], _CompiledPlan] = {}
         self._listeners: dict[str, tuple[_Listener, ...]] = {}
         self._in_flight: set[str] = set()
+        self.signals = RunSignals()
         self._insert_runs = dialect_insert(db.dialect.name)(_RUNS).on_conflict_do_nothing(
             index_elements=["run_id"]
         )
@@ -501,20 +502,43 @@ class EventRouter:
     # ------------------------------------------------------------------ routing
 
     async def route(
-        self, record: EventRecord, prepared: RoutingInputs | None = None
+        self,
+        record: EventRecord,
+        prepared: RoutingInputs | None = None,
+        *,
+        queued: asyncio.Event | None = None,
     ) -> RouteResult:
         """Start and signal what ``record`` calls for, then mark it routed.
 
         Raises when Temporal cannot be reached (`RoutingUnavailableError`, `RPCError`);
         the event then stays unrouted and `route_pending` retries it. Routing the same
         event twice does not start a second run: starts are keyed by workflow id and by
-        the run's trigger message id. ``prepared``: what `ingest` read for this event.
+        the run's trigger message id (a run ignores a second signal of an event it
+        holds). ``prepared``: what `ingest` read for this event. ``queued`` is set once
+        the starts are done and the signals queued (`route_in_order`), or routing failed.
         """
         self._in_flight.add(record.message_id)
         try:
             started: list[_StartedRun] = []
             try:
-                result = await self._route(record, started, prepared)
+                signals: list[tuple[str, asyncio.Future[bool]]] = []
+                try:
+                    result = await self._route(record, started, prepared, signals)
+                    if started:
+                        # Before the next event's routing reads the customer's runs.
+                        await asyncio.to_thread(self._record_started_runs, record, started)
+                        started = []
+                finally:
+                    if queued is not None:
+                        queued.set()
+                answers = await asyncio.gather(
+                    *(landed for _, landed in signals), return_exceptions=True
+                )
+                for (workflow_id, _), answer in zip(signals, answers, strict=True):
+                    if isinstance(answer, BaseException):
+                        raise answer
+                    if answer:
+                        result.signalled.append(workflow_id)
             except BaseException:
                 # What Temporal did start is recorded even so: a retry then sees it.
                 if started:
@@ -526,6 +550,36 @@ class EventRouter:
             return result
         finally:
             self._in_flight.discard(record.message_id)
+
+    async def route_in_order(
+        self, records: Sequence[EventRecord], prepared: RoutingInputs | None = None
+    ) -> list[RouteResult | BaseException]:
+        """Route ``records`` as `route` would one after another, but without waiting for
+        one's signals before the next: each record's starts are decided and its signals
+        queued in order, and the signals to one run go out together (`RunSignals`).
+        Answers per record, in order: its result, or what failed it (it stays unrouted)."""
+        routing: list[asyncio.Task[RouteResult]] = []
+        unavailable: BaseException | None = None
+        try:
+            for record in records:
+                queued = asyncio.Event()
+                task = asyncio.create_task(self.route(record, prepared, queued=queued))
+                routing.append(task)
+                await queued.wait()
+                await asyncio.sleep(0)  # a task that failed is done by now
+                if task.done() and not task.cancelled():
+                    error = task.exception()
+                    if error is not None and _is_unavailable(error):
+                        unavailable = error  # the rest would wait for Temporal in turn
+                        break
+            outcomes: list[RouteResult | BaseException] = list(
+                await asyncio.gather(*routing, return_exceptions=True)
+            )
+            left = len(records) - len(outcomes)
+            return outcomes + [RoutingUnavailableError(str(unavailable))] * left
+        finally:
+            for task in routing:
+                task.cancel()  # a no-op for those done; the rest stay unrouted
 
     @contextlib.contextmanager
     def claimed(self, message_ids: Sequence[str]) -> Iterator[None]:
@@ -551,28 +605,32 @@ class EventRouter:
         if self.client is None:
             return 0
         pending = await asyncio.to_thread(self._pending_events, limit, min_age_seconds)
+        records = [record for record in pending if record.message_id not in self._in_flight]
         routed = 0
-        for record in pending:
-            if record.message_id in self._in_flight:
-                continue
-            try:
-                await self.route(record)
-            except Exception as error:
-                if _is_unavailable(error):
-                    log.warning("routing pending events paused: Temporal unavailable (%s)", error)
-                    break
-                log.exception("routing event %s failed; will retry", record.message_id)
-                continue
-            routed += 1
+        for record, outcome in zip(records, await self.route_in_order(records), strict=True):
+            if not isinstance(outcome, BaseException):
+                routed += 1
+            elif _is_unavailable(outcome):
+                log.warning("routing pending events paused: Temporal unavailable (%s)", outcome)
+            elif isinstance(outcome, Exception):
+                log.error(
+                    "routing event %s failed; will retry",
+                    record.message_id,
+                    exc_info=outcome,
+                )
+            else:
+                raise outcome
         return routed
 
     async def _route(
         self,
         record: EventRecord,
         started: list[_StartedRun],
-        prepared: RoutingInputs | None = None,
+        prepared: RoutingInputs | None,
+        signals: list[tuple[str, asyncio.Future[bool]]],
     ) -> RouteResult:
-        """Starts and signals; appends each run Temporal started to ``started``."""
+        """Starts, and queues the signals (appended to ``signals``: each run's workflow id
+        and whether it was signalled); appends each run Temporal started to ``started``."""
         result = RouteResult()
         if record.type != "track" or not record.name:
             return result  # identify: its traits were merged when it was stored
@@ -594,7 +652,7 @@ class EventRouter:
                 if run_id:
                     started.append(_StartedRun(entry=entry, run_id=run_id, started_at=utcnow()))
 
-        await self._signal_open_runs(client, record, prepared, result)
+        await self._signal_open_runs(client, record, prepared, result, signals)
         return result
 
     def _decide_entry(
@@ -691,12 +749,14 @@ class EventRouter:
         record: EventRecord,
         prepared: RoutingInputs,
         result: RouteResult,
+        signals: list[tuple[str, asyncio.Future[bool]]],
     ) -> None:
         message = _event_message(record)
+        queued: set[str] = set()
         for run in prepared.open_runs:
             if (
                 run.workflow_id in result.started
-                or run.workflow_id in result.signalled
+                or run.workflow_id in queued
                 or run.trigger_message_id == record.message_id
             ):
                 continue
@@ -708,13 +768,8 @@ class EventRouter:
                 compiled = await asyncio.to_thread(self._plan_version, *version)
             if compiled is None or not _is_for(run, compiled, record, prepared.keys):
                 continue
-            try:
-                await client.get_workflow_handle(run.workflow_id).signal(SIGNAL_EVENT, message)
-            except RPCError as error:
-                if error.status == RPCStatusCode.NOT_FOUND:
-                    continue  # the run ended since the row was written: normal
-                raise
-            result.signalled.append(run.workflow_id)
+            queued.add(run.workflow_id)
+            signals.append((run.workflow_id, self.signals.send(client, run.workflow_id, message)))
 
     # ------------------------------------------------------------------ database (blocking)
 
@@ -889,6 +944,10 @@ class EventRouter:
             if started:
                 self._insert_started_runs(connection, record, started)
             connection.execute(_MARK_ROUTED, {"routed_message_id": record.message_id})
+
+    def _record_started_runs(self, record: EventRecord, started: Sequence[_StartedRun]) -> None:
+        with self.db.begin() as connection:
+            self._insert_started_runs(connection, record, started)
 
     def _record_started_runs_after_failure(
         self, record: EventRecord, started: Sequence[_StartedRun]

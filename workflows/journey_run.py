@@ -36,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
     from engine.payloads import (
         QUERY_STATE,
         SIGNAL_EVENT,
+        SIGNAL_EVENTS,
         UPDATE_REVIEW,
         WORKFLOW_NAME,
         ActivityName,
@@ -51,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
         DecideResult,
         EvaluateInput,
         EvaluateResult,
+        EventBatch,
         EventMessage,
         JourneyRunInput,
         LoadEventsInput,
@@ -269,6 +271,12 @@ class JourneyRunWorkflow:
         # Never dropped: each is handled, or recorded in the path as ignored with the
         # reason; a long backlog is carried into the next generation.
         self.inbox.append(event)
+
+    @workflow.signal(name=SIGNAL_EVENTS)
+    def on_events(self, batch: EventBatch) -> None:
+        """Several events, in arrival order (the router coalesces a run's signals)."""
+        for event in batch.events:
+            self.on_event(event)
 
     @workflow.update(name=UPDATE_REVIEW)
     async def decide_review(self, decision: ReviewDecision) -> ReviewDecisionResult:

@@ -27,7 +27,9 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from engine.payloads import (
     QUERY_STATE,
     SIGNAL_EVENT,
+    SIGNAL_EVENTS,
     WORKFLOW_NAME,
+    EventBatch,
     EventMessage,
     JourneyRunInput,
 )
@@ -55,6 +57,7 @@ class RecordingJourneyWorkflow:
     def __init__(self) -> None:
         self._input: JourneyRunInput | None = None
         self._events: list[EventMessage] = []
+        self._signals = 0  # signals received: a batch of events is one
 
     @workflow.run
     async def run(self, run_input: JourneyRunInput) -> list[str]:
@@ -65,6 +68,12 @@ class RecordingJourneyWorkflow:
     @workflow.signal(name=SIGNAL_EVENT)
     def event(self, message: EventMessage) -> None:
         self._events.append(message)
+        self._signals += 1
+
+    @workflow.signal(name=SIGNAL_EVENTS)
+    def events(self, batch: EventBatch) -> None:
+        self._events.extend(batch.events)
+        self._signals += 1
 
     @workflow.query(name=QUERY_STATE)
     def state(self) -> dict[str, Any]:
@@ -80,6 +89,8 @@ class RecordingJourneyWorkflow:
             "vars": {"trigger": self._input.trigger.message_id},
             "scores": {},
             "signals": [event.name for event in self._events],
+            "message_ids": [event.message_id for event in self._events],
+            "signal_count": self._signals,
         }
 
 

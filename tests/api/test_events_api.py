@@ -50,6 +50,8 @@ events:
   invoice_paid: {invoice_id: string}
   account_closed: {}
   stop: {}
+  counter_started: {}
+  item_counted: {n: integer}
 journeys:
   - id: recovery
     name: Payment recovery
@@ -85,6 +87,11 @@ journeys:
     steps:
       - id: wait_for_payment
         wait: {event: invoice_paid, within: 3d}
+  - id: counter
+    entry: {event: counter_started}
+    steps:
+      - id: listen
+        wait: {event: item_counted, within: 3d}
 """
 
 
@@ -410,6 +417,44 @@ async def test_a_batch_is_stored_whole_and_routed_in_order(
         lambda: run_state(temporal_client, workflow_id),
         check=lambda s: s["signals"] == ["payment_received"],
     )
+
+
+async def test_a_flood_for_one_run_reaches_it_whole_in_few_signals(
+    journeys_api: RunningApi, db: Engine, customer: str, temporal_client: Client
+) -> None:
+    # Five batches of 200 at once: the signals one run would get are coalesced (one in
+    # flight per run, the rest queued behind it), each batch's events in their order.
+    await post(journeys_api.http, "/v1/track", track(customer, "counter_started"))
+    workflow_id = f"journey/counter/{customer}"
+    batches = [
+        [track(customer, "item_counted", f"{customer}-{b}-{i:03d}", n=i) for i in range(200)]
+        for b in range(5)
+    ]
+
+    answers = await asyncio.gather(
+        *(post(journeys_api.http, "/v1/batch", {"batch": batch}) for batch in batches)
+    )
+
+    for answer in answers:
+        assert answer.status_code == 202, answer.text
+        body = answer.json()
+        assert (body["accepted"], body["routing"]) == (200, "done"), body
+        assert body["signalled"] == [workflow_id] * 200
+    state = await eventually(
+        lambda: run_state(temporal_client, workflow_id),
+        check=lambda s: len(s["message_ids"]) >= 1000,
+    )
+    received: list[str] = state["message_ids"]
+    assert sorted(received) == sorted(m["messageId"] for batch in batches for m in batch)
+    for batch in batches:
+        ids = [m["messageId"] for m in batch]
+        assert [mid for mid in received if mid in set(ids)] == ids
+    assert state["signal_count"] <= 100, state["signal_count"]
+    with session_scope(db) as session:
+        routed = session.exec(
+            select(EventRecord.routed).where(EventRecord.customer_id == customer)
+        ).all()
+    assert len(routed) == 1001 and all(routed)
 
 
 async def test_a_batchs_second_entry_sees_the_run_its_first_started(

@@ -74,15 +74,21 @@ async def _route_accepted(
     try:
         with events.claimed([record.message_id for record in stored]):
             async with asyncio.timeout(ROUTING_TIMEOUT_SECONDS):
-                for record in stored:
-                    result = await events.route(record, prepared)
-                    response.started += result.started
-                    response.signalled += result.signalled
-                    response.skipped += result.skipped
+                outcomes = await events.route_in_order(stored, prepared)
     except Exception as error:
         # Stored is what matters: the background loop routes what is left.
         log.warning("routing deferred: %s", type(error).__name__)
         response.routing = "deferred"
+        return response
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            if response.routing != "deferred":
+                log.warning("routing deferred: %s", type(outcome).__name__)
+            response.routing = "deferred"
+            continue
+        response.started += outcome.started
+        response.signalled += outcome.signalled
+        response.skipped += outcome.skipped
     return response
 
 
