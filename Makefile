@@ -30,7 +30,7 @@ typecheck: $(STAMP)
 
 # Everything: lint, types, and every test group (it installs MLServer's venv and Chromium).
 test: lint typecheck mlserver browser
-	$(BIN)/python -m pytest -q -m "not long"
+	$(BIN)/python -m pytest -q -m "not long" $(PYTEST_ARGS)
 
 # Tests left out of `make test` (marker `long`): the 20,000-event run of issue #14, which
 # does not pass yet on PostgreSQL (docs/testing.md).

@@ -74,6 +74,7 @@ def build_worker(
             runs.begin_run,
             runs.load_profile,
             runs.load_events,
+            runs.park_events,
             runs.record_run,
             runs.update_profile,
             messaging.send_message,

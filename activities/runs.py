@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from sqlalchemy import bindparam, func
+from sqlalchemy import bindparam, delete, func, insert, or_
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from temporalio import activity
@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 
 from engine.database import (
     EventRecord,
+    ParkedEvent,
     Profile,
     Run,
     RunArm,
@@ -40,6 +41,8 @@ from engine.payloads import (
     LoadEventsInput,
     LoadEventsResult,
     LoadProfileInput,
+    ParkedBacklog,
+    ParkEventsInput,
     RecordRunInput,
     UpdateProfileInput,
 )
@@ -71,7 +74,14 @@ class RunActivities:
     @activity.defn(name=ActivityName.LOAD_EVENTS)
     def load_events(self, request: LoadEventsInput) -> LoadEventsResult:
         """A page of a run's carried backlog: the customer's events by message id, in the
-        order asked (the router stored each before signalling it)."""
+        order asked (the router stored each before signalling it); with ``parked``, the
+        ids are positions ``offset`` to ``offset + limit - 1`` of its parked queue."""
+        message_ids = request.message_ids
+        if request.parked is not None and request.run_id is not None:
+            message_ids = self._parked_ids(
+                request.run_id, request.parked.generation, request.offset, request.limit
+            )
+            request = request.model_copy(update={"message_ids": message_ids})
         with session_scope(self.db) as session:
             rows = session.exec(
                 select(EventRecord).where(
@@ -93,6 +103,62 @@ class RunActivities:
             ]
         missing = [mid for mid in request.message_ids if mid not in found]
         return LoadEventsResult(events=events, missing=missing)
+
+    def _parked_ids(self, run_id: str, generation: int, offset: int, limit: int) -> list[str]:
+        with session_scope(self.db) as session:
+            return list(
+                session.exec(
+                    select(ParkedEvent.message_id)
+                    .where(
+                        ParkedEvent.run_id == run_id,
+                        ParkedEvent.generation == generation,
+                        col(ParkedEvent.position) >= offset,
+                        col(ParkedEvent.position) < offset + limit,
+                    )
+                    .order_by(col(ParkedEvent.position))
+                ).all()
+            )
+
+    @activity.defn(name=ActivityName.PARK_EVENTS)
+    def park_events(self, request: ParkEventsInput) -> ParkedBacklog:
+        """Write a run's queue for its next generation into `run_backlog`, in order: the
+        front ids, the rest of this generation's parked queue, the tail ids. One
+        transaction, idempotent (a retry rewrites the same rows); the rows of
+        generations before this one are deleted (no run reads them again)."""
+        with session_scope(self.db) as session:
+            remainder: list[str] = []
+            if request.remainder is not None:
+                remainder = self._parked_ids(
+                    request.run_id,
+                    request.remainder.generation,
+                    request.remainder_from,
+                    request.remainder.count - request.remainder_from,
+                )
+            ids = [*request.front, *remainder, *request.tail]
+            session.exec(
+                delete(ParkedEvent).where(
+                    col(ParkedEvent.run_id) == request.run_id,
+                    or_(
+                        col(ParkedEvent.generation) == request.generation,
+                        col(ParkedEvent.generation) < request.generation - 1,
+                    ),
+                )
+            )
+            session.flush()
+            for start in range(0, len(ids), 1000):
+                session.execute(
+                    insert(ParkedEvent),
+                    [
+                        {
+                            "run_id": request.run_id,
+                            "generation": request.generation,
+                            "position": position,
+                            "message_id": message_id,
+                        }
+                        for position, message_id in enumerate(ids[start : start + 1000], start)
+                    ],
+                )
+        return ParkedBacklog(generation=request.generation, count=len(ids))
 
     @activity.defn(name=ActivityName.UPDATE_PROFILE)
     def update_profile(self, request: UpdateProfileInput) -> None:

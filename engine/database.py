@@ -36,6 +36,7 @@ __all__ = [
     "Delivery",
     "EventRecord",
     "OutboxMessage",
+    "ParkedEvent",
     "PlanVersion",
     "Preference",
     "Profile",
@@ -153,6 +154,24 @@ class RunArm(SQLModel, table=True):
     run_id: str = Field(primary_key=True, max_length=100)
     step_id: str = Field(primary_key=True, max_length=100)
     arm: str = Field(max_length=100)
+
+
+class ParkedEvent(SQLModel, table=True):
+    """One event of a run's parked backlog: its message id at ``position`` in the queue
+    that ``generation`` of the run starts with.
+
+    A run that continues as new with more queued events than its input can carry by
+    reference (their message ids) parks them here (`activities.runs.park_events`) and
+    carries only how many there are (`engine.payloads.ParkedBacklog`). The generation
+    reads them back a page at a time, joined to `events` (`load_events`). Rows of a
+    generation are written once, by its predecessor, and deleted two generations later."""
+
+    __tablename__ = "run_backlog"
+
+    run_id: str = Field(primary_key=True, max_length=100)
+    generation: int = Field(primary_key=True)
+    position: int = Field(primary_key=True)
+    message_id: str = Field(max_length=200)
 
 
 class RunPathEntry(SQLModel, table=True):

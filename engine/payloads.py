@@ -88,6 +88,7 @@ class ActivityName(StrEnum):
     DATE_WAIT = "date_wait"  # local: when a wait on a date or a weekday fires
     LOAD_PROFILE = "load_profile"  # local: the profile read again after a wait
     LOAD_EVENTS = "load_events"  # local: a page of a carried backlog, from the events table
+    PARK_EVENTS = "park_events"  # local: a queue too long to carry, into `run_backlog`
     RECORD_RUN = "record_run"  # local: the run's `runs` row
     UPDATE_PROFILE = "update_profile"
     SEND_MESSAGE = "send_message"
@@ -199,6 +200,14 @@ class CarriedWait(_Message):
     """What the run's state says it waits for."""
 
 
+class ParkedBacklog(_Message):
+    """A run's queue parked in the `run_backlog` table for one generation: positions
+    0 to ``count`` - 1 of (run, ``generation``)."""
+
+    generation: int
+    count: int
+
+
 class RunCarry(_Message):
     """Everything that shapes a run's behaviour, carried into its next generation when it
     continues as new (`workflow.continue_as_new`) to keep each history bounded."""
@@ -231,12 +240,36 @@ class RunCarry(_Message):
     already, carried by reference when the queue is too large to carry whole: the next
     generation reads them from the events table in pages (`load_events`), in order."""
     seen: list[str] = Field(default_factory=list)
-    """The newest message ids signalled (a re-routed event is handled once)."""
+    """The newest message ids signalled (a re-routed event is handled once), none of them
+    parked."""
+    parked: ParkedBacklog | None = None
+    """Queued events older than ``inbox``, all checked against `exit_on` already, parked
+    in the `run_backlog` table because their ids were too many to carry (then ``backlog``
+    is empty)."""
+
+
+class ParkEventsInput(_Message):
+    """Park a run's queue for its next generation (`park_events`): ``front``, then what
+    is left of the parked queue of this generation (``remainder``, from ``remainder_from``
+    on), then ``tail``, in that order."""
+
+    run_id: str
+    generation: int
+    """The generation the parked queue is for (this one's number + 1)."""
+    front: list[str] = Field(default_factory=list)
+    remainder: ParkedBacklog | None = None
+    remainder_from: int = 0
+    tail: list[str] = Field(default_factory=list)
 
 
 class LoadEventsInput(_Message):
     customer_id: str
-    message_ids: list[str]
+    message_ids: list[str] = Field(default_factory=list)
+    """By id, in this order; or, with ``parked``, a page of a parked queue:"""
+    run_id: str | None = None
+    parked: ParkedBacklog | None = None
+    offset: int = 0
+    limit: int = 0
 
 
 class LoadEventsResult(_Message):

@@ -41,7 +41,7 @@ has had no signal for this long goes at once."""
 MAX_BYTES = 256_000
 """JSON bytes of one signal's events at most (one event larger than this goes alone):
 far below Temporal's 2 MB payload limit, and a generation's 2 MB history bound (see
-`workflows.journey_run.GENERATION_BYTES`) still holds several."""
+`engine.generations.GENERATION_BYTES`) still holds several."""
 
 
 @dataclass

@@ -31,6 +31,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
+    from engine import generations as bounds
     from engine import plan as p
     from engine.errors import ErrorType
     from engine.payloads import (
@@ -61,6 +62,8 @@ with workflow.unsafe.imports_passed_through():
         LocalTimeInput,
         LocalTimeResult,
         OpenReviewInput,
+        ParkedBacklog,
+        ParkEventsInput,
         PathEntry,
         RecordRunInput,
         ReviewDecision,
@@ -91,21 +94,6 @@ MAX_STEPS = 1_000_000
 """Steps a run takes at most, across its generations, unless the plan sets `max_steps`."""
 MAX_SEEN = 2000
 """Message ids a run remembers, to handle a re-routed event once."""
-GENERATION_EVENTS = 4000
-"""History events after which a run continues as new (Temporal suggests it at 4 Ki events
-or 4 MB on its default limits, warns at 10 Ki, and stops a run at 50 Ki)."""
-GENERATION_BYTES = 2_000_000
-GENERATION_PATH = 2000
-"""Path entries one generation holds at most (its query answer and result stay small)."""
-CARRY_EVENTS_BYTES = 250_000
-"""Queued events up to this size (as JSON) are carried whole; a larger queue is carried by
-reference: the message ids of its events already checked against `exit_on` (`backlog`),
-read back from the events table in pages of `BACKLOG_PAGE` as the run gets to them."""
-CARRY_IDS_BYTES = 400_000
-"""A backlog whose ids alone pass this is not carried: the generation handles more of it
-first. Together with the events carried whole, the next generation's input stays under
-Temporal's 512 KB payload warning (its limit is 2 MB)."""
-BACKLOG_PAGE = 200
 TASK_EVENTS = 100
 """Queued events a run takes in one workflow task at most (`_pace`)."""
 RESULT_PATH = 200
@@ -186,6 +174,10 @@ class JourneyRunWorkflow:
         # gets to them (a backlog carried by reference); they come before `inbox[loaded:]`.
         self.backlog: list[str] = []
         self.loaded = 0  # how many of `inbox` (its oldest) came from `backlog`
+        # Or a queue parked in the `run_backlog` table (then `backlog` is empty): how many
+        # it holds, and how many of them were read.
+        self.parked: ParkedBacklog | None = None
+        self.parked_read = 0
         self.seen: list[str] = [input.trigger.message_id]
         self.exit_checked = 0
         self.visits: dict[str, int] = {}
@@ -199,7 +191,6 @@ class JourneyRunWorkflow:
         # How many of `state.path` the `run_path` table has (written by a record, a
         # delivering send or a review's opening): the rest is the tail records carry.
         self.recorded_upto = 0
-        self.carry_after = 0  # history length before which a too-large backlog is not carried
         self.taken = 0  # queued events taken by waits in this generation (`_pace`)
         # An exit that matched while an activity was out, acted on at the next exit check.
         self.exit_found: tuple[p.PlanExit, EventMessage] | None = None
@@ -235,6 +226,7 @@ class JourneyRunWorkflow:
         self.inbox = list(carry.inbox)
         self.exit_checked = carry.exit_checked
         self.backlog = list(carry.backlog)
+        self.parked = carry.parked
         # The carried window, after every id still queued: a late copy of a queued event
         # must not be queued twice (the window alone may have passed it).
         queued = [event.message_id for event in self.inbox]
@@ -305,8 +297,7 @@ class JourneyRunWorkflow:
     @workflow.query(name=QUERY_STATE)
     def query_state(self) -> RunState:
         """Where the run is, this generation's path, variables and scores."""
-        pending = len(self.inbox) + len(self.backlog)
-        return self.state.model_copy(update={"pending_events": pending})
+        return self.state.model_copy(update={"pending_events": self._pending()})
 
     # ------------------------------------------------------------------ the interpreter
 
@@ -331,18 +322,21 @@ class JourneyRunWorkflow:
                     await self._hold_out()
                 else:
                     await self._interpret(self.plan.start)
+                await self._refill(None)  # a parked queue, read to be recorded as ignored
                 self._finish("completed", "completed")
             except _Continue as full:
                 await self._continue_as_new(full)  # returns only when it could not
                 more = full
                 continue
             except _RunEnded as ended:
+                await self._refill(None)
                 self._finish(ended.status, ended.outcome)
             except ActivityError as error:
                 # A step whose activity failed for good (bad template, broken configuration):
                 # end the run visibly as failed instead of leaving it open.
                 step = self.state.current_step or "entry"
                 self._path(step, "error", outcome="failed", detail={"reason": _cause(error)})
+                await self._refill(None)
                 self._finish("failed", f"{step}_failed")
             break
         if self.recorded is None or self._record_input() != self.recorded:
@@ -357,7 +351,7 @@ class JourneyRunWorkflow:
             update={
                 "path": self.state.path[cut:],
                 "path_start": self.state.path_start + cut,
-                "pending_events": len(self.inbox) + len(self.backlog),
+                "pending_events": self._pending(),
             }
         )
 
@@ -391,49 +385,80 @@ class JourneyRunWorkflow:
         if not self.long_runs:
             return False
         info = workflow.info()
-        if info.get_current_history_length() < self.carry_after:
-            return False
         return (
             info.is_continue_as_new_suggested()
-            or info.get_current_history_length() >= GENERATION_EVENTS
-            or info.get_current_history_size() >= GENERATION_BYTES
-            or len(self.state.path) >= GENERATION_PATH
+            or info.get_current_history_length() >= bounds.GENERATION_EVENTS
+            or info.get_current_history_size() >= bounds.GENERATION_BYTES
+            or len(self.state.path) >= bounds.GENERATION_PATH
         )
 
-    def _carried_queue(self) -> tuple[list[EventMessage], int, list[str]] | None:
+    def _pending(self) -> int:
+        """Events queued: in the inbox, by reference, and parked but not read yet."""
+        return len(self.inbox) + len(self.backlog) + self._parked_left()
+
+    def _parked_left(self) -> int:
+        return self.parked.count - self.parked_read if self.parked is not None else 0
+
+    def _carried_queue(self) -> tuple[list[EventMessage], int, list[str]]:
         """The queue to carry: (events, how many of them were exit-checked, backlog ids).
         Whole when small; else by reference: the exit-checked events become message ids,
-        oldest first. None when even the ids are too large for one payload."""
+        oldest first (`_to_park` says when even those are too many)."""
         size = sum(len(event.model_dump_json()) for event in self.inbox)
-        if not self.backlog and size <= CARRY_EVENTS_BYTES:
+        if not self.backlog and size <= bounds.CARRY_EVENTS_BYTES:
             return self.inbox, self.exit_checked, []
+        return self.inbox[self.exit_checked :], 0, self._checked_ids()[1]
+
+    def _checked_ids(self) -> tuple[list[str], list[str]]:
+        """The message ids of the exit-checked queue, oldest first, around the parked
+        queue: (the events read from it, the backlog and the events checked after)."""
         checked = self.inbox[: self.exit_checked]
-        ids = [
-            *(event.message_id for event in checked[: self.loaded]),
-            *self.backlog,
-            *(event.message_id for event in checked[self.loaded :]),
-        ]
-        if sum(len(mid) + 3 for mid in ids) > CARRY_IDS_BYTES:
+        front = [event.message_id for event in checked[: self.loaded]]
+        if self.parked is None:
+            return [], [*front, *self.backlog, *(e.message_id for e in checked[self.loaded :])]
+        return front, [*self.backlog, *(e.message_id for e in checked[self.loaded :])]
+
+    def _to_park(self) -> ParkEventsInput | None:
+        """The queue to park for the next generation (`park_events`) when its ids are too
+        many to carry, or a parked queue is left to read; None to carry it as it is."""
+        front, rest = self._checked_ids()
+        if self._parked_left() == 0 and sum(len(mid) + 3 for mid in rest) <= bounds.CARRY_IDS_BYTES:
             return None
-        return self.inbox[self.exit_checked :], 0, ids
+        return ParkEventsInput(
+            run_id=workflow.info().first_execution_run_id,
+            generation=self.state.generation + 1,
+            front=front,
+            remainder=self.parked if self._parked_left() else None,
+            remainder_from=self.parked_read,
+            tail=rest,
+        )
 
     async def _continue_as_new(self, more: _Continue) -> None:
         """Record the path's tail, let handlers finish, and go on in a new generation with
         everything that shapes the run: step or wait, variables, scores, visits, backlog."""
-        if self._carried_queue() is None:
-            # Too large to carry even by reference: handle more of it in this generation
-            # (asked again after another 1,000 history events).
-            self.carry_after = workflow.info().get_current_history_length() + 1000
-            return
         await self._record()
+        # The exit-checked queue changes only here, in the run's own coroutine: what it
+        # parks is what the next generation reads first.
+        park = self._to_park()
+        parked: ParkedBacklog | None = None
+        if park is not None:
+            parked = await workflow.execute_local_activity(
+                ActivityName.PARK_EVENTS,
+                park,
+                result_type=ParkedBacklog,
+                start_to_close_timeout=_LOCAL,
+                retry_policy=_DB_RETRY,
+            )
         await workflow.wait_condition(workflow.all_handlers_finished)
         # The queue as it is now, with no await before `continue_as_new`: an event that
         # arrived during the record is in it (taking it earlier lost such events).
-        queue = self._carried_queue()
-        if queue is None:
-            self.carry_after = workflow.info().get_current_history_length() + 1000
-            return
-        inbox, exit_checked, backlog = queue
+        seen = self.seen[-MAX_SEEN:]
+        backlog: list[str] = []
+        if park is not None:
+            inbox, exit_checked = self.inbox[self.exit_checked :], 0
+            gone = {*park.front, *park.tail}  # parked ids are not in the carried window
+            seen = [mid for mid in self.seen if mid not in gone][-MAX_SEEN:]
+        else:
+            inbox, exit_checked, backlog = self._carried_queue()
         assert self.started is not None
         carry = RunCarry(
             generation=self.state.generation + 1,
@@ -453,7 +478,8 @@ class JourneyRunWorkflow:
             inbox=inbox,
             exit_checked=exit_checked,
             backlog=backlog,
-            seen=self.seen[-MAX_SEEN:],
+            seen=seen,
+            parked=parked,
         )
         workflow.continue_as_new(
             JourneyRunInput(
@@ -1251,7 +1277,8 @@ class JourneyRunWorkflow:
         """Index of the first exit-checked event called ``name`` waiting in the inbox (while
         a backlog is left to read, only among the events read from it: they are older)."""
         inbox = self.inbox
-        for index in range(self.loaded if self.backlog else self.exit_checked):
+        unread = self.backlog or self._parked_left()
+        for index in range(self.loaded if unread else self.exit_checked):
             if inbox[index].name == name:
                 return index
         return None
@@ -1267,24 +1294,50 @@ class JourneyRunWorkflow:
         if self.taken % TASK_EVENTS == 0:
             await workflow.sleep(timedelta(milliseconds=1))
 
+    def _first_sight(self, event: EventMessage) -> bool:
+        """Whether a parked event read back is new to this generation (parked ids are
+        not in the seen window): False when a copy of it came by signal, which is queued
+        after it and is taken instead."""
+        if event.message_id in self.seen_ids:
+            return False
+        self.seen.append(event.message_id)
+        self.seen_ids.add(event.message_id)
+        return True
+
     def _take_queued(self, index: int) -> EventMessage:
         if index < self.loaded:
             self.loaded -= 1
         self.exit_checked -= 1
         return self.inbox.pop(index)
 
-    async def _refill(self, name: str) -> None:
+    async def _refill(self, name: str | None) -> None:
         """Read the carried backlog (`load_events`, a page at a time) until an event called
-        ``name`` is among the events read, or the backlog is all read."""
-        while self.backlog and self._queued(name) is None:
-            page, self.backlog = self.backlog[:BACKLOG_PAGE], self.backlog[BACKLOG_PAGE:]
+        ``name`` is among the events read, or the backlog is all read (``name`` None)."""
+        while (self.backlog or self._parked_left()) and (
+            name is None or self._queued(name) is None
+        ):
+            if self.parked is not None and self._parked_left():
+                request = LoadEventsInput(
+                    customer_id=self.input.customer_id,
+                    run_id=workflow.info().first_execution_run_id,
+                    parked=self.parked,
+                    offset=self.parked_read,
+                    limit=min(bounds.BACKLOG_PAGE, self._parked_left()),
+                )
+                self.parked_read += request.limit
+            else:
+                page = self.backlog[: bounds.BACKLOG_PAGE]
+                self.backlog = self.backlog[bounds.BACKLOG_PAGE :]
+                request = LoadEventsInput(customer_id=self.input.customer_id, message_ids=page)
             found: LoadEventsResult = await workflow.execute_local_activity(
                 ActivityName.LOAD_EVENTS,
-                LoadEventsInput(customer_id=self.input.customer_id, message_ids=page),
+                request,
                 result_type=LoadEventsResult,
                 start_to_close_timeout=_LOCAL,
                 retry_policy=_DB_RETRY,
             )
+            if request.parked is not None:
+                found.events = [event for event in found.events if self._first_sight(event)]
             for message_id in found.missing:
                 detail = {"message_id": message_id, "reason": "not in the events table"}
                 self._path(

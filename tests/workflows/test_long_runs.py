@@ -9,15 +9,19 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy.engine import Engine
+from sqlmodel import select
 from temporalio.testing import WorkflowEnvironment
 
-from engine.database import Run, session_scope
-from engine.payloads import QUERY_STATE, EventMessage, RunState
+from engine import generations
+from engine.database import EventRecord, ParkedEvent, Run, session_scope
+from engine.generations import GENERATION_PATH
+from engine.payloads import QUERY_STATE, SIGNAL_EVENTS, EventBatch, EventMessage, RunState
 from engine.run_path import read_path
 from tests.workflows.conftest import StartRun, compile_plan, send_event, set_profile
 from tests.workflows.test_journey_run import doc, outbox
-from workflows.journey_run import GENERATION_PATH, MAX_SEEN
+from workflows.journey_run import MAX_SEEN
 
 NOISY_WAIT = doc(
     """
@@ -189,3 +193,137 @@ async def test_a_late_copy_of_a_queued_event_is_not_queued_twice(
     now = await state()
     assert (now.generation, now.current_step, now.pending_events) == (1, "pause", len(ids))
     await handle.terminate("the test is over")
+
+
+PAUSED_COUNT_WITH_EXIT = doc(
+    """
+- id: j
+  entry: {event: payment_failed}
+  exit_on:
+    - {event: account_closed, outcome: closed}
+  steps:
+    - {id: pause, wait: 1d}
+    - id: listen
+      wait: {event: payment_received, within: 1d}
+      on_timeout: done
+    - {id: count, set: {vars.n: "coalesce(vars.n, 0) + 1"}, next: listen}
+    - {id: done, exit: quiet}
+"""
+)
+
+
+def store_events(db: Engine, ids: list[str]) -> None:
+    """The events as the router stores them before it signals them (a parked queue is
+    read back from the events table)."""
+    with session_scope(db) as session:
+        for message_id in ids:
+            session.add(
+                EventRecord(
+                    message_id=message_id,
+                    type="track",
+                    name="payment_received",
+                    customer_id="c1",
+                    properties={"amount": 1},
+                    timestamp=datetime.now(UTC),
+                    routed=True,
+                )
+            )
+
+
+@pytest.fixture
+def small_generations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generations of 20 counted events, and a queue parked once its ids pass 200 bytes:
+    what 10,000 events queued into one run do, with 150."""
+    monkeypatch.setattr(generations, "GENERATION_PATH", 60)
+    monkeypatch.setattr(generations, "CARRY_EVENTS_BYTES", 500)
+    monkeypatch.setattr(generations, "CARRY_IDS_BYTES", 200)
+    monkeypatch.setattr(generations, "BACKLOG_PAGE", 7)
+
+
+def _payments(ids: list[str]) -> EventBatch:
+    return EventBatch(
+        events=[
+            EventMessage(
+                name="payment_received",
+                customer_id="c1",
+                message_id=message_id,
+                timestamp=datetime.now(UTC),
+                properties={"amount": 1},
+            )
+            for message_id in ids
+        ]
+    )
+
+
+def _fates(path: list[dict[str, Any]]) -> dict[str, list[str]]:
+    fates: dict[str, list[str]] = {}
+    for entry in path:
+        message_id = (entry.get("detail") or {}).get("message_id")
+        if message_id and entry["outcome"] in ("received", "ignored"):
+            fates.setdefault(message_id, []).append(entry["outcome"])
+    return fates
+
+
+async def test_a_queue_too_long_to_carry_is_parked_and_read_back_in_order(
+    env: WorkflowEnvironment, start_run: StartRun, db: Engine, small_generations: None
+) -> None:
+    handle = await start_run(compile_plan(PAUSED_COUNT))
+    first_run = handle.first_execution_run_id
+    assert first_run is not None
+    ids = [f"pay-{n:04d}" for n in range(150)]
+    store_events(db, ids)
+    for start in range(0, len(ids), 50):  # queued during the pause, as the router sends them
+        await handle.signal(SIGNAL_EVENTS, _payments(ids[start : start + 50]))
+    await handle.signal(SIGNAL_EVENTS, _payments(ids[:5]))  # late copies: no effect
+
+    state = await handle.result()
+
+    assert (state.status, state.outcome, state.vars["n"]) == ("completed", "quiet", 150)
+    assert state.generation >= 5
+    path = stored_path(db, first_run)
+    assert _fates(path) == {mid: ["received"] for mid in ids}
+    received = [e["detail"]["message_id"] for e in path if e["outcome"] == "received"]
+    assert received == ids  # in the order they came, across the parked generations
+    with session_scope(db) as session:
+        left = session.exec(select(ParkedEvent).where(ParkedEvent.run_id == first_run)).all()
+    assert len(left) <= 2 * 150  # two generations' rows at most, never every generation's
+
+
+async def test_a_run_that_exits_with_a_parked_queue_records_each_event_as_ignored(
+    env: WorkflowEnvironment,
+    start_run: StartRun,
+    db: Engine,
+    small_generations: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A generation of 12 history events: the run continues as new during its pause, with
+    # the 150 events it holds parked; then the exit event comes.
+    monkeypatch.setattr(generations, "GENERATION_EVENTS", 12)
+    handle = await start_run(compile_plan(PAUSED_COUNT_WITH_EXIT))
+    first_run = handle.first_execution_run_id
+    assert first_run is not None
+    ids = [f"pay-{n:04d}" for n in range(150)]
+    store_events(db, ids)
+    for start in range(0, len(ids), 50):
+        await handle.signal(SIGNAL_EVENTS, _payments(ids[start : start + 50]))
+    for _ in range(300):
+        with session_scope(db) as session:
+            parked = session.exec(select(ParkedEvent).where(ParkedEvent.run_id == first_run))
+            if parked.first() is not None:
+                break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail("the queue was never parked")
+    await send_event(handle, "account_closed")
+
+    state = await handle.result()
+
+    assert (state.status, state.outcome) == ("exited", "closed")
+    assert state.generation >= 1
+    path = stored_path(db, first_run)
+    assert _fates(path) == {mid: ["ignored"] for mid in ids}
+    ignored = [e for e in path if e["outcome"] == "ignored"]
+    assert [e["detail"]["message_id"] for e in ignored] == ids
+    assert {e["detail"]["reason"] for e in ignored} == {
+        "the run ended (closed) before a wait took this event"
+    }

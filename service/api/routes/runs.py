@@ -90,6 +90,15 @@ class LiveRunState(BaseModel):
     )
     vars: dict[str, Any] = Field(default_factory=dict)
     scores: dict[str, Any] = Field(default_factory=dict)
+    pending_events: int | None = Field(
+        default=None, description="Events the run holds queued, not taken by a wait yet."
+    )
+    generation: int | None = Field(
+        default=None, description="How many times the run has continued as new."
+    )
+    steps: int | None = Field(
+        default=None, description="Steps taken, across generations (bounded by `max_steps`)."
+    )
 
 
 class RunDetail(RunSummary):
