@@ -555,10 +555,7 @@ class JourneyRunWorkflow:
         for event in queued:
             self._ignored(event, reason)
         for message_id in self.backlog:
-            detail = {"message_id": message_id, "reason": reason}
-            self._path(
-                self.state.current_step or "entry", "event", outcome="ignored", detail=detail
-            )
+            self._ignored_id(message_id, reason)
         for event in self.inbox[self.loaded :]:
             self._ignored(event, reason)
         self.inbox.clear()
@@ -1339,10 +1336,7 @@ class JourneyRunWorkflow:
             if request.parked is not None:
                 found.events = [event for event in found.events if self._first_sight(event)]
             for message_id in found.missing:
-                detail = {"message_id": message_id, "reason": "not in the events table"}
-                self._path(
-                    self.state.current_step or "entry", "event", outcome="ignored", detail=detail
-                )
+                self._ignored_id(message_id, "not in the events table")
             self.inbox[self.loaded : self.loaded] = found.events
             self.loaded += len(found.events)
             self.exit_checked += len(found.events)
@@ -1437,6 +1431,12 @@ class JourneyRunWorkflow:
         self._path(
             step or self.state.current_step or "entry", "event", outcome="ignored", detail=detail
         )
+
+    def _ignored_id(self, message_id: str, reason: str) -> None:
+        """An event known by its id only (a backlog's, not read back from the table)."""
+        detail = {"message_id": message_id, "reason": reason}
+        step = self.state.current_step or "entry"
+        self._path(step, "event", outcome="ignored", detail=detail)
 
     async def _watch_exits(self, activity: Callable[[], Awaitable[_T]]) -> _T:
         """An activity that may retry for a long time (a send, a call), with exit events
