@@ -689,7 +689,7 @@ async def test_journeys_lists_active_plans_with_running_counts(
     response = await journeys_api.http.get("/v1/journeys", headers=AUTH)
 
     journeys = {journey["id"]: journey for journey in response.json()["journeys"]}
-    assert sorted(journeys) == ["invoices", "orders", "recovery", "renewal"]
+    assert sorted(journeys) == ["counter", "invoices", "orders", "recovery", "renewal"]
     recovery = journeys["recovery"]
     assert (recovery["name"], recovery["entry_event"], recovery["steps"]) == (
         "Payment recovery",
