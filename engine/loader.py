@@ -243,11 +243,14 @@ class _Walk:
 
     Includes are confined to ``folder``, the catalogue's folder (the root file's, links
     resolved), as `html_file` templates are; a file is known by its real path, so a link to
-    a file is that file. ``seen`` holds every file merged, root first.
+    a file is that file. ``chain`` holds the files being included, root first: a match on it
+    closes a cycle. ``seen`` holds every file merged: one reached again by another way (a
+    diamond) is merged once, where it was first reached.
     """
 
     folder: FsPath
     written: FsPath
+    chain: list[tuple[str, str]]
     seen: set[str]
 
     @classmethod
@@ -256,6 +259,7 @@ class _Walk:
         return cls(
             folder=FsPath(os.path.realpath(root)),
             written=FsPath(os.path.abspath(root)),
+            chain=[(real, FsPath(file).name)],
             seen={real},
         )
 
@@ -279,6 +283,14 @@ class _Walk:
     def name(self, match: str) -> str:
         """``match`` as a path from the catalogue's folder, for messages."""
         return os.path.relpath(os.path.abspath(match), self.written)
+
+    def cycle(self, real: str, closing: str) -> str | None:
+        """The chain ``a.yaml -> b.yaml -> a.yaml`` that including ``real`` closes, if any."""
+        paths = [path for path, _ in self.chain]
+        if real not in paths:
+            return None
+        names = [name for _, name in self.chain[paths.index(real) :]]
+        return " -> ".join([*names, closing])
 
 
 def _within(path: FsPath, folder: FsPath) -> bool:
@@ -335,14 +347,24 @@ def _include_pattern(
             message = f"{outside}: '{name}' links out of it"
             doc.violations.append(_at("include", message, where, hint=confined))
             continue
-        if real in walk.seen:
+        if real == walk.chain[-1][0] and _is_glob(pattern):
+            continue  # a wildcard over a file's own folder matches that file: not an include
+        cycle = walk.cycle(real, name)
+        if cycle is not None:
+            message = f"include: '{pattern}' closes a cycle: {cycle}"
+            hint = "a file may not include itself, directly or through other files"
+            doc.violations.append(_at("include", message, where, hint=hint))
             continue
+        if real in walk.seen:
+            continue  # a diamond: already merged where it was first reached
         walk.seen.add(real)
         if len(walk.seen) > MAX_INCLUDES:
             message = f"more than {MAX_INCLUDES} included files"
             doc.violations.append(_at("include", message, where))
             return False
+        walk.chain.append((real, name))
         _merge_file(doc, data, match, real, walk)
+        walk.chain.pop()
     return True
 
 

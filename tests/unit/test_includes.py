@@ -1,6 +1,6 @@
 """`include:` as a catalogue author meets it: includes stay inside the catalogue's folder
 (the folder of the root journeys file, links followed), a file outside is never opened nor
-quoted."""
+quoted, and include cycles are errors naming the chain; a diamond is merged once."""
 
 from __future__ import annotations
 
@@ -150,6 +150,66 @@ def test_a_parent_step_that_stays_inside_is_fine(folders: tuple[Path, Path]) -> 
     root = _write(catalogue, files)
     assert _violations(root) == []
     assert list(build_catalog(root).checked.loaded.data["templates"]) == ["hello"]
+
+
+def test_a_file_that_includes_itself_is_a_cycle(folders: tuple[Path, Path]) -> None:
+    catalogue, _ = folders
+    root = _write(catalogue, {"journeys.yaml": "version: 1\ninclude:\n  - journeys.yaml\n"})
+    assert _violations(root) == [
+        f"{catalogue}/journeys.yaml:3:5: -: include: 'journeys.yaml' closes a cycle: "
+        "journeys.yaml -> journeys.yaml (a file may not include itself, directly or through "
+        "other files)"
+    ]
+
+
+def test_an_included_file_that_includes_itself_is_a_cycle(folders: tuple[Path, Path]) -> None:
+    catalogue, _ = folders
+    files = {
+        "journeys.yaml": "version: 1\ninclude: [a.yaml]\n",
+        "a.yaml": TEMPLATE.format(name="hello") + "include: [./a.yaml]\n",
+    }
+    assert _violations(_write(catalogue, files)) == [
+        f"{catalogue}/a.yaml:3:11: -: include: './a.yaml' closes a cycle: a.yaml -> a.yaml "
+        "(a file may not include itself, directly or through other files)"
+    ]
+
+
+def test_two_files_including_each_other_are_a_cycle(folders: tuple[Path, Path]) -> None:
+    catalogue, _ = folders
+    files = {
+        "journeys.yaml": "version: 1\ninclude: [parts/a.yaml]\n",
+        "parts/a.yaml": "include: [b.yaml]\n" + TEMPLATE.format(name="a"),
+        "parts/b.yaml": TEMPLATE.format(name="b") + "include:\n  - a.yaml\n",
+    }
+    assert _violations(_write(catalogue, files)) == [
+        f"{catalogue}/parts/b.yaml:4:5: -: include: 'a.yaml' closes a cycle: "
+        "parts/a.yaml -> parts/b.yaml -> parts/a.yaml "
+        "(a file may not include itself, directly or through other files)"
+    ]
+
+
+def test_an_include_back_to_the_root_file_is_a_cycle(folders: tuple[Path, Path]) -> None:
+    catalogue, _ = folders
+    files = {
+        "journeys.yaml": "version: 1\ninclude: [parts/*.yaml]\n",
+        "parts/a.yaml": "include: ['../*.yaml']\n",
+    }
+    assert _violations(_write(catalogue, files)) == [
+        f"{catalogue}/parts/a.yaml:1:11: -: include: '../*.yaml' closes a cycle: "
+        "journeys.yaml -> parts/a.yaml -> journeys.yaml "
+        "(a file may not include itself, directly or through other files)"
+    ]
+
+
+def test_a_cycle_through_a_symlink_is_a_cycle(folders: tuple[Path, Path]) -> None:
+    catalogue, _ = folders
+    (catalogue / "alias.yaml").symlink_to(catalogue / "journeys.yaml")
+    root = _write(catalogue, {"journeys.yaml": "version: 1\ninclude: [alias.yaml]\n"})
+    assert _violations(root) == [
+        f"{catalogue}/journeys.yaml:2:11: -: include: 'alias.yaml' closes a cycle: "
+        "journeys.yaml -> alias.yaml "
+        "(a file may not include itself, directly or through other files)"
+    ]
 
 
 def test_a_diamond_is_merged_once_and_is_fine(folders: tuple[Path, Path]) -> None:
