@@ -1,7 +1,8 @@
 """Safe YAML loading with positions: journeys files (and their `include:`s) to plain data.
 
 Only YAML's core tags are accepted (no `!!python/...`), files are size-capped, and alias
-expansion is bounded, so a hostile file cannot run code or exhaust memory. Every value and
+expansion is bounded, so a hostile file cannot run code or exhaust memory; includes stay
+inside the catalogue's folder, so a file outside it is never read. Every value and
 mapping key keeps its file, line and column in a `SourceMap` for the validator's messages.
 `${VAR}` references are kept verbatim: they are resolved only at run time. As in YAML 1.2,
 only `true` and `false` are booleans: `yes`/`no`/`on`/`off` stay words (a step called `no`).
@@ -14,6 +15,7 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any
@@ -197,7 +199,8 @@ def load_text(
         )
         return doc
     doc.data = data
-    _resolve_includes(doc, data, data.pop("include", None), doc.source, doc.root, seen={file})
+    walk = _Walk.start(doc.root, file)
+    _resolve_includes(doc, data, data.pop("include", None), doc.source, doc.root, walk)
     _read_rule_tables(doc)
     return doc
 
@@ -234,15 +237,79 @@ def _read_capped(path: FsPath) -> str:
         raise _LoadError("yaml", f"file is not UTF-8 text (byte {exc.start})", 1, 1) from exc
 
 
+@dataclass
+class _Walk:
+    """One load's walk through its includes.
+
+    Includes are confined to ``folder``, the catalogue's folder (the root file's, links
+    resolved), as `html_file` templates are; a file is known by its real path, so a link to
+    a file is that file. ``chain`` holds the files being included, root first: a match on it
+    closes a cycle. ``seen`` holds every file merged: one reached again by another way (a
+    diamond) is merged once, where it was first reached.
+    """
+
+    folder: FsPath
+    written: FsPath
+    chain: list[tuple[str, str]]
+    seen: set[str]
+
+    @classmethod
+    def start(cls, root: FsPath, file: str) -> _Walk:
+        real = os.path.realpath(root / FsPath(file).name)
+        return cls(
+            folder=FsPath(os.path.realpath(root)),
+            written=FsPath(os.path.abspath(root)),
+            chain=[(real, FsPath(file).name)],
+            seen={real},
+        )
+
+    def reaches_out(self, pattern: str, base: FsPath) -> bool:
+        """Whether ``pattern`` (relative to ``base``) names a place outside the folder, as
+        written or once the links before its first wildcard are followed; nothing is read."""
+        if FsPath(pattern).is_absolute():
+            return True
+        if not _within(FsPath(os.path.normpath(os.path.abspath(base / pattern))), self.written):
+            return True
+        fixed = list(FsPath(pattern).parts[:-1])
+        for index, part in enumerate(fixed):
+            if _is_glob(part):
+                fixed = fixed[:index]
+                break
+        return not _within(FsPath(os.path.realpath(base.joinpath(*fixed))), self.folder)
+
+    def holds(self, real: str) -> bool:
+        return _within(FsPath(real), self.folder)
+
+    def name(self, match: str) -> str:
+        """``match`` as a path from the catalogue's folder, for messages."""
+        return os.path.relpath(os.path.abspath(match), self.written)
+
+    def cycle(self, real: str, closing: str) -> str | None:
+        """The chain ``a.yaml -> b.yaml -> a.yaml`` that including ``real`` closes, if any."""
+        paths = [path for path, _ in self.chain]
+        if real not in paths:
+            return None
+        names = [name for _, name in self.chain[paths.index(real) :]]
+        return " -> ".join([*names, closing])
+
+
+def _within(path: FsPath, folder: FsPath) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _is_glob(text: str) -> bool:
+    return any(char in text for char in "*?[")
+
+
 def _resolve_includes(
     doc: LoadedDocument,
     data: dict[str, Any],
     includes: Any,
     owner: SourceMap,
-    root: FsPath,
-    seen: set[str],
+    base: FsPath,
+    walk: _Walk,
 ) -> None:
-    """Merge the files ``includes`` names (relative to ``root``) into ``data``."""
+    """Merge the files ``includes`` names (relative to ``base``) into ``data``."""
     if includes is None:
         return
     where = owner.locate(("include",))
@@ -251,8 +318,8 @@ def _resolve_includes(
     if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
         doc.violations.append(_at("type", "include: must be a list of file patterns", where))
         return
-    for pattern in includes:
-        if not _include_pattern(doc, data, pattern, where, root, seen):
+    for index, pattern in enumerate(includes):
+        if not _include_pattern(doc, data, pattern, owner.locate(("include", index)), base, walk):
             return
 
 
@@ -261,23 +328,43 @@ def _include_pattern(
     data: dict[str, Any],
     pattern: str,
     where: Location,
-    root: FsPath,
-    seen: set[str],
+    base: FsPath,
+    walk: _Walk,
 ) -> bool:
     """Merge the files one include ``pattern`` matches; False once there are too many."""
-    matches = sorted(glob.glob(str(root / pattern)))
+    outside = f"include: '{pattern}' is outside the journeys folder"
+    confined = f"includes must stay inside {walk.folder}"
+    if walk.reaches_out(pattern, base):  # refused before any file or folder out there is read
+        doc.violations.append(_at("include", outside, where, hint=confined))
+        return True
+    matches = sorted(glob.glob(str(base / pattern)))
     if not matches:
         message = f"include: '{pattern}' matches no file"
-        doc.violations.append(_at("include", message, where, hint=f"paths are relative to {root}"))
+        doc.violations.append(_at("include", message, where, hint=f"paths are relative to {base}"))
     for match in matches:
-        if match in seen:
+        real, name = os.path.realpath(match), walk.name(match)
+        if not walk.holds(real):
+            message = f"{outside}: '{name}' links out of it"
+            doc.violations.append(_at("include", message, where, hint=confined))
             continue
-        seen.add(match)
-        if len(seen) > MAX_INCLUDES:
+        if real == walk.chain[-1][0] and _is_glob(pattern):
+            continue  # a wildcard over a file's own folder matches that file: not an include
+        cycle = walk.cycle(real, name)
+        if cycle is not None:
+            message = f"include: '{pattern}' closes a cycle: {cycle}"
+            hint = "a file may not include itself, directly or through other files"
+            doc.violations.append(_at("include", message, where, hint=hint))
+            continue
+        if real in walk.seen:
+            continue  # a diamond: already merged where it was first reached
+        walk.seen.add(real)
+        if len(walk.seen) > MAX_INCLUDES:
             message = f"more than {MAX_INCLUDES} included files"
             doc.violations.append(_at("include", message, where))
             return False
-        _merge_file(doc, data, match, seen)
+        walk.chain.append((real, name))
+        _merge_file(doc, data, match, real, walk)
+        walk.chain.pop()
     return True
 
 
@@ -285,11 +372,14 @@ def _at(code: str, message: str, where: Location, *, hint: str | None = None) ->
     return Violation(code, message, where.file, where.line, where.column, hint=hint)
 
 
-def _merge_file(doc: LoadedDocument, data: dict[str, Any], match: str, seen: set[str]) -> None:
-    """Merge the included file ``match`` into ``data``, then the files it includes."""
+def _merge_file(
+    doc: LoadedDocument, data: dict[str, Any], match: str, real: str, walk: _Walk
+) -> None:
+    """Merge the included file ``match`` (read at ``real``, the path that was checked) into
+    ``data``, then the files it includes."""
     doc.files.append(match)
     local = SourceMap(match)
-    included = _read_included(doc, match, local)
+    included = _read_included(doc, match, real, local)
     if included is None:
         return
     _check_included_keys(doc, included, match, local)
@@ -301,13 +391,15 @@ def _merge_file(doc: LoadedDocument, data: dict[str, Any], match: str, seen: set
             _merge_journeys(doc, data, part, match, local)
         elif isinstance(part, dict):
             _merge_section(doc, data, section, part, match, local)
-    _resolve_includes(doc, data, included.get("include"), local, FsPath(match).parent, seen)
+    _resolve_includes(doc, data, included.get("include"), local, FsPath(match).parent, walk)
 
 
-def _read_included(doc: LoadedDocument, match: str, local: SourceMap) -> dict[str, Any] | None:
+def _read_included(
+    doc: LoadedDocument, match: str, real: str, local: SourceMap
+) -> dict[str, Any] | None:
     """The included file's mapping; None (with a violation, unless it is empty) otherwise."""
     try:
-        included = _parse(_read_capped(FsPath(match)), match, local)
+        included = _parse(_read_capped(FsPath(real)), match, local)
     except _LoadError as exc:
         doc.violations.append(_violation(exc, match))
         return None
