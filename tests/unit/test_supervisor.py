@@ -1,13 +1,14 @@
 """The supervisor `journeys up` runs its processes under: a child that dies while starting
 is reported with its last log lines; once up, a child that dies is restarted with a
 doubling delay and its cause logged, a client waits for its server, too many crashes
-stop everything; a child that ignores SIGTERM is killed.
+stop everything; a child that ignores SIGTERM is killed; /healthz reads its status file.
 
 The children are small `python -c` scripts; the delays are shrunk to tenths of seconds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import re
@@ -18,7 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fastapi import Response
+from sqlalchemy import create_engine
 
+from service.api.routes import health
 from service.cli.supervisor import (
     STATUS_FILE,
     Child,
@@ -265,3 +269,70 @@ def test_the_policy_reads_its_limits_from_the_environment() -> None:
     ):
         with pytest.raises(ValueError, match=variable):
             RestartPolicy.from_env({variable: value})
+
+
+# ----------------------------------------------------------------------------- /healthz
+
+
+def _healthz() -> tuple[int, dict[str, object]]:
+    engine = create_engine("sqlite://")
+    response = Response()
+    try:
+        answer = asyncio.run(health.healthz(engine, None, response))
+    finally:
+        engine.dispose()
+    return response.status_code or 200, answer.model_dump(exclude_none=True)
+
+
+def test_healthz_is_degraded_while_a_supervised_child_is_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JOURNEYS_STATE_DIR", str(tmp_path))
+    # As under `journeys up`: the status file's writer is the API's parent process.
+    monkeypatch.setattr(os, "getppid", os.getpid)
+    argv = [sys.executable, "-c", "import time; print('serving', flush=True); time.sleep(60)"]
+    with Supervisor(
+        log_dir=tmp_path / "logs",
+        out=io.StringIO(),
+        policy=RestartPolicy(first_delay=0.5),
+        status_path=tmp_path / STATUS_FILE,
+    ) as supervisor:
+        child = supervisor.start("worker", argv, ready=_serving)
+        supervisor.wait_ready(child, "worker", timeout=10)
+        assert _healthz()[0] == 200
+        child.signal(signal.SIGTERM)
+        child.process.wait(5)
+        _heal_until(supervisor, lambda: child.state == "restarting")
+        code, body = _healthz()
+        written = read_status(tmp_path / STATUS_FILE)
+        assert written is not None
+        assert code == 503
+        assert body["status"] == "degraded"
+        assert body["down"] == ["worker is restarting (killed by SIGTERM)"]
+        assert body["children"] == {
+            "worker": {
+                "state": "restarting",
+                "restarts": 1,
+                "last_exit": "killed by SIGTERM",
+                "since": written["children"]["worker"]["since"],
+            }
+        }
+        _heal_until(supervisor, lambda: child.state == "running")
+        code, body = _healthz()
+        assert (code, body["status"]) == (200, "ok")
+        assert "down" not in body
+        # A file some other process wrote (a `journeys up` killed long ago) is ignored.
+        monkeypatch.setattr(os, "getppid", lambda: 1)
+        assert "children" not in _healthz()[1]
+    assert "children" not in _healthz()[1]  # gone with the supervisor
+
+
+def test_healthz_ignores_the_status_file_without_a_state_dir_or_when_unreadable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("JOURNEYS_STATE_DIR", raising=False)
+    assert _healthz() == (200, {"status": "ok", "database": "ok", "temporal": "unreachable"})
+    monkeypatch.setenv("JOURNEYS_STATE_DIR", str(tmp_path))
+    (tmp_path / STATUS_FILE).write_text("{not json")
+    assert _healthz()[1]["status"] == "ok"
+    assert read_status(tmp_path / STATUS_FILE) is None
