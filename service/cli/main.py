@@ -321,9 +321,8 @@ def _supervise(
             supervisor.run()
         except ShutdownRequested:
             pass
-        except GaveUp as exc:
-            typer.echo(f"journeys up: gave up: {exc}; see the logs in {embedded.logs}", err=True)
-            return 1
+        except GaveUp:
+            return 1  # the supervisor said why, with the end of the child's log
         except ChildExited as exc:
             supervisor.report(exc.child)
             return 1

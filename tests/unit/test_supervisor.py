@@ -251,6 +251,35 @@ def test_a_restarted_child_that_never_gets_ready_is_killed_and_counted(tmp_path:
     assert "hung was not ready within 0.5 s; killing it" in out.getvalue()
 
 
+def test_up_stops_everything_and_exits_1_when_it_gives_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.cli import main
+
+    started: list[Child] = []
+
+    def start_all(supervisor: Supervisor, *_args: object, **_kwargs: object) -> None:
+        started.append(supervisor.start("temporal", SLEEPER))
+        crasher = [sys.executable, "-c", "print('no database'); raise SystemExit(5)"]
+        started.append(supervisor.start("worker", crasher, after=["temporal"]))
+        for child in started:
+            supervisor.wait_ready(child, child.name, timeout=5)
+
+    monkeypatch.setattr(main, "_start_all", start_all)
+    embedded = main._Embedded(tmp_path, tmp_path / "journeys.yaml", 8000, 7233, 8233)
+    policy = RestartPolicy(first_delay=0.05, max_crashes=2)
+    code = main._supervise(embedded, server_argv=[], env={"JOURNEYS_API_KEY": "k"}, policy=policy)
+
+    assert code == 1
+    assert all(child.returncode is not None for child in started)
+    assert not (tmp_path / STATUS_FILE).exists()
+    err = capsys.readouterr().err
+    assert "worker exited with code 5; restarting in 0.05 s (restart 1)" in err
+    assert "worker exited with code 5; it crashed 2 times within 60 s: giving up" in err
+    assert "  | no database" in err
+    assert "stopping temporal" in err
+
+
 # ----------------------------------------------------------------------------- policy
 
 
