@@ -36,7 +36,16 @@ from service.cli.db import upgrade_database
 from service.cli.design import app
 from service.cli.environment import open_database, runtime_settings
 from service.cli.risk_models import app as models_app
-from service.cli.supervisor import ChildExited, ShutdownRequested, Supervisor
+from service.cli.supervisor import (
+    STATUS_FILE,
+    Child,
+    ChildExited,
+    GaveUp,
+    RestartPolicy,
+    ShutdownRequested,
+    Supervisor,
+    tail,
+)
 from service.cli.users import apikey_app, user_app
 
 __all__ = ["app", "load_or_create_api_key", "main"]
@@ -177,11 +186,26 @@ def _child_env(embedded: _Embedded, *, api_key: str, secret_key: str) -> dict[st
     return env
 
 
-def _healthy(url: str) -> bool:
+def _api_serving(url: str) -> bool:
+    """The API answers /healthz and its database is fine. A 503 that only says another
+    child is restarting (the supervisor's status, see `Supervisor`) counts as serving."""
     try:
-        return httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200
+        answer = httpx.get(f"{url}/healthz", timeout=2.0)
     except httpx.HTTPError:
         return False
+    if answer.status_code == 200:
+        return True
+    try:
+        body = answer.json()
+    except ValueError:
+        return False
+    return answer.status_code == 503 and isinstance(body, dict) and body.get("database") == "ok"
+
+
+def _worker_polling(child: Child) -> bool:
+    """The worker's log, since its last start, says it polls its task queue."""
+    lines = tail(child.log_path, lines=400, since=child.log_start)
+    return any("worker polling task queue" in line for line in lines)
 
 
 def _example(*, api_url: str, state_dir: Path) -> str:
@@ -252,35 +276,53 @@ def _seed_api_key(database_url: str, api_key: str) -> None:
 def _start_all(
     supervisor: Supervisor, embedded: _Embedded, *, server_argv: list[str], env: dict[str, str]
 ) -> None:
-    """Temporal, then the catalogue deployed, then the worker and the API; wait for each."""
+    """Temporal, then the catalogue deployed, then the worker and the API; wait for each.
+
+    The worker is started after Temporal (it exits when it cannot connect, so it is only
+    restarted once Temporal runs again); the API is not (it reconnects by itself).
+    """
     address = embedded.temporal_address
     typer.echo(f"starting Temporal dev server on {address} (state in {embedded.state})")
-    supervisor.start("temporal", server_argv, env=env)
-    supervisor.wait_until(
-        "the Temporal dev server",
-        lambda: asyncio.run(dev_server_ready(address, timeout=3.0)),
-        timeout=120,
+    temporal = supervisor.start(
+        "temporal",
+        server_argv,
+        env=env,
+        ready=lambda _child: asyncio.run(dev_server_ready(address, timeout=3.0)),
     )
+    supervisor.wait_ready(temporal, "the Temporal dev server", timeout=120)
     for line in _deploy_file(embedded.journeys_file, database_url=embedded.database_url):
         typer.echo(f"deploy  {line.format()}")
     _seed_api_key(embedded.database_url, env["JOURNEYS_API_KEY"])
     supervisor.check()
-    supervisor.start("worker", [sys.executable, str(CODE_ROOT / "worker.py")], env=env)
+    worker_argv = [sys.executable, str(CODE_ROOT / "worker.py")]
+    worker = supervisor.start(
+        "worker", worker_argv, env=env, after=["temporal"], ready=_worker_polling
+    )
     api_argv = ["-m", "uvicorn", "--factory", "service.api.app:create_app"]
     api_argv += ["--host", "127.0.0.1", "--port", str(embedded.port)]
-    supervisor.start("api", [sys.executable, *api_argv], env=env)
-    supervisor.wait_until("the API", lambda: _healthy(embedded.api_url), timeout=120)
+    api = supervisor.start(
+        "api", [sys.executable, *api_argv], env=env, ready=lambda _c: _api_serving(embedded.api_url)
+    )
+    supervisor.wait_ready(api, "the API", timeout=120)
+    supervisor.wait_ready(worker, "the worker", timeout=120)
 
 
-def _supervise(embedded: _Embedded, *, server_argv: list[str], env: dict[str, str]) -> int:
-    """Run everything until Ctrl-C (0) or until a child dies or does not come up (1)."""
-    with Supervisor(log_dir=embedded.logs) as supervisor:
+def _supervise(
+    embedded: _Embedded, *, server_argv: list[str], env: dict[str, str], policy: RestartPolicy
+) -> int:
+    """Run everything until Ctrl-C (0), restarting what dies; 1 when a child dies or does
+    not come up while starting, or crashes too often once up (see `RestartPolicy`)."""
+    with Supervisor(
+        log_dir=embedded.logs, policy=policy, status_path=embedded.state / STATUS_FILE
+    ) as supervisor:
         try:
             _start_all(supervisor, embedded, server_argv=server_argv, env=env)
             typer.echo(_banner(embedded, api_key=env["JOURNEYS_API_KEY"]))
             supervisor.run()
         except ShutdownRequested:
             pass
+        except GaveUp:
+            return 1  # the supervisor said why, with the end of the child's log
         except ChildExited as exc:
             supervisor.report(exc.child)
             return 1
@@ -306,6 +348,11 @@ def up(
 ) -> None:
     """Run everything on this machine: Temporal dev server, worker, API. Ctrl-C stops it."""
     embedded = _Embedded(state_dir.resolve(), file.resolve(), port, temporal_port, ui_port)
+    try:
+        policy = RestartPolicy.from_env(os.environ)
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
     _valid_catalog(embedded.journeys_file, shown_as=file)
     _check_ports(embedded)
     server_argv = _server_argv(embedded)
@@ -315,7 +362,7 @@ def up(
     api_key = os.environ.get("JOURNEYS_API_KEY") or load_or_create_api_key(embedded.state)
     secret_key = os.environ.get("JOURNEYS_SECRET_KEY") or load_or_create_secret_key(embedded.state)
     env = _child_env(embedded, api_key=api_key, secret_key=secret_key)
-    exit_code = _supervise(embedded, server_argv=server_argv, env=env)
+    exit_code = _supervise(embedded, server_argv=server_argv, env=env, policy=policy)
     typer.echo("stopped")
     raise typer.Exit(exit_code)
 

@@ -1,32 +1,75 @@
-"""Child processes of `journeys up`: start them, watch them, stop them all cleanly.
+"""Child processes of `journeys up`: start them, watch them, restart the ones that die, and
+stop them all cleanly.
 
 Each child runs in its own session (so a Ctrl-C in the terminal reaches only us, and we
 stop the children in order: API and worker first, the Temporal server last) with its
 output appended to `<state>/logs/<name>.log`. On Linux each child also gets SIGTERM if
-we die without cleaning up. If a child exits while it should be running, the supervisor
-says which, shows the end of its log and stops the rest.
+we die without cleaning up.
 
-Every wait here is bounded. Nothing here knows what the children are; `service.cli.main` does.
+While starting (`wait_until`, `check`), a child that exits is fatal: the caller reports it
+(`report`) and everything stops, because a child that cannot start once will not start
+the second time either. Once everything is up, `run` heals: a child that exits is started
+again with the same command line (same ports, same state files) after a delay that
+doubles from `RestartPolicy.first_delay` up to `max_delay`, and starts from `first_delay`
+again once the child had stayed up `stable_after` seconds. A child started ``after``
+others is restarted only once they are running; its exit while one of them is down, or
+within `RestartPolicy.blame_window` seconds of one coming back, is blamed on that one and
+not counted as a crash. The ``max_crashes``-th crash of one child within ``window``
+seconds makes `run` give up (`GaveUp`): the caller stops everything and exits non-zero.
+Each restart is said on the console and in `<log_dir>/supervisor.log` with its cause
+(exit code or signal name) and the end of the child's log, and marked in the child's own
+log.
+
+The children's states are kept in a small JSON file (``status_path``), replaced atomically
+at every change, which the API's /healthz reads (`read_status`) to answer 503 while a
+child is down. It holds names, pids, states, counts and exit causes: never a command line,
+an environment or a key.
+
+Every wait here is bounded. Children are started (and restarted) only on the thread that
+made the `Supervisor`: Linux's parent-death signal fires when the *thread* that forked
+exits. Nothing here knows what the children are; `service.cli.main` does.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any, TextIO
 
-__all__ = ["Child", "ChildExited", "ShutdownRequested", "Supervisor", "tail"]
+__all__ = [
+    "STATUS_FILE",
+    "Child",
+    "ChildExited",
+    "GaveUp",
+    "RestartPolicy",
+    "ShutdownRequested",
+    "Supervisor",
+    "read_status",
+    "tail",
+]
+
+STATUS_FILE = "supervisor.json"
+"""The status file's name in the state directory (`journeys up` puts it there)."""
+
+# A child's states, as the status file and /healthz show them.
+STARTING = "starting"  # started, not ready yet
+RUNNING = "running"  # ready (its probe said so)
+RESTARTING = "restarting"  # exited; waiting out its backoff delay
+WAITING = "waiting"  # exited; waiting for a child it depends on to be running again
+FAILED = "failed"  # crashed too often: the supervisor gave up
 
 _PR_SET_PDEATHSIG = 1
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
@@ -51,6 +94,63 @@ def _parent_death_signal() -> Callable[[], None] | None:
 _PREEXEC = _parent_death_signal()
 
 
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _stamp(moment: datetime | None = None) -> str:
+    return (moment or _now()).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When `Supervisor.run` restarts a child, and when it gives up.
+
+    The defaults: 1 s, 2 s, 4 s ... up to 30 s between restarts of one child, back to 1 s
+    once it has stayed up 60 s; the 5th crash of one child within 60 s stops everything.
+    A child that exits at once is thus restarted 4 times over about 15 s before `up` gives
+    up. ``JOURNEYS_UP_MAX_CRASHES`` and ``JOURNEYS_UP_CRASH_WINDOW`` (seconds) change the
+    last two (`from_env`).
+    """
+
+    first_delay: float = 1.0
+    max_delay: float = 30.0
+    stable_after: float = 60.0
+    max_crashes: int = 5
+    window: float = 60.0
+    start_timeout: float = 120.0
+    """A restarted child not ready within this is killed (and that counts as a crash)."""
+    blame_window: float = 10.0
+    """A child that exits this soon after one it needs ran again is not counted a crash."""
+
+    def delay(self, streak: int) -> float:
+        """The wait before the restart that follows ``streak`` earlier quick restarts."""
+        return min(self.first_delay * 2.0 ** min(streak, 30), self.max_delay)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> RestartPolicy:
+        """The defaults, with ``JOURNEYS_UP_MAX_CRASHES`` and ``JOURNEYS_UP_CRASH_WINDOW``
+        when set; `ValueError` (naming the variable) when one is not a positive number."""
+        crashes = _positive(environ, "JOURNEYS_UP_MAX_CRASHES", cls.max_crashes)
+        if crashes != int(crashes):
+            raise ValueError(f"JOURNEYS_UP_MAX_CRASHES must be a whole number, not {crashes:g}")
+        window = _positive(environ, "JOURNEYS_UP_CRASH_WINDOW", cls.window)
+        return cls(max_crashes=int(crashes), window=window)
+
+
+def _positive(environ: Mapping[str, str], name: str, default: float) -> float:
+    text = environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, not {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a positive number, not {text!r}")
+    return value
+
+
 class ShutdownRequested(Exception):
     """Ctrl-C, SIGTERM or SIGHUP arrived while we were waiting."""
 
@@ -58,9 +158,13 @@ class ShutdownRequested(Exception):
 class ChildExited(Exception):
     """A child exited while it should have been running."""
 
-    def __init__(self, child: Child) -> None:
-        super().__init__(f"{child.name} exited ({child.describe_exit()})")
+    def __init__(self, child: Child, message: str | None = None) -> None:
+        super().__init__(message or f"{child.name} exited ({child.describe_exit()})")
         self.child = child
+
+
+class GaveUp(ChildExited):
+    """A child crashed `RestartPolicy.max_crashes` times within `RestartPolicy.window`."""
 
 
 def tail(path: Path, *, lines: int = 20, since: int = 0, max_bytes: int = 64 * 1024) -> list[str]:
@@ -79,13 +183,31 @@ def tail(path: Path, *, lines: int = 20, since: int = 0, max_bytes: int = 64 * 1
 
 @dataclass
 class Child:
-    """One started process and where its output goes."""
+    """One supervised process (the current one, after restarts), where its output goes,
+    and what the supervisor knows of its history."""
 
     name: str
     argv: list[str]
     process: subprocess.Popen[bytes]
     log_path: Path
     log_start: int = 0
+    env: dict[str, str] | None = None
+    cwd: Path | None = None
+    after: tuple[str, ...] = ()
+    """The children this one needs running: it is restarted only once they are."""
+    ready: Callable[[Child], bool] | None = None
+    """A bounded probe: is the (re)started process serving? None: as soon as it runs."""
+    state: str = STARTING
+    since: datetime = field(default_factory=_now)
+    started_at: float = field(default_factory=time.monotonic)
+    restarts: int = 0
+    last_exit: str | None = None
+    exited_at: float | None = None
+    ready_at: float = 0.0
+    streak: int = 0
+    next_start: float = 0.0
+    crashes: deque[float] = field(default_factory=deque)
+    timed_out: bool = False
 
     @property
     def pid(self) -> int:
@@ -102,6 +224,15 @@ class Child:
                 return f"killed by {signal.Signals(-code).name}"
         return f"exit code {code}"
 
+    def exit_cause(self) -> str:
+        """How the process ended, as a phrase: "killed by SIGKILL", "exited with code 3"."""
+        if self.timed_out:
+            return "was not ready in time (killed)"
+        code = self.returncode
+        if code is not None and code < 0:
+            return self.describe_exit()
+        return f"exited with code {code}"
+
     def signal(self, signum: int) -> None:
         """Send ``signum`` to the child's whole process group (it leads its own session)."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -109,7 +240,7 @@ class Child:
 
 
 class Supervisor:
-    """Starts children, notices when one dies, and stops them all (in reverse order).
+    """Starts children, restarts the ones that die, and stops them all (in reverse order).
 
     Use as a context manager: it installs the SIGINT/SIGTERM/SIGHUP handlers on entry and
     always stops every child on exit. A second Ctrl-C while stopping kills at once.
@@ -121,9 +252,13 @@ class Supervisor:
         log_dir: Path,
         stop_timeout: float = 15.0,
         out: TextIO | None = None,
+        policy: RestartPolicy | None = None,
+        status_path: Path | None = None,
     ) -> None:
         self.log_dir = log_dir
         self.stop_timeout = stop_timeout
+        self.policy = policy or RestartPolicy()
+        self.status_path = status_path
         self.children: list[Child] = []
         self._out = out or sys.stderr
         self._stop_requested = threading.Event()
@@ -167,33 +302,73 @@ class Supervisor:
         *,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        after: Sequence[str] = (),
+        ready: Callable[[Child], bool] | None = None,
     ) -> Child:
-        """Start ``argv`` as child ``name``; output is appended to ``<log_dir>/<name>.log``."""
+        """Start ``argv`` as child ``name``; output is appended to ``<log_dir>/<name>.log``.
+
+        ``after``: names of children started before that this one needs (it is restarted
+        only once they run again); ``ready``: a bounded probe telling when it serves.
+        """
+        known = {child.name for child in self.children}
+        unknown = [n for n in after if n not in known]
+        if unknown:
+            raise ValueError(f"{name} is started after unknown children: {', '.join(unknown)}")
+        env_copy = dict(env) if env is not None else None
+        process, log_path, log_start = self._spawn(name, list(argv), env=env_copy, cwd=cwd)
+        child = Child(
+            name=name,
+            argv=list(argv),
+            process=process,
+            log_path=log_path,
+            log_start=log_start,
+            env=env_copy,
+            cwd=cwd,
+            after=tuple(after),
+            ready=ready,
+        )
+        self.children.append(child)
+        self._write_status()
+        return child
+
+    def _spawn(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None,
+        cwd: Path | None,
+        note: str | None = None,
+    ) -> tuple[subprocess.Popen[bytes], Path, int]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         log: IO[bytes]
         with log_path.open("ab") as log:
             # The argv never holds a secret (keys travel in the environment).
-            stamp = datetime.now(UTC).isoformat(timespec="seconds")
+            stamp = _stamp()
+            if note:
+                log.write(f"\n=== {stamp} {note}".encode())
             log.write(f"\n=== {stamp} starting: {' '.join(argv)}\n".encode())
             log.flush()
             log_start = log.tell()
             process = subprocess.Popen(
-                list(argv),
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=dict(env) if env is not None else None,
+                env=env,
                 cwd=cwd,
                 start_new_session=True,
                 # Only a prctl call, resolved beforehand: safe between fork and exec.
                 preexec_fn=_PREEXEC,
             )
-        child = Child(
-            name=name, argv=list(argv), process=process, log_path=log_path, log_start=log_start
-        )
-        self.children.append(child)
-        return child
+        return process, log_path, log_start
+
+    def child(self, name: str) -> Child:
+        for child in self.children:
+            if child.name == name:
+                return child
+        raise KeyError(name)
 
     def exited(self) -> Child | None:
         """The first child that is no longer running, if any."""
@@ -234,12 +409,124 @@ class Supervisor:
                 raise TimeoutError(f"{what} was not ready within {timeout:.0f} s")
             self._stop_requested.wait(min(interval, remaining))
 
+    def wait_ready(self, child: Child, what: str, *, timeout: float) -> None:
+        """`wait_until` ``child``'s own probe says it serves; then it counts as running."""
+        probe = child.ready
+        if probe is not None:
+            self.wait_until(what, lambda: _probe(probe, child), timeout=timeout)
+        self._set(child, RUNNING)
+
+    # ------------------------------------------------------------------ healing
+
     def run(self, *, interval: float = 0.5) -> None:
-        """Block until a signal arrives (returns) or a child dies (raises `ChildExited`)."""
-        while not self._stop_requested.wait(interval):
-            child = self.exited()
-            if child is not None:
-                raise ChildExited(child)
+        """Keep the children running until a signal arrives (returns).
+
+        Raises `GaveUp` when one child crashed too often (see `RestartPolicy`).
+        """
+        while True:
+            self.tick()
+            if self._stop_requested.wait(interval):
+                return
+
+    def tick(self) -> None:
+        """One round: notice exits, schedule and make restarts, promote ready children."""
+        now = time.monotonic()
+        for child in self.children:
+            if child.state in (STARTING, RUNNING) and child.returncode is not None:
+                self._on_exit(child, now)
+        for child in self.children:
+            if child.state == STARTING:
+                self._check_starting(child, now)
+            elif child.state in (RESTARTING, WAITING) and now >= child.next_start:
+                blocker = self._blocker(child)
+                if blocker is None:
+                    self._restart(child)
+                elif child.state != WAITING:
+                    self._set(child, WAITING)
+                    self._say(f"journeys up: {child.name} waits for {blocker.name} to be running")
+
+    def _on_exit(self, child: Child, now: float) -> None:
+        cause = child.exit_cause()
+        child.last_exit = cause
+        child.exited_at = now
+        child.signal(signal.SIGKILL)  # anything it left in its process group
+        lines = tail(child.log_path, lines=10, since=child.log_start)
+        if now - child.started_at >= self.policy.stable_after:
+            child.streak = 0  # it had stayed up: back to the shortest delay
+        blamed = self._blamed(child, now)
+        if blamed is None:
+            child.crashes.append(now)
+            while child.crashes and child.crashes[0] <= now - self.policy.window:
+                child.crashes.popleft()
+            if len(child.crashes) >= self.policy.max_crashes:
+                message = (
+                    f"{child.name} {cause}; it crashed {len(child.crashes)} times within "
+                    f"{self.policy.window:g} s: giving up"
+                )
+                self._set(child, FAILED)
+                self._say(f"journeys up: {message}; last lines of {child.log_path}:")
+                self._say_lines(lines)
+                raise GaveUp(child, message)
+        delay = self.policy.delay(child.streak)
+        child.streak += 1
+        child.restarts += 1
+        child.next_start = now + delay
+        self._set(child, RESTARTING)
+        because = f" after {blamed.name} went down (not counted as a crash)" if blamed else ""
+        self._say(
+            f"journeys up: {child.name} {cause}{because}; restarting in {delay:g} s "
+            f"(restart {child.restarts}); last lines of {child.log_path}:"
+        )
+        self._say_lines(lines)
+
+    def _blamed(self, child: Child, now: float) -> Child | None:
+        """A child ``child`` needs that is down, or that went down while ``child`` ran and
+        has been running again for less than `RestartPolicy.blame_window` seconds."""
+        for name in child.after:
+            needed = self.child(name)
+            if needed.state != RUNNING:
+                return needed
+            if (
+                needed.exited_at is not None
+                and needed.exited_at >= child.started_at
+                and now - needed.ready_at < self.policy.blame_window
+            ):
+                return needed
+        return None
+
+    def _blocker(self, child: Child) -> Child | None:
+        for name in child.after:
+            needed = self.child(name)
+            if needed.state != RUNNING:
+                return needed
+        return None
+
+    def _restart(self, child: Child) -> None:
+        note = f"restart {child.restarts} ({child.last_exit})"
+        child.process, child.log_path, child.log_start = self._spawn(
+            child.name, child.argv, env=child.env, cwd=child.cwd, note=note
+        )
+        child.started_at = time.monotonic()
+        child.timed_out = False
+        self._set(child, STARTING)
+        self._say(f"journeys up: {child.name} restarted (pid {child.pid})")
+
+    def _check_starting(self, child: Child, now: float) -> None:
+        if child.returncode is not None:
+            return  # noticed at the next tick
+        if child.ready is None or _probe(child.ready, child):
+            self._set(child, RUNNING)
+            if child.restarts:
+                self._say(f"journeys up: {child.name} is running again")
+        elif now - child.started_at > self.policy.start_timeout:
+            self._say(
+                f"journeys up: {child.name} was not ready within "
+                f"{self.policy.start_timeout:g} s; killing it"
+            )
+            child.timed_out = True
+            child.signal(signal.SIGKILL)
+
+    # ------------------------------------------------------------------ reporting
 
     def report(self, child: Child, *, lines: int = 20) -> None:
         """Say which child died, with the end of its log."""
@@ -247,28 +534,84 @@ class Supervisor:
             f"journeys up: {child.name} exited unexpectedly ({child.describe_exit()}); "
             f"last lines of {child.log_path}:"
         )
-        for line in tail(child.log_path, lines=lines, since=child.log_start):
+        self._say_lines(tail(child.log_path, lines=lines, since=child.log_start))
+
+    def status(self) -> dict[str, Any]:
+        """What the status file holds: who supervises, and each child's state."""
+        return {
+            "pid": os.getpid(),
+            "updated": _stamp(),
+            "children": {
+                child.name: {
+                    "state": child.state,
+                    "pid": child.pid,
+                    "restarts": child.restarts,
+                    "last_exit": child.last_exit,
+                    "since": _stamp(child.since),
+                }
+                for child in self.children
+            },
+        }
+
+    def _set(self, child: Child, state: str) -> None:
+        if child.state != state:
+            child.state = state
+            child.since = _now()
+            if state == RUNNING:
+                child.ready_at = time.monotonic()
+        self._write_status()
+
+    def _write_status(self) -> None:
+        """Replace the status file atomically (a reader sees the old or the new one)."""
+        if self.status_path is None:
+            return
+        temporary = self.status_path.with_name(f".{self.status_path.name}.{os.getpid()}.tmp")
+        try:
+            temporary.write_text(json.dumps(self.status()), encoding="utf-8")
+            os.replace(temporary, self.status_path)
+        except OSError as error:
+            self._say(f"journeys up: cannot write {self.status_path}: {error}")
+
+    def _remove_status(self) -> None:
+        if self.status_path is not None:
+            with contextlib.suppress(OSError):
+                self.status_path.unlink()
+
+    def _say(self, text: str) -> None:
+        print(text, file=self._out, flush=True)
+        with contextlib.suppress(OSError):
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            with (self.log_dir / "supervisor.log").open("a", encoding="utf-8") as log:
+                log.write(f"{_stamp()} {text}\n")
+
+    def _say_lines(self, lines: Sequence[str]) -> None:
+        for line in lines:
             self._say(f"  | {line}")
+
+    # ------------------------------------------------------------------ stopping
 
     def stop_all(self) -> None:
         """Stop every child: API and worker first, then the server; SIGKILL after a bound.
 
         Children are stopped in reverse start order, in two groups: everything but the
         first child together (they are clients of it), then the first (the server), so
-        the worker can finish its polls against a live server.
+        the worker can finish its polls against a live server. The status file goes.
         """
         if self._stopping:
             return
         self._stopping = True
-        running = [c for c in self.children if c.returncode is None]
-        if not running:
-            return
-        self._say("journeys up: stopping " + ", ".join(c.name for c in reversed(running)))
-        first = self.children[0] if self.children else None
-        clients = [c for c in reversed(running) if c is not first]
-        self._stop_group(clients)
-        if first is not None and first in running:
-            self._stop_group([first])
+        try:
+            running = [c for c in self.children if c.returncode is None]
+            if not running:
+                return
+            self._say("journeys up: stopping " + ", ".join(c.name for c in reversed(running)))
+            first = self.children[0] if self.children else None
+            clients = [c for c in reversed(running) if c is not first]
+            self._stop_group(clients)
+            if first is not None and first in running:
+                self._stop_group([first])
+        finally:
+            self._remove_status()
 
     def _stop_group(self, group: list[Child]) -> None:
         for child in group:
@@ -288,5 +631,24 @@ class Supervisor:
             # Grandchildren share the group: make sure none outlives its parent.
             child.signal(signal.SIGKILL)
 
-    def _say(self, text: str) -> None:
-        print(text, file=self._out, flush=True)
+
+def _probe(probe: Callable[[Child], bool], child: Child) -> bool:
+    try:
+        return bool(probe(child))
+    except Exception:
+        return False
+
+
+def read_status(path: Path, *, supervisor: int | None = None) -> dict[str, Any] | None:
+    """The children's states from the status file at ``path``: None when there is none,
+    it cannot be read, or (``supervisor`` given) another process than that pid wrote it
+    (a file a killed `journeys up` left behind)."""
+    try:
+        status = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(status, dict) or not isinstance(status.get("children"), dict):
+        return None
+    if supervisor is not None and status.get("pid") != supervisor:
+        return None
+    return status
