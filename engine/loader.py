@@ -518,8 +518,13 @@ def _read_rule_table(doc: LoadedDocument, table: dict[str, Any], at: Path) -> No
         message = f"rules_csv '{name}' must be a file beside the journeys file"
         doc.violations.append(_at("decide", message, where))
         return
+    real = FsPath(os.path.realpath(path))
+    if not _within(real, FsPath(os.path.realpath(doc.root))):  # a link out: never read
+        message = f"rules_csv '{name}' links out of the journeys folder"
+        doc.violations.append(_at("decide", message, where, hint="keep the CSV beside it"))
+        return
     try:
-        text = _read_capped(path)
+        text = _read_capped(real)
     except (OSError, _LoadError) as exc:
         message = f"rules_csv: cannot read {path}: {getattr(exc, 'strerror', None) or exc}"
         doc.violations.append(_at("decide", message, where))

@@ -243,3 +243,33 @@ def test_a_glob_over_its_own_folder_skips_the_file_that_holds_it(
     root = _write(catalogue, files)
     assert _violations(root) == []
     assert list(build_catalog(root).checked.loaded.data["templates"]) == ["a"]
+
+
+def test_a_rules_csv_linked_out_of_the_folder_is_refused_unread(
+    folders: tuple[Path, Path],
+) -> None:
+    catalogue, outside = folders
+    (outside / "offers.csv").write_text(f"score,goto\n{SECRET},done\n")
+    (catalogue / "offers.csv").symlink_to(outside / "offers.csv")
+    root = _write(
+        catalogue,
+        {
+            "journeys.yaml": (
+                "version: 1\n"
+                "events:\n  paid: {score: number}\n"
+                "journeys:\n"
+                "  - id: j\n"
+                "    entry: {event: paid}\n"
+                "    steps:\n"
+                "      - id: pick\n"
+                "        decide: {inputs: {score: event.score}, rules_csv: offers.csv}\n"
+                "      - {id: done, exit: done}\n"
+            )
+        },
+    )
+    lines = _violations(root)
+    assert any(
+        line.startswith(f"{catalogue}/journeys.yaml:9:")
+        and "rules_csv 'offers.csv' links out of the journeys folder" in line
+        for line in lines
+    ), lines
