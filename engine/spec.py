@@ -9,6 +9,7 @@ imports temporalio or does I/O.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo
@@ -28,6 +29,8 @@ from pydantic import (
 from engine.durations import parse_duration, parse_offset, parse_time_of_day
 
 __all__ = [
+    "DEFAULT_RATES",
+    "OTHER_RATE",
     "STEP_MODELS",
     "STEP_TYPES",
     "BranchRule",
@@ -65,6 +68,9 @@ __all__ = [
     "WaitEvent",
     "WaitStep",
     "WaitUntil",
+    "channel_rate",
+    "parse_rate",
+    "rate_burst",
     "step_type_of",
 ]
 
@@ -219,11 +225,69 @@ class ChannelRetry(_Model):
     )
 
 
+_RATE = re.compile(r"^\s*(?P<count>\d+(?:\.\d+)?)\s*/\s*(?P<unit>[smh])\s*$")
+_RATE_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
+MAX_RATE_PER_SECOND = 10_000.0
+
+DEFAULT_RATES: dict[str, str] = {"email": "20/s", "sms": "10/s", "push": "50/s"}
+"""A channel's send rate when it has no `rate:` (any other channel: `OTHER_RATE`)."""
+OTHER_RATE = "10/s"
+
+
+def parse_rate(text: str) -> float:
+    """Sends per second of a rate written ``<count>/s``, ``/m`` or ``/h`` (``50/s``,
+    ``600/m``, ``1000/h``); ValueError, naming the value, for anything else."""
+    match = _RATE.match(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(
+            f"rate '{text}' is not a send rate: write a count per second, minute or hour, "
+            "such as '50/s', '600/m' or '1000/h'"
+        )
+    per_second = float(match["count"]) / _RATE_UNIT_SECONDS[match["unit"]]
+    if per_second <= 0 or per_second > MAX_RATE_PER_SECOND:
+        raise ValueError(
+            f"rate '{text}' must be more than 0 and at most {MAX_RATE_PER_SECOND:,.0f}/s"
+        )
+    return per_second
+
+
+def rate_burst(per_second: float) -> int:
+    """How many sends a full bucket lets out at once: one second's worth, at least one."""
+    return max(1, math.floor(per_second))
+
+
+def channel_rate(name: str, value: str | ChannelSpec) -> float:
+    """Sends per second of channel ``name`` as declared (``rate:``, else its default)."""
+    written = value.rate if isinstance(value, ChannelSpec) else None
+    return parse_rate(written or DEFAULT_RATES.get(name, OTHER_RATE))
+
+
+def _check_rate(value: str) -> str:
+    parse_rate(value)
+    return value
+
+
+Rate = Annotated[
+    str,
+    # `rate: 50` (a YAML number) gets the rate's own message, not "expected a string".
+    BeforeValidator(lambda value: str(value) if isinstance(value, int | float) else value),
+    AfterValidator(_check_rate),
+    Field(description="Sends per second, minute or hour, shared by all workers: 50/s, 600/m."),
+]
+
+
 class ChannelSpec(_Model):
-    """A channel with its Apprise URL and retry policy."""
+    """A channel with its Apprise URL, retry policy and send rate."""
 
     url: str = Field(description="The Apprise URL; write ${VAR} for anything secret.")
     retry: ChannelRetry = Field(default_factory=ChannelRetry)
+    rate: Rate | None = Field(
+        None,
+        description=(
+            "The most sends per second, minute or hour on this channel, across all workers "
+            "(default: email 20/s, sms 10/s, push 50/s, others 10/s)."
+        ),
+    )
 
 
 class _ModelBase(_Model):
@@ -792,9 +856,19 @@ class Document(_Model):
         default_factory=dict,
         description="Optional event schemas; expressions are checked against them.",
     )
-    channels: dict[Identifier, str | ChannelSpec] = Field(
+    channels: dict[
+        Identifier,
+        Annotated[
+            Annotated[str, Tag("text")] | Annotated[ChannelSpec, Tag("url")],
+            Discriminator(
+                lambda v: _shape(v, ("url",)),
+                custom_error_type="channel_spec_shape",
+                custom_error_message="a channel is an Apprise URL or {url: ..., retry: ..., rate: ...}",
+            ),
+        ],
+    ] = Field(
         default_factory=dict,
-        description="Apprise URLs by channel name (or {url, retry}); use ${VAR} for secrets.",
+        description="Apprise URLs by channel name (or {url, retry, rate}); use ${VAR} for secrets.",
     )
     models: dict[Identifier, ModelSpec] = Field(default_factory=dict)
     templates: dict[Identifier, TemplateSpec] = Field(default_factory=dict)

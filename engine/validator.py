@@ -140,6 +140,7 @@ def _clean_loc(loc: tuple[int | str, ...]) -> Path:
             i += 1  # the step union's tag
         elif (
             (len(out) >= 2 and out[-2] == "models" and nxt in ("python", "http", "onnx"))
+            or (len(out) >= 2 and out[-2] == "channels" and nxt in ("text", "url"))
             or (isinstance(elem, str) and elem in _TAGGED_PARENTS and nxt in _TAGGED_PARENTS[elem])
             or (
                 isinstance(nxt, str)
@@ -354,7 +355,14 @@ class _Checker:
                 f"{field_name}: '{value}' is not a valid id",
                 hint="use lowercase letters, digits and _ (like payment_recovery)",
             )
-        elif kind in ("step_type", "wait_shape", "until_shape", "push_shape", "channel_shape"):
+        elif kind in (
+            "step_type",
+            "wait_shape",
+            "until_shape",
+            "push_shape",
+            "channel_shape",
+            "channel_spec_shape",
+        ):
             self.add("type", path, str(error["msg"]))
         elif kind.endswith("_type") or kind in ("model_attributes_type", "dict_type", "list_type"):
             expected = str(error["msg"]).removeprefix("Input should be ")
