@@ -33,6 +33,7 @@ __all__ = [
     "ROLES",
     "ApiKey",
     "CapReservation",
+    "ChannelRate",
     "Delivery",
     "EventRecord",
     "OutboxMessage",
@@ -307,6 +308,22 @@ class CapReservation(SQLModel, table=True):
     step_id: str = Field(max_length=100)
     visit: int
     reserved_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class ChannelRate(SQLModel, table=True):
+    """A channel's send rate and its token bucket, shared by every worker (`channels.pacing`).
+
+    ``per_second`` and ``burst`` are the catalogue's (written by `journeys deploy`);
+    ``tokens`` is what the bucket held at ``updated_at`` (below zero: sends already promised
+    a moment within the next second)."""
+
+    __tablename__ = "channel_rates"
+
+    channel: str = Field(primary_key=True, max_length=100)
+    per_second: float
+    burst: int
+    tokens: float
+    updated_at: datetime = Field(default_factory=utcnow)
 
 
 class ApiKey(SQLModel, table=True):

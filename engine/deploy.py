@@ -1,6 +1,9 @@
 """Deploying a catalogue: store and activate every plan of a valid catalogue, in one
 transaction, and say what that did to each journey (new, unchanged, retired, and how many
-runs stay on the version they started on).
+runs stay on the version they started on). In the same transaction each channel's send
+rate (its `rate:`, else its default) is written to its `channel_rates` row, where every
+worker's sends read it (`channels.pacing`): the rate in force is the last deploy's, for
+runs on every version.
 
 A domain operation: `journeys deploy`, `journeys up`, the tests and the benchmark call it.
 Nothing here prints, reads files or knows the command line.
@@ -16,7 +19,16 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
 from engine.catalog import Catalog
-from engine.database import Run, activate_plan, active_plans, session_scope
+from engine.database import (
+    ChannelRate,
+    Run,
+    activate_plan,
+    active_plans,
+    dialect_insert,
+    session_scope,
+    utcnow,
+)
+from engine.spec import channel_rate, rate_burst
 
 __all__ = ["DeployLine", "deploy_catalog"]
 
@@ -62,7 +74,28 @@ def deploy_catalog(catalog: Catalog, *, engine: Engine, source_text: str) -> lis
             _activate(session, catalog, journey_id, source_text) for journey_id in catalog.plans
         ]
         lines += _retire_absent(session, catalog)
+        _store_channel_rates(session, catalog)
     return lines
+
+
+def _store_channel_rates(session: Session, catalog: Catalog) -> None:
+    """Each declared channel's rate and burst into its bucket's row (a new row starts
+    full; an existing one keeps its tokens, capped at the new burst on its next send)."""
+    document = catalog.document
+    if document is None:
+        return
+    insert = dialect_insert(session.get_bind().dialect.name)
+    for name, value in sorted(document.channels.items()):
+        per_second = channel_rate(name, value)
+        burst = rate_burst(per_second)
+        statement = insert(ChannelRate).values(
+            channel=name, per_second=per_second, burst=burst, tokens=burst, updated_at=utcnow()
+        )
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["channel"], set_={"per_second": per_second, "burst": burst}
+            )
+        )
 
 
 def _activate(session: Session, catalog: Catalog, journey_id: str, source_text: str) -> DeployLine:

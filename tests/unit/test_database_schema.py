@@ -53,6 +53,7 @@ def test_a_database_from_before_the_routing_indexes_gets_them_on_start(
         connection.execute(text("DROP TABLE run_arms"))
         connection.execute(text("DROP TABLE run_path"))
         connection.execute(text("DROP TABLE run_backlog"))
+        connection.execute(text("DROP TABLE channel_rates"))
         connection.execute(text("ALTER TABLE runs DROP COLUMN current_run_id"))
         for name in ROUTING_INDEXES:
             connection.execute(text(f"DROP INDEX {name}"))
