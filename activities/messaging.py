@@ -6,6 +6,17 @@ scheduled time), the frequency cap (a slot reserved atomically across all journe
 it renders the template and delivers through Apprise (`channels.delivery`); with no channel
 URL set, the message is captured in the local outbox instead.
 
+Paced: a send with a channel URL takes a token of the channel's bucket (`channels.pacing`,
+shared by every worker) just before the provider call. A token due within a second is waited
+for here; one further off is not taken, and the attempt ends with a retryable
+`ChannelRateLimited` error whose `next_retry_delay` is the time until a token can be had,
+plus up to a second of jitter. Such an attempt touches no delivery row (it is no delivery
+attempt and no failure in the run's path) and is logged by Temporal as benign; its time
+counts toward the channel's `retry: ttl` like any wait before sending. A provider outage
+retries with the channel's `retry:` backoff counted in provider calls (the delivery row's
+`attempts`), not in activity attempts, so rate-limit waits do not push it to its maximum;
+each delay is jittered by +-20% so a backlog does not come back at once.
+
 Effectively once: a delivery row keyed by run, step, visit and channel is written as
 `sending` before the provider call and marked `sent` after it; a retry that finds it final
 returns the earlier result. The one window left: a worker that dies after the provider
@@ -17,18 +28,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.runs import upsert_run
-from channels import policies
+from channels import pacing, policies
 from channels.delivery import DeliveryError, deliver
 from channels.rendering import MissingFormError, RenderedMessage, form_for, render_message
 from channels.unsubscribe import make_unsubscribe_token, unsubscribe_url
@@ -48,13 +61,18 @@ from engine.timestamps import as_utc
 from rules import EvaluationError, RenderError
 from rules.cache import cached_expression
 
-__all__ = ["MessagingActivities", "address_for"]
+__all__ = ["RATE_LIMITED", "MessagingActivities", "address_for"]
 
 log = logging.getLogger("journeys.messaging")
 
 _ADDRESS_FIELD = {"email": "email", "sms": "phone", "push": "push_token"}
 _FINAL = {"sent", "captured", "failed", "no_address", "no_consent", "suppressed"}
 Kind = Literal["email", "sms", "push", "text"]
+
+RATE_LIMITED = "ChannelRateLimited"
+"""`ApplicationError.type` of an attempt that found its channel's bucket empty (retryable)."""
+_JITTER = 0.2  # a provider retry's delay is jittered by +-20%
+_DEFAULT_RETRY = (5.0, 2.0, 300.0)  # initial s, coefficient, maximum s: the workflow's default
 
 
 def address_for(channel: str, customer: dict[str, Any]) -> str | None:
@@ -127,7 +145,25 @@ class MessagingActivities:
         url = self._resolve(request.channel_url)
         if url is None:
             return self._capture(request, channel, recipient, message)
+        self._pace(channel)
         return self._deliver(request, recipient, message, url, checked.customer_id)
+
+    def _pace(self, channel: str) -> None:
+        """Take a token of the channel's bucket: wait for it here if it is due within a
+        second, else end the attempt, to be retried when one can be had."""
+        pace = pacing.take_token(self.db, channel=channel)
+        if pace.granted:
+            if pace.wait > 0:
+                time.sleep(pace.wait)
+            return
+        delay = pace.wait + random.uniform(0.0, pacing.MAX_INLINE_WAIT)
+        raise ApplicationError(
+            f"{channel} is sending at its rate ({pace.per_second:g}/s): "
+            f"trying again in {delay:.1f} s",
+            type=RATE_LIMITED,
+            next_retry_delay=timedelta(seconds=delay),
+            category=ApplicationErrorCategory.BENIGN,
+        )
 
     def _check(self, request: SendMessageInput) -> _Checked:
         """Everything this attempt reads, in one transaction: the real addresses (the
@@ -200,7 +236,7 @@ class MessagingActivities:
         """The provider call, between the `sending` and the final mark of the delivery row."""
         channel = request.channel
         headers = self._headers(channel, customer_id)
-        delivery_id = self._mark_sending(request, channel, recipient)
+        delivery_id, calls = self._mark_sending(request, channel, recipient)
         try:
             asyncio.run(
                 deliver(
@@ -224,6 +260,7 @@ class MessagingActivities:
             raise ApplicationError(
                 f"{channel} provider unavailable: {error.reason}",
                 type=ErrorType.PROVIDER_UNAVAILABLE,
+                next_retry_delay=timedelta(seconds=_provider_retry_delay(calls)),
             ) from None
         self._mark(request, channel, "sent", None)
         return SendMessageResult(status="sent", channel=channel, delivery_id=delivery_id)
@@ -298,7 +335,8 @@ class MessagingActivities:
         recipient: str | None,
         status: str,
         reason: str | None,
-    ) -> str:
+    ) -> tuple[str, int]:
+        """Write the delivery row: its id, and how many provider calls it has counted."""
         for _ in range(2):  # a concurrent attempt may insert the row first
             try:
                 with session_scope(self.db) as session:
@@ -327,12 +365,14 @@ class MessagingActivities:
                         row.sent_at = utcnow()
                     session.add(row)
                     session.flush()
-                    return str(row.id)
+                    return str(row.id), row.attempts
             except IntegrityError:
                 continue
         raise ApplicationError("could not record the delivery", type=ErrorType.PROVIDER_UNAVAILABLE)
 
-    def _mark_sending(self, request: SendMessageInput, channel: str, recipient: str) -> str:
+    def _mark_sending(
+        self, request: SendMessageInput, channel: str, recipient: str
+    ) -> tuple[str, int]:
         return self._upsert(request, channel, recipient, "sending", None)
 
     def _mark(
@@ -348,7 +388,7 @@ class MessagingActivities:
         status: str,
         reason: str,
     ) -> SendMessageResult:
-        delivery_id = self._upsert(request, channel, recipient, status, reason)
+        delivery_id, _ = self._upsert(request, channel, recipient, status, reason)
         return SendMessageResult(
             status=status, channel=channel, reason=reason, delivery_id=delivery_id
         )
@@ -381,7 +421,7 @@ class MessagingActivities:
                 )
         except IntegrityError:
             pass  # this visit was captured by an earlier attempt
-        delivery_id = self._upsert(
+        delivery_id, _ = self._upsert(
             request, channel, recipient, "captured", "no channel URL set: kept in the outbox"
         )
         return SendMessageResult(status="captured", channel=channel, delivery_id=delivery_id)
@@ -408,3 +448,20 @@ def _attempt_time() -> datetime:
         return as_utc(activity.info().current_attempt_scheduled_time)
     except RuntimeError:  # called outside an activity (tests of the pieces)
         return utcnow()
+
+
+def _provider_retry_delay(calls: int) -> float:
+    """Seconds before retrying after the ``calls``-th provider call failed: the channel's
+    `retry:` backoff (the activity's retry policy) by provider calls, jittered by +-20%."""
+    initial, coefficient, maximum = _DEFAULT_RETRY
+    try:
+        policy = activity.info().retry_policy
+    except RuntimeError:  # called outside an activity (tests of the pieces)
+        policy = None
+    if policy is not None:
+        initial = policy.initial_interval.total_seconds()
+        coefficient = policy.backoff_coefficient
+        # Temporal's own default maximum: 100 times the first interval.
+        maximum = (policy.maximum_interval or 100 * policy.initial_interval).total_seconds()
+    delay = min(initial * coefficient ** max(0, calls - 1), maximum)
+    return delay * random.uniform(1.0 - _JITTER, 1.0 + _JITTER)
