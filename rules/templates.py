@@ -18,9 +18,13 @@ Compile-time errors: ``TemplateError.message`` is exactly one of these; ``line``
   macro, call, autoescape
 - ``unknown filter '<name>'`` / ``unknown test '<name>'`` (hint: the closest one)
 - ``unknown name '<name>'``: a free name not in ``names`` (hint: the closest one)
+- ``'{% for %}' loops nested <n> deep are not allowed (at most 3: each level multiplies
+  the work)``
+- a render cap that a part made of literals only would break on every render, e.g.
+  ``string result too long (max 10000 chars) in '*'`` for ``{{ '=' * 20000 }}``
 
 Forbidden constructs are reported before unknown filters/tests, those before unknown
-names, then the first line first.
+names, those before broken caps, then the first line first.
 
 Render errors (``RenderError.message``): ``template needs <path>, which is missing``
 (StrictUndefined: a missing variable or attribute; the path is dotted when it can be
@@ -79,6 +83,7 @@ from .filters import FILTER_NAMES, FILTERS, RENDER_TIMEZONE_VARIABLE
 from .functions import load_zone
 
 __all__ = [
+    "MAX_LOOP_NESTING",
     "MAX_RENDER_CHARACTERS",
     "MAX_RENDER_STEPS",
     "CompiledTemplate",
@@ -91,6 +96,8 @@ MAX_RENDER_STEPS: Final = 100_000
 """Loop iterations, operators, filters, tests, lookups and printed values, per render."""
 MAX_RENDER_CHARACTERS: Final = 1_000_000
 """Characters (and list items) that operations may build or scan, in all, per render."""
+MAX_LOOP_NESTING: Final = 3
+"""How deep ``{% for %}`` loops may nest; each level multiplies the work."""
 
 
 class TemplateError(ValueError):
@@ -478,7 +485,7 @@ _FORBIDDEN_TAGS: Final[Mapping[type[nodes.Node], str]] = {
     nodes.EvalContextModifier: "autoescape",
     nodes.ScopedEvalContextModifier: "autoescape",
 }
-_FORBIDDEN_RANK, _UNKNOWN_TOOL_RANK, _UNKNOWN_NAME_RANK = 0, 1, 2
+_FORBIDDEN_RANK, _UNKNOWN_TOOL_RANK, _UNKNOWN_NAME_RANK, _BOUNDS_RANK = 0, 1, 2, 3
 _PRIVATE = "'{}' is not allowed: names starting with '_' are private"
 _NO_CALLS = "calls are not allowed in templates"
 
@@ -591,7 +598,70 @@ def _syntax_error(error: TemplateSyntaxError) -> TemplateError:
     return TemplateError(f"cannot parse template: {error.message}", line=error.lineno or 1)
 
 
-# --- metering hooks in the compiled tree -------------------------------------------
+# --- bounds that can be seen in the source --------------------------------------------
+
+_DEEP_LOOPS = (
+    "'{{% for %}}' loops nested {} deep are not allowed (at most {}: each level multiplies "
+    "the work)"
+)
+
+
+def _bound_problems(tree: nodes.Template) -> list[_Problem]:
+    """Templates that would break a cap on every render: loops nested deeper than
+    ``MAX_LOOP_NESTING``, and literal parts that build more than the caps allow
+    (``{{ '=' * 20000 }}``). Anything that depends on the data is left to the render."""
+    problems = [
+        _Problem(_BOUNDS_RANK, loop.lineno, 0, _DEEP_LOOPS.format(depth, MAX_LOOP_NESTING), None)
+        for loop, depth in _deep_loops(tree, 0)
+    ]
+    _fold(tree, problems)
+    return problems
+
+
+def _deep_loops(node: nodes.Node, loops: int) -> Iterator[tuple[nodes.Node, int]]:
+    """The outermost loops nested deeper than allowed, with their depth."""
+    for child in node.iter_child_nodes():
+        depth = loops + isinstance(child, nodes.For)
+        if depth > MAX_LOOP_NESTING:
+            yield child, depth
+        else:
+            yield from _deep_loops(child, depth)
+
+
+def _literal_parts(node: nodes.Node) -> list[nodes.Node] | None:
+    if isinstance(node, nodes.BinExpr):
+        return [node.left, node.right]
+    if isinstance(node, nodes.Concat):
+        return list(node.nodes)
+    if isinstance(node, nodes.List | nodes.Tuple):
+        return list(node.items)
+    return None
+
+
+def _fold(node: nodes.Node, problems: list[_Problem]) -> Any:
+    """``node``'s value when it is made of literals only, else ``missing``; a literal
+    operation that breaks a cap is added to ``problems``."""
+    if isinstance(node, nodes.Const):
+        return node.value
+    children = _literal_parts(node)
+    if children is None:
+        for child in node.iter_child_nodes():
+            _fold(child, problems)
+        return missing
+    parts = [_fold(child, problems) for child in children]
+    if any(part is missing for part in parts):
+        return missing
+    try:
+        if isinstance(node, nodes.BinExpr):
+            return _binop(node.operator, *parts)
+        if isinstance(node, nodes.Concat):
+            return _concatenate(parts, html=False)
+    except LimitExceededError as error:
+        problems.append(_Problem(_BOUNDS_RANK, node.lineno, 0, error.message, None))
+        return missing
+    except Exception:  # a literal that fails in another way fails the same at render
+        return missing
+    return parts if isinstance(node, nodes.List) else tuple(parts)
 
 
 def _hook(name: str, arguments: list[Any], at: nodes.Node) -> nodes.Call:
@@ -737,6 +807,9 @@ def compile_template(
     reads = _reads(tree, free_names, names)
     if reads.unknown:
         raise _first_error(reads.unknown)
+    bounds = _bound_problems(tree)
+    if bounds:
+        raise _first_error(bounds)
 
     tree = _Metering().visit(tree)
     tree.set_environment(environment)

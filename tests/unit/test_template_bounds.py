@@ -22,6 +22,7 @@ from engine.payloads import SendMessageInput
 from rules import RenderError, TemplateError, compile_template
 from rules.templates import MAX_RENDER_CHARACTERS, MAX_RENDER_STEPS
 from tests.database import fresh_engine
+from tests.unit.journey_docs import check, journey_doc
 
 TOO_LONG = "string result too long (max 10000 chars)"
 TOO_MANY_STEPS = (
@@ -202,7 +203,44 @@ def test_an_email_listing_hundreds_of_items_is_well_within_the_budget() -> None:
     assert "<li>8. Item 7 x4: €38.00 (gift)</li>" in html
 
 
-# --- what cannot be written at all --------------------------------------------------
+# --- refused when the journeys file is validated --------------------------------------
+
+
+def test_loops_nested_more_than_three_deep_are_refused() -> None:
+    three = (
+        "{% for a in event.x %}{% for b in a.y %}{% for c in b.z %}{{ c }}"
+        "{% endfor %}{% endfor %}{% endfor %}"
+    )
+    compile_template(three, html=False)
+    four = (
+        "{% for a in event.x %}{% for b in a.y %}\n{% if b %}{% for c in b.z %}"
+        "{% for d in c %}{{ d }}{% endfor %}{% endfor %}{% endif %}{% endfor %}{% endfor %}"
+    )
+    error = rejection(four)
+    assert error.message == (
+        "'{% for %}' loops nested 4 deep are not allowed (at most 3: each level multiplies "
+        "the work)"
+    )
+    assert error.line == 2
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("{{ '=' * 20000 }}", f"{TOO_LONG} in '*'"),
+        ("{{ 'ab' * 10 ** 6 }}", f"{TOO_LONG} in '*'"),
+        ("{% set bar = ('x' * 6000) ~ ('y' * 6000) %}", f"{TOO_LONG} in '~'"),
+        ("{{ [0] * 5000 }}", "list result too long (max 1000 items) in '*'"),
+        ("{{ 2 ** 1000 }}", "power too large: exponent 1000 exceeds 100"),
+        (
+            "{{ (10 ** 100) * (10 ** 100) * (10 ** 100) * (10 ** 100) }}",
+            "number too large: the result of '*' would have more than 300 digits",
+        ),
+    ],
+)
+def test_literal_parts_that_break_a_cap_are_refused(source: str, message: str) -> None:
+    assert rejection("hello\n" + source).message == message
+    assert rejection("hello\n" + source).line == 2
 
 
 def test_range_cannot_be_called_at_all() -> None:
@@ -219,6 +257,17 @@ def test_repetition_by_a_number_from_the_event_is_left_to_the_render() -> None:
     source = "{{ '★' * event.rating }}"
     assert render(source, {"event": {"rating": 4}}) == "★★★★"
     assert failure(source, {"event": {"rating": 10**9}}) == f"{TOO_LONG} in '*'"
+
+
+def test_the_validator_reports_a_template_that_breaks_a_cap() -> None:
+    head = (
+        "version: 1\nevents:\n  payment_failed: {amount: number}\n"
+        'channels:\n  sms: "${JOURNEYS_SMS_URL}"\n'
+        "templates:\n  offer:\n    sms: \"{{ '=' * 20000 }}\"\n"
+    )
+    text = journey_doc("- id: hello\n  send: offer\n  channel: sms\n", head=head)
+    [violation] = [v for v in check(text).violations if v.code == "template"]
+    assert violation.message == f"template 'offer' (sms), line 1: {TOO_LONG} in '*'"
 
 
 # --- a send whose template breaks a cap fails once, as a template error ----------------
