@@ -4,13 +4,19 @@ names it (and the send with a non-retryable template error)."""
 
 from __future__ import annotations
 
+import itertools
+import json
+import signal
 import tracemalloc
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, Phase, assume, given, note, settings
+from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
@@ -308,3 +314,144 @@ def test_a_send_whose_template_breaks_a_cap_is_a_non_retryable_template_error(
     assert caught.value.message == (
         f"template 'notice' cannot be rendered for email: {TOO_LONG} in join"
     )
+
+
+# --- no small template of risky constructs holds much memory or runs long -------------
+
+MAX_TEMPLATE = 2048
+MAX_EVENT = 256 * 1024
+MAX_PEAK = 50 * 1024 * 1024
+
+REPEAT_COUNTS = ["event.n", "10 ** 9", "1000", "3"]
+FILTERS = [
+    "upper", "e", "title", "trim", "lower", "capitalize", "length", "first", "last",
+    "truncate(10 ** 9)", "join", "join(event.sep)", "replace('', event.sep)",
+    "replace('a', event.s)", "default(event.s)", "date('%c' * 1000)",
+]  # fmt: skip
+
+
+class _Grammar:
+    """Draws templates from constructs that build strings or repeat work: ``~``, ``+``,
+    ``*``, lists, joins, replaces and other filters, slices, ``in``, ``{% set %}``
+    (values and blocks), ``{% filter %}`` blocks and nested ``{% for %}`` loops."""
+
+    def __init__(self, draw: st.DrawFn) -> None:
+        self.draw = draw
+        self.names = itertools.count()
+
+    def expression(self, names: list[str], depth: int) -> str:
+        if depth <= 0 or self.draw(st.booleans()):
+            if names and self.draw(st.booleans()):  # reuse what was built: growth compounds
+                return self.draw(st.sampled_from(names))
+            return self.draw(st.sampled_from(["event.s", "event.sep", "event.items"]))
+        a = self.expression(names, depth - 1)
+        b = self.expression(names, depth - 1)
+        forms = [
+            f"({a} ~ {b})",
+            f"({a} + {b})",
+            f"({a} * {self.draw(st.sampled_from(REPEAT_COUNTS))})",
+            f"[{a}, {b}]",
+            f"([{a}] * 1000)",
+            f"({a} | join({b}))",
+            f"({a} ~ {a})",
+            f"({a} | {self.draw(st.sampled_from(FILTERS))})",
+            f"{a}[1:]",
+        ]
+        return self.draw(st.sampled_from(forms))
+
+    def block(self, names: list[str], depth: int) -> str:
+        names = list(names)
+        parts = []
+        for _ in range(self.draw(st.integers(1, 5))):
+            kind = self.draw(st.sampled_from(["set", "print", "for", "set-block", "filter", "in"]))
+            if kind == "print":
+                parts.append(f"{{{{ {self.expression(names, 3)} }}}}")
+            elif kind == "set":
+                name = f"v{next(self.names)}"
+                parts.append(f"{{% set {name} = {self.expression(names, 3)} %}}")
+                names.append(name)
+            elif kind == "in":
+                test = f"{self.expression(names, 1)} in {self.expression(names, 1)}"
+                parts.append(f"{{% if {test} %}}x{{% endif %}}")
+            elif depth > 0 and kind == "for":
+                name = f"x{next(self.names)}"
+                body = self.block([*names, name], depth - 1)
+                over = self.expression(names, 1)
+                parts.append(f"{{% for {name} in {over} %}}{body}{{% endfor %}}")
+            elif depth > 0 and kind == "set-block":
+                name = f"v{next(self.names)}"
+                parts.append(f"{{% set {name} %}}{self.block(names, depth - 1)}{{% endset %}}")
+                names.append(name)
+            elif depth > 0:
+                parts.append(f"{{% filter upper %}}{self.block(names, depth - 1)}{{% endfilter %}}")
+        return "".join(parts)
+
+
+@st.composite
+def risky_templates(draw: st.DrawFn) -> str:
+    source = _Grammar(draw).block([], 3)
+    assume(len(source.encode()) <= MAX_TEMPLATE)
+    return source
+
+
+events = st.fixed_dictionaries(
+    {
+        "s": st.sampled_from([30_000, 3000, 3, 0]).map(lambda n: "<a&" * n),
+        "sep": st.sampled_from([5000, 1000, 1, 0]).map(lambda n: "-" * n),
+        "items": st.sampled_from([20_000, 1000, 3, 0]).map(lambda n: list(range(n))),
+        "n": st.sampled_from([0, 3, 1000, 10**9, 10**100]),
+    }
+)
+MAX_SECONDS = 10  # a bounded render takes well under a second; unbounded ones run for hours
+
+
+class TooSlow(BaseException):  # not an Exception: render() turns those into RenderError
+    pass
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    def interrupt(signum: int, frame: object) -> None:
+        raise TooSlow
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],  # failing renders take seconds: no shrinking
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+@given(source=risky_templates(), event=events, html=st.booleans())
+def test_no_small_template_holds_more_than_50_mb_or_runs_long_on_a_modest_event(
+    source: str, event: dict[str, Any], html: bool
+) -> None:
+    assume(len(json.dumps(event)) <= MAX_EVENT)
+    note(f"html={html} template={source!r}")
+    note(f"event sizes: { {key: len(str(value)) for key, value in event.items()} }")
+    try:
+        template = compile_template(source, html=html)
+    except TemplateError:
+        return  # refused when the file is validated: never rendered
+    context = {"event": event}
+    tracemalloc.start()
+    try:
+        with time_limit(MAX_SECONDS):
+            template.render(context)
+    except RenderError as error:
+        assert "MemoryError" not in error.message
+    except TooSlow:
+        pytest.fail(f"the render ran for more than {MAX_SECONDS} s")
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert peak <= MAX_PEAK, f"{peak / 1e6:.0f} MB"
