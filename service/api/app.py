@@ -61,9 +61,11 @@ async def _connect_until_reachable(service: ServiceState) -> None:
     delay = 1.0
     while service.router.client is None:
         try:
-            service.router.client = await asyncio.wait_for(
-                connect(service.settings), TEMPORAL_CONNECT_TIMEOUT_SECONDS
-            )
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows the app's
+            # cancellation when the attempt fails at the same moment, and this loop then
+            # retries forever while the lifespan waits for it to end.
+            async with asyncio.timeout(TEMPORAL_CONNECT_TIMEOUT_SECONDS):
+                service.router.client = await connect(service.settings)
             log.info("connected to Temporal at %s", service.settings.temporal_address)
             return
         except Exception as error:
