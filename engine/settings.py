@@ -21,6 +21,7 @@ here; what reads them (the CLI, the worker, the API) decides what to do with the
 | `JOURNEYS_SECRET_KEY` | unset (`journeys up` generates one) | signs unsubscribe links; the same in every worker and API |
 | `JOURNEYS_PUBLIC_URL` | `JOURNEYS_API_URL` | the API's address as customers' mail clients reach it (unsubscribe links) |
 | `JOURNEYS_WORKFLOW_SANDBOX` | `0` | `1` (or `true`, `yes`, `on`) runs the interpreter in Temporal's workflow sandbox (slower; the tests always do) |
+| `JOURNEYS_PUBLIC_DOCS` | `1` | `0` closes the API's `/docs`, `/redoc` and `/openapi.json` (404) |
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class RuntimeSettings(BaseSettings):
     secret_key: str | None = _variable("JOURNEYS_SECRET_KEY", secret=True)
     public_url: str = _variable("JOURNEYS_PUBLIC_URL", "")
     workflow_sandbox: bool = _variable("JOURNEYS_WORKFLOW_SANDBOX", False)
+    public_docs: bool = _variable("JOURNEYS_PUBLIC_DOCS", True)
 
     @classmethod
     def from_env(cls) -> RuntimeSettings:

@@ -5,20 +5,31 @@ On start the lifespan opens the database, seeds ``JOURNEYS_API_KEY``, connects t
 Temporal (retrying in the background while it is unreachable: events are still accepted
 and stored) and runs a loop that routes events accepted while Temporal was away.
 
-Lives here: the lifespan and its background tasks, the middleware, the error handlers
-and the routers the app includes. Not here: any route (`service.api.routes.*`,
-`service.console.routes`), what routes depend on (`service.api.deps`), the error body
-(`service.api.errors`). Nothing here logs an API key or an Authorization header.
+Every answer carries the security headers (`service.api.middleware.SecurityHeaders`);
+the console's script and style are files under ``/console/static``, so no page runs an
+inline script. ``/docs``, ``/redoc`` and ``/openapi.json`` are served unless
+``JOURNEYS_PUBLIC_DOCS=0``; the docs pages' one inline script runs by a per-answer nonce.
+
+Lives here: the lifespan and its background tasks, the middleware, the error handlers,
+the docs pages and the routers the app includes. Not here: any route
+(`service.api.routes.*`, `service.console.routes`), what routes depend on
+(`service.api.deps`), the error body (`service.api.errors`). Nothing here logs an API key
+or an Authorization header.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import select
@@ -30,7 +41,12 @@ from engine.settings import RuntimeSettings
 from runtime.temporal import connect
 from service.api.deps import ServiceState
 from service.api.errors import install_error_handlers
-from service.api.middleware import MAX_BODY_BYTES, RequestBodyLimit
+from service.api.middleware import (
+    MAX_BODY_BYTES,
+    RequestBodyLimit,
+    SecurityHeaders,
+    docs_policy,
+)
 from service.api.routes import (
     events,
     health,
@@ -55,6 +71,7 @@ ROUTE_PENDING_BATCH = 100
 ROUTE_PENDING_MIN_AGE_SECONDS = 5.0
 TEMPORAL_CONNECT_TIMEOUT_SECONDS = 5.0
 TEMPORAL_RETRY_MAX_SECONDS = 30.0
+CONSOLE_STATIC = Path(__file__).resolve().parents[1] / "console" / "static"
 
 
 async def _connect_until_reachable(service: ServiceState) -> None:
@@ -136,6 +153,31 @@ def _lifespan(
     return lifespan
 
 
+def _nonced(page: HTMLResponse) -> HTMLResponse:
+    """A docs page whose inline script runs by a nonce of its own policy, and only it."""
+    nonce = secrets.token_urlsafe(18)
+    html = bytes(page.body).decode("utf-8").replace("<script", f'<script nonce="{nonce}"')
+    return HTMLResponse(html, headers={"Content-Security-Policy": docs_policy(nonce)})
+
+
+def _add_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc, as FastAPI serves them but under a strict policy."""
+    openapi_url = app.openapi_url or "/openapi.json"
+
+    def schema_url(request: Request) -> str:
+        return str(request.scope.get("root_path", "")).rstrip("/") + openapi_url
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        title = f"{app.title} - Swagger UI"
+        return _nonced(get_swagger_ui_html(openapi_url=schema_url(request), title=title))
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        title = f"{app.title} - ReDoc"
+        return _nonced(get_redoc_html(openapi_url=schema_url(request), title=title))
+
+
 def create_app(settings: RuntimeSettings | None = None, *, client: Client | None = None) -> FastAPI:
     """The API app. ``settings`` default to the environment; a ``client`` given here is
     used as is (and not closed), otherwise the app connects, retrying in the background."""
@@ -145,11 +187,18 @@ def create_app(settings: RuntimeSettings | None = None, *, client: Client | None
         version="1",
         summary="Send events that start, advance and end customer journeys; inspect runs.",
         lifespan=_lifespan(settings, client),
+        openapi_url="/openapi.json" if settings.public_docs else None,
+        docs_url=None,  # served by `_add_docs`, with a nonce for their inline script
+        redoc_url=None,
     )
     app.add_middleware(RequestBodyLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(SecurityHeaders)  # outermost: the body limit's refusals get them too
     install_error_handlers(app)
+    if settings.public_docs:
+        _add_docs(app)
     for module in (events, runs, journeys, preferences, outbox, unsubscribe, reviews, health):
         app.include_router(module.router)
+    app.mount("/console/static", StaticFiles(directory=CONSOLE_STATIC), name="console-static")
     app.include_router(console_router)
     app.state.session_keys = SessionKeys.from_secret(
         settings.secret_key, public_url=settings.public_url

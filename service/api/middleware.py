@@ -1,8 +1,13 @@
-"""The request body limit: ASGI middleware that refuses oversized bodies before any of
-them is parsed (`RequestBodyLimit`, at `MAX_BODY_BYTES` for the API).
+"""What wraps every request: the body limit and the security headers.
+
+`RequestBodyLimit` refuses oversized bodies before any of them is parsed (at
+`MAX_BODY_BYTES` for the API). `SecurityHeaders` gives every answer, API and console
+alike, a Content-Security-Policy that runs no inline script and forbids framing, and
+``X-Content-Type-Options``, ``X-Frame-Options`` and ``Referrer-Policy``; a route that
+sets one of them itself keeps its own (the docs pages: their policy carries a nonce).
 
 Lives here: the limit and its refusals (413, or 400 for a Content-Length that is not a
-number), in the API's error body. Not here: what a body may contain (the models).
+number), in the API's error body; the headers and the policies. Not here: what a body may contain (the models), which pages exist (`service.api.app`).
 """
 
 from __future__ import annotations
@@ -11,9 +16,84 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import error_response
 
-__all__ = ["MAX_BODY_BYTES", "RequestBodyLimit"]
+__all__ = [
+    "CONTENT_SECURITY_POLICY",
+    "MAX_BODY_BYTES",
+    "RequestBodyLimit",
+    "SecurityHeaders",
+    "docs_policy",
+]
 
 MAX_BODY_BYTES = 256 * 1024
+
+# ----------------------------------------------------------------------------- headers
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+"""Every answer's policy: scripts and styles from the app's own files only (the console's
+are under /console/static), nothing inline, and no page of it in anyone's frame."""
+
+# The unsubscribe pages are built with their style inline (and no script at all).
+_UNSUBSCRIBE_POLICY = (
+    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; "
+    "frame-ancestors 'none'"
+)
+_POLICIES_BY_PREFIX = (("/v1/unsubscribe/", _UNSUBSCRIBE_POLICY),)
+
+_DOCS_CDN = "https://cdn.jsdelivr.net"
+
+
+def docs_policy(nonce: str) -> str:
+    """The policy of /docs and /redoc: their one inline script by ``nonce`` and their
+    bundles from the CDN FastAPI loads them from. Styles may be inline: both UIs set
+    them from script (no script can be injected through a style)."""
+    return (
+        f"default-src 'none'; script-src 'nonce-{nonce}' {_DOCS_CDN}; "
+        f"style-src 'unsafe-inline' {_DOCS_CDN} https://fonts.googleapis.com; "
+        "font-src https://fonts.gstatic.com; img-src 'self' data: https:; "
+        "connect-src 'self'; worker-src blob:; form-action 'self'; base-uri 'none'; "
+        "frame-ancestors 'none'"
+    )
+
+
+_SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+)
+
+
+class SecurityHeaders:
+    """Adds the security headers to every HTTP answer that does not set them itself."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = str(scope.get("path", ""))
+        policy = next(
+            (policy for prefix, policy in _POLICIES_BY_PREFIX if path.startswith(prefix)),
+            CONTENT_SECURITY_POLICY,
+        )
+        wanted = ((b"content-security-policy", policy.encode("latin-1")), *_SECURITY_HEADERS)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                present = {name.lower() for name, _ in headers}
+                headers += [(name, value) for name, value in wanted if name not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+# ----------------------------------------------------------------------------- body limit
 
 
 class RequestBodyLimit:

@@ -1,0 +1,196 @@
+"""The HTTP surface's small guarantees, as a caller meets them: security headers on every
+answer (and a console with no inline script), docs that can be closed, access logs that
+never show a query string's values, an ingest answer that names the events nothing
+listens to (and refuses them when asked), says when a messageId was already used by
+another customer, and refuses timestamps outside a sane window."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import select
+
+from engine.database import EventRecord, session_scope
+from engine.settings import RuntimeSettings, SettingsError
+from service.api.app import create_app
+from service.users import add_user, change_password, check_password
+from tests.api.conftest import AUTH, RunningApi, api_settings, running_api
+from tests.database import deploy
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "a-good-long-password"
+
+JOURNEYS = """\
+version: 1
+events:
+  payment_failed: {amount: number}
+  payment_received: {amount: number}
+  stop: {}
+  page_viewed: {}
+journeys:
+  - id: recovery
+    entry: {event: payment_failed, reentry: always}
+    exit_on:
+      - {event: stop, outcome: stopped}
+    steps:
+      - id: wait_for_payment
+        wait: {event: payment_received, within: 3d}
+"""
+
+
+@pytest.fixture
+def customer() -> str:
+    return f"cust-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def journeys_api(api: RunningApi, db: Engine) -> AsyncIterator[RunningApi]:
+    deploy(db, JOURNEYS)
+    yield api
+
+
+def track(
+    customer: str, event: str, message_id: str | None = None, **fields: Any
+) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "userId": customer,
+        "event": event,
+        "messageId": message_id or uuid.uuid4().hex,
+        **fields,
+    }
+
+
+async def post(http: httpx.AsyncClient, path: str, body: Any) -> httpx.Response:
+    return await http.post(path, json=body, headers=AUTH)
+
+
+def stored_ids(db: Engine) -> set[str]:
+    with session_scope(db) as session:
+        return set(session.exec(select(EventRecord.message_id)).all())
+
+
+# ----------------------------------------------------------------------------- headers
+
+
+def assert_hardened(answer: httpx.Response) -> None:
+    headers = answer.headers
+    policy = headers.get("content-security-policy", "")
+    directives = {part.split()[0]: part.split()[1:] for part in policy.split(";") if part.strip()}
+    where = f"{answer.request.method} {answer.request.url.path} ({answer.status_code})"
+    assert directives.get("frame-ancestors") == ["'none'"], (where, policy)
+    script = directives.get("script-src", directives.get("default-src"))
+    assert script is not None and "'unsafe-inline'" not in script, (where, policy)
+    assert headers.get("x-content-type-options") == "nosniff", where
+    assert headers.get("x-frame-options") == "DENY", where
+    assert headers.get("referrer-policy") in ("no-referrer", "same-origin"), where
+    assert len(headers.get_list("x-frame-options")) == 1, where
+
+
+def assert_no_inline_script_or_style(page: httpx.Response) -> None:
+    text = page.text
+    assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", text), "an inline <script>"
+    assert not re.search(r"\son[a-z]+\s*=", text), "an inline event handler"
+    assert "<style" not in text and " style=" not in text, "inline style"
+
+
+@pytest.fixture
+async def console(api: RunningApi, db: Engine) -> AsyncIterator[RunningApi]:
+    first = add_user(db, name="ana", role="ops")
+    user = check_password(db, name="ana", password=first)
+    assert user is not None and user.id is not None
+    change_password(db, user_id=user.id, current=first, new=PASSWORD)
+    page = await api.http.get("/console/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf is not None
+    signed_in = await api.http.post(
+        "/console/login", data={"name": "ana", "password": PASSWORD, "csrf": csrf.group(1)}
+    )
+    assert signed_in.status_code == 303
+    yield api
+
+
+async def test_every_answer_carries_the_security_headers(console: RunningApi) -> None:
+    http = console.http
+    answers = [
+        await http.get("/console/login"),
+        await http.get("/console/reviews"),
+        await http.get("/console/outbox"),
+        await http.get("/console/runs/no-such-run"),
+        await http.get("/healthz"),
+        await http.get("/v1/runs", headers=AUTH),
+        await http.get("/v1/runs"),  # 401
+        await http.get("/no/such/page"),  # 404
+        await http.post("/v1/track", json={"type": "track"}, headers=AUTH),  # 422
+        await http.get("/v1/unsubscribe/not-a-token"),  # the customer's page, 400
+        await http.get("/openapi.json"),
+        await http.get("/docs"),
+        await http.get("/redoc"),
+    ]
+    for answer in answers:
+        assert_hardened(answer)
+
+
+async def test_console_pages_run_no_inline_script_and_load_their_own_assets(
+    console: RunningApi,
+) -> None:
+    http = console.http
+    for path in ("/console/login", "/console/reviews", "/console/outbox"):
+        page = await http.get(path)
+        assert page.status_code == 200, (path, page.status_code)
+        assert_no_inline_script_or_style(page)
+    page = await http.get("/console/reviews")
+    assets = re.findall(r'(?:src|href)="(/console/static/[^"]+)"', page.text)
+    assert {Path(asset).suffix for asset in assets} == {".js", ".css"}, assets
+    for asset in assets:
+        answer = await http.get(asset)
+        assert answer.status_code == 200, asset
+        assert_hardened(answer)
+        kind = answer.headers["content-type"]
+        assert ("javascript" in kind) if asset.endswith(".js") else kind.startswith("text/css")
+    script = (await http.get(next(a for a in assets if a.endswith(".js")))).text
+    assert "needsNote" in script  # the note check and the double-click guard
+
+
+async def test_the_docs_pages_allow_only_their_own_nonced_script(api: RunningApi) -> None:
+    for path in ("/docs", "/redoc"):
+        page = await api.http.get(path)
+        assert page.status_code == 200
+        policy = page.headers["content-security-policy"]
+        nonce = re.search(r"'nonce-([^']+)'", policy)
+        assert nonce is not None, policy
+        for tag in re.findall(r"<script[^>]*>", page.text):
+            assert f'nonce="{nonce.group(1)}"' in tag, tag
+    policies = {(await api.http.get("/docs")).headers["content-security-policy"] for _ in "ab"}
+    assert len(policies) == 2  # a new nonce each time
+
+
+# ----------------------------------------------------------------------------- docs
+
+
+async def test_public_docs_can_be_closed(database_url: str, task_queue: str) -> None:
+    settings = api_settings(database_url=database_url, task_queue=task_queue).model_copy(
+        update={"public_docs": False}
+    )
+    async with running_api(create_app(settings)) as closed:
+        for path in ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"):
+            answer = await closed.http.get(path)
+            assert answer.status_code == 404, path
+        assert (await closed.http.get("/healthz")).status_code == 200
+
+
+def test_public_docs_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JOURNEYS_PUBLIC_DOCS", raising=False)
+    assert RuntimeSettings.from_env().public_docs is True
+    monkeypatch.setenv("JOURNEYS_PUBLIC_DOCS", "0")
+    assert RuntimeSettings.from_env().public_docs is False
+    monkeypatch.setenv("JOURNEYS_PUBLIC_DOCS", "maybe")
+    with pytest.raises(SettingsError, match="JOURNEYS_PUBLIC_DOCS"):
+        RuntimeSettings.from_env()
