@@ -9,6 +9,8 @@ Every answer carries the security headers (`service.api.middleware.SecurityHeade
 the console's script and style are files under ``/console/static``, so no page runs an
 inline script. ``/docs``, ``/redoc`` and ``/openapi.json`` are served unless
 ``JOURNEYS_PUBLIC_DOCS=0``; the docs pages' one inline script runs by a per-answer nonce.
+Creating the app puts the access-log redaction on uvicorn's access logger, whichever
+command starts uvicorn.
 
 Lives here: the lifespan and its background tasks, the middleware, the error handlers,
 the docs pages and the routers the app includes. Not here: any route
@@ -46,6 +48,7 @@ from service.api.middleware import (
     RequestBodyLimit,
     SecurityHeaders,
     docs_policy,
+    install_access_log_redaction,
 )
 from service.api.routes import (
     events,
@@ -182,6 +185,7 @@ def create_app(settings: RuntimeSettings | None = None, *, client: Client | None
     """The API app. ``settings`` default to the environment; a ``client`` given here is
     used as is (and not closed), otherwise the app connects, retrying in the background."""
     settings = settings or RuntimeSettings.from_env()
+    install_access_log_redaction()
     app = FastAPI(
         title="Journeys API",
         version="1",

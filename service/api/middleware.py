@@ -1,16 +1,25 @@
-"""What wraps every request: the body limit and the security headers.
+"""What wraps every request: the body limit, the security headers, the access log's
+redaction.
 
 `RequestBodyLimit` refuses oversized bodies before any of them is parsed (at
 `MAX_BODY_BYTES` for the API). `SecurityHeaders` gives every answer, API and console
 alike, a Content-Security-Policy that runs no inline script and forbids framing, and
 ``X-Content-Type-Options``, ``X-Frame-Options`` and ``Referrer-Policy``; a route that
 sets one of them itself keeps its own (the docs pages: their policy carries a nonce).
+`install_access_log_redaction` puts `AccessLogRedaction` on uvicorn's access logger, so
+that no launcher's access log shows a query string's values (``?api_key=[redacted]``)
+or an Authorization credential.
 
 Lives here: the limit and its refusals (413, or 400 for a Content-Length that is not a
-number), in the API's error body; the headers and the policies. Not here: what a body may contain (the models), which pages exist (`service.api.app`).
+number), in the API's error body; the headers and the policies; the log filter. Not
+here: what a body may contain (the models), which pages exist (`service.api.app`).
 """
 
 from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -19,9 +28,12 @@ from service.api.errors import error_response
 __all__ = [
     "CONTENT_SECURITY_POLICY",
     "MAX_BODY_BYTES",
+    "AccessLogRedaction",
     "RequestBodyLimit",
     "SecurityHeaders",
     "docs_policy",
+    "install_access_log_redaction",
+    "redact_request_target",
 ]
 
 MAX_BODY_BYTES = 256 * 1024
@@ -91,6 +103,59 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+# ----------------------------------------------------------------------------- access log
+
+ACCESS_LOGGER = "uvicorn.access"
+_REDACTED = "[redacted]"
+_CREDENTIAL = re.compile(r"\b(Bearer|Basic)(\s+|%20)[^\s\"&]+", re.IGNORECASE)
+
+
+def redact_request_target(target: str) -> str:
+    """``/path?api_key=sk&x`` -> ``/path?api_key=[redacted]&[redacted]``: the names of the
+    query's parameters stay, their values never show."""
+    path, question, query = target.partition("?")
+    if not question or not query:
+        return target
+    redacted = (
+        f"{name}={_REDACTED}" if equals else (_REDACTED if name else name)
+        for name, equals, _value in (piece.partition("=") for piece in query.split("&"))
+    )
+    return f"{path}?{'&'.join(redacted)}"
+
+
+def _scrubbed(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    return _CREDENTIAL.sub(lambda found: f"{found.group(1)} {_REDACTED}", value)
+
+
+class AccessLogRedaction(logging.Filter):
+    """Rewrites uvicorn's access records (``client, method, target, version, status``) so
+    that the target shows no query values and no argument an Authorization credential."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and args:
+            shown = [_scrubbed(arg) for arg in args]
+            if len(shown) >= 3 and isinstance(shown[2], str):
+                shown[2] = redact_request_target(shown[2])
+            record.args = tuple(shown)
+        if isinstance(record.msg, str):
+            record.msg = _scrubbed(record.msg)
+        return True
+
+
+def install_access_log_redaction(loggers: Iterable[str] = (ACCESS_LOGGER,)) -> None:
+    """Put `AccessLogRedaction` on ``loggers`` (uvicorn's access logger), once each.
+
+    On the logger, not a handler: a log configuration uvicorn applies later (``--log-config``,
+    its default one) replaces handlers but keeps a logger's filters."""
+    for name in loggers:
+        logger = logging.getLogger(name)
+        if not any(isinstance(found, AccessLogRedaction) for found in logger.filters):
+            logger.addFilter(AccessLogRedaction())
 
 
 # ----------------------------------------------------------------------------- body limit

@@ -6,9 +6,15 @@ another customer, and refuses timestamps outside a sane window."""
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import socket
+import subprocess
+import sys
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +26,9 @@ from sqlmodel import select
 from engine.database import EventRecord, session_scope
 from engine.settings import RuntimeSettings, SettingsError
 from service.api.app import create_app
+from service.api.middleware import redact_request_target
 from service.users import add_user, change_password, check_password
-from tests.api.conftest import AUTH, RunningApi, api_settings, running_api
+from tests.api.conftest import API_KEY, AUTH, RunningApi, api_settings, running_api
 from tests.database import deploy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -194,3 +201,99 @@ def test_public_docs_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("JOURNEYS_PUBLIC_DOCS", "maybe")
     with pytest.raises(SettingsError, match="JOURNEYS_PUBLIC_DOCS"):
         RuntimeSettings.from_env()
+
+
+# ----------------------------------------------------------------------------- access log
+
+
+@pytest.mark.parametrize(
+    ("target", "shown"),
+    [
+        ("/v1/runs", "/v1/runs"),
+        ("/v1/runs?api_key=sk_live_1", "/v1/runs?api_key=[redacted]"),
+        ("/x?token=a&customer=c-1&strict", "/x?token=[redacted]&customer=[redacted]&[redacted]"),
+        ("/x?", "/x?"),
+    ],
+)
+def test_a_request_target_is_shown_without_its_query_values(target: str, shown: str) -> None:
+    assert redact_request_target(target) == shown
+
+
+def test_the_access_log_filter_is_on_uvicorn_access_once_the_app_exists(
+    caplog: pytest.LogCaptureFixture, database_url: str, task_queue: str
+) -> None:
+    create_app(api_settings(database_url=database_url, task_queue=task_queue))
+    create_app(api_settings(database_url=database_url, task_queue=task_queue))
+    access = logging.getLogger("uvicorn.access")
+    with caplog.at_level(logging.INFO, logger="uvicorn.access"):
+        access.info(
+            '%s - "%s %s HTTP/%s" %d',
+            "127.0.0.1:5000",
+            "GET",
+            "/v1/runs?api_key=sk_live_secret&x=Bearer%20abc",
+            "1.1",
+            200,
+        )
+    [record] = [r for r in caplog.records if r.name == "uvicorn.access"]
+    assert "sk_live_secret" not in record.getMessage()
+    assert "/v1/runs?api_key=[redacted]&x=[redacted]" in record.getMessage()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def uvicorn_api(database_url: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The API as `journeys up` starts it (`python -m uvicorn --factory ...`), Temporal
+    unreachable; its URL and the file its output goes to."""
+    port = free_port()
+    output = tmp_path / "api.log"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "DATABASE_URL": database_url,
+        "JOURNEYS_API_KEY": API_KEY,
+        "TEMPORAL_ADDRESS": "127.0.0.1:1",
+        "JOURNEYS_SECRET_KEY": "access-log-test-secret",
+    }
+    argv = [sys.executable, "-m", "uvicorn", "--factory", "service.api.app:create_app"]
+    argv += ["--host", "127.0.0.1", "--port", str(port)]
+    with output.open("wb") as sink:
+        child = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    httpx.get(f"{url}/healthz", timeout=1.0)
+                    break
+                except httpx.TransportError:
+                    assert child.poll() is None, output.read_text()
+                    assert time.monotonic() < deadline, output.read_text()
+                    time.sleep(0.2)
+            yield url, output
+        finally:
+            child.terminate()
+            child.wait(timeout=30)
+
+
+def test_uvicorns_access_log_never_shows_a_query_strings_values(
+    uvicorn_api: tuple[str, Path],
+) -> None:
+    url, output = uvicorn_api
+    answer = httpx.get(
+        f"{url}/v1/runs?api_key=sk_live_in_the_url&limit=5",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=10,
+    )
+    assert answer.status_code in (200, 401)
+    deadline = time.monotonic() + 10
+    while "/v1/runs" not in output.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = output.read_text()
+    assert "GET /v1/runs?api_key=[redacted]&limit=[redacted] HTTP/1.1" in log, log
+    assert "sk_live_in_the_url" not in log and API_KEY not in log
