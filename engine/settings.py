@@ -22,15 +22,19 @@ here; what reads them (the CLI, the worker, the API) decides what to do with the
 | `JOURNEYS_PUBLIC_URL` | `JOURNEYS_API_URL` | the API's address as customers' mail clients reach it (unsubscribe links) |
 | `JOURNEYS_WORKFLOW_SANDBOX` | `0` | `1` (or `true`, `yes`, `on`) runs the interpreter in Temporal's workflow sandbox (slower; the tests always do) |
 | `JOURNEYS_PUBLIC_DOCS` | `1` | `0` closes the API's `/docs`, `/redoc` and `/openapi.json` (404) |
+| `JOURNEYS_MAX_FUTURE_SKEW` | `1d` | how far in the future an event's timestamp may be: seconds (`3600`) or a duration (`1h`, `1d12h`) |
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engine.durations import DurationError, parse_duration
 
 __all__ = ["RuntimeSettings", "SettingsError"]
 
@@ -74,6 +78,7 @@ class RuntimeSettings(BaseSettings):
     public_url: str = _variable("JOURNEYS_PUBLIC_URL", "")
     workflow_sandbox: bool = _variable("JOURNEYS_WORKFLOW_SANDBOX", False)
     public_docs: bool = _variable("JOURNEYS_PUBLIC_DOCS", True)
+    max_future_skew: timedelta = _variable("JOURNEYS_MAX_FUTURE_SKEW", timedelta(days=1))
 
     @classmethod
     def from_env(cls) -> RuntimeSettings:
@@ -95,6 +100,20 @@ class RuntimeSettings(BaseSettings):
     @classmethod
     def _no_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("max_future_skew", mode="before")
+    @classmethod
+    def _seconds_or_duration(cls, value: Any) -> Any:
+        """``3600`` (seconds, ``0`` included) or a duration as journeys write them (``1h``)."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.isdigit():
+            return timedelta(seconds=int(text))
+        try:
+            return timedelta(seconds=parse_duration(text))
+        except DurationError:
+            raise ValueError("give seconds (3600) or a duration (1h, 1d12h)") from None
 
     @field_validator("public_url")
     @classmethod

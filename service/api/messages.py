@@ -4,7 +4,9 @@
 Every field is checked so that what is accepted can be stored as is in SQLite and
 PostgreSQL alike: text without NUL characters or lone surrogates, JSON no deeper than
 `MAX_JSON_DEPTH`, integers within 64 bits, finite numbers, timestamps in range (kept in
-UTC). A message becomes an `EventRecord` by `to_record`.
+UTC) and not before `EARLIEST_TIMESTAMP`. How far in the future a timestamp may be is a
+setting (``JOURNEYS_MAX_FUTURE_SKEW``), so the routes check it (`too_far_ahead`). A
+message becomes an `EventRecord` by `to_record`.
 
 Lives here: the wire format and its checks. Not here: the routes (`routes.events`), what
 an event does to journeys (`service.router`).
@@ -14,8 +16,8 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterable
-from datetime import datetime
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -34,17 +36,22 @@ from engine.database import EventRecord
 from engine.timestamps import as_utc, utcnow
 
 __all__ = [
+    "EARLIEST_TIMESTAMP",
     "MAX_BATCH_MESSAGES",
     "MAX_JSON_DEPTH",
     "BatchRequest",
     "EventsBody",
     "IdentifyMessage",
     "TrackMessage",
+    "too_far_ahead",
 ]
 
 MAX_BATCH_MESSAGES = 500
 MAX_JSON_DEPTH = 32
 MAX_JSON_INTEGER = 2**63 - 1
+EARLIEST_TIMESTAMP = datetime(2000, 1, 1, tzinfo=UTC)
+"""No event happened before this: an earlier timestamp is a bug (a zero date, seconds
+taken for milliseconds), refused rather than stored."""
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -124,9 +131,14 @@ def _empty_if_null(value: Any) -> Any:
 
 def _timestamp_in_utc(value: datetime | None) -> datetime | None:
     try:
-        return as_utc(value)
+        moment = as_utc(value)
     except OverflowError:  # a moment near datetime.min or .max, with a zone
         raise PydanticCustomError("timestamp", "timestamp is out of range") from None
+    if moment is not None and moment < EARLIEST_TIMESTAMP:
+        raise PydanticCustomError(
+            "timestamp", "timestamp is before {earliest}", {"earliest": "2000-01-01T00:00:00Z"}
+        )
+    return moment
 
 
 Text = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_check_text)]
@@ -200,6 +212,18 @@ class IdentifyMessage(_SegmentMessage):
 
     def to_record(self) -> EventRecord:
         return self._record(kind="identify", name=None, properties=self.traits)
+
+
+def too_far_ahead(
+    messages: Sequence[TrackMessage | IdentifyMessage], *, now: datetime, skew: timedelta
+) -> list[tuple[int, datetime]]:
+    """The messages (index, timestamp) whose timestamp is more than ``skew`` after ``now``."""
+    latest = now + skew
+    return [
+        (index, message.timestamp)
+        for index, message in enumerate(messages)
+        if message.timestamp is not None and message.timestamp > latest
+    ]
 
 
 def _message_type(value: Any) -> str | None:

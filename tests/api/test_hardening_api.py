@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -297,3 +298,64 @@ def test_uvicorns_access_log_never_shows_a_query_strings_values(
     log = output.read_text()
     assert "GET /v1/runs?api_key=[redacted]&limit=[redacted] HTTP/1.1" in log, log
     assert "sk_live_in_the_url" not in log and API_KEY not in log
+
+
+# ----------------------------------------------------------------------------- timestamps
+
+
+async def test_timestamps_outside_the_window_are_refused_naming_the_message(
+    journeys_api: RunningApi, db: Engine, customer: str
+) -> None:
+    now = datetime.now(UTC)
+    fine = track(customer, "stop", timestamp=(now + timedelta(hours=23)).isoformat())
+    future = track(customer, "stop", timestamp=(now + timedelta(days=2)).isoformat())
+    ancient = track(customer, "stop", timestamp="1999-12-31T23:59:59Z")
+    before = stored_ids(db)
+
+    for path, body, field in (
+        ("/v1/batch", {"batch": [fine, future]}, "batch[1].timestamp"),
+        ("/v1/events", {"batch": [fine, fine | {"messageId": "x"}, ancient]}, "batch[2].timestamp"),
+        ("/v1/track", future, "timestamp"),
+        ("/v1/track", ancient, "timestamp"),
+        ("/v1/identify", {"userId": customer, "timestamp": "0001-01-01T00:00:00Z"}, "timestamp"),
+    ):
+        answer = await post(journeys_api.http, path, body)
+        assert answer.status_code == 422, (path, answer.text)
+        assert [e["field"] for e in answer.json()["errors"]] == [field], (path, answer.text)
+        assert field in answer.json()["detail"]
+    assert stored_ids(db) == before
+
+    assert (await post(journeys_api.http, "/v1/track", fine)).status_code == 202
+
+
+async def test_the_future_window_is_configurable(
+    database_url: str, task_queue: str, customer: str
+) -> None:
+    settings = api_settings(database_url=database_url, task_queue=task_queue).model_copy(
+        update={"max_future_skew": timedelta(minutes=5)}
+    )
+    ten_minutes = (datetime.now(UTC) + timedelta(minutes=10)).isoformat()
+    async with running_api(create_app(settings)) as app:
+        answer = await post(app.http, "/v1/track", track(customer, "stop", timestamp=ten_minutes))
+    assert answer.status_code == 422, answer.text
+    assert "5m" in answer.json()["errors"][0]["message"]
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [("86400", 86400), ("2h", 7200), ("1d12h", 129600), ("0", 0)]
+)
+def test_max_future_skew_takes_seconds_or_a_duration(
+    monkeypatch: pytest.MonkeyPatch, value: str, seconds: int
+) -> None:
+    monkeypatch.setenv("JOURNEYS_MAX_FUTURE_SKEW", value)
+    assert RuntimeSettings.from_env().max_future_skew == timedelta(seconds=seconds)
+
+
+def test_max_future_skew_defaults_to_a_day_and_a_bad_value_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("JOURNEYS_MAX_FUTURE_SKEW", raising=False)
+    assert RuntimeSettings.from_env().max_future_skew == timedelta(days=1)
+    monkeypatch.setenv("JOURNEYS_MAX_FUTURE_SKEW", "soon")
+    with pytest.raises(SettingsError, match="JOURNEYS_MAX_FUTURE_SKEW"):
+        RuntimeSettings.from_env()
