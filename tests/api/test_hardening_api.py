@@ -300,6 +300,64 @@ def test_uvicorns_access_log_never_shows_a_query_strings_values(
     assert "sk_live_in_the_url" not in log and API_KEY not in log
 
 
+# ----------------------------------------------------------------------------- unrouted
+
+
+async def test_the_answer_names_the_events_no_journey_listens_to(
+    journeys_api: RunningApi, db: Engine, customer: str
+) -> None:
+    batch = [
+        track(customer, "payment_failed", amount=5),
+        track(customer, "page_viewed"),
+        track(customer, "payment_recieved", amount=5),  # a typo
+        track(customer, "page_viewed"),
+        track(customer, "stop"),
+        {"type": "identify", "userId": customer, "traits": {"first_name": "Mina"}},
+    ]
+    answer = await post(journeys_api.http, "/v1/batch", {"batch": batch})
+
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["unrouted"] == ["page_viewed", "payment_recieved"]
+    assert answer.json()["accepted"] == 6
+    listened = await post(
+        journeys_api.http, "/v1/track", track(customer, "payment_received", amount=5)
+    )
+    assert "unrouted" not in listened.json()
+
+
+async def test_strict_refuses_unrouted_events_naming_them_and_stores_nothing(
+    journeys_api: RunningApi, db: Engine, customer: str
+) -> None:
+    batch = [track(customer, "payment_failed", amount=5), track(customer, "page_viewed")]
+    before = stored_ids(db)
+    for path, body, field in (
+        ("/v1/batch?strict=true", {"batch": batch}, "batch[1].event"),
+        ("/v1/events?strict=true", {"batch": batch}, "batch[1].event"),
+        ("/v1/events?strict=true", track(customer, "page_viewed"), "event"),
+        ("/v1/track?strict=true", track(customer, "page_viewed"), "event"),
+    ):
+        answer = await post(journeys_api.http, path, body)
+        assert answer.status_code == 422, (path, answer.text)
+        assert "page_viewed" in answer.json()["detail"]
+        assert [e["field"] for e in answer.json()["errors"]] == [field], path
+    assert stored_ids(db) == before
+
+    accepted = await post(
+        journeys_api.http, "/v1/track?strict=true", track(customer, "payment_failed", amount=5)
+    )
+    assert accepted.status_code == 202, accepted.text
+
+
+async def test_an_event_only_an_older_versions_runs_wait_for_is_not_unrouted(
+    journeys_api: RunningApi, db: Engine, customer: str
+) -> None:
+    deploy(db, JOURNEYS.replace("payment_received, within", "stop, within"))
+    answer = await post(
+        journeys_api.http, "/v1/track?strict=true", track(customer, "payment_received", amount=1)
+    )
+    assert answer.status_code == 202, answer.text
+
+
 # ----------------------------------------------------------------------------- timestamps
 
 

@@ -7,25 +7,35 @@ cannot be reached in `ROUTING_TIMEOUT_SECONDS` it says ``routing: deferred`` and
 app's background loop routes them later.
 
 Before anything is stored, a request is refused (422, naming each message's field) when
-a timestamp is further ahead than ``JOURNEYS_MAX_FUTURE_SKEW``.
+a timestamp is further ahead than ``JOURNEYS_MAX_FUTURE_SKEW``, or, with ``?strict=true``,
+when it holds an event no journey listens to. The answer names those events
+(``unrouted``; left out when there are none).
 
-Lives here: the routes and their answer (`IngestResponse`). Not here: the message models
-(`service.api.messages`), routing decisions (`service.router`).
+Lives here: the routes and their answer (`IngestResponse`), and which events journeys
+listen to (`listened_events`). Not here: the message models (`service.api.messages`),
+routing decisions (`service.router`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import weakref
 from collections.abc import Sequence
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, status
+from fastapi import APIRouter, Depends, Query, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy import Table
+from sqlalchemy import select as core_select
+from sqlalchemy.engine import Engine
 
-from engine.database import EventRecord
+from engine.database import EventRecord, PlanVersion
 from engine.durations import format_duration
+from engine.plan import Plan
 from engine.settings import RuntimeSettings
 from engine.timestamps import utcnow
 from service.api.deps import EventRouterDep, SettingsDep, require_api_key
@@ -41,12 +51,24 @@ from service.api.messages import (
 from service.api.middleware import MAX_BODY_BYTES
 from service.router import EventRouter, RoutingInputs, SkippedStart
 
-__all__ = ["ROUTING_TIMEOUT_SECONDS", "IngestResponse", "router"]
+__all__ = [
+    "ROUTING_TIMEOUT_SECONDS",
+    "IngestResponse",
+    "listened_events",
+    "router",
+]
 
 log = logging.getLogger(__name__)
 
 # An ingestion request waits at most this long for Temporal before answering "deferred".
 ROUTING_TIMEOUT_SECONDS = 10.0
+
+
+_PLAN_VERSIONS: Table = PlanVersion.__table__  # type: ignore[attr-defined]
+
+
+def _when_empty(value: list[object]) -> bool:
+    return not value
 
 
 class IngestResponse(BaseModel):
@@ -62,6 +84,13 @@ class IngestResponse(BaseModel):
         description="`deferred`: Temporal could not be reached; the events are stored and "
         "will be routed in the background.",
     )
+    unrouted: list[str] = Field(
+        default_factory=list,
+        exclude_if=_when_empty,
+        description="Names of track events no journey listens to (none enters, waits for "
+        "or exits on them): stored, but they do nothing. Absent when there are none; "
+        "`?strict=true` refuses them instead.",
+    )
 
 
 router = APIRouter(
@@ -73,6 +102,69 @@ router = APIRouter(
         **responses(413, _413=f"Body larger than {MAX_BODY_BYTES} bytes."),
     },
 )
+
+
+StrictQuery = Annotated[
+    bool,
+    Query(
+        description="Refuse (422, storing nothing) a request holding a track event no "
+        "journey listens to, instead of storing it and naming it in `unrouted`."
+    ),
+]
+
+
+# ----------------------------------------------------------------------------- listened to
+
+
+@dataclass
+class _Listened:
+    """Per database: what each stored plan version listens to, read once per version
+    (versions are immutable): its entry event, and the events its runs wait for or exit on."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    versions: dict[int, tuple[str, frozenset[str]]] = field(default_factory=dict)
+
+
+_LISTENED: weakref.WeakKeyDictionary[Engine, _Listened] = weakref.WeakKeyDictionary()
+_LISTENED_LOCK = threading.Lock()
+
+
+def listened_events(db: Engine) -> frozenset[str]:
+    """The event names some journey listens to: the active versions' entry events, and
+    what the runs of every stored version wait for or exit on (a run of a superseded
+    version still hears them, as `EventRouter` routes them). Blocking: one small read,
+    plus each version's plan the first time it is seen."""
+    with _LISTENED_LOCK:
+        cache = _LISTENED.setdefault(db, _Listened())
+    with db.connect() as connection:
+        rows = connection.execute(core_select(_PLAN_VERSIONS.c.id, _PLAN_VERSIONS.c.active)).all()
+        with cache.lock:
+            unseen = [row.id for row in rows if row.id not in cache.versions]
+        if unseen:
+            plans = connection.execute(
+                core_select(_PLAN_VERSIONS.c.id, _PLAN_VERSIONS.c.plan_json).where(
+                    _PLAN_VERSIONS.c.id.in_(unseen)
+                )
+            ).all()
+            read = {row.id: _listens_to(row.plan_json) for row in plans}
+            with cache.lock:
+                cache.versions.update(read)
+    names: set[str] = set()
+    with cache.lock:
+        for row in rows:
+            entry, heard = cache.versions.get(row.id, ("", frozenset()))
+            names.update(heard)
+            if row.active and entry:
+                names.add(entry)
+    return frozenset(names)
+
+
+def _listens_to(plan_json: str) -> tuple[str, frozenset[str]]:
+    try:
+        plan = Plan.model_validate_json(plan_json)
+    except ValueError:
+        return "", frozenset()  # the router logs it; it routes nothing either
+    return plan.entry.event, frozenset(plan.correlations())
 
 
 # ----------------------------------------------------------------------------- checks
@@ -87,9 +179,11 @@ def _refusals(
     messages: Sequence[TrackMessage | IdentifyMessage],
     *,
     settings: RuntimeSettings,
+    unrouted: Sequence[tuple[int, str]],
+    strict: bool,
     in_batch: bool,
 ) -> JSONResponse | None:
-    """The 422 for timestamps too far ahead."""
+    """The 422 for timestamps too far ahead and, when ``strict``, events nothing hears."""
     skew = settings.max_future_skew
     found: list[tuple[int, ErrorDetail]] = [
         (
@@ -102,6 +196,17 @@ def _refusals(
         )
         for index, moment in too_far_ahead(messages, now=utcnow(), skew=skew)
     ]
+    if strict:
+        found += [
+            (
+                index,
+                ErrorDetail(
+                    field=_field(in_batch=in_batch, index=index, name="event"),
+                    message=f"no journey listens to {name!r} (refused: strict=true)",
+                ),
+            )
+            for index, name in unrouted
+        ]
     if not found:
         return None
     errors = [error for _, error in sorted(found, key=lambda item: item[0])]
@@ -145,15 +250,28 @@ async def _ingest(
     messages: Sequence[TrackMessage | IdentifyMessage],
     *,
     settings: RuntimeSettings,
+    strict: bool = False,
     in_batch: bool = False,
 ) -> IngestResponse | JSONResponse:
-    refusal = _refusals(messages, settings=settings, in_batch=in_batch)
+    tracked = [
+        (index, message.event)
+        for index, message in enumerate(messages)
+        if isinstance(message, TrackMessage)
+    ]
+    unrouted: list[tuple[int, str]] = []
+    if tracked:
+        listened = await asyncio.to_thread(listened_events, events.db)
+        unrouted = [(index, name) for index, name in tracked if name not in listened]
+    refusal = _refusals(
+        messages, settings=settings, unrouted=unrouted, strict=strict, in_batch=in_batch
+    )
     if refusal is not None:
         return refusal
     records = [message.to_record() for message in messages]
     outcome = await asyncio.to_thread(events.ingest, records, prepare=True)
     response = await _route_accepted(events, outcome.stored, outcome.prepared)
     response.duplicates = outcome.duplicates
+    response.unrouted = list(dict.fromkeys(name for _, name in unrouted))
     return response
 
 
@@ -164,11 +282,14 @@ async def _ingest(
     summary="Record an event (Segment `track`)",
 )
 async def track(
-    message: TrackMessage, events: EventRouterDep, settings: SettingsDep
+    message: TrackMessage,
+    events: EventRouterDep,
+    settings: SettingsDep,
+    strict: StrictQuery = False,
 ) -> IngestResponse | JSONResponse:
     """Stores the event, then starts the journeys it enters and signals the runs that
     wait for or exit on it. Answers only after the event is committed."""
-    return await _ingest(events, [message], settings=settings)
+    return await _ingest(events, [message], settings=settings, strict=strict)
 
 
 @router.post(
@@ -191,10 +312,10 @@ async def identify(
     summary=f"Record up to {MAX_BATCH_MESSAGES} messages at once (Segment `batch`)",
 )
 async def batch(
-    body: BatchRequest, events: EventRouterDep, settings: SettingsDep
+    body: BatchRequest, events: EventRouterDep, settings: SettingsDep, strict: StrictQuery = False
 ) -> IngestResponse | JSONResponse:
     """All or nothing: one invalid message rejects the batch and nothing is stored."""
-    return await _ingest(events, body.batch, settings=settings, in_batch=True)
+    return await _ingest(events, body.batch, settings=settings, strict=strict, in_batch=True)
 
 
 @router.post(
@@ -204,9 +325,9 @@ async def batch(
     summary="Record a track or identify message, or a batch",
 )
 async def record_events(
-    body: EventsBody, events: EventRouterDep, settings: SettingsDep
+    body: EventsBody, events: EventRouterDep, settings: SettingsDep, strict: StrictQuery = False
 ) -> IngestResponse | JSONResponse:
     """One endpoint for every shape: a message chosen by its `type`, or `{"batch": [...]}`."""
     in_batch = isinstance(body, BatchRequest)
     messages = body.batch if isinstance(body, BatchRequest) else [body]
-    return await _ingest(events, messages, settings=settings, in_batch=in_batch)
+    return await _ingest(events, messages, settings=settings, strict=strict, in_batch=in_batch)
