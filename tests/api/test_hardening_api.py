@@ -358,6 +358,29 @@ async def test_an_event_only_an_older_versions_runs_wait_for_is_not_unrouted(
     assert answer.status_code == 202, answer.text
 
 
+# ----------------------------------------------------------------------------- messageId
+
+
+async def test_a_message_id_reused_by_another_customer_is_reported_as_a_conflict(
+    journeys_api: RunningApi, db: Engine, customer: str
+) -> None:
+    first = await post(journeys_api.http, "/v1/track", track(customer, "stop", "shared-id"))
+    assert first.status_code == 202 and "conflicts" not in first.json()
+
+    same = await post(journeys_api.http, "/v1/track", track(customer, "stop", "shared-id"))
+    other = await post(journeys_api.http, "/v1/track", track("someone-else", "stop", "shared-id"))
+
+    assert same.json()["duplicates"] == 1 and "conflicts" not in same.json()
+    assert other.status_code == 202
+    assert (other.json()["accepted"], other.json()["duplicates"]) == (0, 1)
+    assert other.json()["conflicts"] == [
+        {"message_id": "shared-id", "reason": "messageId already used by another customer"}
+    ]
+    with session_scope(db) as session:
+        stored = session.get(EventRecord, "shared-id")
+    assert stored is not None and stored.customer_id == customer
+
+
 # ----------------------------------------------------------------------------- timestamps
 
 

@@ -9,7 +9,9 @@ app's background loop routes them later.
 Before anything is stored, a request is refused (422, naming each message's field) when
 a timestamp is further ahead than ``JOURNEYS_MAX_FUTURE_SKEW``, or, with ``?strict=true``,
 when it holds an event no journey listens to. The answer names those events
-(``unrouted``; left out when there are none).
+(``unrouted``) and the repeated message ids that another customer's event holds
+(``conflicts``: deduplication is by message id alone, as Segment's is); both are left out
+when empty.
 
 Lives here: the routes and their answer (`IngestResponse`), and which events journeys
 listen to (`listened_events`). Not here: the message models (`service.api.messages`),
@@ -52,8 +54,10 @@ from service.api.middleware import MAX_BODY_BYTES
 from service.router import EventRouter, RoutingInputs, SkippedStart
 
 __all__ = [
+    "CONFLICT_REASON",
     "ROUTING_TIMEOUT_SECONDS",
     "IngestResponse",
+    "MessageConflict",
     "listened_events",
     "router",
 ]
@@ -64,7 +68,18 @@ log = logging.getLogger(__name__)
 ROUTING_TIMEOUT_SECONDS = 10.0
 
 
+CONFLICT_REASON = "messageId already used by another customer"
+
+_EVENTS: Table = EventRecord.__table__  # type: ignore[attr-defined]
 _PLAN_VERSIONS: Table = PlanVersion.__table__  # type: ignore[attr-defined]
+
+
+class MessageConflict(BaseModel):
+    """A repeated message id whose stored event is another customer's: this message was
+    ignored as a duplicate (deduplication is by message id alone)."""
+
+    message_id: str
+    reason: str = Field(description=f"`{CONFLICT_REASON}`")
 
 
 def _when_empty(value: list[object]) -> bool:
@@ -90,6 +105,12 @@ class IngestResponse(BaseModel):
         description="Names of track events no journey listens to (none enters, waits for "
         "or exits on them): stored, but they do nothing. Absent when there are none; "
         "`?strict=true` refuses them instead.",
+    )
+    conflicts: list[MessageConflict] = Field(
+        default_factory=list,
+        exclude_if=_when_empty,
+        description="Duplicates whose messageId another customer's event already holds; "
+        "absent when there are none.",
     )
 
 
@@ -217,6 +238,32 @@ def _refusals(
     )
 
 
+def _conflicts(
+    db: Engine, records: Sequence[EventRecord], stored: Sequence[EventRecord]
+) -> list[MessageConflict]:
+    """The repeats whose message id is held by another customer's event. Blocking."""
+    kept = {id(record) for record in stored}
+    repeats = [record for record in records if id(record) not in kept]
+    if not repeats:
+        return []
+    with db.connect() as connection:
+        rows = connection.execute(
+            core_select(_EVENTS.c.message_id, _EVENTS.c.customer_id).where(
+                _EVENTS.c.message_id.in_({record.message_id for record in repeats})
+            )
+        ).all()
+    owners = {message_id: customer_id for message_id, customer_id in rows}
+    conflicts: dict[str, MessageConflict] = {}
+    for record in repeats:
+        owner = owners.get(record.message_id)
+        if owner is not None and owner != record.customer_id:
+            conflicts.setdefault(
+                record.message_id,
+                MessageConflict(message_id=record.message_id, reason=CONFLICT_REASON),
+            )
+    return list(conflicts.values())
+
+
 # ----------------------------------------------------------------------------- routing
 
 
@@ -272,6 +319,8 @@ async def _ingest(
     response = await _route_accepted(events, outcome.stored, outcome.prepared)
     response.duplicates = outcome.duplicates
     response.unrouted = list(dict.fromkeys(name for _, name in unrouted))
+    if outcome.duplicates:
+        response.conflicts = await asyncio.to_thread(_conflicts, events.db, records, outcome.stored)
     return response
 
 
