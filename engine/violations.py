@@ -1,17 +1,63 @@
 """The violation record every design-time check returns, and where it points in the YAML.
 
 Nothing here parses or validates; it is the shared vocabulary of loader, validator and CLI.
+A violation's message and hint stay short whatever the source: a quoted value longer than
+`MAX_QUOTED_CHARS` (a 200 KB expression) is cut to its start, an ellipsis, its length and
+its position, and no message is longer than `MAX_MESSAGE_CHARS` (`shorten`).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["KEY", "Location", "Path", "SourceMap", "Violation"]
+__all__ = [
+    "KEY",
+    "MAX_MESSAGE_CHARS",
+    "MAX_QUOTED_CHARS",
+    "Location",
+    "Path",
+    "SourceMap",
+    "Violation",
+    "shorten",
+]
 
 Path = tuple[str | int, ...]
 KEY = "\x00key"  # path suffix under which a mapping key's own position is kept
+
+MAX_QUOTED_CHARS = 120
+"""The most of a quoted value (an expression, a key) a message repeats back."""
+MAX_MESSAGE_CHARS = 1000
+"""The longest message or hint, whatever it quotes."""
+
+# A quoted value as `repr` writes it: '...' or "..." with backslash escapes, on one line.
+_QUOTED = re.compile(r"'(?:[^'\\\n]|\\.)*'" "|" r'"(?:[^"\\\n]|\\.)*"')
+
+
+def shorten(text: str, *, line: int, column: int) -> str:
+    """``text`` with every quoted value longer than `MAX_QUOTED_CHARS` cut to its start and
+    an ellipsis, followed by its length and where it starts (``line:column``); then cut to
+    `MAX_MESSAGE_CHARS`. Short text comes back unchanged."""
+    if len(text) <= MAX_QUOTED_CHARS:
+        return text
+
+    def cut(found: re.Match[str]) -> str:
+        quoted = found.group()
+        inner = quoted[1:-1]
+        if len(inner) <= MAX_QUOTED_CHARS:
+            return quoted
+        prefix = inner[:MAX_QUOTED_CHARS]
+        trailing = len(prefix) - len(prefix.rstrip("\\"))
+        if trailing % 2:  # do not leave half an escape before the ellipsis
+            prefix = prefix[:-1]
+        mark = quoted[0]
+        return f"{mark}{prefix}…{mark} ({len(inner)} characters, at {line}:{column})"
+
+    shortened = _QUOTED.sub(cut, text)
+    if len(shortened) > MAX_MESSAGE_CHARS:
+        shortened = shortened[: MAX_MESSAGE_CHARS - 1] + "…"
+    return shortened
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +104,15 @@ class Violation:
     step: str | None = None
     hint: str | None = None
     severity: Literal["error", "warning"] = "error"
+
+    def __post_init__(self) -> None:
+        # Every check's message is kept short here, whatever it quoted from the source.
+        object.__setattr__(self, "message", self._shorten(self.message))
+        if self.hint is not None:
+            object.__setattr__(self, "hint", self._shorten(self.hint))
+
+    def _shorten(self, text: str) -> str:
+        return shorten(text, line=self.line, column=self.column)
 
     def format(self) -> str:
         """``FILE:LINE:COL: journey/step: message (hint)``, the CLI's one-line form."""
