@@ -106,6 +106,7 @@ class Retries:
         raise AssertionError("never sent")
 
 
+@pytest.mark.slow  # a real outage and a drain at 5/s: about 12 s
 def test_a_backlog_after_an_smtp_outage_drains_at_the_channel_rate_exactly_once(
     db: Engine,
 ) -> None:

@@ -153,6 +153,7 @@ PAUSED_COUNT = doc(
 )
 
 
+@pytest.mark.slow  # 4,100 signals one by one: about 15 s
 async def test_a_late_copy_of_a_queued_event_is_not_queued_twice(
     env: WorkflowEnvironment, start_run: StartRun, db: Engine
 ) -> None:
