@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, assert_never
 from engine import plan as p
 from engine import spec
 from engine.durations import parse_duration, parse_offset
+from engine.personal import kind_of
 
 if TYPE_CHECKING:  # the validator compiles steps through here: no import cycle at run time
     from engine.validator import CheckedDocument
@@ -256,9 +257,16 @@ def _call(step: spec.CallStep, nxt: str | None) -> p.CallPlan:
 
 
 def compile_journey(
-    journey: spec.Journey, document: spec.Document, template_sources: dict[str, dict[str, str]]
+    journey: spec.Journey,
+    document: spec.Document,
+    template_sources: dict[str, dict[str, str]],
+    *,
+    reads: frozenset[str] | None = None,
+    key_reads: tuple[tuple[str, ...], ...] = (),
 ) -> p.Plan:
-    """Compile one journey that validated cleanly."""
+    """Compile one journey that validated cleanly. ``reads`` are the event properties its
+    expressions read (None: the event whole), ``key_reads`` the paths its entry key reads
+    (both from validation: `CheckedDocument`)."""
     steps: dict[str, p.PlanStep] = {}
     for position, step in enumerate(journey.steps):
         following = journey.steps[position + 1].id if position + 1 < len(journey.steps) else None
@@ -294,9 +302,48 @@ def compile_journey(
             for name in sorted({*used_channels, *(["ops"] if "ops" in document.channels else [])})
             if name in document.channels
         },
+        "personal": _personal(journey, document, reads, key_reads),
     }
     draft = p.Plan.model_validate(body)
     return draft.model_copy(update={"version": plan_version(draft.model_dump(mode="json"))})
+
+
+def _personal(
+    journey: spec.Journey,
+    document: spec.Document,
+    reads: frozenset[str] | None,
+    key_reads: tuple[tuple[str, ...], ...],
+) -> p.PlanPersonal:
+    """What is personal in this journey's events and the profile (`engine.personal`)."""
+    events = {journey.entry.event, *(e.event for e in journey.exit_on)}
+    events |= {
+        s.wait.event
+        for s in journey.steps
+        if isinstance(s, spec.WaitStep) and isinstance(s.wait, spec.WaitEvent)
+    }
+    schemas = {
+        event: {name: spec.declared_mark(d) or "" for name, d in document.events[event].items()}
+        for event in sorted(events)
+        if event in document.events
+    }
+    profile = {name: spec.declared_mark(d) or "" for name, d in document.profile.items()}
+    key_personal = False
+    for ref in key_reads:
+        if ref[0] == "event" or ref[:2] == ("trigger", "properties"):
+            field = ref[1] if ref[0] == "event" else (ref[2] if len(ref) > 2 else "")
+            declared = schemas.get(journey.entry.event)
+        elif ref[0] in ("profile", "customer"):
+            field, declared = ref[1], (profile if ref[0] == "profile" else {})
+        else:
+            continue
+        if field != "id" and kind_of(field, declared) is not None:
+            key_personal = True
+    return p.PlanPersonal(
+        events=schemas,
+        profile=profile,
+        reads=None if reads is None else tuple(sorted(reads)),
+        key_personal=key_personal,
+    )
 
 
 def compile_checked(checked: CheckedDocument) -> dict[str, p.Plan]:
@@ -310,5 +357,11 @@ def compile_checked(checked: CheckedDocument) -> dict[str, p.Plan]:
     for journey in document.journeys:
         if catalogue_broken or journey.id in failing or journey.id in plans:
             continue
-        plans[journey.id] = compile_journey(journey, document, checked.template_sources)
+        plans[journey.id] = compile_journey(
+            journey,
+            document,
+            checked.template_sources,
+            reads=checked.event_reads.get(journey.id),
+            key_reads=checked.key_reads.get(journey.id, ()),
+        )
     return plans

@@ -28,6 +28,7 @@ __all__ = [
     "Plan",
     "PlanEntry",
     "PlanExit",
+    "PlanPersonal",
     "PlanSettings",
     "PlanStep",
     "QuietHoursPlan",
@@ -270,6 +271,27 @@ PlanStep = Annotated[
 ]
 
 
+class PlanPersonal(_Frozen):
+    """What is personal in a run's data (`engine.personal`), from the catalogue.
+
+    ``events`` and ``profile`` give each declared field its mark (``email``, ``phone``,
+    ``pii``, ``secret``, ``none``, or ``""``: declared, not marked, so its name decides);
+    only the events this plan starts on, waits for or exits on. ``reads`` are the event
+    properties the plan's expressions read (None: it reads the event whole, so every
+    property is kept); a property neither declared nor read never reaches the run.
+    ``key_personal``: the entry key reads a personal field, so runs hold its digest.
+    """
+
+    events: dict[str, dict[str, str]] = Field(default_factory=dict)
+    profile: dict[str, str] = Field(default_factory=dict)
+    reads: tuple[str, ...] | None = None
+    key_personal: bool = False
+
+    def event_fields(self, event: str) -> dict[str, str] | None:
+        """The declared fields of ``event`` (None: it has no schema)."""
+        return self.events.get(event)
+
+
 class Plan(_Frozen):
     """One journey, compiled. ``version`` is the short hash of everything else."""
 
@@ -289,6 +311,9 @@ class Plan(_Frozen):
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     channels: tuple[str, ...] = ()
     channel_config: dict[str, ChannelPlan] = Field(default_factory=dict)
+    personal: PlanPersonal | None = None
+    """Set by the compiler since personal data is declared; None in older plans (then
+    well-known names decide and every property is kept)."""
 
     def step(self, step_id: str) -> PlanStep:
         """The step called ``step_id`` (KeyError if the plan has none)."""

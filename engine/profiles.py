@@ -11,14 +11,15 @@ address the same way. Must not live here: database access, Temporal.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from engine.payloads import CustomerContext
+from engine.personal import mask_traits, mask_value
 
 __all__ = [
     "ADDRESS_TRAITS",
     "customer_from_traits",
-    "is_address_trait",
     "mask_address",
     "masked_customer",
     "normalise_address",
@@ -38,12 +39,6 @@ def customer_from_traits(customer_id: str, traits: dict[str, Any]) -> CustomerCo
         name: str(traits[name]) for name in ADDRESS_TRAITS if traits.get(name) not in (None, "")
     }
     return CustomerContext(id=customer_id, traits=dict(traits), **fields)
-
-
-def is_address_trait(name: str) -> bool:
-    """Traits that hold a way to reach the customer (kept out of workflow histories)."""
-    lowered = name.lower()
-    return lowered in ("phone", "push_token") or "email" in lowered or "phone" in lowered
 
 
 def normalise_address(channel: str, address: str) -> str:
@@ -73,9 +68,8 @@ def mask_address(value: Any, channel: str | None = None) -> Any:
         return value
     kind = (channel or _channel_of(value)).strip().lower()
     address = normalise_address(kind, value)
-    local, at, domain = address.partition("@")
-    if kind == "email" and at and local:
-        return f"{local[0]}***@{domain}"
+    if kind == "email":
+        return mask_value(address, "email")
     if kind in _PHONE_CHANNELS:
         if len(address) >= 9:
             return address[:3] + "*" * (len(address) - 7) + address[-4:]
@@ -83,13 +77,16 @@ def mask_address(value: Any, channel: str | None = None) -> Any:
     return address[:4] + "***" if len(address) > 8 else "***"
 
 
-def masked_customer(customer: CustomerContext) -> CustomerContext:
-    """The customer as a workflow holds it: addresses masked. Activities that need the real
-    address (sending) read it from the database by customer id, so no history carries it."""
-    traits = {k: mask_address(v) if is_address_trait(k) else v for k, v in customer.traits.items()}
+def masked_customer(
+    customer: CustomerContext, declared: Mapping[str, str] | None = None
+) -> CustomerContext:
+    """The customer as a workflow holds it: every personal trait masked (``declared``: the
+    catalogue's `profile:` marks; well-known names and address-like text besides). Activities
+    that need the real values (sending) read them from the database by customer id, so no
+    history carries them."""
     return customer.model_copy(
         update={
-            "traits": traits,
+            "traits": mask_traits(customer.traits, declared),
             "email": mask_address(customer.email, "email"),
             "phone": mask_address(customer.phone, "sms"),
             "push_token": mask_address(customer.push_token, "push"),

@@ -213,6 +213,51 @@ class Settings(_Model):
 EventPropertyType = Literal[
     "string", "number", "integer", "boolean", "timestamp", "object", "list", "any"
 ]
+FieldType = Literal[
+    "string",
+    "number",
+    "integer",
+    "boolean",
+    "timestamp",
+    "object",
+    "list",
+    "any",
+    "email",
+    "phone",
+    "pii",
+    "secret",
+]
+"""A field's type; `email` and `phone` (strings) and `pii` and `secret` (any value) also
+declare it personal (`engine.personal`)."""
+
+
+class PropertySpec(_Model):
+    """A field's long form: its type and whether it is personal."""
+
+    type: EventPropertyType = Field("any", description="The value's type.")
+    personal: Literal["email", "phone", "pii", "secret", "none"] | None = Field(
+        None,
+        description="Personal data: masked everywhere outside the send that uses it. `none` "
+        "says a field with a well-known personal name (`name`, `address`) is not personal.",
+    )
+
+
+FieldDeclaration = Annotated[
+    Annotated[FieldType, Tag("text")] | Annotated[PropertySpec, Tag("spec")],
+    Discriminator(
+        lambda v: "spec" if isinstance(v, dict | PropertySpec) else "text",
+        custom_error_type="field_declaration_shape",
+        custom_error_message="a field is a type (string, number, ..., email, phone, pii, "
+        "secret) or {type: ..., personal: email|phone|pii|secret|none}",
+    ),
+]
+
+
+def declared_mark(declaration: Any) -> str | None:
+    """The personal mark a field declaration gives (None: none, the name decides)."""
+    if isinstance(declaration, PropertySpec):
+        return declaration.personal
+    return declaration if declaration in ("email", "phone", "pii", "secret") else None
 
 
 class ChannelRetry(_Model):
@@ -852,9 +897,15 @@ class Document(_Model):
 
     version: Literal[1] = Field(description="The language version; only 1 exists.")
     settings: Settings = Field(default_factory=Settings)
-    events: dict[str, dict[Identifier, EventPropertyType]] = Field(
+    events: dict[str, dict[Identifier, FieldDeclaration]] = Field(
         default_factory=dict,
-        description="Optional event schemas; expressions are checked against them.",
+        description="Optional event schemas; expressions are checked against them, and "
+        "fields marked email, phone, pii or secret are masked outside sends.",
+    )
+    profile: dict[Identifier, FieldDeclaration] = Field(
+        default_factory=dict,
+        description="Optional profile schema: traits marked email, phone, pii or secret "
+        "(well-known names are marked without it) are masked outside sends.",
     )
     channels: dict[
         Identifier,

@@ -36,6 +36,7 @@ from engine.unary import HELP, UnaryTest, UnaryTestError, parse_test
 from engine.violations import Path, Violation
 from rules import (
     CompiledTemplate,
+    Expression,
     ExpressionError,
     TemplateError,
     compile_expression,
@@ -81,6 +82,10 @@ class CheckedDocument:
     templates: dict[tuple[str, str], CompiledTemplate] = field(default_factory=dict)
     template_sources: dict[str, dict[str, str]] = field(default_factory=dict)
     broken_journeys: set[str] = field(default_factory=set)
+    event_reads: dict[str, frozenset[str] | None] = field(default_factory=dict)
+    """For each journey, the event properties its expressions read (None: the event whole)."""
+    key_reads: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
+    """For each journey with an entry key, the paths the key expression reads."""
 
     @property
     def errors(self) -> list[Violation]:
@@ -111,6 +116,11 @@ def check_document(loaded: LoadedDocument) -> CheckedDocument:
         templates=checker.compiled_templates,
         template_sources=checker.template_sources,
         broken_journeys=checker.broken_journeys,
+        event_reads={
+            journey: None if reads is None else frozenset(reads)
+            for journey, reads in checker.event_reads.items()
+        },
+        key_reads=checker.key_reads,
     )
 
 
@@ -141,6 +151,8 @@ def _clean_loc(loc: tuple[int | str, ...]) -> Path:
         elif (
             (len(out) >= 2 and out[-2] == "models" and nxt in ("python", "http", "onnx"))
             or (len(out) >= 2 and out[-2] == "channels" and nxt in ("text", "url"))
+            or (len(out) == 2 and out[0] == "profile" and nxt in ("text", "spec"))
+            or (len(out) == 3 and out[0] == "events" and nxt in ("text", "spec"))
             or (isinstance(elem, str) and elem in _TAGGED_PARENTS and nxt in _TAGGED_PARENTS[elem])
             or (
                 isinstance(nxt, str)
@@ -253,6 +265,8 @@ class _Checker:
         self.template_sources: dict[str, dict[str, str]] = {}
         self.broken_journeys: set[str] = set()
         self.broken_steps: dict[str, set[str]] = {}
+        self.event_reads: dict[str, set[str] | None] = {}
+        self.key_reads: dict[str, tuple[tuple[str, ...], ...]] = {}
 
     # -- reporting
 
@@ -982,6 +996,7 @@ class _JourneyChecker:
         return (*self.path, "steps", position, *rest)
 
     def run(self) -> None:
+        self.c.event_reads.setdefault(self.journey.id, set())
         unique = self._check_duplicates()
         edges = self._edges()
         self._check_references(edges)
@@ -1488,7 +1503,36 @@ class _JourneyChecker:
         except ExpressionError as exc:
             self.c.add("expression", path, f"expression {source!r}: {exc.message}", hint=exc.hint)
             return
+        self._note_reads(path, compiled)
         self._check_paths(path, compiled.attribute_paths, events, what=f"expression {source!r}")
+
+    def _note_reads(self, path: Path, compiled: Expression | CompiledTemplate) -> None:
+        """What of the event a run must hold for this expression (`engine.personal`)."""
+        journey = self.journey.id
+        if path == (*self.path, "entry", "key"):
+            self.c.key_reads[journey] = compiled.attribute_paths
+        reads = self.c.event_reads.setdefault(journey, set())
+        if reads is None:
+            return
+        if isinstance(compiled, Expression):
+            whole = compiled.whole_names
+        else:  # a template: a name read with no dotted path under it is read whole
+            whole = frozenset(
+                name
+                for name in compiled.names
+                if all(r[0] != name for r in compiled.attribute_paths)
+            )
+        if whole & {"event", "trigger"}:
+            self.c.event_reads[journey] = None
+            return
+        for ref in compiled.attribute_paths:
+            if ref[0] == "event":
+                reads.add(ref[1])
+            elif ref[:2] == ("trigger", "properties"):
+                if len(ref) < 3:
+                    self.c.event_reads[journey] = None
+                    return
+                reads.add(ref[2])
 
     def template(self, path: Path, source: str, events: set[str]) -> None:
         try:
@@ -1496,6 +1540,7 @@ class _JourneyChecker:
         except TemplateError as exc:
             self.c.add("template", path, f"template line {exc.line}: {exc.message}", hint=exc.hint)
             return
+        self._note_reads(path, compiled)
         self._check_paths(path, compiled.attribute_paths, events, what="template")
 
     def _check_paths(

@@ -374,6 +374,9 @@ class Expression:
     attribute_paths: tuple[tuple[str, ...], ...]
     functions: frozenset[str]
     _tree: ast.expr = field(repr=False, compare=False)
+    whole_names: frozenset[str] = frozenset()
+    """Context names read whole (``event``, ``event[key]`` with ``key`` not a constant),
+    not only through a dotted path."""
 
     def evaluate(self, context: Mapping[str, Any], *, timezone: str = "UTC") -> Any:
         """Evaluate against ``context`` (a mapping of context names to values).
@@ -688,6 +691,17 @@ def _attribute_paths(root: ast.expr) -> tuple[tuple[str, ...], ...]:
     return tuple(sorted(found, key=found.__getitem__))
 
 
+def _whole_names(root: ast.expr) -> frozenset[str]:
+    found: set[str] = set()
+    stack: list[tuple[ast.AST, ast.AST | None]] = [(root, None)]
+    while stack:
+        node, parent = stack.pop()
+        if isinstance(node, ast.Name) and not _extends_path(parent, node):
+            found.add(node.id)
+        stack.extend((child, node) for child in ast.iter_child_nodes(node))
+    return frozenset(found)
+
+
 def _constant_parts(root: ast.expr) -> list[ast.expr]:
     """The largest subtrees that read no context name and no clock."""
     parts: list[ast.expr] = []
@@ -798,4 +812,5 @@ def compile_expression(source: str, *, names: Collection[str] = CONTEXT_NAMES) -
         attribute_paths=_attribute_paths(tree),
         functions=frozenset(checker.functions_called),
         _tree=tree,
+        whole_names=_whole_names(tree),
     )

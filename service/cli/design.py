@@ -79,6 +79,9 @@ def validate(
                 }
                 for plan in catalog.plans.values()
             ],
+            "personal": [
+                {"field": f.field, "kind": f.kind, "why": f.why} for f in catalog.personal_fields()
+            ],
         }
         typer.echo(json.dumps(payload, indent=2))
         raise typer.Exit(0 if catalog.ok else 1)
@@ -92,6 +95,23 @@ def validate(
             f"ok  {plan.journey_id}  version {plan.version}  {len(plan.steps)} steps  "
             f"enters on {plan.entry.event}"
         )
+    _echo_personal(catalog)
+
+
+def _echo_personal(catalog: Catalog) -> None:
+    """What `validate` treats as personal data (docs/journeys.md, Personal data)."""
+    fields = catalog.personal_fields()
+    typer.echo("")
+    typer.echo("personal data (masked in histories, logs, the runs table and the console):")
+    width = max((len(f.field) for f in fields), default=0)
+    for f in fields:
+        typer.echo(f"  {f.field.ljust(width)}  {f.kind:<6}  {f.why}")
+    typer.echo(
+        "  any other trait or property named like email, phone, mobile, name, address,\n"
+        "  birth, password, token, ... (by name), and any text holding an email address or\n"
+        "  a +phone number (by form); an event property neither declared nor read by an\n"
+        "  expression is not given to a run at all"
+    )
 
 
 @app.command()
