@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
@@ -45,7 +45,14 @@ from channels import pacing, policies
 from channels.delivery import DeliveryError, deliver
 from channels.rendering import MissingFormError, RenderedMessage, form_for, render_message
 from channels.unsubscribe import make_unsubscribe_token, unsubscribe_url
-from engine.database import Delivery, OutboxMessage, Profile, session_scope, utcnow
+from engine.database import (
+    Delivery,
+    EventRecord,
+    OutboxMessage,
+    Profile,
+    session_scope,
+    utcnow,
+)
 from engine.environment import MissingVariableError, resolve_env
 from engine.errors import ErrorType
 from engine.localtime import quiet_hours_end, zone_named
@@ -176,6 +183,7 @@ class MessagingActivities:
             real = customer_from_traits(customer_id, dict(profile.traits) if profile else {})
             customer: dict[str, Any] = dict(real.expression_view())
             context = {**request.context, "customer": customer, "profile": dict(real.traits)}
+            context.update(_real_events(session, request, customer_id))
             request = request.model_copy(update={"context": context})
             earlier = self._delivery(session, request, channel)
             if earlier is not None and earlier.status in _FINAL:
@@ -425,6 +433,31 @@ class MessagingActivities:
             request, channel, recipient, "captured", "no channel URL set: kept in the outbox"
         )
         return SendMessageResult(status="captured", channel=channel, delivery_id=delivery_id)
+
+
+def _real_events(session: Session, request: SendMessageInput, customer_id: str) -> dict[str, Any]:
+    """`event` and `trigger` with the real properties, read back by message id: the run
+    holds them masked, and only those declared or read (`engine.personal`). An event not
+    in the events table (a run started by hand) keeps what the run holds."""
+    trigger = request.context.get("trigger")
+    trigger_id = trigger.get("message_id") if isinstance(trigger, dict) else None
+    event_id = request.event_message_id or trigger_id
+    wanted = {mid for mid in (trigger_id, event_id) if isinstance(mid, str) and mid}
+    if not wanted:
+        return {}
+    rows = session.exec(
+        select(EventRecord).where(
+            col(EventRecord.message_id).in_(sorted(wanted)),
+            EventRecord.customer_id == customer_id,
+        )
+    ).all()
+    found = {row.message_id: dict(row.properties) for row in rows}
+    restored: dict[str, Any] = {}
+    if event_id in found:
+        restored["event"] = found[event_id]
+    if isinstance(trigger, dict) and trigger_id in found:
+        restored["trigger"] = {**trigger, "properties": found[trigger_id]}
+    return restored
 
 
 def _refusal(

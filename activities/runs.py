@@ -46,6 +46,7 @@ from engine.payloads import (
     RecordRunInput,
     UpdateProfileInput,
 )
+from engine.personal import run_event
 from engine.profiles import customer_from_traits, masked_customer
 from engine.run_path import write_path
 from engine.timestamps import as_utc
@@ -62,7 +63,7 @@ class RunActivities:
     @activity.defn(name=ActivityName.LOAD_PROFILE)
     def load_profile(self, request: LoadProfileInput) -> CustomerContext:
         """The customer's traits, read fresh, with addresses masked (see `masked_customer`)."""
-        return masked_customer(self.read_customer(request.customer_id))
+        return masked_customer(self.read_customer(request.customer_id), request.profile_marks)
 
     def read_customer(self, customer_id: str) -> CustomerContext:
         """The customer with real addresses (for activities, never for a workflow)."""
@@ -91,12 +92,15 @@ class RunActivities:
             ).all()
             found = {row.message_id: row for row in rows}
             events = [
-                EventMessage(
-                    name=row.name or row.type,
-                    customer_id=row.customer_id,
-                    message_id=row.message_id,
-                    timestamp=as_utc(row.timestamp),
-                    properties=dict(row.properties),
+                run_event(
+                    EventMessage(
+                        name=row.name or row.type,
+                        customer_id=row.customer_id,
+                        message_id=row.message_id,
+                        timestamp=as_utc(row.timestamp),
+                        properties=dict(row.properties),
+                    ),
+                    request.personal,
                 )
                 for mid in request.message_ids
                 if (row := found.get(mid)) is not None
@@ -178,9 +182,11 @@ class RunActivities:
         as `load_profile` gives it) and, when the plan has a holdout, the stable bucket."""
         customer = request.customer
         if request.record is not None:
-            customer = self._record_and_read(request.record, customer)
+            customer = self._record_and_read(request.record, customer, request.profile_marks)
         elif customer is None and request.reload and request.customer_id is not None:
-            customer = masked_customer(self.read_customer(request.customer_id))
+            customer = masked_customer(
+                self.read_customer(request.customer_id), request.profile_marks
+            )
         if customer is None:
             raise ApplicationError(
                 "begin_run needs the run's record or the customer's profile",
@@ -196,7 +202,7 @@ class RunActivities:
         return BeginRunResult(customer=customer, holdout_bucket=bucket, decided=decided)
 
     def _record_and_read(
-        self, record: RecordRunInput, customer: CustomerContext | None
+        self, record: RecordRunInput, customer: CustomerContext | None, marks: dict[str, str]
     ) -> CustomerContext | None:
         """Write the run's row and, unless given, read the customer (masked), in one go."""
         with session_scope(self.db) as session:
@@ -209,7 +215,7 @@ class RunActivities:
                 .scalar_one_or_none()
             )
         traits = dict(stored) if stored is not None else {}
-        return masked_customer(customer_from_traits(record.customer_id, traits))
+        return masked_customer(customer_from_traits(record.customer_id, traits), marks)
 
 
 def _first_walk(request: BeginRunInput, customer: CustomerContext) -> DecideResult | None:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.plan import Plan, PlanStep
+from engine.plan import Plan, PlanPersonal, PlanStep
 
 __all__ = [
     "QUERY_STATE",
@@ -270,6 +270,9 @@ class LoadEventsInput(_Message):
     parked: ParkedBacklog | None = None
     offset: int = 0
     limit: int = 0
+    personal: PlanPersonal | None = None
+    """The run's plan's personal data (`engine.personal.run_event`): the events come back
+    as the router would have signalled them."""
 
 
 class LoadEventsResult(_Message):
@@ -489,6 +492,8 @@ class DateWaitResult(_Message):
 
 class LoadProfileInput(_Message):
     customer_id: str
+    profile_marks: dict[str, str] = Field(default_factory=dict)
+    """The catalogue's `profile:` marks (`engine.personal`): which traits to mask."""
 
 
 class RecordRunInput(_Message):
@@ -534,6 +539,8 @@ class BeginRunInput(_Message):
     """After a wait (`long-runs`): with neither ``record`` nor ``customer``, read the
     profile again (masked) and walk ``decide`` against it, in one local activity."""
     customer_id: str | None = None
+    profile_marks: dict[str, str] = Field(default_factory=dict)
+    """The catalogue's `profile:` marks: which traits a profile read here masks."""
 
 
 class BeginRunResult(_Message):
@@ -558,6 +565,10 @@ class SendMessageInput(_Message):
     context: dict[str, Any] = Field(default_factory=dict)
     timezone: str = "UTC"
     to_expression: str | None = None
+    event_message_id: str | None = None
+    """The event in hand's message id: the activity reads the event's real properties
+    back by it (and the trigger's by ``context.trigger.message_id``); the workflow holds
+    them masked, and only those declared or read (`engine.personal`)."""
     channel_url: str | None = None
     quiet_start: str | None = None
     quiet_end: str | None = None

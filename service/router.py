@@ -60,6 +60,7 @@ from engine.payloads import (
     JourneyRunInput,
     workflow_id_for,
 )
+from engine.personal import profile_marks, run_event, run_key
 from engine.plan import Plan
 from engine.profiles import customer_from_traits, masked_customer
 from engine.timestamps import as_utc, utcnow
@@ -248,7 +249,7 @@ def _correlation_key(
             message_id=record.message_id,
             reason=f"no run signalled: correlation key {listener.correlate!r} {why}",
         )
-    return str(value)
+    return run_key(str(value), plan.personal)
 
 
 def _is_for(
@@ -277,13 +278,18 @@ def _text_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _event_message(record: EventRecord) -> EventMessage:
-    return EventMessage(
-        name=record.name or record.type,
-        customer_id=record.customer_id,
-        message_id=record.message_id,
-        timestamp=as_utc(record.timestamp),
-        properties=dict(record.properties),
+def _event_message(record: EventRecord, plan: Plan) -> EventMessage:
+    """``record`` as a run of ``plan`` holds it: only the properties declared or read, the
+    personal ones masked (`engine.personal.run_event`)."""
+    return run_event(
+        EventMessage(
+            name=record.name or record.type,
+            customer_id=record.customer_id,
+            message_id=record.message_id,
+            timestamp=as_utc(record.timestamp),
+            properties=dict(record.properties),
+        ),
+        plan.personal,
     )
 
 
@@ -687,13 +693,15 @@ class EventRouter:
         if compiled.key is not None:
             if key_value is None or key_value == "":
                 return skip(f"entry key {plan.entry.key!r} has no value")
-            key = str(key_value)
+            key = run_key(str(key_value), plan.personal)
             if len(key) > MAX_KEY_LENGTH or "\x00" in key:
                 return skip(f"entry key is longer than {MAX_KEY_LENGTH} characters or not text")
         workflow_id = workflow_id_for(plan.journey_id, record.customer_id, key)
         if len(workflow_id) > MAX_WORKFLOW_ID_LENGTH:
             return skip(f"workflow id would be longer than {MAX_WORKFLOW_ID_LENGTH} characters")
-        customer = masked_customer(customer_from_traits(record.customer_id, traits))
+        customer = masked_customer(
+            customer_from_traits(record.customer_id, traits), profile_marks(plan.personal)
+        )
         return _Entry(compiled=compiled, key=key, workflow_id=workflow_id, customer=customer)
 
     async def _start(
@@ -706,7 +714,7 @@ class EventRouter:
             plan=plan,
             customer_id=record.customer_id,
             key=entry.key,
-            trigger=_event_message(record),
+            trigger=_event_message(record, plan),
             profile=entry.customer,
             recorded_by_starter=True,
             decided=entry.decided,
@@ -751,7 +759,6 @@ class EventRouter:
         result: RouteResult,
         signals: list[tuple[str, asyncio.Future[bool]]],
     ) -> None:
-        message = _event_message(record)
         queued: set[str] = set()
         for run in prepared.open_runs:
             if (
@@ -769,6 +776,7 @@ class EventRouter:
             if compiled is None or not _is_for(run, compiled, record, prepared.keys):
                 continue
             queued.add(run.workflow_id)
+            message = _event_message(record, compiled.plan)
             signals.append((run.workflow_id, self.signals.send(client, run.workflow_id, message)))
 
     # ------------------------------------------------------------------ database (blocking)
@@ -928,7 +936,7 @@ class EventRouter:
         plan = entry.compiled.plan
         blocked = _reentry_blocked(plan, history.get((plan.journey_id, entry.key)))
         if blocked is None:
-            trigger = _event_message(record)
+            trigger = _event_message(record, plan)
             walked = decide_at_entry(plan, entry.customer, trigger, now=utcnow())
             return dataclasses.replace(entry, decided=walked)
         return SkippedStart(

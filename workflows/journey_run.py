@@ -83,6 +83,7 @@ with workflow.unsafe.imports_passed_through():
         run_context,
         send_path_entry,
     )
+    from engine.personal import profile_marks
     from engine.successors import taken
     from workflows.search_attributes import CURRENT_STEP, JOURNEY_ID, OUTCOME
 
@@ -630,6 +631,7 @@ class JourneyRunWorkflow:
             forms=self.plan.templates.get(step.template, {}),
             to_expression=step.to,
             context=self._context(),
+            event_message_id=(self.event or self.input.trigger).message_id,
             timezone=self._timezone(),
             channel_url=config.url if config else None,
             quiet_start=quiet.start if quiet else None,
@@ -1063,6 +1065,7 @@ class JourneyRunWorkflow:
                 holdout_weights=[holdout, 100 - holdout] if holdout > 0 else [],
                 holdout_salt=self._salt("holdout") if holdout > 0 else "",
                 decide=self._decide_input(start, MAX_WALK) if decidable else None,
+                profile_marks=profile_marks(self.plan.personal),
             ),
             result_type=BeginRunResult,
             start_to_close_timeout=_LOCAL,
@@ -1085,6 +1088,7 @@ class JourneyRunWorkflow:
                 reload=True,
                 customer_id=self.input.customer_id,
                 decide=self._decide_input(start, MAX_WALK),
+                profile_marks=profile_marks(self.plan.personal),
             ),
             result_type=BeginRunResult,
             start_to_close_timeout=_LOCAL,
@@ -1320,12 +1324,17 @@ class JourneyRunWorkflow:
                     parked=self.parked,
                     offset=self.parked_read,
                     limit=min(bounds.BACKLOG_PAGE, self._parked_left()),
+                    personal=self.plan.personal,
                 )
                 self.parked_read += request.limit
             else:
                 page = self.backlog[: bounds.BACKLOG_PAGE]
                 self.backlog = self.backlog[bounds.BACKLOG_PAGE :]
-                request = LoadEventsInput(customer_id=self.input.customer_id, message_ids=page)
+                request = LoadEventsInput(
+                    customer_id=self.input.customer_id,
+                    message_ids=page,
+                    personal=self.plan.personal,
+                )
             found: LoadEventsResult = await workflow.execute_local_activity(
                 ActivityName.LOAD_EVENTS,
                 request,
@@ -1499,7 +1508,10 @@ class JourneyRunWorkflow:
         """The profile read again (masked): after a wait, the customer may have changed."""
         self.customer = await workflow.execute_local_activity(
             ActivityName.LOAD_PROFILE,
-            LoadProfileInput(customer_id=self.input.customer_id),
+            LoadProfileInput(
+                customer_id=self.input.customer_id,
+                profile_marks=profile_marks(self.plan.personal),
+            ),
             result_type=CustomerContext,
             start_to_close_timeout=_LOCAL,
             retry_policy=_DB_RETRY,
