@@ -31,16 +31,21 @@ __all__ = [
     "reset_password",
 ]
 
-Permission = Literal["view_reviews", "decide_reviews", "view_runs", "view_messages"]
+Permission = Literal[
+    "view_reviews", "decide_reviews", "view_runs", "view_messages", "view_message_content"
+]
 
 _PERMISSIONS: dict[str, frozenset[Permission]] = {
-    "admin": frozenset({"view_reviews", "view_runs", "view_messages"}),
-    "designer": frozenset({"view_runs", "view_messages"}),
+    "admin": frozenset({"view_reviews", "view_runs", "view_messages", "view_message_content"}),
+    "designer": frozenset({"view_runs", "view_messages", "view_message_content"}),
     "ops": frozenset({"view_reviews", "decide_reviews", "view_runs", "view_messages"}),
     "supervisor": frozenset({"view_reviews", "decide_reviews", "view_runs", "view_messages"}),
-    "auditor": frozenset({"view_reviews", "view_runs", "view_messages"}),
+    "auditor": frozenset({"view_reviews", "view_runs", "view_messages", "view_message_content"}),
 }
-"""Only ops and supervisors decide; admins manage users (from the CLI), they do not decide."""
+"""Only ops and supervisors decide; admins manage users (from the CLI), they do not decide.
+A captured message's subject and body hold the customer's real data (a send renders the
+real profile and event): only admins, designers and auditors see them; ops and
+supervisors see who got what, when, on which channel, and the recipient masked."""
 
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 200

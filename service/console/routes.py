@@ -28,8 +28,18 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
-from engine.database import Delivery, OutboxMessage, Profile, ReviewTask, Run, session_scope
-from engine.profiles import is_address_trait, mask_address
+from engine.database import (
+    Delivery,
+    OutboxMessage,
+    PlanVersion,
+    Profile,
+    ReviewTask,
+    Run,
+    session_scope,
+)
+from engine.personal import mask_traits, profile_marks
+from engine.plan import Plan
+from engine.profiles import mask_address
 from engine.run_path import PathPage, path_length, read_path_page, run_without_path
 from engine.timestamps import as_utc, utcnow
 from service.api.deps import (
@@ -338,10 +348,19 @@ def _why(task: ReviewTask) -> list[dict[str, Any]]:
 
 
 def _profile(db: Engine, customer_id: str) -> dict[str, Any]:
+    """The customer's traits as the case page shows them: personal ones masked, by the
+    live catalogue's `profile:` marks and by name and form (`engine.personal`)."""
     with session_scope(db) as session:
         row = session.get(Profile, customer_id)
         traits = dict(row.traits) if row is not None else {}
-    return {k: (mask_address(v) if is_address_trait(k) else v) for k, v in sorted(traits.items())}
+        plans = session.exec(select(PlanVersion.plan_json).where(col(PlanVersion.active))).all()
+    marks: dict[str, str] = {}
+    for plan_json in plans:
+        try:
+            marks.update(profile_marks(Plan.model_validate_json(plan_json).personal))
+        except ValueError:
+            continue
+    return dict(sorted(mask_traits(traits, marks).items()))
 
 
 @router.get("/reviews/{task_id}", response_class=HTMLResponse)
