@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -79,6 +79,12 @@ class RuntimeSettings(BaseSettings):
     workflow_sandbox: bool = _variable("JOURNEYS_WORKFLOW_SANDBOX", False)
     public_docs: bool = _variable("JOURNEYS_PUBLIC_DOCS", True)
     max_future_skew: timedelta = _variable("JOURNEYS_MAX_FUTURE_SKEW", timedelta(days=1))
+    message_id_scope: Literal["global", "customer"] = _variable(
+        "JOURNEYS_MESSAGE_ID_SCOPE", "global"
+    )
+    """`global` (Segment's): a messageId seen before is a duplicate whoever it names.
+    `customer`: a duplicate only for the same customer; another customer's event with a
+    used id is stored under a scoped id (``<id>~<digest>``)."""
 
     @classmethod
     def from_env(cls) -> RuntimeSettings:

@@ -94,15 +94,27 @@ class SecurityHeaders:
         )
         wanted = ((b"content-security-policy", policy.encode("latin-1")), *_SECURITY_HEADERS)
 
+        started = False
+
         async def send_with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = list(message.get("headers") or [])
                 present = {name.lower() for name, _ in headers}
                 headers += [(name, value) for name, value in wanted if name not in present]
                 message = {**message, "headers": headers}
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            # Starlette answers an unhandled error outside every middleware, so that answer
+            # would go without the headers: give it here, then let the error be logged.
+            if not started:
+                fault = error_response(500, "internal server error")
+                await fault(scope, receive, send_with_headers)
+            raise
 
 
 # ----------------------------------------------------------------------------- access log

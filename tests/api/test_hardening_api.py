@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy.engine import Engine
-from sqlmodel import select
+from sqlmodel import col, select
 
 from engine.database import EventRecord, session_scope
 from engine.settings import RuntimeSettings, SettingsError
@@ -192,6 +192,26 @@ async def test_public_docs_can_be_closed(database_url: str, task_queue: str) -> 
             answer = await closed.http.get(path)
             assert answer.status_code == 404, path
         assert (await closed.http.get("/healthz")).status_code == 200
+
+
+async def test_an_internal_error_answers_500_with_the_security_headers(
+    database_url: str, task_queue: str
+) -> None:
+    """An unhandled error's 500 comes from outside every middleware in Starlette: it
+    carries the headers too, and says nothing of the error."""
+    app = create_app(api_settings(database_url=database_url, task_queue=task_queue))
+
+    @app.get("/v1/boom")
+    async def boom() -> None:
+        raise RuntimeError("secret detail of the failure")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+        answer = await http.get("/v1/boom", headers=AUTH)
+    assert answer.status_code == 500
+    assert "secret detail" not in answer.text
+    assert answer.json()["detail"] == "internal server error"
+    assert_hardened(answer)
 
 
 def test_public_docs_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -379,6 +399,57 @@ async def test_a_message_id_reused_by_another_customer_is_reported_as_a_conflict
     with session_scope(db) as session:
         stored = session.get(EventRecord, "shared-id")
     assert stored is not None and stored.customer_id == customer
+
+
+async def test_message_ids_can_be_scoped_per_customer(
+    database_url: str, task_queue: str, temporal_client: Any, recording_worker: Any, db: Engine
+) -> None:
+    """`JOURNEYS_MESSAGE_ID_SCOPE=customer`: another customer's event with a used id is
+    accepted (stored under a scoped id) and routed; its retry is a duplicate."""
+    deploy(db, JOURNEYS)
+    settings = api_settings(database_url=database_url, task_queue=task_queue).model_copy(
+        update={"message_id_scope": "customer"}
+    )
+    first_customer, second_customer = f"a-{uuid.uuid4().hex[:8]}", f"b-{uuid.uuid4().hex[:8]}"
+    shared = f"shared-{uuid.uuid4().hex[:8]}"
+    async with running_api(create_app(settings, client=temporal_client)) as api:
+        first = await post(
+            api.http, "/v1/track", track(first_customer, "payment_failed", shared, amount=1)
+        )
+        other = await post(
+            api.http, "/v1/track", track(second_customer, "payment_failed", shared, amount=2)
+        )
+        retry = await post(
+            api.http, "/v1/track", track(second_customer, "payment_failed", shared, amount=2)
+        )
+        again = await post(
+            api.http, "/v1/track", track(first_customer, "payment_failed", shared, amount=1)
+        )
+
+    assert (first.json()["accepted"], first.json()["duplicates"]) == (1, 0)
+    answer = other.json()
+    assert (answer["accepted"], answer["duplicates"]) == (1, 0), answer
+    assert "conflicts" not in answer
+    assert len(answer["started"]) == 1 and "recovery" in answer["started"][0], answer
+    assert (retry.json()["accepted"], retry.json()["duplicates"]) == (0, 1), retry.json()
+    assert (again.json()["accepted"], again.json()["duplicates"]) == (0, 1), again.json()
+    with session_scope(db) as session:
+        rows = session.exec(
+            select(EventRecord).where(col(EventRecord.message_id).startswith(shared))
+        ).all()
+    owners = {row.customer_id: row.message_id for row in rows}
+    assert owners[first_customer] == shared
+    assert owners[second_customer].startswith(f"{shared}~") and len(rows) == 2
+
+
+def test_the_message_id_scope_is_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("JOURNEYS_MESSAGE_ID_SCOPE", "customer")
+    assert RuntimeSettings.from_env().message_id_scope == "customer"
+    monkeypatch.setenv("JOURNEYS_MESSAGE_ID_SCOPE", "tenant")
+    with pytest.raises(SettingsError, match="JOURNEYS_MESSAGE_ID_SCOPE"):
+        RuntimeSettings.from_env()
 
 
 # ----------------------------------------------------------------------------- timestamps

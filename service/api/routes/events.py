@@ -21,6 +21,7 @@ routing decisions (`service.router`).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import threading
 import weakref
@@ -321,7 +322,48 @@ async def _ingest(
     response.unrouted = list(dict.fromkeys(name for _, name in unrouted))
     if outcome.duplicates:
         response.conflicts = await asyncio.to_thread(_conflicts, events.db, records, outcome.stored)
+    if response.conflicts and settings.message_id_scope == "customer":
+        await _store_scoped(events, records, outcome.stored, response)
     return response
+
+
+def scoped_message_id(message_id: str, customer_id: str) -> str:
+    """The id a message is stored under when ids are scoped per customer and another
+    customer's event already holds ``message_id``: stable, so a retry is a duplicate."""
+    digest = hashlib.sha256(f"{customer_id}\x00{message_id}".encode()).hexdigest()[:16]
+    return f"{message_id[:180]}~{digest}"
+
+
+async def _store_scoped(
+    events: EventRouter,
+    records: Sequence[EventRecord],
+    stored: Sequence[EventRecord],
+    response: IngestResponse,
+) -> None:
+    """`JOURNEYS_MESSAGE_ID_SCOPE=customer`: the messages whose id another customer's event
+    holds are stored (and routed) under their scoped id; a retry of one is a duplicate."""
+    taken = {conflict.message_id for conflict in response.conflicts}
+    kept = {id(record) for record in stored}
+    again = [
+        EventRecord(
+            **{
+                **{name: getattr(record, name) for name in EventRecord.model_fields},
+                "message_id": scoped_message_id(record.message_id, record.customer_id),
+            }
+        )
+        for record in records
+        if id(record) not in kept and record.message_id in taken
+    ]
+    outcome = await asyncio.to_thread(events.ingest, again, prepare=True)
+    routed = await _route_accepted(events, outcome.stored, outcome.prepared)
+    response.accepted += routed.accepted
+    response.duplicates -= routed.accepted
+    response.started += routed.started
+    response.signalled += routed.signalled
+    response.skipped += routed.skipped
+    if routed.routing == "deferred":
+        response.routing = "deferred"
+    response.conflicts = []
 
 
 @router.post(
