@@ -40,6 +40,7 @@ __all__ = [
     "profile_marks",
     "run_event",
     "run_key",
+    "scrubbed",
 ]
 
 Kind = Literal["email", "phone", "pii", "secret"]
@@ -212,3 +213,26 @@ def run_key(value: str, personal: PlanPersonal | None) -> str:
     if (personal is not None and personal.key_personal) or mask_found(value) != value:
         return personal_key(value)
     return value
+
+
+def scrubbed(
+    text: str,
+    properties: Mapping[str, Any],
+    traits: Mapping[str, Any],
+    personal: PlanPersonal | None,
+    event: str,
+) -> str:
+    """``text`` (an error message about real data) with every personal value of the event
+    and the profile replaced by its mask, and any address-like text masked."""
+    declared_event = (personal.event_fields(event) if personal else None) or {}
+    declared_profile = dict(personal.profile) if personal else {}
+    found: list[tuple[str, str]] = []
+    for values, declared in ((properties, declared_event), (traits, declared_profile)):
+        for name, value in values.items():
+            kind = kind_of(name, declared)
+            plain = isinstance(value, str | int | float) and not isinstance(value, bool)
+            if kind is not None and plain and len(str(value)) >= 3:
+                found.append((str(value), str(mask_value(value, kind, name))))
+    for value, mask in sorted(found, key=lambda pair: -len(pair[0])):
+        text = text.replace(value, mask)
+    return str(mask_found(text))

@@ -60,7 +60,7 @@ from engine.payloads import (
     JourneyRunInput,
     workflow_id_for,
 )
-from engine.personal import profile_marks, run_event, run_key
+from engine.personal import profile_marks, run_event, run_key, scrubbed
 from engine.plan import Plan
 from engine.profiles import customer_from_traits, masked_customer
 from engine.timestamps import as_utc, utcnow
@@ -240,7 +240,8 @@ def _correlation_key(
     try:
         value = compiled.correlators[listener.correlate].evaluate(context, timezone=timezone)
     except EvaluationError as error:
-        value, why = None, f"failed: {error}"
+        reason = scrubbed(str(error), record.properties, traits, plan.personal, record.name or "")
+        value, why = None, f"failed: {reason}"
     else:
         why = "has no value"
     if value is None or value == "":
@@ -688,7 +689,10 @@ class EventRouter:
                 else None
             )
         except EvaluationError as error:
-            return skip(f"entry expression failed: {error}")
+            reason = scrubbed(
+                str(error), record.properties, traits, plan.personal, record.name or ""
+            )
+            return skip(f"entry expression failed: {reason}")
         key: str | None = None
         if compiled.key is not None:
             if key_value is None or key_value == "":

@@ -511,3 +511,37 @@ def test_max_future_skew_defaults_to_a_day_and_a_bad_value_is_named(
     monkeypatch.setenv("JOURNEYS_MAX_FUTURE_SKEW", "soon")
     with pytest.raises(SettingsError, match="JOURNEYS_MAX_FUTURE_SKEW"):
         RuntimeSettings.from_env()
+
+
+# ----------------------------------------------------------------------------- personal data
+
+
+async def test_an_entry_rule_failing_on_personal_data_does_not_echo_it(
+    api: RunningApi, db: Engine, customer: str
+) -> None:
+    """The router evaluates entry rules on the real event; a failure's reason, in the
+    answer and the log, names the value only masked."""
+    deploy(
+        db,
+        """\
+version: 1
+events:
+  signed_up: {holder: pii, contact: email}
+journeys:
+  - id: welcome
+    entry: {event: signed_up, when: "days_since(event.holder) > 1 or days_since(event.contact) > 1"}
+    steps:
+      - {id: pause, wait: 1d}
+""",
+    )
+    body = track(
+        customer,
+        "signed_up",
+        properties={"holder": "Ann Quillby", "contact": "ann.q@example.com"},
+    )
+    answer = await post(api.http, "/v1/track", body)
+    assert answer.status_code == 202, answer.text
+    [skipped] = answer.json()["skipped"]
+    assert "entry expression failed" in skipped["reason"], skipped
+    assert "Quillby" not in answer.text and "ann.q@" not in answer.text
+    assert "'***'" in skipped["reason"], skipped

@@ -20,6 +20,7 @@ from engine.personal import (
     mask_value,
     run_event,
     run_key,
+    scrubbed,
 )
 from engine.profiles import mask_address, masked_customer
 
@@ -276,3 +277,21 @@ def test_validate_lists_what_it_treats_as_personal(tmp_path: Path) -> None:
     )
     personal = json.loads(listed.stdout)["personal"]
     assert {"field": "profile.vault", "kind": "secret", "why": "declared"} in personal
+
+
+def test_an_error_about_real_data_is_scrubbed_of_it() -> None:
+    plan = _plan()
+    message = (
+        "days_since() cannot read 'Ann Lee' as a time; nor 'ann@example.com', "
+        "nor '+82 10 1234 5678', nor 'V-123'"
+    )
+    shown = scrubbed(
+        message,
+        {"holder": "Ann Lee", "voucher": "V-123", "plan": "pro"},
+        {"reach_me": "ann@example.com"},
+        plan.personal,
+        "signed_up",
+    )
+    assert "Ann Lee" not in shown and "ann@example.com" not in shown
+    assert "1234 5678" not in shown and "V-123" not in shown
+    assert "days_since() cannot read '***'" in shown and "[secret]" in shown
