@@ -702,6 +702,14 @@ class _Checker:
     def _check_onnx_file(self, at: Path, name: str, model: spec.OnnxModel) -> None:
         root = self.loaded.root.resolve()
         target = (root / model.path).resolve()
+        if root not in target.parents:
+            self.add(
+                "model-file",
+                (*at, "path"),
+                f"model '{name}': the file '{model.path}' is outside the journeys folder",
+                hint=f"model files must stay inside {root}, as html_file and include: do",
+            )
+            return
         if not target.is_file():
             self.add(
                 "model-file",

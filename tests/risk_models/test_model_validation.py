@@ -80,6 +80,26 @@ def test_an_onnx_path_that_does_not_exist_is_an_error_at_its_line(tmp_path: Path
     assert violation.line == line_of(text, "path: models/churn.onnx")
 
 
+@pytest.mark.parametrize("outside", ["../elsewhere/churn.onnx", "/etc/passwd"])
+def test_an_onnx_path_outside_the_journeys_folder_is_an_error(tmp_path: Path, outside: str) -> None:
+    """As for html_file and include: the file out there is never read."""
+    folder = tmp_path / "catalogue"
+    folder.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "churn.onnx").write_bytes(b"not a model")
+    text = document(f"""
+        kind: onnx
+        path: {outside}
+        fallback: 0.5
+    """)
+    violation = only_error(text, folder)
+    assert violation.code == "model-file"
+    assert violation.message == (
+        f"model 'risk': the file '{outside}' is outside the journeys folder"
+    )
+    assert violation.line == line_of(text, f"path: {outside}")
+
+
 def test_an_onnx_path_is_relative_to_the_journeys_file(tmp_path: Path) -> None:
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "churn.onnx").write_bytes(b"")
