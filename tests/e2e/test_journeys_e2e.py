@@ -4,7 +4,7 @@ and a user sees the result where they would look: the API's runs, each run's pat
 outcome, and the messages in the outbox.
 
 Customers get a time zone where it is daytime now, so the catalogue's quiet hours
-(21:00-08:00) never hold a send for hours.
+(21:00-09:00) never hold a send for hours.
 """
 
 from __future__ import annotations
@@ -229,7 +229,8 @@ def test_payment_received_ends_recovery_as_recovered(stack: JourneysStack, held_
         assert float(steps[1][2] or "nan") < 0.7
         assert steps[3:] == [
             ("offer_date", "set", "set"),
-            ("choose_strategy", "decide", "wait_for_morning"),
+            ("choose_strategy", "decide", "when_to_send"),
+            ("when_to_send", "branch", "wait_for_morning"),  # no reviewer approved it
             ("wait_for_morning", "wait", "waiting"),
             ("wait_for_morning", "exit_on", "recovered"),
             ("end", "exited", "recovered"),
