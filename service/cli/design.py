@@ -129,16 +129,28 @@ def schema(
         typer.echo(f"wrote {output}")
 
 
-def _plan_or_exit(catalog: Catalog, journey: str) -> None:
-    if journey not in catalog.plans:
+def _plan_or_exit(catalog: Catalog, journey: str | None, *, command: str, file: Path) -> None:
+    """Exit 2 with the journeys ``file`` has when ``journey`` is missing or unknown."""
+    if journey in catalog.plans:
+        return
+    if journey is None:
+        typer.echo(f"{command}: which journey? One of these in {file}:", err=True)
+        for plan in catalog.plans.values():
+            typer.echo(f"  {plan.journey_id.ljust(24)}  {plan.name or ''}".rstrip(), err=True)
+    else:
         known = ", ".join(sorted(catalog.plans)) or "none"
         typer.echo(f"no journey '{journey}' (journeys: {known})", err=True)
-        raise typer.Exit(2)
+    raise typer.Exit(2)
+
+
+JourneyArg = Annotated[
+    str | None, typer.Argument(help="The journey id (none: list the journeys).", show_default=False)
+]
 
 
 @app.command()
 def graph(
-    journey: Annotated[str, typer.Argument(help="The journey id.")],
+    journey: JourneyArg = None,
     file: Annotated[Path, typer.Option("--file", "-f", help="The journeys file.")] = Path(
         "journeys.yaml"
     ),
@@ -148,21 +160,23 @@ def graph(
 ) -> None:
     """Draw a journey: Mermaid text (renders on GitHub) or a standalone SVG."""
     catalog = _load_or_exit(file)
-    _plan_or_exit(catalog, journey)
+    _plan_or_exit(catalog, journey, command="graph", file=file)
+    assert journey is not None
     plan = catalog.plans[journey]
     sys.stdout.write(to_mermaid(plan) if format is GraphFormat.mermaid else to_svg(plan))
 
 
 @app.command()
 def show(
-    journey: Annotated[str, typer.Argument(help="The journey id.")],
+    journey: JourneyArg = None,
     file: Annotated[Path, typer.Option("--file", "-f", help="The journeys file.")] = Path(
         "journeys.yaml"
     ),
 ) -> None:
     """Print a journey's compiled plan (JSON) and its version."""
     catalog = _load_or_exit(file)
-    _plan_or_exit(catalog, journey)
+    _plan_or_exit(catalog, journey, command="show", file=file)
+    assert journey is not None
     plan = catalog.plans[journey]
     typer.echo(f"# {plan.journey_id} version {plan.version}", err=True)
     typer.echo(plan.model_dump_json(indent=2))
