@@ -493,6 +493,20 @@ def emit(
     _echo_answer(answer)
 
 
+def noon_zone(now: Any = None) -> tuple[str, Any]:
+    """A fixed-offset zone (``Etc/GMT-9`` is UTC+9) where it is now 12:00-12:59, and the
+    local time there: quiet hours (evening to morning) and waits for a morning hour are
+    then many hours away, whatever the time here."""
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    now = now or datetime.now(UTC)
+    offset = 12 - now.astimezone(UTC).hour  # -11 .. +12, all Etc/GMT zones
+    # POSIX signs: Etc/GMT-9 is nine hours ahead of UTC.
+    zone = "Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}"
+    return zone, now.astimezone(ZoneInfo(zone))
+
+
 @app.command()
 def identify(
     customer: Annotated[str, typer.Argument(help="The customer id.")],
@@ -500,12 +514,25 @@ def identify(
         list[str] | None,
         typer.Option("--trait", help="A trait NAME=VALUE (JSON values parse; null removes)."),
     ] = None,
+    noon: Annotated[
+        bool,
+        typer.Option(
+            "--timezone-at-noon",
+            help="Set the timezone trait to a zone where it is now noon (a demo's sends are "
+            "then not held for quiet hours, whatever the time here).",
+        ),
+    ] = False,
 ) -> None:
     """Set a customer's traits (POST /v1/identify): email, phone, timezone, anything."""
+    traits = _parse_pairs(trait or [], option="--trait")
+    if noon:
+        zone, local = noon_zone()
+        traits["timezone"] = zone
+        typer.echo(f"timezone: {zone} (it is {local:%H:%M} there now)")
     body = {
         "type": "identify",
         "userId": customer,
-        "traits": _parse_pairs(trait or [], option="--trait"),
+        "traits": traits,
         "messageId": f"cli-{uuid.uuid4()}",
     }
     with _api() as client:
