@@ -3,29 +3,46 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# What running the system needs (pyproject's dependencies), and on top of it what testing
+# and linting need (the `dev` extra: pytest, mypy, ruff, Playwright, scikit-learn, ...).
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+SCHEMA := journeys.schema.json
 
-.PHONY: up test test-long test-fast test-api test-e2e lint typecheck install clean
+.PHONY: up test test-long test-fast test-api test-e2e lint typecheck install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e .
 	touch $(STAMP)
 
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(DEV_STAMP)
+
 install: $(STAMP)
+
+install-dev: $(DEV_STAMP)
+
+# The JSON Schema the first line of journeys.yaml points editors at (README, Editor
+# support); generated, so it always matches the installed language (.gitignore'd).
+$(SCHEMA): $(STAMP) $(wildcard engine/*.py)
+	$(BIN)/journeys schema -o $@
+
+up: $(SCHEMA)
 
 up: $(STAMP)
 	$(BIN)/journeys up
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-typecheck: $(STAMP)
+typecheck: $(DEV_STAMP)
 	$(BIN)/mypy engine rules workflows activities channels service risk_models runtime worker.py
 
 # Everything: lint, types, and every test group (it installs MLServer's venv and Chromium).
@@ -34,7 +51,7 @@ test: lint typecheck mlserver browser
 
 # Tests left out of `make test` (marker `long`) to keep it under 20 minutes: the
 # 20,000-event run of issue #14, about 4 minutes (docs/testing.md).
-test-long: $(STAMP)
+test-long: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q -s -m long
 
 # The quick loop (docs/testing.md): unit and language tests, the workflow tests on the
@@ -44,13 +61,13 @@ test-long: $(STAMP)
 FAST_GROUPS := tests/unit tests/risk_models tests/channels tests/workflows
 SLOW_MARKERS := not e2e and not mlserver and not browser and not slow
 
-test-fast: $(STAMP)
+test-fast: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q -m "$(SLOW_MARKERS)" $(FAST_GROUPS)
 
-test-api: $(STAMP)
+test-api: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q tests/api
 
-test-e2e: $(STAMP) browser
+test-e2e: $(DEV_STAMP) browser
 	$(BIN)/python -m pytest -q -m e2e
 
 # The console's browser test drives Debian's Chromium through Playwright; Playwright's own
@@ -82,4 +99,4 @@ $(MLSERVER_VENV)/.installed: $(MLSERVER_REQUIREMENTS)
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(MLSERVER_VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis test-artifacts
+	rm -rf $(VENV) $(MLSERVER_VENV) $(SCHEMA) .mypy_cache .ruff_cache .pytest_cache .hypothesis test-artifacts
