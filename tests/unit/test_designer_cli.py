@@ -4,11 +4,13 @@ server: validate, schema (the JSON Schema of the language), graph, show."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from service.cli.design import app
@@ -29,7 +31,8 @@ def test_validate_prints_a_summary_per_journey(tmp_path: Path) -> None:
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == 0, result.output
     assert result.output.startswith("ok  j  version ")
-    assert result.output.rstrip().endswith("1 steps  enters on payment_failed")
+    assert result.output.splitlines()[0].endswith("1 steps  enters on payment_failed")
+    assert "\npersonal data (masked in histories" in result.output  # then what is personal
 
 
 def test_validate_prints_each_violation_and_exits_1(tmp_path: Path) -> None:
@@ -154,4 +157,97 @@ def test_installed_command_validates_the_example_from_the_repo_root() -> None:
     assert exe, "the journeys command is installed by `pip install -e .`"
     done = subprocess.run([exe, "validate"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert len(done.stdout.splitlines()) == 4
+    assert len([line for line in done.stdout.splitlines() if line.startswith("ok  ")]) == 4
+
+
+def test_show_with_no_journey_lists_them_and_exits_2() -> None:
+    """`journeys show` alone says what it needs, with the file's journeys to choose from."""
+    result = runner.invoke(app, ["show", "--file", str(ROOT / "journeys.yaml")])
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"show: which journey? One of these in {ROOT / 'journeys.yaml'}:"
+    assert [line.split()[0] for line in lines[1:]] == [
+        "payment_recovery",
+        "onboarding",
+        "suspicious_login",
+        "abandoned_cart",
+    ]
+    assert lines[1].endswith("Payment failure recovery")
+
+
+# --------------------------------------------------------------- the docs' example outputs
+
+
+def _plain_blocks(markdown: Path, start: str, end: str) -> list[list[str]]:
+    """The plain fenced blocks (example outputs) of ``markdown`` between two headings."""
+    text = markdown.read_text(encoding="utf-8")
+    section = text[text.index(start) :]
+    section = section[: section.index(end)]
+    fences = re.findall(r"^```(\w*)\n(.*?)^```$", section, re.M | re.S)
+    return [body.splitlines() for lang, body in fences if not lang]
+
+
+def _designing_outputs() -> list[list[str]]:
+    blocks = _plain_blocks(ROOT / "README.md", "### Designing journeys", "## What it is")
+    assert len(blocks) == 2, "README: the clean and the failing `journeys validate` output"
+    return blocks
+
+
+def test_readme_validate_output_is_the_real_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README shows `journeys validate` on the example catalogue: every journey line,
+    with its version and step count, as printed (it changes with journeys.yaml)."""
+    monkeypatch.chdir(ROOT)
+    result = runner.invoke(app, ["validate"])
+    assert result.exit_code == 0, result.output
+    journeys = [line for line in result.stdout.splitlines() if line.startswith("ok  ")]
+    assert journeys == _designing_outputs()[0], "update the README's example output"
+
+
+def test_readme_validate_error_example_is_the_real_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's error example, line and column included, is what `journeys validate`
+    prints for the example catalogue with `channel:` misspelt in `grace_sms`."""
+    for folder in ("templates", "risk_models"):  # what the catalogue names relative to itself
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    text = (ROOT / "journeys.yaml").read_text(encoding="utf-8")
+    step = "      - id: grace_sms\n        send: grace_offer\n        channel: sms\n"
+    assert text.count(step) == 1
+    _write(tmp_path, text.replace(step, step.replace("channel:", "chanel:")))
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["validate"])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == _designing_outputs()[1], "update the README's example"
+
+
+def test_journeys_md_personal_data_example_is_real_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/journeys.md shows part of `journeys validate`'s personal-data list: each line it
+    shows is printed for the example catalogue, in that order."""
+    [shown] = [
+        block
+        for block in _plain_blocks(ROOT / "docs/journeys.md", "## ", "## What the validator")
+        if block and block[0].startswith("personal data (masked")
+    ]
+    monkeypatch.chdir(ROOT)
+    printed = runner.invoke(app, ["validate"]).stdout.splitlines()
+    at = 0
+    for line in shown:
+        assert line in printed[at:], f"docs/journeys.md shows {line!r}, not printed in order"
+        at = printed.index(line, at) + 1
+
+
+def test_the_quick_start_zone_is_at_noon_at_every_hour() -> None:
+    """`journeys identify --timezone-at-noon` (the README's quick start): at any hour, a
+    real zone where it is noon, so the catalogue's quiet hours (21:00-09:00) are far."""
+    from datetime import UTC, datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from service.cli.main import noon_zone
+
+    start = datetime(2026, 3, 29, 0, 59, tzinfo=UTC)
+    for hour in range(24):
+        now = start + timedelta(hours=hour)
+        zone, local = noon_zone(now)
+        assert (local.hour, local.minute) == (12, 59), (now, zone)
+        assert now.astimezone(ZoneInfo(zone)) == local
