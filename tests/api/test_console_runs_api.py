@@ -231,6 +231,27 @@ async def test_a_wait_gone_by_says_the_run_has_not_moved_on_yet(
     )
 
 
+async def test_a_send_held_for_quiet_hours_says_until_when_and_why(
+    database_url: str, db: Engine
+) -> None:
+    retry = utcnow() + timedelta(hours=8)
+    reason = "quiet hours 21:00-08:00 in Asia/Seoul"
+    add(db, Profile(customer_id="cust-night", traits={"timezone": "Asia/Seoul"}))
+    deferred = PathEntry(
+        step="grace_sms",
+        type="send",
+        at=utcnow(),
+        outcome="deferred",
+        detail={"channel": "sms", "until": retry.isoformat(), "reason": reason},
+    )
+    record(db, "run-night", customer="cust-night", step="grace_sms", path=[deferred])
+
+    async with signed_in(database_url, db, client=NoTemporal()) as http:
+        page = text_of(await http.get("/console/runs/run-night"))
+
+    assert f"Waiting until {local(retry, 'Asia/Seoul')} (in 8 h) {reason}" in page
+
+
 async def test_an_open_review_says_the_queue_and_the_sla(database_url: str, db: Engine) -> None:
     due = utcnow() + timedelta(hours=4)
     record(db, "run-review", step="manual_review")
