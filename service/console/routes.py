@@ -1,11 +1,10 @@
 """The ops console: server-rendered pages (Jinja2) for people, under ``/console``.
 
 Pages: sign in (and set your own password after a one-time one), the review queue with
-filters, a case page with why the case is here and the decision buttons, a run page with
-its path (in pages: a run's path can be long) and the messages sent (and a link to
-Temporal's Web UI), and the outbox. Every page needs a session; every POST needs the
-session's CSRF token. Light JS only (confirm a rejection's note, disable buttons once
-clicked); everything works without it.
+filters, a case page with why the case is here and the decision buttons, and the outbox
+(the runs list and a run's page are `service.console.runs`, on the helpers here). Every
+page needs a session; every POST needs the session's CSRF token. Light JS only (confirm
+a rejection's note, disable buttons once clicked); everything works without it.
 
 Not here: the rules of claiming and deciding (`service.review_desk`), sessions and CSRF
 (`service.console.auth`), passwords and roles (`service.users`). No channel URL, API key
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,27 +27,22 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
 from engine.database import (
-    Delivery,
     OutboxMessage,
     PlanVersion,
     Profile,
     ReviewTask,
-    Run,
     session_scope,
 )
 from engine.personal import mask_traits, profile_marks
 from engine.plan import Plan
 from engine.profiles import mask_address
-from engine.run_path import PathPage, path_length, read_path_page, run_without_path
 from engine.timestamps import as_utc, utcnow
 from service.api.deps import (
     DatabaseDep,
-    SettingsDep,
     TemporalClientDep,
     service_state,
     session_keys,
 )
-from service.api.routes.runs import temporal_ui_url
 from service.console.auth import client_address
 from service.review_desk import (
     ReviewRefused,
@@ -63,7 +56,6 @@ from service.review_desk import (
     queues,
     release_task,
     risk_of,
-    run_messages,
 )
 from service.users import UserError, Viewer, change_password, check_password
 
@@ -457,73 +449,7 @@ async def decide(
     )
 
 
-# ----------------------------------------------------------------------------- runs and messages
-
-
-RUN_PAGE_PATH_ENTRIES = 500
-"""Path entries on one run page; a longer path goes on on the next (`?after=`)."""
-
-
-@dataclass(frozen=True)
-class _RunView:
-    run: Run | None
-    path: PathPage
-    path_total: int
-    deliveries: list[Delivery]
-    outbox: list[OutboxMessage]
-    tasks: list[ReviewTask]
-
-
-def _run_view(db: Engine, run_id: str, after: int) -> _RunView:
-    deliveries, outbox = run_messages(db, run_id)
-    with session_scope(db) as session:
-        run = run_without_path(session, run_id)
-        page = read_path_page(session, run_id, after=after, limit=RUN_PAGE_PATH_ENTRIES)
-        total = path_length(session, run_id)
-        tasks = list(
-            session.exec(
-                select(ReviewTask)
-                .where(ReviewTask.run_id == run_id)
-                .order_by(col(ReviewTask.created_at))
-            ).all()
-        )
-    return _RunView(run, page, total, deliveries, outbox, tasks)
-
-
-def _position(value: str | None) -> int:
-    """A path position from the query string (-1, from the first, when it is not one)."""
-    try:
-        return min(max(int(value or -1), -1), 2**31 - 1)
-    except ValueError:
-        return -1
-
-
-@router.get("/runs/{run_id}", response_class=HTMLResponse)
-async def run_page(
-    request: Request,
-    db: DatabaseDep,
-    settings: SettingsDep,
-    run_id: str,
-    after: str | None = None,
-) -> Response:
-    viewer = await _signed_in(request, "view_runs")
-    if isinstance(viewer, Response):
-        return viewer
-    view = await asyncio.to_thread(_run_view, db, run_id[:100], _position(after))
-    if view.run is None:
-        return _refusal(request, viewer, 404, f"No run with id {run_id[:100]!r}.")
-    return _page(
-        request,
-        "run.html",
-        viewer=viewer,
-        run=view.run,
-        path_page=view.path,
-        path_total=view.path_total,
-        deliveries=view.deliveries,
-        outbox=view.outbox,
-        tasks=view.tasks,
-        temporal_ui=temporal_ui_url(settings, view.run),
-    )
+# ----------------------------------------------------------------------------- messages
 
 
 @router.get("/outbox", response_class=HTMLResponse)
