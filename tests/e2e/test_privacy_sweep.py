@@ -285,7 +285,11 @@ def test_personal_data_reaches_only_the_message(stack: JourneysStack) -> None:
         leaks += _leaks(f"GET /v1/runs/{run['run_id']}", repr(detail))
 
     console = _console(stack, "sweep-ops", "ops")
-    pages = ["/console/reviews", f"/console/outbox?customer={customer}"]
+    pages = [
+        "/console/reviews",
+        f"/console/outbox?customer={customer}",
+        f"/console/runs?customer={customer}",
+    ]
     pages += [f"/console/runs/{r['run_id']}" for r in runs]
     queue = console.get("/console/reviews").text
     cases = sorted(set(re.findall(r'href="(/console/reviews/[^"?#]+)"', queue)))
