@@ -213,14 +213,12 @@ def _journeys_command(argv0: str | None = None, *, cwd: Path | None = None) -> s
     """This `journeys` as a user can type it in the directory `up` runs in.
 
     `make up` runs `.venv/bin/journeys`, which is not on the PATH: a bare `journeys` in a
-    hint would not work. The path is the one we were started by, relative when it is under
-    ``cwd`` (`.venv/bin/journeys`), else absolute; a bare name only when it was found on the
-    PATH (an activated venv, a pipx install).
+    hint would not work. The path is the script we were started as (the shell passes the
+    path it found on the PATH, too), relative when it is under ``cwd``
+    (`.venv/bin/journeys`), else absolute.
     """
     argv0 = sys.argv[0] if argv0 is None else argv0
     here = Path.cwd() if cwd is None else cwd
-    if argv0 == "journeys":
-        return "journeys"
     script = Path(argv0) if Path(argv0).name == "journeys" else None
     if script is None:  # `python -m service.cli.main`, a test: the venv's script
         script = Path(sys.executable).parent / "journeys"

@@ -349,9 +349,9 @@ class Supervisor:
         """Ask every wait to return (what a signal does)."""
         self._asked = True
 
-    def _pause(self, seconds: float, done: Callable[[], bool]) -> bool:
-        """Wait until ``done()`` or ``seconds`` have passed; a signal wakes it at once.
-        Returns ``done()``."""
+    def _pause(self, seconds: float, done: Callable[[], bool], *, every: float = _SLICE) -> bool:
+        """Wait until ``done()`` or ``seconds`` have passed, asking ``done`` at least
+        ``every`` seconds; a signal wakes it at once. Returns ``done()``."""
         deadline = time.monotonic() + seconds
         while not done():
             remaining = deadline - time.monotonic()
@@ -361,7 +361,7 @@ class Supervisor:
                 time.sleep(min(remaining, 0.05))
                 continue
             reader = self._wake[0]
-            ready, _, _ = select.select([reader], [], [], min(remaining, _SLICE))
+            ready, _, _ = select.select([reader], [], [], min(remaining, every))
             if ready:
                 with contextlib.suppress(BlockingIOError, InterruptedError):
                     while os.read(reader, 512):
@@ -681,10 +681,14 @@ class Supervisor:
             if not running:
                 return
             names = ", ".join(c.name for c in running)
-            cause = f"{signal.Signals(self._received).name} received; " if self._received else ""
+            if self._received is not None:
+                cause = f"{signal.Signals(self._received).name} received; "
+                force = "a second Ctrl-C or SIGTERM kills them at once"
+            else:
+                cause, force = "", "Ctrl-C twice kills them at once"
             self._say(
-                f"journeys up: {cause}stopping {names} (each within {self.stop_timeout:g} s; "
-                "a second Ctrl-C or SIGTERM kills them at once)"
+                f"journeys up: {cause}stopping {names} "
+                f"(each within {self.stop_timeout:g} s; {force})"
             )
             for child in running:
                 if self._forced is not None:
@@ -710,7 +714,9 @@ class Supervisor:
         started = time.monotonic()
         child.signal(signal.SIGTERM)
         stopped = self._pause(
-            self.stop_timeout, lambda: child.returncode is not None or self._forced is not None
+            self.stop_timeout,
+            lambda: child.returncode is not None or self._forced is not None,
+            every=0.05,  # a child's exit wakes nothing: look often
         )
         if stopped and self._forced is not None and child.returncode is None:
             return  # stop_all kills it with the others
