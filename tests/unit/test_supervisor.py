@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -324,7 +325,7 @@ def _three(supervisor: Supervisor, tmp_path: Path, **drains: float) -> list[Chil
         for name in ("temporal", "worker", "api")
     ]
     for child in children:
-        supervisor.wait_until(child.name, lambda c=child: _serving(c), timeout=30, interval=0.05)
+        supervisor.wait_until(child.name, partial(_serving, child), timeout=30, interval=0.05)
     return children
 
 
@@ -412,13 +413,23 @@ def test_the_hints_name_a_journeys_that_runs(tmp_path: Path) -> None:
         ".venv/bin/journeys"
     )
     assert main._journeys_command("/opt/j v/bin/journeys", cwd=repo) == "'/opt/j v/bin/journeys'"
-    assert main._journeys_command("journeys", cwd=repo) == "journeys"  # found on the PATH
+    assert main._journeys_command("/usr/bin/python3", cwd=repo).endswith("/journeys")
     embedded = main._Embedded(repo / "state", repo / "journeys.yaml", 8000, 7233, 8233)
     banner = main._banner(embedded, api_key="jk_x", journeys=".venv/bin/journeys")
     assert "(add a reviewer: .venv/bin/journeys user add NAME --role ops)" in banner
     assert "    JOURNEYS_STATE_DIR=" in banner
     assert " .venv/bin/journeys emit payment_failed --customer c1 " in banner
     assert not re.search(r"(^|[\s(])journeys (emit|user|runs)", banner), banner
+
+
+def test_the_operations_guide_states_the_grace_time_and_the_second_signal() -> None:
+    from service.cli import main
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    assert f"up to {main.STOP_GRACE:g} s to exit before" in guide
+    assert f"A second signal**, {FORCE_AFTER:g} s or more after the first" in guide
+    assert f"sooner than {FORCE_AFTER:g} s after the first" in guide
+    assert "128 + the signal's number" in guide
 
 
 # ----------------------------------------------------------------------------- policy
