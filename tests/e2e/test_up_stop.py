@@ -20,8 +20,9 @@ half an hour. Each way is therefore tried 20 times as:
   named like `up`'s, the signal landing while they start, once they all run, and while
   one is being restarted.
 
-Measured here: about 100 s for the 96 small tries (0.5 s a stop), about 3 min for the
-real `journeys up` (six starts at 15-20 s each, stops of 4 to 6 s).
+Measured here (two cores shared with other runs): 98 to 128 s for the 96 small tries
+(about 0.5 s a stop), 86 to 172 s for the real `journeys up` (seven starts of 10-20 s,
+stops of 2 to 6 s): 3 to 5 minutes for the file, depending on the load.
 
 `make up` runs with ``BIN`` pointing at a directory whose `journeys` execs the real one
 with free ports and a tmp state directory (or the small supervisor), and ``STAMP`` at a
@@ -56,6 +57,15 @@ JOURNEYS = Path(sys.executable).parent / "journeys"
 TRIES = 20
 SMALL_STOP_TIMEOUT = 30.0  # the small supervisor's children stop in well under a second
 GONE_TIMEOUT = 10.0  # `make` and every descendant gone after `up` exited
+# Runs its arguments with SIGINT at its default, as a terminal's shell starts a job: a
+# pytest started in the background (`cmd &`) has SIGINT ignored, and so would `make`.
+AS_A_JOB = [
+    sys.executable,
+    "-I",
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execvp(sys.argv[1], sys.argv[1:])",
+]
 
 
 @dataclass(frozen=True)
@@ -215,7 +225,7 @@ def _launch(way: Way, command: list[str], options: list[str], *, bin_dir: Path, 
     else:
         argv = [*command, "up", *options]
     process = subprocess.Popen(
-        argv,
+        [*AS_A_JOB, *argv],
         cwd=ROOT,
         env=_environment(token),
         stdout=subprocess.PIPE,
