@@ -53,6 +53,7 @@ __all__ = ["app", "load_or_create_api_key", "main"]
 CODE_ROOT = Path(__file__).resolve().parents[2]  # the repo (or install) root: worker.py
 API_KEY_FILE = "api_key"
 DEFAULT_STATE_DIR = Path("state")
+STOP_GRACE = 15.0  # seconds each child of `journeys up` gets to stop (docs/operations.md)
 
 
 # ----------------------------------------------------------------------------- deploy
@@ -208,7 +209,29 @@ def _worker_polling(child: Child) -> bool:
     return any("worker polling task queue" in line for line in lines)
 
 
-def _example(*, api_url: str, state_dir: Path) -> str:
+def _journeys_command(argv0: str | None = None, *, cwd: Path | None = None) -> str:
+    """This `journeys` as a user can type it in the directory `up` runs in.
+
+    `make up` runs `.venv/bin/journeys`, which is not on the PATH: a bare `journeys` in a
+    hint would not work. The path is the script we were started as (the shell passes the
+    path it found on the PATH, too), relative when it is under ``cwd``
+    (`.venv/bin/journeys`), else absolute.
+    """
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    here = Path.cwd() if cwd is None else cwd
+    script = Path(argv0) if Path(argv0).name == "journeys" else None
+    if script is None:  # `python -m service.cli.main`, a test: the venv's script
+        script = Path(sys.executable).parent / "journeys"
+    absolute = Path(os.path.normpath(here / script))  # not resolved: keep the venv's path
+    try:
+        relative = absolute.relative_to(here)
+    except ValueError:
+        return shlex.quote(str(absolute))
+    shown = str(relative) if len(relative.parts) > 1 else f"./{relative}"
+    return shlex.quote(shown)
+
+
+def _example(*, api_url: str, state_dir: Path, journeys: str = "journeys") -> str:
     prefix = []
     if api_url != "http://127.0.0.1:8000":
         prefix.append(f"JOURNEYS_API_URL={api_url}")
@@ -217,24 +240,26 @@ def _example(*, api_url: str, state_dir: Path) -> str:
     return " ".join(
         [
             *prefix,
-            "journeys emit payment_failed --customer c1 --prop amount=25000 --prop currency=KRW",
+            f"{journeys} emit payment_failed --customer c1 --prop amount=25000 --prop currency=KRW",
             "--prop days_past_due=3 --prop invoice_id=inv-1",
         ]
     )
 
 
-def _banner(embedded: _Embedded, *, api_key: str) -> str:
+def _banner(embedded: _Embedded, *, api_key: str, journeys: str | None = None) -> str:
+    journeys = journeys or _journeys_command()
+    reviewer = f"add a reviewer: {journeys} user add NAME --role ops"
     return "\n".join(
         [
             "",
             "journeys is up",
             f"  API          {embedded.api_url}",
             f"  API key      {api_key}",
-            f"  console      {embedded.api_url}/console  (add a reviewer: journeys user add NAME --role ops)",
+            f"  console      {embedded.api_url}/console  ({reviewer})",
             f"  Temporal UI  {embedded.ui_url}",
             f"  logs         {embedded.logs}",
             "  try:",
-            f"    {_example(api_url=embedded.api_url, state_dir=embedded.state)}",
+            f"    {_example(api_url=embedded.api_url, state_dir=embedded.state, journeys=journeys)}",
             "",
             "Ctrl-C stops everything.",
         ]
@@ -308,27 +333,60 @@ def _start_all(
 
 
 def _supervise(
-    embedded: _Embedded, *, server_argv: list[str], env: dict[str, str], policy: RestartPolicy
+    embedded: _Embedded,
+    *,
+    server_argv: list[str],
+    env: dict[str, str],
+    policy: RestartPolicy,
+    supervisor: Supervisor | None = None,
 ) -> int:
-    """Run everything until Ctrl-C (0), restarting what dies; 1 when a child dies or does
-    not come up while starting, or crashes too often once up (see `RestartPolicy`)."""
-    with Supervisor(
-        log_dir=embedded.logs, policy=policy, status_path=embedded.state / STATUS_FILE
-    ) as supervisor:
-        try:
-            _start_all(supervisor, embedded, server_argv=server_argv, env=env)
-            typer.echo(_banner(embedded, api_key=env["JOURNEYS_API_KEY"]))
-            supervisor.run()
-        except ShutdownRequested:
-            pass
-        except GaveUp:
-            return 1  # the supervisor said why, with the end of the child's log
-        except ChildExited as exc:
-            supervisor.report(exc.child)
-            return 1
-        except TimeoutError as exc:
-            typer.echo(f"journeys up: {exc}; see the logs in {embedded.logs}", err=True)
-            return 1
+    """Run everything until a signal, restarting what dies; every child stopped on return.
+
+    0 after a signal stopped everything cleanly (each child within its grace time), 128 +
+    the signal's number when a second signal killed them at once (see `Supervisor`); 1 when
+    a child dies or does not come up while starting, or crashes too often once up (see
+    `RestartPolicy`). With ``supervisor`` (entered by the caller) it is used and left
+    entered; the caller's exit stops the children, and `_exit_code` says how that went.
+    """
+    if supervisor is None:
+        with _supervisor(embedded, policy) as owned:
+            code = _run(owned, embedded, server_argv=server_argv, env=env)
+        return _exit_code(owned, code)
+    return _run(supervisor, embedded, server_argv=server_argv, env=env)
+
+
+def _supervisor(embedded: _Embedded, policy: RestartPolicy) -> Supervisor:
+    return Supervisor(
+        log_dir=embedded.logs,
+        stop_timeout=STOP_GRACE,
+        policy=policy,
+        status_path=embedded.state / STATUS_FILE,
+    )
+
+
+def _exit_code(supervisor: Supervisor, code: int) -> int:
+    """``code``, or 128 + the second signal's number when one killed the children."""
+    forced = supervisor.forced
+    return 128 + forced if forced is not None else code
+
+
+def _run(
+    supervisor: Supervisor, embedded: _Embedded, *, server_argv: list[str], env: dict[str, str]
+) -> int:
+    try:
+        _start_all(supervisor, embedded, server_argv=server_argv, env=env)
+        typer.echo(_banner(embedded, api_key=env["JOURNEYS_API_KEY"]))
+        supervisor.run()
+    except ShutdownRequested:
+        pass
+    except GaveUp:
+        return 1  # the supervisor said why, with the end of the child's log
+    except ChildExited as exc:
+        supervisor.report(exc.child)
+        return 1
+    except TimeoutError as exc:
+        typer.echo(f"journeys up: {exc}; see the logs in {embedded.logs}", err=True)
+        return 1
     return 0
 
 
@@ -346,7 +404,8 @@ def up(
         "journeys.yaml"
     ),
 ) -> None:
-    """Run everything on this machine: Temporal dev server, worker, API. Ctrl-C stops it."""
+    """Run everything on this machine: Temporal dev server, worker, API. Ctrl-C or SIGTERM
+    stops it cleanly (exit 0); a second one kills at once (exit 128 + the signal)."""
     embedded = _Embedded(state_dir.resolve(), file.resolve(), port, temporal_port, ui_port)
     try:
         policy = RestartPolicy.from_env(os.environ)
@@ -357,14 +416,22 @@ def up(
     _check_ports(embedded)
     server_argv = _server_argv(embedded)
     embedded.logs.mkdir(parents=True, exist_ok=True)
-    # Once, before any child starts: the worker and the API then find the schema at head.
-    typer.echo(f"database  {upgrade_database(embedded.database_url).format()}")
-    api_key = os.environ.get("JOURNEYS_API_KEY") or load_or_create_api_key(embedded.state)
-    secret_key = os.environ.get("JOURNEYS_SECRET_KEY") or load_or_create_secret_key(embedded.state)
-    env = _child_env(embedded, api_key=api_key, secret_key=secret_key)
-    exit_code = _supervise(embedded, server_argv=server_argv, env=env, policy=policy)
+    exit_code = 0
+    # The signal handlers from here on: a signal before the first child starts only stops.
+    with _supervisor(embedded, policy) as supervisor:
+        # Once, before any child starts: the worker and the API then find the schema at head.
+        typer.echo(f"database  {upgrade_database(embedded.database_url).format()}")
+        api_key = os.environ.get("JOURNEYS_API_KEY") or load_or_create_api_key(embedded.state)
+        secret_key = os.environ.get("JOURNEYS_SECRET_KEY") or load_or_create_secret_key(
+            embedded.state
+        )
+        env = _child_env(embedded, api_key=api_key, secret_key=secret_key)
+        if not supervisor.stop_requested:
+            exit_code = _supervise(
+                embedded, server_argv=server_argv, env=env, policy=policy, supervisor=supervisor
+            )
     typer.echo("stopped")
-    raise typer.Exit(exit_code)
+    raise typer.Exit(_exit_code(supervisor, exit_code))
 
 
 # ----------------------------------------------------------------------------- API clients

@@ -2,7 +2,7 @@
 stop them all cleanly.
 
 Each child runs in its own session (so a Ctrl-C in the terminal reaches only us, and we
-stop the children in order: API and worker first, the Temporal server last) with its
+stop the children in order: the API, then the worker, the Temporal server last) with its
 output appended to `<state>/logs/<name>.log`. On Linux each child also gets SIGTERM if
 we die without cleaning up.
 
@@ -25,6 +25,17 @@ at every change, which the API's /healthz reads (`read_status`) to answer 503 wh
 child is down. It holds names, pids, states, counts and exit causes: never a command line,
 an environment or a key.
 
+Stopping: SIGINT, SIGTERM or SIGHUP only sets a flag (the handler takes no lock, logs
+nothing and sets no `threading.Event`: a handler runs between two bytecodes of the main
+thread, which may hold that very lock); `signal.set_wakeup_fd` wakes the wait it
+interrupts, and every wait here is a bounded `select` on that pipe, so the main loop sees
+the flag at once and does the rest. `stop_all` then stops the children one at a time in
+reverse start order (API, worker, Temporal server): SIGTERM to its process group, up to
+``stop_timeout`` seconds, then SIGKILL. A second signal at least `FORCE_AFTER` seconds
+after the first kills every child left at once (`forced` names it); one sooner is the same
+stop delivered twice (a terminal's Ctrl-C reaches `make` and us, and `make` forwards a
+SIGTERM to us) and changes nothing.
+
 Every wait here is bounded. Children are started (and restarted) only on the thread that
 made the `Supervisor`: Linux's parent-death signal fires when the *thread* that forked
 exits. Nothing here knows what the children are; `service.cli.main` does.
@@ -36,10 +47,10 @@ import contextlib
 import ctypes
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -50,6 +61,7 @@ from types import FrameType
 from typing import IO, Any, TextIO
 
 __all__ = [
+    "FORCE_AFTER",
     "STATUS_FILE",
     "Child",
     "ChildExited",
@@ -63,6 +75,13 @@ __all__ = [
 
 STATUS_FILE = "supervisor.json"
 """The status file's name in the state directory (`journeys up` puts it there)."""
+
+FORCE_AFTER = 1.0
+"""A second signal this many seconds after the first kills at once; a sooner one is the
+first delivered twice (to the process group and forwarded by `make`) and is ignored."""
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_SLICE = 0.25  # the longest a wait sleeps without looking at the flags (belt and braces)
 
 # A child's states, as the status file and /healthz show them.
 STARTING = "starting"  # started, not ready yet
@@ -243,7 +262,8 @@ class Supervisor:
     """Starts children, restarts the ones that die, and stops them all (in reverse order).
 
     Use as a context manager: it installs the SIGINT/SIGTERM/SIGHUP handlers on entry and
-    always stops every child on exit. A second Ctrl-C while stopping kills at once.
+    always stops every child on exit (`stop_all`). A second signal, `FORCE_AFTER` seconds
+    or more after the first, kills at once; `received` and `forced` name the signals.
     """
 
     def __init__(
@@ -261,15 +281,31 @@ class Supervisor:
         self.status_path = status_path
         self.children: list[Child] = []
         self._out = out or sys.stderr
-        self._stop_requested = threading.Event()
-        self._force = threading.Event()
+        # Written by the signal handler: plain attributes, nothing that takes a lock.
+        self._signalled_at: float | None = None
+        self._received: int | None = None
+        self._forced: int | None = None
+        self._asked = False
         self._stopping = False
         self._previous: dict[signal.Signals, _Handler] = {}
+        self._wake: tuple[int, int] | None = None
+        self._previous_wakeup = -1
 
     # ------------------------------------------------------------------ lifecycle
 
     def __enter__(self) -> Supervisor:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        reader, writer = os.pipe()
+        os.set_blocking(reader, False)
+        os.set_blocking(writer, False)
+        try:
+            # Python's C-level handler writes a byte here: a `select` on ``reader`` wakes.
+            self._previous_wakeup = signal.set_wakeup_fd(writer, warn_on_full_buffer=False)
+        except ValueError:  # not the main thread: the waits fall back to short slices
+            os.close(reader)
+            os.close(writer)
+        else:
+            self._wake = (reader, writer)
+        for signum in STOP_SIGNALS:
             self._previous[signum] = signal.signal(signum, self._on_signal)
         return self
 
@@ -279,19 +315,58 @@ class Supervisor:
         finally:
             for signum, handler in self._previous.items():
                 signal.signal(signum, handler)
+            if self._wake is not None:
+                with contextlib.suppress(ValueError):
+                    signal.set_wakeup_fd(self._previous_wakeup)
+                for fd in self._wake:
+                    os.close(fd)
+                self._wake = None
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        if self._stop_requested.is_set():
-            self._force.set()
-        self._stop_requested.set()
+        # Flags only: no lock, no I/O, no logging (see the module's docstring).
+        now = time.monotonic()
+        if self._signalled_at is None:
+            self._signalled_at = now
+            self._received = signum
+        elif self._forced is None and now - self._signalled_at >= FORCE_AFTER:
+            self._forced = signum
 
     @property
     def stop_requested(self) -> bool:
-        return self._stop_requested.is_set()
+        return self._asked or self._signalled_at is not None
+
+    @property
+    def received(self) -> int | None:
+        """The signal that asked us to stop, if one did."""
+        return self._received
+
+    @property
+    def forced(self) -> int | None:
+        """The second signal, if one came: the children left were killed at once."""
+        return self._forced
 
     def request_stop(self) -> None:
         """Ask every wait to return (what a signal does)."""
-        self._stop_requested.set()
+        self._asked = True
+
+    def _pause(self, seconds: float, done: Callable[[], bool], *, every: float = _SLICE) -> bool:
+        """Wait until ``done()`` or ``seconds`` have passed, asking ``done`` at least
+        ``every`` seconds; a signal wakes it at once. Returns ``done()``."""
+        deadline = time.monotonic() + seconds
+        while not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if self._wake is None:
+                time.sleep(min(remaining, 0.05))
+                continue
+            reader = self._wake[0]
+            ready, _, _ = select.select([reader], [], [], min(remaining, every))
+            if ready:
+                with contextlib.suppress(BlockingIOError, InterruptedError):
+                    while os.read(reader, 512):
+                        pass
+        return True
 
     # ------------------------------------------------------------------ children
 
@@ -379,7 +454,7 @@ class Supervisor:
 
     def check(self) -> None:
         """Raise if a stop was requested or a child has exited."""
-        if self._stop_requested.is_set():
+        if self.stop_requested:
             raise ShutdownRequested()
         child = self.exited()
         if child is not None:
@@ -407,7 +482,7 @@ class Supervisor:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"{what} was not ready within {timeout:.0f} s")
-            self._stop_requested.wait(min(interval, remaining))
+            self._pause(min(interval, remaining), lambda: self.stop_requested)
 
     def wait_ready(self, child: Child, what: str, *, timeout: float) -> None:
         """`wait_until` ``child``'s own probe says it serves; then it counts as running."""
@@ -425,7 +500,7 @@ class Supervisor:
         """
         while True:
             self.tick()
-            if self._stop_requested.wait(interval):
+            if self._pause(interval, lambda: self.stop_requested):
                 return
 
     def tick(self) -> None:
@@ -591,45 +666,68 @@ class Supervisor:
     # ------------------------------------------------------------------ stopping
 
     def stop_all(self) -> None:
-        """Stop every child: API and worker first, then the server; SIGKILL after a bound.
+        """Stop every child, one at a time in reverse start order (API, worker, server):
+        SIGTERM to its process group, then SIGKILL after ``stop_timeout`` seconds.
 
-        Children are stopped in reverse start order, in two groups: everything but the
-        first child together (they are clients of it), then the first (the server), so
-        the worker can finish its polls against a live server. The status file goes.
+        The clients go first so that nothing new comes in while the worker finishes its
+        tasks against a live server, and the server last. A second signal (see `forced`)
+        kills every child left at once. The status file goes.
         """
         if self._stopping:
             return
         self._stopping = True
         try:
-            running = [c for c in self.children if c.returncode is None]
+            running = [c for c in reversed(self.children) if c.returncode is None]
             if not running:
                 return
-            self._say("journeys up: stopping " + ", ".join(c.name for c in reversed(running)))
-            first = self.children[0] if self.children else None
-            clients = [c for c in reversed(running) if c is not first]
-            self._stop_group(clients)
-            if first is not None and first in running:
-                self._stop_group([first])
+            names = ", ".join(c.name for c in running)
+            if self._received is not None:
+                cause = f"{signal.Signals(self._received).name} received; "
+                force = "a second Ctrl-C or SIGTERM kills them at once"
+            else:
+                cause, force = "", "Ctrl-C twice kills them at once"
+            self._say(
+                f"journeys up: {cause}stopping {names} "
+                f"(each within {self.stop_timeout:g} s; {force})"
+            )
+            for child in running:
+                if self._forced is not None:
+                    break
+                self._stop_one(child)
+            left = [c for c in running if c.returncode is None]
+            if self._forced is not None and left:
+                self._say(
+                    f"journeys up: second signal ({signal.Signals(self._forced).name}): "
+                    f"killing {', '.join(c.name for c in left)}"
+                )
+            for child in left:
+                child.signal(signal.SIGKILL)
+            for child in running:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.process.wait(timeout=5)
+                # Grandchildren share the group: make sure none outlives its parent.
+                child.signal(signal.SIGKILL)
         finally:
             self._remove_status()
 
-    def _stop_group(self, group: list[Child]) -> None:
-        for child in group:
-            child.signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.stop_timeout
-        while any(c.returncode is None for c in group):
-            if time.monotonic() >= deadline or self._force.is_set():
-                break
-            time.sleep(0.1)
-        for child in group:
-            if child.returncode is None:
-                self._say(f"journeys up: {child.name} did not stop in time; killing it")
-                child.signal(signal.SIGKILL)
-        for child in group:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.process.wait(timeout=5)
-            # Grandchildren share the group: make sure none outlives its parent.
+    def _stop_one(self, child: Child) -> None:
+        started = time.monotonic()
+        child.signal(signal.SIGTERM)
+        stopped = self._pause(
+            self.stop_timeout,
+            lambda: child.returncode is not None or self._forced is not None,
+            every=0.05,  # a child's exit wakes nothing: look often
+        )
+        if stopped and self._forced is not None and child.returncode is None:
+            return  # stop_all kills it with the others
+        if child.returncode is None:
+            self._say(
+                f"journeys up: {child.name} did not stop within {self.stop_timeout:g} s; killing it"
+            )
             child.signal(signal.SIGKILL)
+        else:
+            took = time.monotonic() - started
+            self._say(f"journeys up: {child.name} stopped ({took:.1f} s)")
 
 
 def _probe(probe: Callable[[Child], bool], child: Child) -> bool:

@@ -2,6 +2,9 @@
 is reported with its last log lines; once up, a child that dies is restarted with a
 doubling delay and its cause logged, a client waits for its server, too many crashes
 stop everything; a child that ignores SIGTERM is killed; /healthz reads its status file.
+Stopping: a signal stops the children one at a time (API, worker, server), each by
+SIGTERM; the same signal delivered twice at once changes nothing; a second one a moment
+later kills what is left at once; the handler only sets flags.
 
 The children are small `python -c` scripts; the delays are shrunk to tenths of seconds.
 """
@@ -14,8 +17,10 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -24,6 +29,7 @@ from sqlalchemy import create_engine
 
 from service.api.routes import health
 from service.cli.supervisor import (
+    FORCE_AFTER,
     STATUS_FILE,
     Child,
     ChildExited,
@@ -278,6 +284,152 @@ def test_up_stops_everything_and_exits_1_when_it_gives_up(
     assert "worker exited with code 5; it crashed 2 times within 60 s: giving up" in err
     assert "  | no database" in err
     assert "stopping temporal" in err
+
+
+# ----------------------------------------------------------------------------- stopping
+
+
+def _draining(marker: Path, *, drain: float = 0.3) -> list[str]:
+    """A child that, on SIGTERM, takes ``drain`` seconds, then writes when it finished."""
+    script = (
+        "import signal, sys, time, pathlib\n"
+        "def stop(*_):\n"
+        f"    time.sleep({drain})\n"
+        f"    pathlib.Path({str(marker)!r}).write_text(repr(time.time()))\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "print('serving', flush=True)\n"
+        "while True: time.sleep(0.05)\n"
+    )
+    return [sys.executable, "-c", script]
+
+
+def _signal_later(delays: list[tuple[float, int]]) -> threading.Thread:
+    """Send ourselves each signal after its delay (seconds from now), from a thread."""
+
+    def send() -> None:
+        started = time.monotonic()
+        for delay, signum in delays:
+            time.sleep(max(0.0, started + delay - time.monotonic()))
+            os.kill(os.getpid(), signum)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
+
+
+def _three(supervisor: Supervisor, tmp_path: Path, **drains: float) -> list[Child]:
+    """`temporal`, `worker` and `api` as `journeys up` starts them, each serving."""
+    children = [
+        supervisor.start(name, _draining(tmp_path / f"{name}.clean", drain=drains.get(name, 0.3)))
+        for name in ("temporal", "worker", "api")
+    ]
+    for child in children:
+        supervisor.wait_until(child.name, partial(_serving, child), timeout=30, interval=0.05)
+    return children
+
+
+def test_a_signal_stops_api_then_worker_then_server_each_by_sigterm(tmp_path: Path) -> None:
+    out = io.StringIO()
+    with Supervisor(log_dir=tmp_path / "logs", stop_timeout=10, out=out) as supervisor:
+        children = _three(supervisor, tmp_path)
+        _signal_later([(0.1, signal.SIGTERM)])
+        woke = time.monotonic()
+        supervisor.run(interval=30)  # only the signal can end this wait early
+        woke = time.monotonic() - woke
+    assert woke < 5, f"the signal took {woke:.1f} s to end the wait"
+    assert supervisor.received == signal.SIGTERM
+    assert supervisor.forced is None
+    assert all(child.returncode == 0 for child in children)  # each ran its SIGTERM handler
+    finished = {n: float((tmp_path / f"{n}.clean").read_text()) for n in ("api", "worker")}
+    finished["temporal"] = float((tmp_path / "temporal.clean").read_text())
+    assert finished["api"] < finished["worker"] < finished["temporal"]
+    text = out.getvalue()
+    assert (
+        "journeys up: SIGTERM received; stopping api, worker, temporal (each within 10 s;" in text
+    )
+    assert re.search(r"api stopped .*\n.*worker stopped .*\n.*temporal stopped", text), text
+    assert "killing" not in text
+
+
+def test_the_same_signal_twice_at_once_is_one_clean_stop(tmp_path: Path) -> None:
+    """As a terminal's Ctrl-C reaches `make` and us, and `make` forwards it: twice."""
+    out = io.StringIO()
+    with Supervisor(log_dir=tmp_path / "logs", stop_timeout=10, out=out) as supervisor:
+        children = _three(supervisor, tmp_path, worker=1.5)
+        _signal_later([(0.1, signal.SIGINT), (0.15, signal.SIGTERM), (0.2, signal.SIGINT)])
+        supervisor.run(interval=30)
+        time.sleep(0.3)  # every duplicate arrived before the stop begins
+    assert supervisor.received == signal.SIGINT
+    assert supervisor.forced is None
+    assert all(child.returncode == 0 for child in children)
+    assert all((tmp_path / f"{c.name}.clean").exists() for c in children)
+    assert "killing" not in out.getvalue()
+
+
+def test_a_second_signal_a_moment_later_kills_what_is_left_at_once(tmp_path: Path) -> None:
+    out = io.StringIO()
+    started = time.monotonic()
+    with Supervisor(log_dir=tmp_path / "logs", stop_timeout=60, out=out) as supervisor:
+        children = _three(supervisor, tmp_path, worker=60)  # the worker takes "forever"
+        _signal_later([(0.1, signal.SIGINT), (0.1 + FORCE_AFTER + 0.5, signal.SIGINT)])
+        supervisor.run(interval=30)
+    took = time.monotonic() - started
+    assert took < 30, f"took {took:.1f} s: the second signal did not cut the 60 s grace"
+    assert supervisor.forced == signal.SIGINT
+    api, worker, temporal = children[2], children[1], children[0]
+    assert api.returncode == 0  # stopped cleanly before the second signal
+    assert worker.returncode == -signal.SIGKILL
+    assert temporal.returncode == -signal.SIGKILL  # never asked: killed with the rest
+    assert "second signal (SIGINT): killing worker, temporal" in out.getvalue()
+
+    from service.cli import main
+
+    assert main._exit_code(supervisor, 0) == 128 + signal.SIGINT
+
+
+def test_the_signal_handler_only_sets_flags(tmp_path: Path) -> None:
+    """No lock, no I/O: the handler may run while the main thread holds any lock."""
+    with Supervisor(log_dir=tmp_path, out=io.StringIO()) as supervisor:
+        lock = threading.Lock()
+        with lock:  # a handler that took a lock or logged could deadlock here
+            supervisor._on_signal(signal.SIGTERM, None)
+            supervisor._on_signal(signal.SIGTERM, None)
+        assert supervisor.stop_requested
+        assert supervisor.received == signal.SIGTERM
+        assert supervisor.forced is None  # the second came at once: the same stop
+        assert not (tmp_path / "supervisor.log").exists()
+    from service.cli import main
+
+    assert main._exit_code(supervisor, 0) == 0
+
+
+def test_the_hints_name_a_journeys_that_runs(tmp_path: Path) -> None:
+    from service.cli import main
+
+    repo = tmp_path / "repo"
+    assert main._journeys_command(".venv/bin/journeys", cwd=repo) == ".venv/bin/journeys"
+    assert main._journeys_command(str(repo / ".venv/bin/journeys"), cwd=repo) == (
+        ".venv/bin/journeys"
+    )
+    assert main._journeys_command("/opt/j v/bin/journeys", cwd=repo) == "'/opt/j v/bin/journeys'"
+    assert main._journeys_command("/usr/bin/python3", cwd=repo).endswith("/journeys")
+    embedded = main._Embedded(repo / "state", repo / "journeys.yaml", 8000, 7233, 8233)
+    banner = main._banner(embedded, api_key="jk_x", journeys=".venv/bin/journeys")
+    assert "(add a reviewer: .venv/bin/journeys user add NAME --role ops)" in banner
+    assert "    JOURNEYS_STATE_DIR=" in banner
+    assert " .venv/bin/journeys emit payment_failed --customer c1 " in banner
+    assert not re.search(r"(^|[\s(])journeys (emit|user|runs)", banner), banner
+
+
+def test_the_operations_guide_states_the_grace_time_and_the_second_signal() -> None:
+    from service.cli import main
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    assert f"up to {main.STOP_GRACE:g} s to exit before" in guide
+    assert f"A second signal**, {FORCE_AFTER:g} s or more after the first" in guide
+    assert f"sooner than {FORCE_AFTER:g} s after the first" in guide
+    assert "128 + the signal's number" in guide
 
 
 # ----------------------------------------------------------------------------- policy
