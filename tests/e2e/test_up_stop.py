@@ -212,7 +212,9 @@ def _make_bin(directory: Path, command: list[str], options: list[str]) -> dict[s
     script.chmod(0o755)
     stamp = directory / "installed"
     stamp.touch()  # newer than pyproject.toml: the recipe installs nothing
-    return {"BIN": str(directory), "STAMP": str(stamp)}
+    schema = directory / "journeys.schema.json"
+    schema.touch()  # newer than the stamp and engine/: `make up` writes no schema
+    return {"BIN": str(directory), "STAMP": str(stamp), "SCHEMA": str(schema)}
 
 
 def _launch(way: Way, command: list[str], options: list[str], *, bin_dir: Path, token: str) -> _Up:
