@@ -222,6 +222,14 @@ def _login_page(
     return page
 
 
+_PASSWORD_CHANGED = "password-changed"
+_NOTICES = {
+    _PASSWORD_CHANGED: "Your password was changed. Use it the next time you sign in;"
+    " any other session of yours was signed out.",
+}
+"""What a page says after a redirect (``?notice=``): fixed texts, never the query's."""
+
+
 @router.get("/favicon.svg", include_in_schema=False)
 async def favicon() -> Response:
     """The console's icon (a file in static/), linked from every page."""
@@ -272,17 +280,12 @@ async def logout(request: Request, csrf: Annotated[str, Form(max_length=200)] = 
 
 
 @router.get("/password", response_class=HTMLResponse)
-async def password_page(request: Request, changed: str | None = None) -> Response:
+async def password_page(request: Request) -> Response:
     viewer = await _viewer(request)
     if viewer is None:
         return _to_login(request)
     return _page(
-        request,
-        "password.html",
-        viewer=viewer,
-        error=None,
-        changed=changed == "yes" and not viewer.must_change_password,
-        min_length=MIN_PASSWORD_LENGTH,
+        request, "password.html", viewer=viewer, error=None, min_length=MIN_PASSWORD_LENGTH
     )
 
 
@@ -319,11 +322,10 @@ async def set_password(
             viewer=viewer,
             status_code=422,
             error=error,
-            changed=False,
             min_length=MIN_PASSWORD_LENGTH,
         )
-    # The new session's page confirms the change (the old sessions were signed out).
-    response = RedirectResponse("/console/password?changed=yes", status_code=303)
+    # The queue, in the new session, confirms the change (the old sessions were signed out).
+    response = RedirectResponse(f"/console/reviews?notice={_PASSWORD_CHANGED}", status_code=303)
     session_keys(request).start_session(response, user)
     return response
 
@@ -347,6 +349,7 @@ async def queue_page(
     breached: str | None = None,
     min_risk: str | None = None,
     older_than_hours: str | None = None,
+    notice: str | None = None,
 ) -> Response:
     viewer = await _signed_in(request, "view_reviews")
     if isinstance(viewer, Response):
@@ -370,6 +373,7 @@ async def queue_page(
         viewer=viewer,
         rows=rows,
         queues=all_queues,
+        notice=_NOTICES.get(notice or ""),
         filters={
             "queue": flt.queue or "",
             "status": status or "",

@@ -335,5 +335,9 @@ async def test_a_changed_password_is_confirmed_and_a_short_one_refused_by_the_se
     )
     assert changed.status_code == 303
     confirmed = await desk.http.get(changed.headers["location"])
+    assert confirmed.url.path == "/console/reviews"
     assert "Your password was changed" in text_of(confirmed)
+    # The confirmation is the console's own text: the query only picks it.
+    forged = await desk.http.get("/console/reviews?notice=<b>you won</b>")
+    assert "you won" not in forged.text
     assert check_password(desk.db, name="ana", password="a-newer-password") is not None

@@ -475,7 +475,7 @@ async def test_a_one_time_password_must_be_replaced_before_anything_else(desk: D
         },
     )
     assert changed.status_code == 303
-    assert changed.headers["location"] == "/console/password?changed=yes"
+    assert changed.headers["location"] == "/console/reviews?notice=password-changed"
     assert "Your password was changed" in (await desk.http.get(changed.headers["location"])).text
     assert (await desk.http.get("/console/reviews")).status_code == 200
     assert check_password(desk.db, name="newbie", password=first) is None
