@@ -47,7 +47,7 @@ from pydantic import TypeAdapter, ValidationError
 from temporalio import activity
 
 from engine import spec
-from engine.decisions import decide, evaluate_expressions
+from engine.decisions import decide, defaulted_by, evaluate_expressions
 from engine.durations import parse_duration
 from engine.environment import MissingVariableError, resolve_env
 from engine.payloads import (
@@ -751,12 +751,14 @@ async def score_step(request: ScoreStepInput) -> ScoreStepResult:
     features = dict(request.score.features)
     reads: dict[str, Any] = {}
     error: str | None = None
+    defaulted: list[str] = []
     if request.feature_expressions:
         names = list(request.feature_expressions)
         sources = [request.feature_expressions[n] for n in names]
         evaluated = evaluate_expressions(sources, "all", request.context, request.timezone)
         features = dict(zip(names, evaluated.values, strict=True))
         reads, error = evaluated.reads, evaluated.error
+        defaulted = defaulted_by(names, sources, request.context, request.timezone)
     result = await score(request.score.model_copy(update={"features": features}))
     return ScoreStepResult(
         score=result,
@@ -764,6 +766,7 @@ async def score_step(request: ScoreStepInput) -> ScoreStepResult:
         reads=reads,
         error=error,
         decided=_walk_after(request, result),
+        defaulted=defaulted,
     )
 
 

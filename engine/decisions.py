@@ -10,6 +10,7 @@ out here. Must not live here: Temporal, the database, any I/O.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 from datetime import date, datetime
 from typing import Any, Literal, assert_never
@@ -38,6 +39,7 @@ __all__ = [
     "decide_at_entry",
     "decide_date_wait",
     "decide_table",
+    "defaulted_by",
     "evaluate_expressions",
 ]
 
@@ -94,6 +96,45 @@ def evaluate_expressions(
     return EvaluateResult(
         values=values, first_true=first_true, reads=reads, error="; ".join(errors) or None
     )
+
+
+def _defaulting_argument(source: str) -> str | None:
+    """The first argument of ``source`` when its top-level call is ``coalesce(x, ...)``
+    with a fallback (``x``'s source text); None for any other expression."""
+    try:
+        tree = ast.parse(source.strip(), mode="eval").body
+    except SyntaxError:
+        return None
+    if (
+        isinstance(tree, ast.Call)
+        and isinstance(tree.func, ast.Name)
+        and tree.func.id == "coalesce"
+        and len(tree.args) >= 2
+        and not tree.keywords
+    ):
+        return ast.unparse(tree.args[0])
+    return None
+
+
+def defaulted_by(
+    names: list[str], sources: list[str], context: dict[str, Any], timezone: str
+) -> list[str]:
+    """The names whose expression is ``coalesce(x, default, ...)`` and whose ``x`` gave
+    None against ``context``: their value is the expression's default, not a value the
+    run read (a score feature `coalesce(profile.tenure_months, 0)` for a customer with no
+    tenure is "not known", not a real 0). An ``x`` that fails counts as None."""
+    found: list[str] = []
+    for name, source in zip(names, sources, strict=True):
+        first = _defaulting_argument(source)
+        if first is None:
+            continue
+        try:
+            value = cached_expression(first).evaluate(context, timezone=timezone)
+        except (EvaluationError, ExpressionError):
+            value = None
+        if value is None:
+            found.append(name)
+    return found
 
 
 def _decision(step: p.PlanStep, result: EvaluateResult) -> StepDecision:
@@ -217,6 +258,9 @@ def _prepare(step: p.PlanStep, context: dict[str, Any], timezone: str) -> StepDe
     match step:
         case p.ScorePlan():
             expressions = list(step.features.values())
+            decision = _decision(step, evaluate_expressions(expressions, "all", context, timezone))
+            decision.defaulted = defaulted_by(list(step.features), expressions, context, timezone)
+            return decision
         case p.CallPlan() if step.json_body is not None:
             expressions = list(step.json_body.values())
         case _:

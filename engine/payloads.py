@@ -181,6 +181,9 @@ class StepDecision(_Message):
     error: str | None = None
     matched: list[int] | None = None
     outputs: dict[str, Any] | None = None
+    defaulted: list[str] = Field(default_factory=list)
+    """A score step's features whose value is their `coalesce` default (the value they
+    read was missing); empty in histories recorded before it existed."""
 
 
 class DecideResult(_Message):
@@ -666,6 +669,9 @@ class ScoreStepResult(_Message):
     reads: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
     decided: DecideResult | None = None
+    defaulted: list[str] = Field(default_factory=list)
+    """The features whose value is their `coalesce` default, not a value read
+    (`engine.decisions.defaulted_by`); empty in older histories."""
 
 
 class OpenReviewInput(_Message):

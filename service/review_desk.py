@@ -14,9 +14,12 @@ Not here: HTTP (the console and API modules), the workflow side (workflows/journ
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
@@ -24,8 +27,20 @@ from sqlmodel import col, select
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
-from engine.database import Delivery, OutboxMessage, ReviewAudit, ReviewTask, Run, session_scope
+from engine import plan as p
+from engine.database import (
+    Delivery,
+    OutboxMessage,
+    PlanVersion,
+    ReviewAudit,
+    ReviewTask,
+    Run,
+    session_scope,
+)
+from engine.destinations import Destination, decision_destinations
+from engine.localtime import zone_named
 from engine.payloads import UPDATE_REVIEW, ReviewDecision, ReviewDecisionResult
+from engine.personal import kind_of, mask_traits
 from engine.run_path import run_without_path
 from engine.timestamps import as_utc, utcnow
 from service.users import Viewer
@@ -33,16 +48,25 @@ from service.users import Viewer
 __all__ = [
     "MAX_NOTE_LENGTH",
     "CaseFile",
+    "CustomerCard",
+    "Reason",
     "ReviewRefused",
     "TaskFilter",
     "claim_task",
+    "customer_card",
     "decide_task",
+    "format_score",
+    "humanize",
     "is_breached",
     "list_tasks",
     "load_case",
+    "local_time",
     "needs_note",
+    "plain",
     "queues",
+    "reasons",
     "release_task",
+    "restate_scores",
     "risk_of",
     "run_messages",
 ]
@@ -83,6 +107,20 @@ class CaseFile:
     deliveries: list[Delivery]
     outbox: list[OutboxMessage]
     audit: list[ReviewAudit]
+    plan: p.Plan | None = None
+    """The plan the run follows (its journey version's), None if it is gone."""
+
+    @property
+    def destinations(self) -> dict[str, Destination]:
+        """Each decision with where it leads in the run's plan (`engine.destinations`)."""
+        if self.plan is None:
+            return {}
+        return decision_destinations(self.plan, self.task.step_id)
+
+    @property
+    def timezone(self) -> str:
+        """The zone the case page shows times in: the journey's (its plan's settings)."""
+        return self.plan.settings.timezone if self.plan is not None else "UTC"
 
 
 def needs_note(decision: str) -> bool:
@@ -174,7 +212,217 @@ def load_case(db: Engine, task_id: str) -> CaseFile:
                 .order_by(col(ReviewAudit.id))
             ).all()
         )
-    return CaseFile(task=task, run=run, deliveries=deliveries, outbox=outbox, audit=audit)
+        plan = _plan_of(session, run)
+    return CaseFile(
+        task=task, run=run, deliveries=deliveries, outbox=outbox, audit=audit, plan=plan
+    )
+
+
+def _plan_of(session: Any, run: Run | None) -> p.Plan | None:
+    if run is None:
+        return None
+    plan_json = session.exec(
+        select(PlanVersion.plan_json).where(
+            PlanVersion.journey_id == run.journey_id, PlanVersion.version == run.version
+        )
+    ).first()
+    try:
+        return p.Plan.model_validate_json(plan_json) if plan_json else None
+    except ValueError:
+        return None
+
+
+# ----------------------------------------------------------------------------- the case as shown
+
+
+SCORE_DECIMALS = 3
+
+
+def format_score(value: Any) -> str:
+    """A score (or any fraction) as the console shows it: three decimals, cut, never
+    rounded up (0.998 stays 0.998, never 1.0; 0.7650700807 is 0.765)."""
+    try:
+        number = Decimal(str(float(value)))
+    except (TypeError, ValueError, InvalidOperation):
+        return plain(value)
+    if not number.is_finite():
+        return str(value)
+    return str(number.quantize(Decimal(1).scaleb(-SCORE_DECIMALS), rounding=ROUND_DOWN))
+
+
+def plain(value: Any) -> str:
+    """A value as text a person reads: yes/no for flags, "not known" for a missing value,
+    whole numbers without ".0", other numbers as `format_score` does, lists and mappings
+    spelled out; never Python's ``True``/``False``/``None``."""
+    if value is None:
+        return "not known"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e15:
+            return str(int(value))
+        return format_score(value)
+    if isinstance(value, list | tuple):
+        return ", ".join(plain(item) for item in value) or "none"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} = {plain(v)}" for k, v in value.items()) or "none"
+    return str(value)
+
+
+_NUMBER = re.compile(r"(?<![\d.])\d+\.\d+(?!\.?\d)")
+
+
+def restate_scores(text: str, scores: dict[str, Any] | None) -> str:
+    """``text`` (a task's title or details, as the journey's template rendered them) with
+    every number that is one of the case's scores, rounded (`round(2)` makes 0.998 read
+    1.0), written as `format_score` writes it, so the page shows a score one way."""
+    values = [
+        float(entry["score"])
+        for entry in (scores or {}).values()
+        if isinstance(entry, dict)
+        and isinstance(entry.get("score"), int | float)
+        and not isinstance(entry.get("score"), bool)
+    ]
+
+    def restate(found: re.Match[str]) -> str:
+        token = found.group(0)
+        decimals = len(token.split(".")[1])
+        for score in values:
+            if token in (repr(score), f"{score:g}") or float(token) == round(score, decimals):
+                return format_score(score)
+        return token
+
+    return _NUMBER.sub(restate, text) if values else text
+
+
+def humanize(name: str) -> str:
+    """A snake_case name as a label: ``tenure_months`` -> "Tenure months"."""
+    words = name.replace("_", " ").replace(".", " ").split()
+    text = " ".join(words)
+    return text[:1].upper() + text[1:] if text else name
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One path entry that sent the run here, with what the page says about it: the rule
+    as written in the plan (``rule_text``) and which features took a default."""
+
+    entry: dict[str, Any]
+    rule_text: str | None = None
+    rules_total: int = 0
+    defaulted: list[str] = field(default_factory=list)
+
+
+def _rule_text(step: p.PlanStep | None, index: int | None) -> tuple[str | None, int]:
+    if isinstance(step, p.BranchPlan):
+        rules = [rule.when for rule in step.rules]
+    elif isinstance(step, p.DecidePlan):
+        rules = [
+            ", ".join(f"{name} {cell}" for name, cell in rule.when.items()) or "any input"
+            for rule in step.rules
+        ]
+    else:
+        return None, 0
+    if index is None or not 0 <= index < len(rules):
+        return None, len(rules)
+    return rules[index], len(rules)
+
+
+def reasons(task: ReviewTask, plan: p.Plan | None) -> list[Reason]:
+    """The path entries that sent the run here (scores, branch, split and table decisions,
+    an awaited event), each with its rule's text from the plan."""
+    found: list[Reason] = []
+    for entry in (task.case or {}).get("path") or []:
+        if not isinstance(entry, dict):
+            continue
+        kind = entry.get("type")
+        detail = entry.get("detail") or {}
+        if kind in ("branch", "decide"):
+            step = plan.steps.get(str(entry.get("step"))) if plan is not None else None
+            rule = detail.get("rule")
+            text, total = _rule_text(step, rule if isinstance(rule, int) else None)
+            found.append(Reason(entry, rule_text=text, rules_total=total))
+        elif kind == "score":
+            found.append(Reason(entry, defaulted=list(detail.get("defaulted") or [])))
+        elif kind == "split" or (kind == "wait" and entry.get("outcome") == "received"):
+            found.append(Reason(entry))
+    return found
+
+
+_NAME_TRAITS = ("first_name", "last_name", "name", "full_name")
+
+
+@dataclass(frozen=True)
+class CustomerCard:
+    """The customer as the case page shows them: the name, the traits that are not
+    personal (labels from their names), email and phone masked; ``hidden`` counts the
+    personal (pii) and secret traits left out."""
+
+    name: str | None
+    facts: list[tuple[str, str]]
+    hidden: int
+    timezone: str
+
+
+def customer_card(
+    traits: dict[str, Any], marks: dict[str, str], fallback_zone: str
+) -> CustomerCard:
+    """The card for a customer with ``traits``, by the catalogue's `profile:` ``marks``
+    (`engine.personal`): the name in clear (a reviewer must know whom they decide for; the
+    task's title names them too), email and phone masked, every other personal or secret
+    trait left out."""
+    first = " ".join(
+        str(traits[k]).strip() for k in ("first_name", "last_name") if traits.get(k)
+    ).strip()
+    name = first or str(traits.get("name") or traits.get("full_name") or "").strip() or None
+    masked = mask_traits(traits, marks)
+    facts: list[tuple[str, str]] = []
+    hidden = 0
+    for key in sorted(traits):
+        if key in _NAME_TRAITS:
+            continue
+        kind = kind_of(key, marks)
+        if kind in ("pii", "secret"):
+            hidden += 1
+            continue
+        facts.append((humanize(key), plain(masked.get(key))))
+    zone = traits.get("timezone")
+    timezone = zone_named(zone).key if isinstance(zone, str) and zone else fallback_zone
+    return CustomerCard(name=name, facts=facts, hidden=hidden, timezone=timezone)
+
+
+def local_time(moment: datetime | str | None, zone: str, now: datetime | None = None) -> str:
+    """``moment`` (or its ISO text) relative to now and on the clock of ``zone``: "2 min
+    ago, 14:35 KST" (another day: "3 days ago, Dec 1 14:35 KST")."""
+    if moment is None or moment == "":
+        return ""
+    if isinstance(moment, str):
+        try:
+            parsed = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+        except ValueError:
+            return moment
+        moment = parsed
+    moment = as_utc(moment)
+    now = now or utcnow()
+    seconds = int((now - moment).total_seconds())
+    ahead = seconds < 0
+    seconds = abs(seconds)
+    if seconds < 60:
+        span = "just now" if not ahead else "in under a minute"
+    else:
+        if seconds < 3600:
+            amount = f"{seconds // 60} min"
+        elif seconds < 86400:
+            hours, minutes = divmod(seconds // 60, 60)
+            amount = f"{hours} h {minutes} min" if minutes else f"{hours} h"
+        else:
+            days = seconds // 86400
+            amount = f"{days} day{'' if days == 1 else 's'}"
+        span = f"in {amount}" if ahead else f"{amount} ago"
+    local = moment.astimezone(ZoneInfo(zone_named(zone).key))
+    same_day = local.date() == now.astimezone(local.tzinfo).date()
+    clock = local.strftime("%H:%M %Z") if same_day else local.strftime("%b %-d %H:%M %Z")
+    return f"{span}, {clock}"
 
 
 def _audit(
@@ -329,10 +577,15 @@ async def decide_task(
     decision: str,
     note: str | None,
     address: str | None,
+    require_claim: bool = False,
 ) -> ReviewTask:
-    """Decide ``task_id`` once, through the run's Update; refusals raise `ReviewRefused`."""
+    """Decide ``task_id`` once, through the run's Update; refusals raise `ReviewRefused`.
+    ``require_claim`` (the console): only the reviewer who holds the claim may decide."""
     task = await asyncio.to_thread(load_task, db, task_id)
     try:
+        claimed = task.claimed_by is not None
+        if require_claim and viewer.can("decide_reviews") and task.status == "open" and not claimed:
+            raise ReviewRefused(409, "claim this case first: only its claimer decides it")
         note = await _decide(db, client, task, viewer=viewer, decision=decision, note=note)
     except ReviewRefused as error:
         raise await asyncio.to_thread(

@@ -29,6 +29,7 @@ __all__ = [
     "check_password",
     "list_users",
     "reset_password",
+    "short_password_message",
 ]
 
 Permission = Literal[
@@ -93,10 +94,20 @@ def _check_role(role: str) -> str:
     return role
 
 
+def short_password_message(length: int) -> str:
+    """What a person who chose a password of ``length`` characters, too short, reads."""
+    return (
+        f"The new password is too short: it needs at least {MIN_PASSWORD_LENGTH} characters"
+        f" (this one has {length})."
+    )
+
+
 def _check_new_password(password: str) -> None:
-    if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise UserError(short_password_message(len(password)))
+    if len(password) > MAX_PASSWORD_LENGTH:
         raise UserError(
-            f"a password needs {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters"
+            f"The new password is too long: it may have at most {MAX_PASSWORD_LENGTH} characters."
         )
 
 

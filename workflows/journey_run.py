@@ -808,20 +808,25 @@ class JourneyRunWorkflow:
             start_to_close_timeout=timedelta(seconds=60),
             retry_policy=_SCORE_RETRY,
         )
-        self._path_score(step, result)
+        self._path_score(step, result, prepared.defaulted if prepared else [])
         if result.decided is not None:
             self.walked, self.walked_from = result.decided, then
         return step.next
 
-    def _path_score(self, step: p.ScorePlan, result: ScoreStepResult) -> None:
+    def _path_score(
+        self, step: p.ScorePlan, result: ScoreStepResult, prepared_defaulted: list[str]
+    ) -> None:
         score = result.score
         self.state.scores[step.model] = score.model_dump(mode="json")
-        detail = {
+        detail: dict[str, Any] = {
             "model": step.model,
             "features": result.features,
             "fallback_used": score.fallback_used,
             "error": score.error,
         }
+        defaulted = result.defaulted or prepared_defaulted
+        if defaulted:  # the features that took their coalesce default (not in old histories)
+            detail["defaulted"] = defaulted
         self._path(step.id, step.type, outcome=f"{score.score:g}", detail=detail)
 
     async def _call(self, step: p.CallPlan) -> str | None:

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Form, Request, Response
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
@@ -33,7 +33,7 @@ from engine.database import (
     ReviewTask,
     session_scope,
 )
-from engine.personal import mask_traits, profile_marks
+from engine.personal import profile_marks
 from engine.plan import Plan
 from engine.profiles import mask_address
 from engine.timestamps import as_utc, utcnow
@@ -45,19 +45,34 @@ from service.api.deps import (
 )
 from service.console.auth import client_address
 from service.review_desk import (
+    CustomerCard,
     ReviewRefused,
     TaskFilter,
     claim_task,
+    customer_card,
     decide_task,
+    format_score,
+    humanize,
     is_breached,
     list_tasks,
     load_case,
+    local_time,
     needs_note,
+    plain,
     queues,
+    reasons,
     release_task,
+    restate_scores,
     risk_of,
 )
-from service.users import UserError, Viewer, change_password, check_password
+from service.users import (
+    MIN_PASSWORD_LENGTH,
+    UserError,
+    Viewer,
+    change_password,
+    check_password,
+    short_password_message,
+)
 
 __all__ = ["router"]
 
@@ -95,6 +110,13 @@ _TEMPLATES.env.filters["age"] = _age
 _TEMPLATES.env.filters["when"] = _when
 _TEMPLATES.env.filters["pretty"] = _pretty
 _TEMPLATES.env.filters["mask"] = mask_address
+# The case page: one way to write a score, plain words for values, local relative times.
+_TEMPLATES.env.filters["score"] = format_score
+_TEMPLATES.env.filters["plain"] = plain
+_TEMPLATES.env.filters["label"] = humanize
+_TEMPLATES.env.filters["local"] = local_time
+
+_FAVICON = Path(__file__).with_name("static") / "favicon.svg"
 
 
 async def _viewer(request: Request) -> Viewer | None:
@@ -192,6 +214,22 @@ def _login_page(
     return page
 
 
+_PASSWORD_CHANGED = "password-changed"
+_NOTICES = {
+    _PASSWORD_CHANGED: "Your password was changed. Use it the next time you sign in;"
+    " any other session of yours was signed out.",
+}
+"""What a page says after a redirect (``?notice=``): fixed texts, never the query's."""
+
+
+@router.get("/favicon.svg", include_in_schema=False)
+async def favicon() -> Response:
+    """The console's icon (a file in static/), linked from every page."""
+    return FileResponse(
+        _FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"}
+    )
+
+
 @router.get("/login", response_class=HTMLResponse)
 async def login_page(request: Request, next: str | None = None) -> Response:
     return _login_page(request, next=next, error=None)
@@ -238,7 +276,9 @@ async def password_page(request: Request) -> Response:
     viewer = await _viewer(request)
     if viewer is None:
         return _to_login(request)
-    return _page(request, "password.html", viewer=viewer, error=None)
+    return _page(
+        request, "password.html", viewer=viewer, error=None, min_length=MIN_PASSWORD_LENGTH
+    )
 
 
 @router.post("/password", response_class=HTMLResponse)
@@ -255,21 +295,29 @@ async def set_password(
         return _to_login(request)
     if not session_keys(request).check_csrf(request, csrf):
         return _refusal(request, viewer, 403, "This form expired. Reload the page and try again.")
-    if new != repeat:
+    error: str | None = None
+    if len(new) < MIN_PASSWORD_LENGTH:  # the form says so too; the server decides
+        error = short_password_message(len(new))
+    elif new != repeat:
+        error = "The two new passwords differ."
+    if error is None:
+        try:
+            user = await asyncio.to_thread(
+                lambda: change_password(db, user_id=viewer.id, current=current, new=new)
+            )
+        except UserError as refused:
+            error = str(refused)
+    if error is not None:
         return _page(
             request,
             "password.html",
             viewer=viewer,
             status_code=422,
-            error="The two new passwords differ.",
+            error=error,
+            min_length=MIN_PASSWORD_LENGTH,
         )
-    try:
-        user = await asyncio.to_thread(
-            lambda: change_password(db, user_id=viewer.id, current=current, new=new)
-        )
-    except UserError as error:
-        return _page(request, "password.html", viewer=viewer, status_code=422, error=str(error))
-    response = RedirectResponse("/console/reviews", status_code=303)
+    # The queue, in the new session, confirms the change (the old sessions were signed out).
+    response = RedirectResponse(f"/console/reviews?notice={_PASSWORD_CHANGED}", status_code=303)
     session_keys(request).start_session(response, user)
     return response
 
@@ -293,6 +341,7 @@ async def queue_page(
     breached: str | None = None,
     min_risk: str | None = None,
     older_than_hours: str | None = None,
+    notice: str | None = None,
 ) -> Response:
     viewer = await _signed_in(request, "view_reviews")
     if isinstance(viewer, Response):
@@ -316,6 +365,7 @@ async def queue_page(
         viewer=viewer,
         rows=rows,
         queues=all_queues,
+        notice=_NOTICES.get(notice or ""),
         filters={
             "queue": flt.queue or "",
             "status": status or "",
@@ -326,22 +376,9 @@ async def queue_page(
     )
 
 
-def _why(task: ReviewTask) -> list[dict[str, Any]]:
-    """The path entries that sent the run here: scores and the branch and table decisions,
-    with values."""
-    reasons = []
-    for entry in (task.case or {}).get("path") or []:
-        kind = entry.get("type")
-        if kind in ("score", "branch", "split", "decide") or (
-            kind == "wait" and entry.get("outcome") == "received"
-        ):
-            reasons.append(entry)
-    return reasons
-
-
-def _profile(db: Engine, customer_id: str) -> dict[str, Any]:
-    """The customer's traits as the case page shows them: personal ones masked, by the
-    live catalogue's `profile:` marks and by name and form (`engine.personal`)."""
+def _customer(db: Engine, customer_id: str, journey_zone: str) -> CustomerCard:
+    """The customer's card (`review_desk.customer_card`): personal traits masked or left
+    out, by the live catalogue's `profile:` marks and by name and form (`engine.personal`)."""
     with session_scope(db) as session:
         row = session.get(Profile, customer_id)
         traits = dict(row.traits) if row is not None else {}
@@ -352,7 +389,7 @@ def _profile(db: Engine, customer_id: str) -> dict[str, Any]:
             marks.update(profile_marks(Plan.model_validate_json(plan_json).personal))
         except ValueError:
             continue
-    return dict(sorted(mask_traits(traits, marks).items()))
+    return customer_card(traits, marks, journey_zone)
 
 
 @router.get("/reviews/{task_id}", response_class=HTMLResponse)
@@ -366,22 +403,31 @@ async def case_page(
         case = await asyncio.to_thread(load_case, db, task_id[:64])
     except ReviewRefused as error:
         return _refusal(request, viewer, error.status, error.message)
-    profile = await asyncio.to_thread(_profile, db, case.task.customer_id)
+    task = case.task
+    card = await asyncio.to_thread(_customer, db, task.customer_id, case.timezone)
+    scores = (task.case or {}).get("scores")
     return _page(
         request,
         "case.html",
         viewer=viewer,
         case=case,
-        task=case.task,
-        risk=risk_of(case.task),
-        breached=is_breached(case.task),
-        why=_why(case.task),
-        profile=profile,
-        needs_note={d: needs_note(d) for d in case.task.decisions},
+        task=task,
+        title=restate_scores(task.title, scores),
+        details=restate_scores(task.details, scores) if task.details else None,
+        risk=risk_of(task),
+        breached=is_breached(task),
+        why=reasons(task, case.plan),
+        card=card,
+        # Times on this page are on the customer's clock (their profile's zone, else the
+        # journey's): the clock the journey's waits (`until: "09:00"`) keep.
+        zone=card.timezone,
+        destinations={d: dest.text for d, dest in case.destinations.items()},
+        needs_note={d: needs_note(d) for d in task.decisions},
         done=done,
         may_act=viewer.can("decide_reviews")
-        and case.task.status == "open"
-        and case.task.claimed_by in (None, viewer.name),
+        and task.status == "open"
+        and task.claimed_by in (None, viewer.name),
+        holds_claim=task.status == "open" and task.claimed_by == viewer.name,
     )
 
 
@@ -441,6 +487,7 @@ async def decide(
             decision=decision,
             note=note,
             address=client_address(request),
+            require_claim=True,
         )
     except ReviewRefused as error:
         return _refusal(request, viewer, error.status, error.message)

@@ -441,6 +441,11 @@ async def test_an_ops_user_decides_in_the_console_and_an_auditor_cannot(desk: De
     page = await desk.http.get(f"/console/reviews/{task.id}")
     assert "Why this case is here" in page.text and "default_risk" in page.text
     assert "+821012345678" not in page.text  # addresses masked
+    claimed = await desk.http.post(
+        f"/console/reviews/{task.id}/claim", data={"csrf": form_token(page)}
+    )
+    assert claimed.status_code == 303  # the console decides only with the claim
+    page = await desk.http.get(f"/console/reviews/{task.id}")
     answer = await desk.http.post(
         f"/console/reviews/{task.id}/decide",
         data={"decision": "approve", "note": "fine", "csrf": form_token(page)},
@@ -470,6 +475,8 @@ async def test_a_one_time_password_must_be_replaced_before_anything_else(desk: D
         },
     )
     assert changed.status_code == 303
+    assert changed.headers["location"] == "/console/reviews?notice=password-changed"
+    assert "Your password was changed" in (await desk.http.get(changed.headers["location"])).text
     assert (await desk.http.get("/console/reviews")).status_code == 200
     assert check_password(desk.db, name="newbie", password=first) is None
 

@@ -3,8 +3,10 @@ download), against the real system on loopback (dev server, `python worker.py`, 
 
 The payment-recovery journey of the repository's catalogue opens a case for a high-risk
 customer; an ops reviewer signs in (replacing the one-time password `journeys user add`
-printed), finds the case in the queue, claims it, approves it with a note, and sees the run
-move on to the grace-offer SMS. A second reviewer can neither decide the claimed case nor,
+printed, and seeing the change confirmed), finds the case in the queue, reads why it is
+there (the rule as written, the feature that took its default) and where each decision
+leads, finds the decisions disabled until the claim, claims it, approves it with a note,
+and sees the run move on to the grace-offer SMS. A second reviewer can neither decide the claimed case nor,
 afterwards, the decided one. Screenshots of the queue and the case page are saved under
 test-artifacts/ (not committed).
 
@@ -96,6 +98,14 @@ def add_user(stack: JourneysStack, name: str, role: str) -> str:
     return found.group(1)
 
 
+def stack_send_at(stack: JourneysStack) -> str:
+    """The local time the deployed catalogue's grace SMS waits for (the test set it)."""
+    text = stack.journeys_file.read_text(encoding="utf-8")
+    found = re.search(r'wait: \{until: "(\d\d:\d\d)"\}', text)
+    assert found is not None
+    return found.group(1)
+
+
 def treated_customer(stack: JourneysStack) -> str:
     return holdout_customer(stack.journeys_file, "payment_recovery", prefix="browser")
 
@@ -110,7 +120,8 @@ def sign_in(page: Any, stack: JourneysStack, name: str, one_time: str) -> None:
     page.fill("#new", NEW_PASSWORD)
     page.fill("#repeat", NEW_PASSWORD)
     page.click("main button[type=submit]")
-    page.wait_for_url(re.compile(r".*/console/reviews$"))
+    page.wait_for_url(re.compile(r".*/console/reviews\?notice=password-changed$"))
+    assert "Your password was changed" in page.inner_text("#notice")
 
 
 def form_token(page: Any) -> str:
@@ -168,8 +179,39 @@ def test_an_ops_reviewer_approves_a_high_risk_case_and_the_grace_sms_goes_out(
             body = ana.inner_text("main").lower()  # headings are styled in capitals
             assert "why this case is here" in body and "model default_risk scored" in body
             assert "+821055501234" not in ana.content()  # the phone number is masked
-            ana.click("button:has-text('Claim')")
+            assert "Mina" in ana.inner_text("#customer")  # the customer by name
+
+            # Why: the rule as the journey wrote it, and the feature the profile lacked.
+            why = ana.inner_text("#why")
+            assert "by rule 1: scores.default_risk.score >= 0.7" in why, why
+            assert ana.inner_text("[data-defaulted='tenure_months']") == "not known (default 0)"
+            assert "False" not in ana.inner_text("main") and "None" not in ana.inner_text("main")
+
+            # Where each decision leads, from the run's plan.
+            send_at = stack_send_at(stack)
+            approve_leads = ana.inner_text("[data-leads='approve']")
+            assert approve_leads.startswith(
+                f"→ wait until {send_at} (customer's time), then SMS grace_offer"
+            ), approve_leads
+            reject_leads = ana.inner_text("[data-leads='reject']")
+            assert reject_leads.startswith("→ email payment_reminder, then wait 4 days"), (
+                reject_leads
+            )
+
+            # Claim first: the decisions are disabled, and say why, until the claim.
+            assert "open, not claimed" in ana.inner_text("#status")
+            for decision in ("approve", "reject"):
+                assert ana.locator(f"button[value={decision}]").is_disabled()
+            assert "Claim this case to decide it" in ana.inner_text("#claim-reason")
+            claim_box = ana.locator("#claim").bounding_box()
+            approve_box = ana.locator("button[value=approve]").bounding_box()
+            assert claim_box is not None and approve_box is not None
+            assert claim_box["y"] < approve_box["y"]  # the claim comes first
+            ana.screenshot(path=str(ARTIFACTS / "console-case-unclaimed.png"), full_page=True)
+            ana.click("#claim")
             ana.wait_for_selector("button:has-text('Release to the queue')")
+            assert ana.inner_text("#status") == "claimed by you"
+            assert ana.locator("button[value=approve]").is_enabled()
             ana.screenshot(path=str(ARTIFACTS / "console-case.png"), full_page=True)
 
             # A second reviewer sees who holds the case, and the desk refuses their decision.
@@ -177,6 +219,7 @@ def test_an_ops_reviewer_approves_a_high_risk_case_and_the_grace_sms_goes_out(
             sign_in(bob, stack, "bob", bob_password)
             bob.goto(f"{stack.api_url}/console/reviews/{review['id']}")
             assert "Claimed by ana" in bob.inner_text("#decision")
+            assert bob.inner_text("#status") == "claimed by ana"
             assert bob.locator("button:has-text('Approve')").count() == 0
             refused = bob.request.post(
                 f"{stack.api_url}/console/reviews/{review['id']}/decide",
@@ -188,6 +231,9 @@ def test_an_ops_reviewer_approves_a_high_risk_case_and_the_grace_sms_goes_out(
             ana.click("button[value=approve]")
             ana.wait_for_selector(".banner.ok")
             assert "Decided: approve" in ana.inner_text(".banner.ok")
+
+            assert "SLA" not in ana.inner_text("main")  # no deadline once decided
+            ana.screenshot(path=str(ARTIFACTS / "console-case-decided.png"), full_page=True)
 
             bob.reload()
             assert "Decided approve by ana" in bob.inner_text("#decision")
