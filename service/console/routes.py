@@ -30,7 +30,6 @@ from engine.database import (
     OutboxMessage,
     PlanVersion,
     Profile,
-    ReviewTask,
     session_scope,
 )
 from engine.personal import profile_marks
