@@ -17,6 +17,7 @@ from typing import assert_never
 
 from engine import plan as p
 from engine.successors import successors
+from rules import EvaluationError, ExpressionError, compile_expression
 
 __all__ = ["MAX_PHRASES", "Destination", "decision_destinations", "describe_seconds"]
 
@@ -127,8 +128,38 @@ def _onward(step: p.PlanStep) -> tuple[bool, str | None]:
             assert_never(step)
 
 
-def describe_from(plan: p.Plan, start: str | None) -> tuple[tuple[str, ...], bool]:
-    """The phrases of the certain way from ``start`` on, and whether it is open-ended."""
+def _decided_branch(step: p.BranchPlan, decision: str | None) -> tuple[bool, str | None]:
+    """Where a branch goes when its rules read nothing but ``review.decision`` (known once
+    a reviewer decided): (whether that is certain, the step). A rule that reads anything
+    else makes the way uncertain."""
+    if decision is None:
+        return False, None
+    context = {"review": {"decision": decision}}
+    for rule in step.rules:
+        try:
+            compiled = compile_expression(rule.when)
+        except ExpressionError:
+            return False, None
+        if compiled.names - {"review"} or any(
+            path != ("review", "decision") for path in compiled.attribute_paths
+        ):
+            return False, None
+        if "review" in compiled.whole_names:
+            return False, None
+        try:
+            taken = compiled.evaluate(context)
+        except EvaluationError:
+            return False, None
+        if taken:
+            return True, rule.goto
+    return True, step.otherwise
+
+
+def describe_from(
+    plan: p.Plan, start: str | None, decision: str | None = None
+) -> tuple[tuple[str, ...], bool]:
+    """The phrases of the certain way from ``start`` on, and whether it is open-ended.
+    ``decision``: the review decision taken, so a branch on it alone is followed."""
     phrases: list[str] = []
     seen: set[str] = set()
     step_id = start
@@ -141,6 +172,11 @@ def describe_from(plan: p.Plan, start: str | None) -> tuple[tuple[str, ...], boo
         if step is None or step_id in seen:
             return tuple(phrases), True
         seen.add(step_id)
+        if isinstance(step, p.BranchPlan):
+            certain, onward = _decided_branch(step, decision)
+            if certain:
+                step_id = onward
+                continue
         phrase = _phrase(step)
         if phrase is not None:
             if len(phrases) == MAX_PHRASES:
@@ -161,6 +197,6 @@ def decision_destinations(plan: p.Plan, review_step: str) -> dict[str, Destinati
     for way in successors(step):
         if way.kind != "decision" or way.name is None:
             continue
-        phrases, open_ended = describe_from(plan, way.target)
+        phrases, open_ended = describe_from(plan, way.target, way.name)
         found[way.name] = Destination(way.name, way.target, phrases, open_ended)
     return found

@@ -88,7 +88,7 @@ def sign_in(page: Any, stack: JourneysStack, name: str, one_time: str) -> None:
     page.fill("#new", NEW_PASSWORD)
     page.fill("#repeat", NEW_PASSWORD)
     page.click("main button[type=submit]")
-    page.wait_for_url(re.compile(r".*/console/reviews$"))
+    page.wait_for_url(re.compile(r".*/console/reviews\?notice=password-changed$"))
 
 
 def waiting_run(stack: JourneysStack, customer: str) -> tuple[str, datetime]:

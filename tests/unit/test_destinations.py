@@ -18,9 +18,9 @@ def test_the_example_review_says_where_approve_and_reject_lead() -> None:
     plan = build_catalog(ROOT / "journeys.yaml").plans["payment_recovery"]
     found = decision_destinations(plan, "ops_review")
     assert set(found) == {"approve", "reject"}
+    # when_to_send branches on review.decision alone: an approval goes straight to the SMS.
     assert found["approve"].text.startswith(
-        "wait until 09:00 (customer's time), then SMS grace_offer, then wait up to 3 days"
-        " for payment_received"
+        "SMS grace_offer, then wait up to 3 days for payment_received"
     )
     assert found["approve"].open_ended  # the wait for the payment chooses what comes next
     assert found["reject"].text == (
@@ -58,6 +58,31 @@ journeys:
     assert found["no"].text == "end: refused"
     assert decision_destinations(plan, "a") == {}
     assert decision_destinations(plan, "nowhere") == {}
+
+
+def test_a_branch_on_the_decision_alone_is_followed() -> None:
+    text = """
+version: 1
+channels: {sms: "json://127.0.0.1:9/sms"}
+templates: {t: {sms: "hi"}}
+journeys:
+  - id: j
+    entry: {event: e}
+    steps:
+      - id: r
+        review: q
+        title: "t"
+        decisions: {yes: pick, no: pick}
+      - id: pick
+        branch:
+          - {when: review.decision == "yes", goto: a}
+        else: gone
+      - {id: a, send: t, channel: sms}
+      - {id: gone, exit: refused}
+"""
+    found = decision_destinations(build_catalog_from_text(text).plans["j"], "r")
+    assert found["yes"].text == "SMS t, then end: refused"
+    assert found["no"].text == "end: refused"
 
 
 def test_durations_read_as_people_say_them() -> None:
