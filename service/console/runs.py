@@ -131,6 +131,16 @@ def _profile_zones(session: Session, customers: set[str]) -> dict[str, str | Non
     return {row.customer_id: (row.traits or {}).get("timezone") for row in rows}
 
 
+def _moment(value: datetime | str | None) -> datetime | None:
+    """A time as stored (a datetime, or ISO text in a path entry read back as JSON)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class Clock:
     """Times as a page shows them: in ``zone`` (named, with where it comes from) and
@@ -144,17 +154,20 @@ class Clock:
     def name(self) -> str:
         return self.zone.key
 
-    def local(self, moment: datetime | None) -> str:
+    def local(self, moment: datetime | str | None) -> str:
         """``2026-12-04 09:00 KST``"""
+        moment = _moment(moment)
         if moment is None:
             return ""
         return as_utc(moment).astimezone(self.zone).strftime("%Y-%m-%d %H:%M %Z")
 
-    def iso(self, moment: datetime | None) -> str:
+    def iso(self, moment: datetime | str | None) -> str:
+        moment = _moment(moment)
         return "" if moment is None else as_utc(moment).isoformat()
 
-    def relative(self, moment: datetime | None) -> str:
+    def relative(self, moment: datetime | str | None) -> str:
         """``in 10 h``, ``2 min ago``, ``just now``."""
+        moment = _moment(moment)
         if moment is None:
             return ""
         seconds = (as_utc(moment) - self.now).total_seconds()

@@ -261,6 +261,10 @@ async def test_a_score_is_written_one_way_everywhere(desk: Desk) -> None:
     assert numbers == {"0.998", "0.7"}, numbers  # the score, and the rule's own 0.7
     assert "1.0" not in words and "0.9986" not in words
 
+    queue = await desk.http.get("/console/reviews")
+    cell = re.search(r'<span class="risk [a-z]+">([^<]*)</span>', queue.text)
+    assert cell is not None and cell.group(1) == "0.998", queue.text  # the queue says it too
+
 
 async def test_features_that_took_their_default_are_marked(desk: Desk) -> None:
     task = await desk.open_case()

@@ -163,6 +163,18 @@ async def test_a_run_waiting_for_the_morning_says_until_when_in_the_customers_zo
     assert "Times in Asia/Seoul (the customer's zone)." in page
 
 
+async def test_the_paths_times_are_in_the_runs_zone_too(database_url: str, db: Engine) -> None:
+    entry = waiting_entry("wait_for_morning", utcnow() + timedelta(hours=10), local="09:00")
+    add(db, Profile(customer_id="cust-path", traits={"timezone": "Asia/Seoul"}))
+    record(db, "run-path-times", customer="cust-path", step="wait_for_morning", path=[entry])
+
+    async with signed_in(database_url, db, client=NoTemporal()) as http:
+        page = text_of(await http.get("/console/runs/run-path-times"))
+
+    assert f"{local(entry.at, 'Asia/Seoul')} (just now)" in page
+    assert entry.at.isoformat() not in page, page
+
+
 async def test_an_event_wait_says_the_event_and_until_when_in_the_journeys_zone(
     database_url: str, db: Engine
 ) -> None:
