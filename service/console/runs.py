@@ -131,16 +131,6 @@ def _profile_zones(session: Session, customers: set[str]) -> dict[str, str | Non
     return {row.customer_id: (row.traits or {}).get("timezone") for row in rows}
 
 
-def _moment(value: datetime | str | None) -> datetime | None:
-    """A time as stored (a datetime, or ISO text in a path entry read back as JSON)."""
-    if value is None or isinstance(value, datetime):
-        return value
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 @dataclass(frozen=True)
 class Clock:
     """Times as a page shows them: in ``zone`` (named, with where it comes from) and
