@@ -444,7 +444,12 @@ async def test_a_flood_for_one_run_reaches_it_whole_in_few_signals(
         lambda: run_state(temporal_client, workflow_id),
         check=lambda s: len(s["message_ids"]) >= 1000,
     )
-    received: list[str] = state["message_ids"]
+    # A signal whose answer is lost (a timeout under load) is sent again: the run may see
+    # a copy, which the interpreter drops by message id (tests/workflows/test_long_runs.py
+    # checks that); this stand-in keeps copies, so compare first sightings and count them.
+    everything: list[str] = state["message_ids"]
+    received = list(dict.fromkeys(everything))
+    assert len(everything) - len(received) <= 20, len(everything) - len(received)
     assert sorted(received) == sorted(m["messageId"] for batch in batches for m in batch)
     for batch in batches:
         ids = [m["messageId"] for m in batch]
