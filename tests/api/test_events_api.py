@@ -442,7 +442,7 @@ async def test_a_flood_for_one_run_reaches_it_whole_in_few_signals(
         assert body["signalled"] == [workflow_id] * 200
     state = await eventually(
         lambda: run_state(temporal_client, workflow_id),
-        check=lambda s: len(s["message_ids"]) >= 1000,
+        check=lambda s: len(set(s["message_ids"])) >= 1000,  # copies do not count
     )
     # A signal whose answer is lost (a timeout under load) is sent again: the run may see
     # a copy, which the interpreter drops by message id (tests/workflows/test_long_runs.py
