@@ -454,7 +454,10 @@ async def test_a_flood_for_one_run_reaches_it_whole_in_few_signals(
     for batch in batches:
         ids = [m["messageId"] for m in batch]
         assert [mid for mid in received if mid in set(ids)] == ids
-    assert state["signal_count"] <= 100, state["signal_count"]
+    # One signal per event would be 1,000 (and more with copies). How few it takes depends
+    # on how fast the router runs beside the run: 10 to 40 on an idle machine, 187 on a
+    # loaded CI runner; so the bound is what a working coalescer always beats.
+    assert state["signal_count"] <= 500, state["signal_count"]
     with session_scope(db) as session:
         routed = session.exec(
             select(EventRecord.routed).where(EventRecord.customer_id == customer)

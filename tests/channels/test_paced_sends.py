@@ -28,12 +28,13 @@ from activities.messaging import RATE_LIMITED, MessagingActivities
 from engine.database import Delivery, session_scope, upsert_profile
 from engine.errors import ErrorType
 from engine.payloads import SendMessageInput, SendMessageResult
-from tests.channels.test_pacing import most_in_a_window
+from tests.channels.test_pacing import worst_window_excess
 from tests.database import deploy, fresh_engine
 from tests.smtp_server import SmtpServer, free_port
 
 SENDS = 50
 RATE, BURST = 5, 5
+JITTER = 1.0  # seconds an arrival may lag its promised moment
 CATALOGUE = f"""\
 version: 1
 channels:
@@ -136,9 +137,12 @@ def test_a_backlog_after_an_smtp_outage_drains_at_the_channel_rate_exactly_once(
     assert sorted(str(m["To"]) for m in smtp.mailbox.messages) == sorted(
         f"customer{i}@example.com" for i in range(SENDS)
     )
-    # At the channel's rate: never more than rate + burst in any one second, and so
-    # spread over at least (sends - burst) / rate seconds, less a little for the clocks.
-    assert most_in_a_window(arrivals, 1.0) <= RATE + BURST
+    # At the channel's rate. The bucket promises each send a moment; the mail reaches the
+    # server a little after it (an SMTP conversation, a busy machine), and late ones can
+    # bunch up with the next. So: in any window of w seconds at most burst + rate * (w +
+    # JITTER) arrive (a burst with no pacing puts all 50 within about a second: 5 + 5 * 2
+    # is 15), and the backlog is spread over at least (sends - 2 * burst) / rate seconds.
+    assert worst_window_excess(sorted(arrivals), RATE) <= BURST + RATE * JITTER
     assert max(arrivals) - min(arrivals) >= (SENDS - 2 * BURST) / RATE
     # Even the failing calls of the outage were paced (2 s, tokens promised up to 1 s
     # ahead), and the backlog waited on the bucket rather than on the provider.
