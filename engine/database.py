@@ -118,6 +118,8 @@ class Run(SQLModel, table=True):
     __table_args__ = (
         Index("ix_runs_customer_status", "customer_id", "status"),
         Index("ix_runs_customer_entry", "customer_id", "journey_id", "key"),
+        # The console's runs list pages newest first (revision 0006).
+        Index("ix_runs_started", "started_at", "run_id"),
     )
 
     run_id: str = Field(primary_key=True, max_length=100)

@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 from sqlmodel import select as select_rows
@@ -253,8 +253,13 @@ class RunsPage:
 
 def _search_runs(db: Engine, search: RunSearch) -> RunsPage:
     query = select(*RUN_COLUMNS)
+    if search.customer:
+        # The id or its beginning ("cust-12" finds cust-12 and cust-123), case as typed:
+        # a substring compare, the same on SQLite and PostgreSQL (LIKE is not: SQLite's
+        # ignores case, and either needs its wildcards escaped).
+        prefix = func.substr(col(Run.customer_id), 1, len(search.customer))
+        query = query.where(prefix == search.customer)
     for column, value in (
-        (Run.customer_id, search.customer),
         (Run.journey_id, search.journey),
         (Run.status, search.status),
         (Run.step, search.step),

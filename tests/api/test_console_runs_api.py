@@ -542,6 +542,12 @@ def record_many(db: Engine) -> datetime:
         ({"step": "wait_for_morning"}, ["run-3", "run-0"]),
         ({"customer": "cust-a", "status": "running", "journey": "payment_recovery"}, ["run-0"]),
         ({"customer": "nobody"}, []),
+        # The id's beginning finds every customer it starts, and only as typed.
+        ({"customer": "cust-"}, ["run-4", "run-3", "run-2", "run-1", "run-0"]),
+        ({"customer": "cust-b"}, ["run-1"]),
+        ({"customer": "CUST-A"}, []),
+        ({"customer": "ust-a"}, []),
+        ({"customer": "cust-a%"}, []),  # no wildcards: the text itself
         ({"status": "nonsense"}, ["run-4", "run-3", "run-2", "run-1", "run-0"]),
     ],
 )

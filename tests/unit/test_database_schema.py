@@ -55,6 +55,7 @@ def test_a_database_from_before_the_routing_indexes_gets_them_on_start(
         connection.execute(text("DROP TABLE run_backlog"))
         connection.execute(text("DROP TABLE channel_rates"))
         connection.execute(text("ALTER TABLE runs DROP COLUMN current_run_id"))
+        connection.execute(text("DROP INDEX ix_runs_started"))
         for name in ROUTING_INDEXES:
             connection.execute(text(f"DROP INDEX {name}"))
     assert not ROUTING_INDEXES & _run_indexes(db)
@@ -62,7 +63,7 @@ def test_a_database_from_before_the_routing_indexes_gets_them_on_start(
 
     again = make_engine(database_url(tmp_path))  # what the next start does
 
-    assert _run_indexes(again) >= ROUTING_INDEXES
+    assert _run_indexes(again) >= ROUTING_INDEXES | {"ix_runs_started"}
     make_engine(database_url(tmp_path)).dispose()  # and a start with them present is a no-op
     again.dispose()
 
