@@ -50,7 +50,9 @@ test: lint typecheck mlserver browser
 	$(BIN)/python -m pytest -q -m "not long" $(PYTEST_ARGS)
 
 # Tests left out of `make test` (marker `long`) to keep it under 20 minutes: the
-# 20,000-event run of issue #14, about 4 minutes (docs/testing.md).
+# 20,000-event run of issue #14, about 4 minutes, and 100 real stops of `journeys up`
+# (every way a stop arrives, 20 times each; issue #16), about half an hour
+# (docs/testing.md).
 test-long: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q -s -m long
 

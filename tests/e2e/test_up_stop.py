@@ -24,6 +24,9 @@ Measured here (two cores shared with other runs): 98 to 128 s for the 96 small t
 (about 0.5 s a stop), 86 to 172 s for the real `journeys up` (seven starts of 10-20 s,
 stops of 2 to 6 s): 3 to 5 minutes for the file, depending on the load.
 
+`make test-long` (marker ``long``) also tries every way, SIGINT straight to `up` included,
+20 times with the real `journeys up`, runs in flight each time: 100 real stops.
+
 `make up` runs with ``BIN`` pointing at a directory whose `journeys` execs the real one
 with free ports and a tmp state directory (or the small supervisor), and ``STAMP`` at a
 fresh file, so nothing is installed and the repository's own `state/` is not touched.
@@ -373,8 +376,17 @@ def _wait_runs(api_url: str, key: str, customers: list[str], *, timeout: float) 
         time.sleep(0.5)
 
 
+@pytest.mark.parametrize(
+    ("ways", "rounds"),
+    [
+        pytest.param(REAL_WAYS, 1, id="once-each"),
+        # Every way 20 times with the real `journeys up`: 100 starts, about half an hour
+        # (`make test-long`).
+        pytest.param(WAYS, TRIES, id="20-times-each", marks=pytest.mark.long),
+    ],
+)
 def test_journeys_up_stops_cleanly_every_way_and_keeps_its_runs(
-    tmp_path: Path, cleanup: list[str]
+    ways: list[Way], rounds: int, tmp_path: Path, cleanup: list[str]
 ) -> None:
     state = tmp_path / "state"
     journeys_file = tmp_path / "journeys.yaml"
@@ -413,7 +425,7 @@ def test_journeys_up_stops_cleanly_every_way_and_keeps_its_runs(
     _signal(up, early)
     stopped(up, token, early, "while starting")
 
-    for number, way in enumerate(REAL_WAYS):
+    for number, way in enumerate(way for _ in range(rounds) for way in ways):
         up, token = launch(way)
         up.wait_for(r"Ctrl-C stops everything", timeout=START_TIMEOUT)
         key = (state / "api_key").read_text().strip()
