@@ -5,9 +5,10 @@ Playwright (no browser download), against the real system on loopback (dev serve
 A low-risk customer's failed payment starts a payment-recovery run that waits at
 `wait_for_morning` for 09:00 in the customer's zone (a zone where it is daytime now, so
 09:00 is many hours away). An ops user signs in, opens Runs from the navigation, searches
-by the customer's id, opens the run and reads until when it waits, in the customer's
-zone, named. Screenshots of the list and the run page are saved under test-artifacts/
-(not committed).
+by the customer's id (or the id's beginning) and opens the run; on the run's page they
+read until when it waits, in the customer's zone, named. One test for the search, one for
+the run page, sharing the module's stack, run and signed-in browser. Screenshots of the
+list and the run page are saved under test-artifacts/ (not committed).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import re
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -91,6 +93,97 @@ def sign_in(page: Any, stack: JourneysStack, name: str, one_time: str) -> None:
     page.wait_for_url(re.compile(r".*/console/reviews\?notice=password-changed$"))
 
 
+@dataclass(frozen=True)
+class WaitingRun:
+    """The low-risk customer's run, waiting at `wait_for_morning`, and what its page
+    should show as the time it wakes."""
+
+    customer: str
+    zone: str
+    run_id: str
+    shown: str
+
+
+@pytest.fixture(scope="module")
+def waiting(stack: JourneysStack) -> WaitingRun:
+    """A low-risk customer identified and their failed payment tracked; their run, once
+    recorded as waiting for 09:00 in their zone."""
+    zone = daytime_zone()
+    customer = holdout_customer(CATALOGUE, "payment_recovery", prefix="runs")
+    # A long tenure keeps the demo model's risk low: no review, the wait for 09:00.
+    stack.identify(customer, first_name="Mina", phone="+15550100", timezone=zone, tenure_months=24)
+    stack.track(
+        customer,
+        "payment_failed",
+        amount=15000,
+        currency="KRW",
+        days_past_due=1,
+        invoice_id=f"inv-{customer}",
+    )
+    run_id, wake = waiting_run(stack, customer)
+    local = wake.astimezone(ZoneInfo(zone))
+    assert local.strftime("%H:%M") == "09:00"
+    return WaitingRun(
+        customer=customer, zone=zone, run_id=run_id, shown=local.strftime("%Y-%m-%d %H:%M %Z")
+    )
+
+
+@pytest.fixture
+def _end_open_runs() -> None:
+    """Replaces tests/conftest.py's autouse fixture of that name for this module: that one
+    is async, and pytest-asyncio cannot run it while the module's Playwright loop runs
+    (Playwright's sync API keeps its loop running in this thread from the first test to
+    the last). It ends the runs a test left on the time-skipping server; these tests
+    start none there (their runs are on the module's own stack)."""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium, headless, for the module's tests."""
+    assert CHROMIUM.exists(), "Debian's chromium is missing: `make test` installs it"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with playwright_sync.sync_playwright() as driver:
+        launched = driver.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture(scope="module")
+def rita_session(browser: Any, stack: JourneysStack) -> Iterator[Any]:
+    """A browser context of Rita, a new ops user, signed in."""
+    password = add_user(stack, "rita", "ops")
+    context = browser.new_context(viewport={"width": 1366, "height": 900})
+    try:
+        page = context.new_page()
+        sign_in(page, stack, "rita", password)
+        page.close()
+        yield context
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def page(rita_session: Any) -> Iterator[Any]:
+    """A fresh tab of Rita's, for one test."""
+    tab = rita_session.new_page()
+    try:
+        yield tab
+    finally:
+        tab.close()
+
+
+def search_runs(page: Any, customer: str) -> Any:
+    """Search the runs list by `customer` with its form; the rows listed."""
+    page.fill("#customer", customer)
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url(re.compile(rf".*/console/runs\?customer={re.escape(customer)}(&.*)?$"))
+    return page.locator("tbody tr[data-run]")
+
+
 def waiting_run(stack: JourneysStack, customer: str) -> tuple[str, datetime]:
     """The customer's payment-recovery run once it waits at `wait_for_morning`, and when
     its recorded wait entry says it wakes."""
@@ -111,61 +204,43 @@ def waiting_run(stack: JourneysStack, customer: str) -> tuple[str, datetime]:
     return run_id, datetime.fromisoformat(entry["detail"]["until"])
 
 
-def test_an_ops_user_finds_a_waiting_run_by_customer_and_sees_until_when_it_waits(
-    stack: JourneysStack,
+def test_an_ops_user_finds_a_waiting_run_by_customer(
+    page: Any, stack: JourneysStack, waiting: WaitingRun
 ) -> None:
-    assert CHROMIUM.exists(), "Debian's chromium is missing: `make test` installs it"
-    zone = daytime_zone()
-    password = add_user(stack, "rita", "ops")
-    customer = holdout_customer(CATALOGUE, "payment_recovery", prefix="runs")
-    # A long tenure keeps the demo model's risk low: no review, the wait for 09:00.
-    stack.identify(customer, first_name="Mina", phone="+15550100", timezone=zone, tenure_months=24)
-    stack.track(
-        customer,
-        "payment_failed",
-        amount=15000,
-        currency="KRW",
-        days_past_due=1,
-        invoice_id=f"inv-{customer}",
-    )
-    run_id, wake = waiting_run(stack, customer)
-    local = wake.astimezone(ZoneInfo(zone))
-    assert local.strftime("%H:%M") == "09:00"
-    shown = local.strftime("%Y-%m-%d %H:%M %Z")
+    page.goto(f"{stack.api_url}/console/reviews")
+    page.click("header nav a:has-text('Runs')")
+    page.wait_for_url(re.compile(r".*/console/runs$"))
+    assert page.locator("header nav a.on").inner_text() == "Runs"
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    with playwright_sync.sync_playwright() as driver:
-        browser = driver.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            page = browser.new_context(viewport={"width": 1366, "height": 900}).new_page()
-            sign_in(page, stack, "rita", password)
+    # The id's beginning finds it too (the module's stack has no other customer).
+    beginning = waiting.customer[:-4]
+    rows = search_runs(page, beginning)
+    assert rows.count() == 1, page.inner_text("tbody")
+    assert waiting.customer in rows.first.inner_text()
 
-            page.click("header nav a:has-text('Runs')")
-            page.wait_for_url(re.compile(r".*/console/runs$"))
-            assert page.locator("header nav a.on").inner_text() == "Runs"
-            page.fill("#customer", customer)
-            page.click("form.filters button[type=submit]")
-            page.wait_for_url(re.compile(r".*/console/runs\?customer="))
-            rows = page.locator("tbody tr[data-run]")
-            assert rows.count() == 1, page.inner_text("tbody")
-            row = rows.first.inner_text()
-            assert "payment_recovery" in row and customer in row
-            assert "running" in row and "wait_for_morning" in row
-            page.screenshot(path=str(ARTIFACTS / "console-runs.png"), full_page=True)
+    rows = search_runs(page, waiting.customer)
+    assert rows.count() == 1, page.inner_text("tbody")
+    row = rows.first.inner_text()
+    assert "payment_recovery" in row and waiting.customer in row
+    assert "running" in row and "wait_for_morning" in row
+    page.screenshot(path=str(ARTIFACTS / "console-runs.png"), full_page=True)
 
-            rows.first.locator("a", has_text="payment_recovery").click()
-            page.wait_for_url(re.compile(rf".*/console/runs/{re.escape(run_id)}$"))
-            waiting = page.inner_text(".banner.waiting")
-            assert re.fullmatch(
-                rf"Waiting until {re.escape(shown)} \(in (\d+ h|\d+ min)\)", waiting.strip()
-            ), waiting
-            main = page.inner_text("main")
-            assert "at step wait_for_morning" in main
-            assert f"Times in {zone} (the customer's zone)." in main
-            assert "No messages: no send step has run." in main
-            assert "+15550100" not in page.content()
-            page.screenshot(path=str(ARTIFACTS / "console-run-waiting.png"), full_page=True)
-        finally:
-            browser.close()
+    rows.first.locator("a", has_text="payment_recovery").click()
+    page.wait_for_url(re.compile(rf".*/console/runs/{re.escape(waiting.run_id)}$"))
+
+
+def test_the_run_page_says_until_when_the_run_waits(
+    page: Any, stack: JourneysStack, waiting: WaitingRun
+) -> None:
+    page.goto(f"{stack.api_url}/console/runs/{waiting.run_id}")
+    waiting_banner = page.inner_text(".banner.waiting")
+    assert re.fullmatch(
+        rf"Waiting until {re.escape(waiting.shown)} \(in (\d+ h|\d+ min)\)",
+        waiting_banner.strip(),
+    ), waiting_banner
+    main = page.inner_text("main")
+    assert "at step wait_for_morning" in main
+    assert f"Times in {waiting.zone} (the customer's zone)." in main
+    assert "No messages: no send step has run." in main
+    assert "+15550100" not in page.content()
+    page.screenshot(path=str(ARTIFACTS / "console-run-waiting.png"), full_page=True)
