@@ -25,10 +25,27 @@ What is substituted, and nothing else:
 A command whose shown output is a read (`journeys runs`) is re-run for up to
 ``SETTLE_TIMEOUT`` seconds until it prints what the README shows: a run reaches its review
 step a moment after the event is accepted.
+
+The same `journeys up` checks docs/operations.md's examples of it (same ``...`` and
+whitespace convention):
+
+- the banner shown after "waits for `/healthz`, and prints:", with the README's port
+  substitutions, the doc's ``/path/to/state`` (an absolute state directory) as the tmp
+  state directory, and the `try:` command prefixed with the ``JOURNEYS_API_URL=...
+  JOURNEYS_STATE_DIR=...`` the banner adds for a non-default port and state directory;
+- the ``state/`` tree: while `up` runs (``supervisor.json`` exists only then), every entry
+  it lists exists in the state directory (a ``*`` pattern matches at least one file), so
+  does every ``state/logs/*.log`` the doc's process table names, and everything in the
+  state directory is listed (``supervisor.log`` is only written once `up` has something
+  to say after the banner, restarts: it is not required);
+- the stop messages: the test ends by stopping `up` with SIGTERM, the signal the doc's
+  block shows (Ctrl-C, SIGINT, prints the same lines with ``SIGINT``), and checks the lines
+  printed, each child's stop time (``(0.3 s)``) being any time, and the exit code 0.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shlex
@@ -46,6 +63,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+OPERATIONS = ROOT / "docs" / "operations.md"
 START_TIMEOUT = 120.0  # the dev server on two shared cores
 STOP_TIMEOUT = 45.0
 SETTLE_TIMEOUT = 60.0
@@ -139,6 +157,102 @@ def test_the_quick_start_customer_is_outside_the_holdout() -> None:
     assert plan.holdout_percent > 0
     weights = [plan.holdout_percent, 100 - plan.holdout_percent]
     assert bucket_of(bucket_salt(plan, CUSTOMER, "holdout"), weights) == 1  # 0: held out
+
+
+# ----------------------------------------------------------------------------- operations.md
+
+
+def plain_block_after(text: str, marker: str) -> list[str]:
+    """The first plain fenced block (an example output) after ``marker`` in ``text``."""
+    at = text.index(marker)
+    for found in re.finditer(r"^```(\w*)\n(.*?)^```$", text, re.M | re.S):
+        if found.start() > at and not found.group(1):
+            return found.group(2).splitlines()
+    raise AssertionError(f"no example output after {marker!r}")
+
+
+def operations_banner(text: str) -> list[str]:
+    return plain_block_after(text, "waits for `/healthz`, and prints:")
+
+
+def operations_state_tree(text: str) -> list[str]:
+    """The entries of the doc's ``state/`` tree (``logs/`` for a folder, ``*.db-wal``)."""
+    lines = plain_block_after(text, "The state directory is everything")
+    assert lines[0] == "state/", lines
+    return [name for line in lines[1:] for name in re.split(r"\s{2,}", line.strip())[0].split(", ")]
+
+
+def operations_stop(text: str) -> list[str]:
+    """The stop messages, each child's stop time any time."""
+    lines = plain_block_after(text, "### Stopping")
+    return [re.sub(r" stopped \(\d+(\.\d+)? s\)$", " stopped (... s)", line) for line in lines]
+
+
+def banner_moved(shown: list[str], place: Place) -> list[str]:
+    state = str(place.state.resolve())
+    prefix = f"JOURNEYS_API_URL={place.api} JOURNEYS_STATE_DIR={shlex.quote(state)} "
+    moved: list[str] = []
+    for line in shown:
+        line = line.replace(DEFAULT_API, place.api).replace(DEFAULT_UI, place.ui)
+        line = line.replace("/path/to/state", state)
+        line = re.sub(r"^(\s+)(\.venv/bin/journeys emit )", rf"\g<1>{prefix}\g<2>", line)
+        moved.append(line)
+    return moved
+
+
+def process_logs(text: str) -> list[str]:
+    """The logs the doc's table of `up`'s processes names (``logs/worker.log``...)."""
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    return sorted({log for row in rows for log in re.findall(r"`state/(logs/\w+\.log)`", row)})
+
+
+def state_problems(entries: list[str], state: Path, text: str) -> list[str]:
+    """The doc's state entries (and the process logs its table names) missing from
+    ``state``, and what ``state`` holds that the doc does not list."""
+    problems: list[str] = []
+    for path in sorted(state.iterdir()):
+        name = f"{path.name}/" if path.is_dir() else path.name
+        if not any(fnmatch.fnmatchcase(name, entry) for entry in entries):
+            problems.append(f"{name} is not listed")
+    for entry in entries:
+        if entry.endswith("/"):
+            if not (state / entry).is_dir():
+                problems.append(f"no folder {entry}")
+        elif "*" in entry:
+            if not list(state.glob(entry)):
+                problems.append(f"nothing matches {entry}")
+        elif not (state / entry).is_file():
+            problems.append(f"no file {entry}")
+    for log in process_logs(text):
+        if not (state / log).is_file():
+            problems.append(f"no {log}")
+    key = state / "api_key"
+    if key.is_file() and key.stat().st_mode & 0o777 != 0o600:
+        problems.append(f"api_key has mode {key.stat().st_mode & 0o777:o}, not 600")
+    return problems
+
+
+def test_operations_md_is_parsed_as_this_test_expects() -> None:
+    """The parse, so an edit of docs/operations.md cannot make the e2e test check nothing."""
+    text = OPERATIONS.read_text(encoding="utf-8")
+    banner = operations_banner(text)
+    assert banner[0] == "journeys is up" and banner[-1] == "Ctrl-C stops everything."
+    assert any(line.strip().startswith(".venv/bin/journeys emit ") for line in banner)
+    place = Place(Path("/tmp/s"), "http://127.0.0.1:1", "http://127.0.0.1:2", {})
+    moved = banner_moved(banner, place)
+    assert "  API          http://127.0.0.1:1" in moved
+    assert "  logs         /tmp/s/logs" in moved
+    assert any(
+        "JOURNEYS_API_URL=http://127.0.0.1:1 JOURNEYS_STATE_DIR=/tmp/s .venv/bin/journeys emit"
+        in line
+        for line in moved
+    )
+    entries = operations_state_tree(text)
+    assert {"api_key", "journeys.db", "*.db-wal", "*.db-shm", "logs/"} <= set(entries), entries
+    assert process_logs(text) == ["logs/api.log", "logs/temporal.log", "logs/worker.log"]
+    stop = operations_stop(text)
+    assert stop[0].startswith("journeys up: SIGTERM received; stopping api, worker, temporal")
+    assert "journeys up: worker stopped (... s)" in stop and stop[-1] == "stopped"
 
 
 # ----------------------------------------------------------------------------- the system
@@ -390,4 +504,32 @@ def test_the_quick_start_runs_as_written_and_prints_what_it_shows(
                 assert time.monotonic() - approved < SMS_TIMEOUT
     print(f"timings (s): {', '.join(f'{k} {v:.1f}' for k, v in timings.items())}")
     assert "sms after approval" in timings, "the quick start never approved the case"
-    assert not problems, "the README's quick start drifted:\n\n" + "\n\n".join(problems)
+
+    # docs/operations.md's examples of the same `journeys up`: its banner, its state
+    # directory while it runs, and what it prints when stopped by SIGTERM.
+    operations = OPERATIONS.read_text(encoding="utf-8")
+    [up] = started
+    banner = banner_moved(operations_banner(operations), place)
+    if (problem := mismatch(banner, up.output())) is not None:
+        problems.append(f"the banner: {problem}")
+    missing = state_problems(operations_state_tree(operations), place.state, operations)
+    if missing:
+        problems.append(
+            f"the state directory {sorted(p.name for p in place.state.iterdir())}: {missing}"
+        )
+    up.process.send_signal(signal.SIGTERM)
+    try:
+        code = up.process.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        up.process.kill()
+        pytest.fail(f"journeys up did not stop within {STOP_TIMEOUT:.0f} s:\n{up.output()}")
+    deadline = time.monotonic() + 5  # the reader thread takes the last lines
+    while not up.output().endswith("stopped\n") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if code != 0:
+        problems.append(f"journeys up exited {code} after SIGTERM, not 0")
+    if (problem := mismatch(operations_stop(operations), up.output())) is not None:
+        problems.append(f"the stop: {problem}")
+    assert not problems, "the README's quick start or docs/operations.md drifted:\n\n" + (
+        "\n\n".join(problems)
+    )

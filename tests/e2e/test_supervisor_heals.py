@@ -7,6 +7,12 @@ including runs that were waiting in their timer while the worker or Temporal was
 
 The poster retries a connection error only while the API itself is down (the same
 message id: a request the dying API had stored counts once). Every wait is bounded.
+
+The worker's restart is docs/operations.md's example (issue #16): the lines it shows under
+"Restarts" are printed, in order, with the README test's ``...`` and whitespace
+convention (tests/e2e/test_readme.py). What the test replaces in them, and nothing else:
+``state/`` is the tmp state directory, the dev server's port 7233 this test's, and the
+log line's time and the new pid any time and any pid.
 """
 
 from __future__ import annotations
@@ -28,11 +34,13 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import free_ports
+from tests.e2e.test_readme import mismatch, plain_block_after
 from tests.e2e.test_up import START_TIMEOUT, STOP_TIMEOUT, _listening, _stop, _Up
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
+OPERATIONS = ROOT / "docs" / "operations.md"
 JOURNEYS = Path(sys.executable).parent / "journeys"
 RECOVERY_TIMEOUT = 60.0  # one child back and healthy
 SETTLE_TIMEOUT = 90.0  # every run completed after the last restart
@@ -205,6 +213,31 @@ def _heal_runs(api_url: str, key: str) -> list[dict[str, Any]]:
     return runs
 
 
+def restart_example(state: Path, temporal_port: int) -> list[str]:
+    """docs/operations.md's restart lines, moved to this test's state directory and port."""
+    text = OPERATIONS.read_text(encoding="utf-8")
+    shown = plain_block_after(text, "On the console and in `state/logs/supervisor.log`:")
+    moved: list[str] = []
+    for line in shown:
+        line = line.replace("state/", f"{state.resolve()}/").replace(":7233", f":{temporal_port}")
+        line = re.sub(r"^  \| \d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", "  | ... ", line)
+        moved.append(re.sub(r"\(pid \d+\)$", "(pid ...)", line))
+    return moved
+
+
+def test_the_restart_example_is_parsed_as_this_test_expects() -> None:
+    """The parse, so an edit of docs/operations.md cannot make the e2e test check nothing."""
+    moved = restart_example(Path("/s"), 1)
+    assert moved[0].startswith("journeys up: worker killed by SIGKILL; restarting in 1 s")
+    assert moved[0].endswith("last lines of /s/logs/worker.log:")
+    assert moved[1].startswith("  | ... INFO journeys.worker: worker polling task queue")
+    assert moved[1].endswith("on 127.0.0.1:1")
+    assert moved[2:] == [
+        "journeys up: worker restarted (pid ...)",
+        "journeys up: worker is running again",
+    ]
+
+
 def _at(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
@@ -260,6 +293,8 @@ def test_up_restarts_each_killed_process_and_loses_no_event_or_run(tmp_path: Pat
             ), output
             assert f"journeys up: {name} is running again" in output
         assert "giving up" not in output
+        shown = restart_example(state, temporal)
+        assert (problem := mismatch(shown, output)) is None, f"docs/operations.md: {problem}"
         assert "killed by SIGKILL" in (state / "logs" / "supervisor.log").read_text()
 
         # /healthz: 503 naming the child while the worker or the dev server was down,
