@@ -115,7 +115,8 @@ async def test_renewal_minus_3_days_at_0900_local_in_seoul_and_across_dst_in_new
         assert waiting.detail["until"] == fires.isoformat()
         sent = next(e for e in state.path if e.step == "offer")
         assert sent.outcome == "captured"
-        assert abs(sent.at - fires) < timedelta(seconds=1)
+        # At the mark, or a little after: the send runs in real time once the timer fires.
+        assert fires <= sent.at < fires + timedelta(seconds=30), (sent.at, fires)
         assert sent.at.astimezone(zone).strftime("%H:%M") == "09:00"
     assert next(e for e in ny.path if e.step == "offer").at.astimezone(NEW_YORK).tzname() == "EDT"
 
