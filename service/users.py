@@ -7,6 +7,7 @@ table. Not here: the table itself (`engine.database.User`), sessions and CSRF
 
 from __future__ import annotations
 
+import functools
 import secrets
 from dataclasses import dataclass
 from typing import Literal
@@ -53,8 +54,13 @@ MAX_PASSWORD_LENGTH = 200
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789._-@")
 
 _hasher = PasswordHasher()
-# Verifying an unknown name still costs one hash, so timing does not tell names apart.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verifying an unknown name still costs one hash, so timing does not tell names apart.
+    Made on first use, not on import: every `journeys` command imports this module."""
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 class UserError(ValueError):
@@ -154,12 +160,12 @@ def check_password(db: Engine, *, name: str, password: str) -> User | None:
     try:
         name = _check_name(name)
     except UserError:
-        _verify(_DUMMY_HASH, password)
+        _verify(_dummy_hash(), password)
         return None
     with session_scope(db) as session:
         user = session.exec(select(User).where(User.name == name)).first()
         if user is None or user.disabled:
-            _verify(_DUMMY_HASH, password)
+            _verify(_dummy_hash(), password)
             return None
         if not _verify(user.password_hash, password):
             return None

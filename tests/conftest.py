@@ -31,8 +31,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import argon2.profiles
 import pytest
 import pytest_asyncio
+from argon2 import PasswordHasher
 from sqlalchemy.engine import Engine
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
@@ -55,7 +57,15 @@ from temporalio.testing import WorkflowEnvironment
 from engine.database import make_engine
 from engine.payloads import SEARCH_ATTRIBUTES
 from runtime.devserver import DEV_SERVER_DYNAMIC_CONFIG
+from service import users
 from tests.database import fresh_database_url
+
+# Passwords hashed in this process use argon2's cheapest parameters: the product's (RFC
+# 9106's low-memory profile) take 0.1 s a hash or a check, and the API tests sign users in
+# hundreds of times (two minutes of hashing). What is tested (a hash is stored, checked,
+# refused, rehashed) does not depend on the cost; the processes the e2e tests start keep
+# the product's parameters.
+users._hasher = PasswordHasher.from_parameters(argon2.profiles.CHEAPEST)
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
