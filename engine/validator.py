@@ -32,6 +32,14 @@ from engine.loader import LoadedDocument
 from engine.plan import CORRELATE_NONE
 from engine.successors import Successor, successors
 from engine.tables import gaps, overlapping
+from engine.typecheck import (
+    Scope,
+    Type,
+    check_expression,
+    check_template,
+    journey_var_types,
+    scope_for,
+)
 from engine.unary import HELP, UnaryTest, UnaryTestError, parse_test
 from engine.violations import Path, Violation
 from rules import (
@@ -999,6 +1007,7 @@ class _JourneyChecker:
         self.ids = [s.id for s in journey.steps]
         self.index_of = {s.id: i for i, s in reversed(list(enumerate(journey.steps)))}
         self.broken = checker.broken_steps.get(journey.id, set())
+        self.var_types: dict[str, Type] = {}
 
     def step_path(self, position: int, *rest: str | int) -> Path:
         return (*self.path, "steps", position, *rest)
@@ -1012,6 +1021,7 @@ class _JourneyChecker:
             self._check_reachability(edges)
             self._check_loops(edges)
         events = self._event_flow(edges)
+        self.var_types = journey_var_types(self.doc, self.journey, events)
         self._check_entry_and_exits()
         for position, step in enumerate(self.journey.steps):
             self._check_step(position, step, events.get(step.id, set()))
@@ -1456,6 +1466,9 @@ class _JourneyChecker:
                         events,
                         what=f"template '{name}' ({form})",
                     )
+                    source = self.c.template_sources.get(name, {}).get(form, "")
+                    what = f"template '{name}' ({form})"
+                    self._check_template_types(at(position, "send"), source, events, what)
 
     def _send_channels(
         self, position: int, step: spec.SendStep, template: spec.TemplateSpec | None
@@ -1513,6 +1526,22 @@ class _JourneyChecker:
             return
         self._note_reads(path, compiled)
         self._check_paths(path, compiled.attribute_paths, events, what=f"expression {source!r}")
+        for problem in check_expression(source, self._scope(events)):
+            self.c.add(
+                "type-mismatch",
+                path,
+                f"expression {source!r}: {problem.message}",
+                hint=problem.hint,
+            )
+
+    def _scope(self, events: set[str]) -> Scope:
+        entry = self.journey.entry.event
+        return scope_for(self.doc, events=events, entry_event=entry, var_types=self.var_types)
+
+    def _check_template_types(self, path: Path, source: str, events: set[str], what: str) -> None:
+        for problem in check_template(source, self._scope(events)):
+            message = f"{what}, line {problem.line}: {problem.message}"
+            self.c.add("type-mismatch", path, message, hint=problem.hint)
 
     def _note_reads(self, path: Path, compiled: Expression | CompiledTemplate) -> None:
         """What of the event a run must hold for this expression (`engine.personal`)."""
@@ -1550,6 +1579,7 @@ class _JourneyChecker:
             return
         self._note_reads(path, compiled)
         self._check_paths(path, compiled.attribute_paths, events, what="template")
+        self._check_template_types(path, source, events, "template")
 
     def _check_paths(
         self, path: Path, paths: Iterable[tuple[str, ...]], events: set[str], *, what: str
