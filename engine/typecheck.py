@@ -29,12 +29,14 @@ from typing import Any, Final
 from jinja2 import Environment, nodes
 
 from engine import spec
+from engine.unary import AnyValue, Literals, NumberRange, UnaryTest
 
 __all__ = [
     "ANY",
     "Scope",
     "Type",
     "TypeProblem",
+    "check_cell",
     "check_expression",
     "check_template",
     "expression_type",
@@ -603,6 +605,49 @@ _RESULTS: Final[Mapping[str, Type]] = {
     "exists": BOOL,
     "local_hour": NUMBER,
 }
+
+
+def check_cell(
+    name: str, source: str, cell: str, test: UnaryTest, scope: Scope
+) -> TypeProblem | None:
+    """A decision table's cell ``cell`` that can never match its input ``name`` (the
+    expression ``source``), by the input's type; None when it may match."""
+    kind = expression_type(source, scope)
+    if not kind.known or kind.kind == "timestamp" or isinstance(test, AnyValue):
+        return None
+    if isinstance(test, NumberRange):
+        if kind.kind == "number":
+            return None
+        wanted = "a number"
+    elif isinstance(test, Literals):
+        literals = {_cell_kind(value) for value in test.values}
+        if kind.kind in literals:
+            return None
+        wanted = " or ".join(sorted(_ARTICLES[literal] for literal in literals)) or "a literal"
+    else:
+        return None
+    message = (
+        f"input '{name}' ({_quoted(source)}) is {_a(kind)}: the cell '{cell.strip()}' "
+        f"tests for {wanted} and never matches"
+    )
+    if kind.kind == "model result" and wanted == "a number":
+        return TypeProblem(message, _model_hint(_quoted(source.strip())))
+    return TypeProblem(message, _CELL_HINTS.get(kind.kind, _CELL_HINTS["object"]))
+
+
+_CELL_HINTS: Final[Mapping[str, str]] = {
+    "string": 'test a text input with quoted text, e.g. "gold", "silver"',
+    "number": "test a number input with a comparison, an interval or numbers: < 0.3, 1, 2",
+    "boolean": "test a boolean input with true or false",
+    "object": "a cell tests one number, text or boolean: make the input one of its fields",
+}
+
+
+def _cell_kind(value: object) -> str:
+    """What a cell's literal matches: booleans only booleans, numbers only numbers."""
+    if isinstance(value, bool):
+        return "boolean"
+    return "number" if isinstance(value, float) else "string"
 
 
 # ----------------------------------------------------------------------------- templates

@@ -35,6 +35,7 @@ from engine.tables import gaps, overlapping
 from engine.typecheck import (
     Scope,
     Type,
+    check_cell,
     check_expression,
     check_template,
     journey_var_types,
@@ -1398,6 +1399,12 @@ class _JourneyChecker:
             except UnaryTestError as error:
                 self.c.add("decide", at("rules", index, "when", name), str(error), hint=HELP)
                 ok = False
+        for name, test in cells.items():
+            source, cell = table.inputs[name], rule.when[name]
+            problem = check_cell(name, source, cell, test, self._scope(events))
+            if problem is not None:
+                at_cell = at("rules", index, "when", name)
+                self.c.add("type-mismatch", at_cell, problem.message, hint=problem.hint)
         for name, expr in rule.set.items():
             self.expression(at("rules", index, "set", name), expr, events)
         return cells if ok else None

@@ -455,3 +455,77 @@ def test_the_checker_never_raises_on_any_text(source: str) -> None:
 def test_the_checker_never_raises_on_expression_like_text(source: str) -> None:
     check_expression(source, SCOPE)
     check_template("{{ " + source + " }}", SCOPE)
+
+
+# ----------------------------------------------------------------------------- decision tables
+
+
+def table_doc(inputs: str, cell: str) -> str:
+    return journey_doc(
+        f"""
+- id: s
+  score: default_risk
+  features: {{amount: event.amount}}
+- id: choose
+  decide:
+    inputs: {{{inputs}}}
+    rules:
+      - when: {{x: {cell}}}
+        goto: done
+    else: done
+- id: done
+  exit: done
+"""
+    )
+
+
+def table_refusal(inputs: str, cell: str, message: str, hint: str) -> Refusal:
+    text = table_doc(inputs, cell)
+    return Refusal(
+        text=text,
+        code="type-mismatch",
+        message=message,
+        hint=hint,
+        at=f"when: {{x: {cell}}}",
+        step="choose",
+        column=column_of(text, cell),
+    )
+
+
+def test_a_number_cell_on_a_model_result_input_says_which_field() -> None:
+    assert_refused(
+        table_refusal(
+            "x: scores.default_risk",
+            '">= 0.7"',
+            "input 'x' (scores.default_risk) is a model result: the cell '>= 0.7' tests for "
+            "a number and never matches",
+            "did you mean `scores.default_risk.score`?",
+        )
+    )
+
+
+def test_a_text_cell_on_a_number_input_is_refused() -> None:
+    assert_refused(
+        table_refusal(
+            "x: event.amount",
+            "'\"high\"'",
+            "input 'x' (event.amount) is a number: the cell '\"high\"' tests for a string "
+            "and never matches",
+            "test a number input with a comparison, an interval or numbers: < 0.3, 1, 2",
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("inputs", "cell"),
+    [
+        ("x: scores.default_risk.score", '"[0.3..0.7)"'),
+        ("x: event.currency", '\'"USD", "EUR"\''),
+        ("x: event.amount", "\"1, 2, 'x'\""),  # one literal may match
+        ("x: profile.segment", '"< 3"'),  # any
+        ("x: event.currency", '"-"'),
+    ],
+)
+def test_cells_that_may_match_are_not_refused(inputs: str, cell: str) -> None:
+    text = table_doc(inputs, cell)
+    assert [v.format() for v in check(text).violations if v.code == "type-mismatch"] == []
