@@ -529,3 +529,11 @@ def test_a_text_cell_on_a_number_input_is_refused() -> None:
 def test_cells_that_may_match_are_not_refused(inputs: str, cell: str) -> None:
     text = table_doc(inputs, cell)
     assert [v.format() for v in check(text).violations if v.code == "type-mismatch"] == []
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(expressions())
+def test_the_validator_never_fails_on_generated_expressions(source: str) -> None:
+    text = branch_doc(repr(source), head=PROFILE_HEAD)
+    violations = check(text).violations
+    assert [v.format() for v in violations if v.code == "internal"] == []
