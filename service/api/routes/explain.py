@@ -54,6 +54,7 @@ async def run_explanation(
 @router.get(
     "/explain",
     summary="Why a customer got (or did not get) a message",
+    response_model=Explanation,
     responses=responses(404, _404="No such run or message."),
 )
 async def explain(
