@@ -455,12 +455,13 @@ def _entry(context: _Context, detail: Mapping[str, Any]) -> Item:
         if plan.entry.when:
             details.append(Detail(label="entry rule", text=f"{plan.entry.when}: true"))
             read = _reads(plan.entry.when, values)
-            if records.event is None:
-                read.append("(the event is no longer stored)")
-            if any(line.startswith(("profile.", "customer.")) for line in read):
-                read.append("(profile values as they are now)")
             if read:
                 details.append(Detail(label="it read", text="; ".join(read)))
+            if records.event is None:
+                details.append(Detail(label="note", text="the event is no longer stored"))
+            if any(line.startswith(("profile.", "customer.")) for line in read):
+                text = "profile values as they are now (the run does not record them at entry)"
+                details.append(Detail(label="note", text=text))
         else:
             details.append(Detail(label="entry rule", text=f"none: every {event} enters"))
         if plan.entry.key:
@@ -709,6 +710,11 @@ def _message(
     )
 
 
+def _a(word: str) -> str:
+    """``word`` with its article, as it is said: "an SMS", "an email", "a push"."""
+    return f"an {word}" if word[:1].lower() in "aeio" or word == "SMS" else f"a {word}"
+
+
 def _because(status: str, reason: Any) -> str:
     known = _NOT_SENT.get(status, status)
     return f"{known} ({reason})" if reason and str(reason) != known else known
@@ -737,7 +743,7 @@ def _checks(
         return Check(name=name, passed=None, text="not reached")
 
     checks = [
-        gate(0, "address", f"the customer has a {_channel(channel)} address"),
+        gate(0, "address", f"the customer has {_a(_channel(channel))} address"),
         gate(1, "consent", f"{_channel(channel)} allowed: not opted out"),
         gate(2, "suppression", "the address is not suppressed"),
     ]
@@ -823,18 +829,42 @@ def _unrecorded_sends(context: _Context) -> list[Item]:
             context, delivery.step_id, channel, delivery.template, delivery.status, detail, delivery
         )
         at = as_utc(delivery.sent_at or delivery.created_at)
-        items.append(
-            Item(
-                kind="send",
-                step=delivery.step_id,
-                at=at,
-                local=context.local(at),
-                headline=_send_headline(message),
-                details=[Detail(label="recorded", text="by the delivery; the run's path not yet")],
-                message=message,
-            )
+        items.append(_unrecorded(context, message, delivery.step_id, at))
+    named = {(d.step_id, d.visit, d.channel or "") for d in context.records.deliveries}
+    for captured in context.records.outbox:
+        key = (captured.step_id, captured.visit, captured.channel)
+        if key in named or captured.channel == "ops":  # ops: a review's announcement
+            continue
+        message = MessageExplained(
+            outbox_id=captured.id,
+            channel=captured.channel,
+            recipient=policies.mask(captured.channel, captured.recipient)
+            if captured.recipient
+            else None,
+            status="captured",
+            sent=True,
+            subject=captured.subject,
+            body=captured.body,
         )
+        at = as_utc(captured.created_at)
+        items.append(_unrecorded(context, message, captured.step_id, at))
     return items
+
+
+def _unrecorded(context: _Context, message: MessageExplained, step: str, at: datetime) -> Item:
+    if message.template is None:
+        plan_step = context.step(step)
+        if isinstance(plan_step, p.SendPlan):
+            message.template = plan_step.template
+    return Item(
+        kind="send",
+        step=step,
+        at=at,
+        local=context.local(at),
+        headline=_send_headline(message),
+        details=[Detail(label="recorded", text="by the delivery; the run's path not yet")],
+        message=message,
+    )
 
 
 _BUILDERS = {

@@ -413,3 +413,10 @@ def test_the_text_is_what_the_model_says_line_by_line() -> None:
         Explanation(customer_id="c1", runs=[explained, explained]).model_dump_json()
     )
     assert render_text(again) == text
+
+
+def test_a_captured_message_before_its_delivery_row_is_explained_too() -> None:
+    explained = explain_run(records(approved_path(), deliveries=[]))
+    sent = item(explained, "send")
+    assert sent.headline.startswith("SMS grace_offer captured in the outbox to +82******1234")
+    assert sent.message is not None and sent.message.body is not None
