@@ -52,6 +52,7 @@ from service.api.middleware import (
 )
 from service.api.routes import (
     events,
+    explain,
     health,
     journeys,
     outbox,
@@ -201,7 +202,17 @@ def create_app(settings: RuntimeSettings | None = None, *, client: Client | None
     install_error_handlers(app)
     if settings.public_docs:
         _add_docs(app)
-    for module in (events, runs, journeys, preferences, outbox, unsubscribe, reviews, health):
+    for module in (
+        events,
+        runs,
+        explain,
+        journeys,
+        preferences,
+        outbox,
+        unsubscribe,
+        reviews,
+        health,
+    ):
         app.include_router(module.router)
     app.mount("/console/static", StaticFiles(directory=CONSOLE_STATIC), name="console-static")
     app.include_router(console_router)

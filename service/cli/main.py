@@ -668,6 +668,44 @@ def runs(
     typer.echo(format_runs_table([r for r in found if isinstance(r, Mapping)]))
 
 
+@app.command()
+def explain(
+    customer: Annotated[
+        str | None, typer.Option("--customer", help="Every run of this customer.")
+    ] = None,
+    run: Annotated[str | None, typer.Option("--run", help="One run, by its id.")] = None,
+    message: Annotated[
+        str | None,
+        typer.Option(
+            "--message", help="One message: a delivery id (12) or a captured one's (outbox:12)."
+        ),
+    ] = None,
+    output: Annotated[str, typer.Option("--format", help="text (the default) or json.")] = "text",
+) -> None:
+    """Why a customer got a message, or did not (GET /v1/explain): the entry, every
+    decision with its rule and the values it read, scores, reviews, waits, and each send
+    with its policy checks and content."""
+    from service.explain import Explanation, render_text
+
+    given = {n: v for n, v in (("customer", customer), ("run", run), ("message", message)) if v}
+    if len(given) != 1:
+        typer.echo("give exactly one of --customer, --run or --message", err=True)
+        raise typer.Exit(2)
+    if output not in ("text", "json"):
+        typer.echo(f"--format {output!r}: expected text or json", err=True)
+        raise typer.Exit(2)
+    with _api() as client:
+        body = _answer(client.get("/v1/explain", params=given))
+    if output == "json":
+        typer.echo(json.dumps(body, indent=2, ensure_ascii=False))
+        return
+    explanation = Explanation.model_validate(body)
+    if not explanation.runs:
+        typer.echo(f"no runs of customer {customer}" if customer else "no runs")
+        return
+    typer.echo(render_text(explanation))
+
+
 app.add_typer(models_app, name="models")
 app.add_typer(user_app, name="user")
 app.add_typer(apikey_app, name="apikey")

@@ -1,6 +1,7 @@
 """The console's runs: the runs list (``/console/runs``: search by customer, journey,
 status or step, newest first, a page at a time) and a run's page (``/console/runs/{id}``:
-what the run waits for and until when, its path in pages, its messages, its review tasks).
+what the run waits for and until when, why it did what it did (`service.explain`, as
+`journeys explain` prints it), its path in pages, its messages, its review tasks).
 
 Times show in the customer's zone (their profile's ``timezone`` trait), else the zone of
 the journey's settings (the run's plan version), else UTC; with the zone's name and how
@@ -57,6 +58,7 @@ from engine.timestamps import as_utc, utcnow
 from service.api.deps import DatabaseDep, SettingsDep, TemporalClientDep
 from service.api.routes.runs import temporal_ui_url
 from service.console.routes import _page, _refusal, _signed_in
+from service.explain import RunExplanation, explain_run, load_records, without_content
 from service.review_desk import run_messages
 
 __all__ = ["RUNS_PAGE_SIZE", "router"]
@@ -445,6 +447,7 @@ class RunView:
     tasks: list[ReviewTask]
     waiting: Waiting | None
     clock: Clock
+    why: RunExplanation | None = None
 
 
 def _position(value: str | None) -> int:
@@ -471,12 +474,14 @@ def _run_view(db: Engine, run_id: str, after: int) -> RunView:
         )
         customer = _profile_zones(session, {run.customer_id}) if run else {}
         plan = _plan_zones(session, [run]) if run else {}
+        records = load_records(session, run_id) if run else None
     clock = clock_for(
         customer.get(run.customer_id) if run else None,
         plan.get((run.journey_id, run.version)) if run else None,
     )
     waiting = _recorded_wait(run, last, tasks) if run else None
-    return RunView(run, page, total, _messages(deliveries, outbox), tasks, waiting, clock)
+    why = explain_run(records) if records is not None else None
+    return RunView(run, page, total, _messages(deliveries, outbox), tasks, waiting, clock, why)
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
@@ -495,6 +500,9 @@ async def run_page(
     if view.run is None:
         return _refusal(request, viewer, 404, f"No run with id {run_id[:100]!r}.")
     waiting = view.waiting or await _asked_wait(client, view.run)
+    why = view.why
+    if why is not None and not viewer.can("view_message_content"):
+        why = without_content(why)  # a message's content holds personal data
     return _page(
         request,
         "run.html",
@@ -506,5 +514,6 @@ async def run_page(
         tasks=view.tasks,
         waiting=waiting,
         clock=view.clock,
+        why=why,
         temporal_ui=temporal_ui_url(settings, view.run),
     )

@@ -37,6 +37,8 @@ EXPECTED_OPERATIONS = {
     "POST /v1/events",
     "GET /v1/runs",
     "GET /v1/runs/{run_id}",
+    "GET /v1/runs/{run_id}/explanation",
+    "GET /v1/explain",
     "GET /v1/journeys",
     "GET /healthz",
     "GET /v1/customers/{customer_id}/preferences",

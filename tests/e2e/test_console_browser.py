@@ -410,3 +410,30 @@ def test_after_approval_the_run_sends_the_grace_sms(
 
     [message] = [m for m in stack.outbox(approved_case.customer) if m.step_id == "grace_sms"]
     assert message.channel == "sms" and message.body.startswith("Mina, we can move your due date")
+
+
+def test_the_run_page_explains_why_the_sms_went_out(
+    ana: Any, stack: JourneysStack, approved_case: Case, zone: str
+) -> None:
+    # The run page's "Why": what `journeys explain` says, from the same model.
+    ana.goto(f"{stack.api_url}/console/runs/{approved_case.run_id}")
+    sent = ana.locator("#why li[data-why='send'][data-step='grace_sms']")
+    for _ in range(200):  # bounded: the SMS is due within ~2 minutes
+        if sent.count():
+            break
+        ana.wait_for_timeout(1000)
+        ana.reload()
+    why = ana.inner_text("#why")
+    assert "entered payment_recovery on payment_failed" in why, why
+    assert "default_risk scored" in why and "not known (default 0)" in why, why
+    assert "ops_review: ana decided approve" in why and APPROVAL_NOTE in why, why
+    said = sent.inner_text()
+    assert "SMS grace_offer captured in the outbox to +82" in said, said
+    quiet = ana.inner_text("#why li[data-step='grace_sms'] [data-check='quiet hours']")
+    assert f"21:00-09:00 in {zone}: not in them at" in quiet and "sent at once" in quiet, quiet
+    consent = ana.inner_text("#why li[data-step='grace_sms'] [data-check='consent']")
+    assert "passed" in consent, consent
+    # Ops may see why, not the message itself (it holds the customer's personal data).
+    assert "content hidden" in said and "Mina" not in said, said
+    assert "+821055501234" not in ana.content()
+    ana.locator("#why").screenshot(path=str(ARTIFACTS / "console-run-why.png"))
