@@ -291,14 +291,19 @@ class _World:
         if handle is None:
             return
         deadline = time.monotonic() + SETTLE_SECONDS
+        seen, quiet = -1, 0
         while time.monotonic() < deadline:
             described = await handle.describe()
             if described.status != WorkflowExecutionStatus.RUNNING:
                 return
             raw = described.raw_description
-            if not raw.pending_activities and not raw.HasField("pending_workflow_task"):
-                return
-            await asyncio.sleep(0.02)
+            length = raw.workflow_execution_info.history_length
+            idle = not raw.pending_activities and not raw.HasField("pending_workflow_task")
+            quiet = quiet + 1 if idle and length == seen else 0
+            if quiet >= 2:
+                return  # nothing in flight, and nothing new over the last looks
+            seen = length
+            await asyncio.sleep(0.03)
 
     async def state(self) -> RunState | None:
         handle = self.handle()
@@ -400,7 +405,8 @@ async def _run(scenario: Scenario, plan: Plan, env: WorkflowEnvironment, db: Eng
                 else:
                     await world.decide(item.decision, item.by, item.note, item.at)
             await _finish(world)
-            return await asyncio.to_thread(_collect, world)
+            final = await world.state()
+            return await asyncio.to_thread(_collect, world, final)
 
 
 async def _finish(world: _World) -> None:
@@ -412,17 +418,42 @@ async def _finish(world: _World) -> None:
     horizon = scenario.start + world.shift + timedelta(
         seconds=world.plan.settings.max_duration_seconds + 60
     )
+    idle_checks = 0
     for _ in range(MAX_WAKES):
         state = await world.state()
-        if state is None or state.status != "running" or state.wake_at is None:
+        if state is None or state.status != "running":
             return
-        target = min(state.wake_at + timedelta(seconds=1), horizon)
-        if target <= await world.env.get_current_time():
+        now = await world.env.get_current_time()
+        wake = _next_wake(state, now)
+        if wake is None:
+            if idle_checks < 2:  # a last look: a step may have just begun its wait
+                idle_checks += 1
+                await asyncio.sleep(0.1)
+                await world.settle()
+                continue
+            return  # waits for an event or a decision the timeline does not give
+        idle_checks = 0
+        target = min(wake + timedelta(seconds=1), horizon)
+        if target <= now:
             return
         await world.advance_to(target)
 
 
-def _collect(world: _World) -> ScenarioRun:
+def _next_wake(state: RunState, now: datetime) -> datetime | None:
+    """The next moment the run does something by itself: its timer, its review's due
+    time, the end of the wait its newest path entry entered."""
+    found: list[datetime] = []
+    if state.wake_at is not None:
+        found.append(state.wake_at)
+    if state.open_review is not None and state.open_review.due_at is not None:
+        found.append(state.open_review.due_at)
+    if state.path and state.path[-1].detail.get("until"):
+        found.append(datetime.fromisoformat(str(state.path[-1].detail["until"])))
+    later = [moment for moment in found if moment > now]
+    return min(later) if later else None
+
+
+def _collect(world: _World, state: RunState | None) -> ScenarioRun:
     run = world.run
     shift = world.shift
     if world.workflow_id is None:
@@ -433,12 +464,21 @@ def _collect(world: _World) -> ScenarioRun:
             run.problems.append("the run has no runs row")
             return run
         entries = read_path(session, row.run_id)
-        if row.holdout:
+        if state is not None:  # the run's own path: the table has earlier generations'
+            entries = entries[: state.path_start] + [
+                e.model_dump(mode="json") for e in state.path
+            ]
+        holdout, status, outcome = (
+            (state.holdout, state.status, state.outcome)
+            if state is not None
+            else (row.holdout, row.status, row.outcome)
+        )
+        if holdout:
             run.outcome = "holdout"
-        elif row.status == "running":
+        elif status == "running":
             run.outcome = "running"
         else:
-            run.outcome = row.outcome or row.status
+            run.outcome = outcome or status
         outbox = session.exec(
             select(OutboxMessage)
             .where(col(OutboxMessage.workflow_id) == world.workflow_id)
@@ -454,6 +494,9 @@ def _collect(world: _World) -> ScenarioRun:
         step = str(entry["step"])
         if step in world.plan.steps and (not run.path or run.path[-1] != step):
             run.path.append(step)
+    last = state.current_step if state is not None and state.status != "running" else None
+    if last in world.plan.steps and world.plan.steps[last].type == "exit" and run.path[-1:] != [last]:
+        run.path.append(last)  # an exit step is recorded as the run's end
     sends = [e for e in entries if e["type"] == "send" and e["outcome"] in ("captured", "sent")]
     for message in outbox:
         at = next(
