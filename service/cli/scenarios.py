@@ -59,14 +59,22 @@ class Result:
 # ----------------------------------------------------------------------------- comparing
 
 
-def _diff(what: str, expected: Sequence[str], actual: Sequence[str]) -> list[str]:
+def _diff(
+    what: str,
+    expected: Sequence[str],
+    actual: Sequence[str],
+    shown: Sequence[str] | None = None,
+) -> list[str]:
+    """Expected and actual side by side, `!` where they differ; ``shown``: the actual
+    column as printed (with more than what is compared)."""
     lines = [f"{what}:"]
     width = max((len(e) for e in expected), default=8)
     for index in range(max(len(expected), len(actual))):
         e = expected[index] if index < len(expected) else ""
         a = actual[index] if index < len(actual) else ""
         mark = " " if e == a else "!"
-        lines.append(f"  {mark} {e:<{width}}  {a}")
+        printed = shown[index] if shown is not None and index < len(shown) else a
+        lines.append(f"  {mark} {e:<{width}}  {printed}")
     return [lines[0], f"    {'expected':<{width}}  actual", *lines[1:]]
 
 
@@ -142,6 +150,7 @@ def _check_messages(scenario: Scenario, run: ScenarioRun) -> list[str]:
         failures += _diff(
             "messages",
             wanted,
+            got,
             [f"{m.channel} {m.template}  at {_offset(scenario, m)}" for m in run.messages],
         )
         return failures
