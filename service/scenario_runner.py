@@ -22,7 +22,6 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +35,7 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
+from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -247,9 +247,23 @@ def capture_only(plan: Plan) -> Plan:
     return plan.model_copy(update={"channel_config": config})
 
 
+_RUNTIME: list[Runtime] = []
+
+
+def _quiet_runtime() -> Runtime:
+    """Temporal's core runtime logging errors only: the test server's missing capabilities
+    (it is not a full server) are no news in a test report."""
+    if not _RUNTIME:
+        quiet = TelemetryFilter(core_level="ERROR", other_level="ERROR")
+        _RUNTIME.append(Runtime(telemetry=TelemetryConfig(logging=LoggingConfig(filter=quiet))))
+    return _RUNTIME[0]
+
+
 async def _start_server(test_server: Path) -> WorkflowEnvironment:
     env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(test_server), data_converter=pydantic_data_converter
+        test_server_existing_path=str(test_server),
+        data_converter=pydantic_data_converter,
+        runtime=_quiet_runtime(),
     )
     await env.client.operator_service.add_search_attributes(
         AddSearchAttributesRequest(
@@ -538,7 +552,3 @@ def _collect(world: _World, state: RunState | None) -> ScenarioRun:
             ActualReview(step=task.step_id, queue=task.queue, title=task.title, status=task.status)
         )
     return run
-
-
-def journeys_of(plans: dict[str, Plan], scenarios: Sequence[Scenario]) -> set[str]:
-    return {s.journey for s in scenarios if s.journey in plans}
