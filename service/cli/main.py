@@ -36,6 +36,7 @@ from service.cli.db import upgrade_database
 from service.cli.design import app
 from service.cli.environment import open_database, runtime_settings
 from service.cli.risk_models import app as models_app
+from service.cli.scenarios import test_command
 from service.cli.supervisor import (
     STATUS_FILE,
     Child,
@@ -710,6 +711,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(user_app, name="user")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(db_app, name="db")
+app.command(name="test")(test_command)
 
 
 def main() -> None:
