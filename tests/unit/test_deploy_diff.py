@@ -5,6 +5,7 @@ runs wait at the removed or changed ones, and nothing stored."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +200,68 @@ def test_a_dry_run_of_a_broken_file_exits_1_with_its_errors(
     assert result.exit_code == 1
     assert "unknown key 'chanel'" in result.output
     assert not (tmp_path / "state").exists()
+
+
+def test_operations_md_dry_run_example_is_real_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/operations.md's `journeys deploy --dry-run` example: the example catalogue
+    deployed with `old_promo` and without `welcome_back`, open runs at payment_recovery's
+    steps and old_promo's; then the catalogue with payment_recovery edited (the morning
+    wait moved, the grace SMS reworded, the collections call replaced by an email) dry-run.
+    Each line shown is printed, in order (versions may differ); nothing is stored."""
+    from tests.unit.test_doc_examples import DOCS, ROOT, VERSION, block_after, unprinted
+
+    shown = block_after(DOCS / "operations.md", "**Before a deploy: `journeys deploy --dry-run`**")
+    database_url = f"sqlite:///{tmp_path / 'state' / 'journeys.db'}"
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    for folder in ("templates", "risk_models"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    text = (ROOT / "journeys.yaml").read_text(encoding="utf-8")
+    old_promo = (
+        "\n  - id: old_promo\n    entry: {event: signed_up}\n    steps:\n"
+        "      - {id: promo, send: welcome, channel: email}\n"
+    )
+    welcome_back = old_promo.replace("old_promo", "welcome_back").replace(
+        "signed_up", "login_succeeded"
+    )
+    handover = text[text.index("      - id: handover\n") : text.index("      - id: handed_over\n")]
+    edits = (
+        ('wait: {until: "09:00"}', 'wait: {until: "10:00"}'),
+        ("Reply YES to accept.", "Reply YES and we move it."),
+        (handover, "      - {id: notify_collections, send: payment_reminder, channel: email}\n"),
+    )
+    after_text = text
+    for old, new in edits:
+        assert after_text.count(old) == 1, old
+        after_text = after_text.replace(old, new)
+    first = runner.invoke(app, ["deploy", str(_write(tmp_path, "before.yaml", text + old_promo))])
+    assert first.exit_code == 0, first.output
+    engine = make_engine(database_url)
+    with session_scope(engine) as session:
+        waiting = [("payment_recovery", "wait_for_morning")] * 2 + [
+            ("payment_recovery", "grace_sms"),
+            ("payment_recovery", "wait_for_payment"),  # unchanged: not counted
+            *[("old_promo", "promo")] * 3,
+        ]
+        for number, (journey, step) in enumerate(waiting):
+            session.add(
+                Run(
+                    run_id=f"r{number}",
+                    workflow_id=f"journey/{journey}/c{number}",
+                    journey_id=journey,
+                    version="v",
+                    customer_id=f"c{number}",
+                    step=step,
+                )
+            )
+    engine.dispose()
+    before = _snapshot(database_url)
+
+    after = _write(tmp_path, "journeys.yaml", after_text + welcome_back)
+    result = runner.invoke(app, ["deploy", "--dry-run", str(after)])
+
+    assert result.exit_code == 0, result.output
+    missing = unprinted(shown, result.output, [VERSION])
+    assert missing == [], f"docs/operations.md shows {missing}, printed:\n{result.output}"
+    assert _snapshot(database_url) == before
