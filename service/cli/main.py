@@ -26,6 +26,7 @@ from typing import Annotated, Any
 
 import httpx
 import typer
+from sqlalchemy.exc import SQLAlchemyError
 
 from engine.catalog import Catalog, build_catalog
 from engine.database import create_api_key, engine_for, session_scope
@@ -99,6 +100,13 @@ def _diff_file(file: Path, *, database_url: str, as_json: bool) -> list[JourneyD
     engine = engine_for(database_url)  # not `open_database`: no schema created or migrated
     try:
         return diff_catalog(catalog, engine=engine)
+    except SQLAlchemyError as error:
+        typer.echo(
+            f"journeys: cannot read the deployed versions ({type(error).__name__}): is the "
+            "database at this release's schema? `journeys db current` says",
+            err=True,
+        )
+        raise typer.Exit(1) from None
     finally:
         engine.dispose()
 

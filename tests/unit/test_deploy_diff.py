@@ -265,3 +265,31 @@ def test_operations_md_dry_run_example_is_real_output(
     missing = unprinted(shown, result.output, [VERSION])
     assert missing == [], f"docs/operations.md shows {missing}, printed:\n{result.output}"
     assert _snapshot(database_url) == before
+
+
+def test_a_real_deploy_speaks_json_too(tmp_path: Path, database_url: str) -> None:
+    path = _write(tmp_path, "a.yaml", _doc())
+    result = runner.invoke(app, ["deploy", "--format", "json", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = json.loads(result.output)["journeys"]
+    assert [(line["journey"], line["status"]) for line in lines] == [
+        ("payment_recovery", "new"),
+        ("onboarding", "new"),
+    ]
+    again = runner.invoke(app, ["diff", str(path)])
+    assert again.output == "payment_recovery: unchanged\nonboarding: unchanged\n"
+
+
+def test_a_database_without_the_runs_columns_is_said_not_a_traceback(
+    tmp_path: Path, database_url: str
+) -> None:
+    deployed = _write(tmp_path, "a.yaml", _doc())
+    assert runner.invoke(app, ["deploy", str(deployed)]).exit_code == 0
+    engine = make_engine(database_url)
+    with engine.begin() as connection:  # as an older release's table might be
+        connection.execute(text("DROP TABLE runs"))
+        connection.execute(text("CREATE TABLE runs (run_id TEXT)"))
+    engine.dispose()
+    result = runner.invoke(app, ["diff", str(_write(tmp_path, "b.yaml", _doc(CHANGED)))])
+    assert result.exit_code == 1
+    assert "cannot read the deployed versions (OperationalError)" in result.output
