@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from channels.rendering import PUSH_MAX, SMS_MAX, render_message
+from channels.rendering import PUSH_MAX, SMS_MAX, MissingFormError, render_message
 from channels.sms import MAX_SEGMENTS, encoding, segments
 from engine.catalog import Catalog
 from rules import RenderError, TemplateError, compile_template
@@ -313,6 +313,8 @@ def _preview_channel(
             return ChannelPreview(channel, error=problem, where=_where(form, error.line, places))
     try:
         message = render_message(forms, channel, context, timezone=zone)
+    except MissingFormError as error:  # e.g. an email without its subject
+        return ChannelPreview(channel, error=str(error), where=_where(channel, 1, places))
     except RenderError as error:
         form, line = _culprit(channel, forms, context, zone, error.message)
         return ChannelPreview(
