@@ -34,12 +34,27 @@ __all__ = [
 ]
 
 Permission = Literal[
-    "view_reviews", "decide_reviews", "view_runs", "view_messages", "view_message_content"
+    "view_reviews",
+    "decide_reviews",
+    "view_runs",
+    "view_messages",
+    "view_message_content",
+    "preview_templates",
 ]
 
 _PERMISSIONS: dict[str, frozenset[Permission]] = {
-    "admin": frozenset({"view_reviews", "view_runs", "view_messages", "view_message_content"}),
-    "designer": frozenset({"view_runs", "view_messages", "view_message_content"}),
+    "admin": frozenset(
+        {
+            "view_reviews",
+            "view_runs",
+            "view_messages",
+            "view_message_content",
+            "preview_templates",
+        }
+    ),
+    "designer": frozenset(
+        {"view_runs", "view_messages", "view_message_content", "preview_templates"}
+    ),
     "ops": frozenset({"view_reviews", "decide_reviews", "view_runs", "view_messages"}),
     "supervisor": frozenset({"view_reviews", "decide_reviews", "view_runs", "view_messages"}),
     "auditor": frozenset({"view_reviews", "view_runs", "view_messages", "view_message_content"}),
@@ -47,7 +62,8 @@ _PERMISSIONS: dict[str, frozenset[Permission]] = {
 """Only ops and supervisors decide; admins manage users (from the CLI), they do not decide.
 A captured message's subject and body hold the customer's real data (a send renders the
 real profile and event): only admins, designers and auditors see them; ops and
-supervisors see who got what, when, on which channel, and the recipient masked."""
+supervisors see who got what, when, on which channel, and the recipient masked. Designers
+and admins preview templates (the console's journeys pages) with values they type."""
 
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 200

@@ -62,6 +62,7 @@ from service.api.routes import (
     unsubscribe,
 )
 from service.console.auth import SessionKeys
+from service.console.journeys import router as console_journeys_router
 from service.console.routes import router as console_router
 from service.console.runs import router as console_runs_router
 from service.router import EventRouter
@@ -217,6 +218,7 @@ def create_app(settings: RuntimeSettings | None = None, *, client: Client | None
     app.mount("/console/static", StaticFiles(directory=CONSOLE_STATIC), name="console-static")
     app.include_router(console_router)
     app.include_router(console_runs_router)
+    app.include_router(console_journeys_router)
     app.state.session_keys = SessionKeys.from_secret(
         settings.secret_key, public_url=settings.public_url
     )

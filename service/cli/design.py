@@ -1,4 +1,4 @@
-"""The `journeys` command line: design-time commands (validate, schema, graph, show).
+"""The `journeys` command line: design-time commands (validate, schema, graph, show, preview).
 
 Thin: every command calls the engine and formats the result. Exit codes: 0 fine,
 1 the journeys file has errors, 2 bad usage (unknown journey, unreadable file).
@@ -7,13 +7,23 @@ Thin: every command calls the engine and formats the result. Exit codes: 0 fine,
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from channels.preview import (
+    ChannelPreview,
+    PairError,
+    TemplatePreview,
+    catalog_forms,
+    parse_pairs,
+    preview_template,
+)
 from engine.catalog import Catalog, build_catalog
 from engine.graph import to_mermaid, to_svg
 from engine.schema import json_schema
@@ -180,6 +190,144 @@ def show(
     plan = catalog.plans[journey]
     typer.echo(f"# {plan.journey_id} version {plan.version}", err=True)
     typer.echo(plan.model_dump_json(indent=2))
+
+
+def _pairs(values: list[str] | None, option: str) -> dict[str, object]:
+    try:
+        return parse_pairs(values or [], what=f"{option} value")
+    except PairError as error:
+        typer.echo(f"preview: {error}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _echo_channel(channel: ChannelPreview, html_out: Path | None) -> None:
+    typer.echo(f"== {channel.channel}")
+    if channel.error is not None:
+        typer.echo(f"  error: {channel.where}: {channel.error}{_missing_hint(channel.error)}")
+        return
+    if channel.subject is not None:
+        typer.echo(f"  subject: {channel.subject}")
+    if channel.title is not None:
+        typer.echo(f"  title: {channel.title}")
+    if channel.sms_segments is not None:
+        typer.echo(
+            f"  {channel.sms_segments} segment{'s' if channel.sms_segments != 1 else ''}, "
+            f"{channel.sms_encoding}, {len(channel.body or '')} characters"
+        )
+    shown = [i for i in channel.lengths if channel.channel == "push" or i.over]
+    if shown:
+        parts = [
+            f"{i.part} {i.length}/{i.limit}" + (" OVER THE LIMIT" if i.over else "") for i in shown
+        ]
+        typer.echo(f"  characters: {', '.join(parts)}")
+    for warning in channel.warnings:
+        typer.echo(f"  warning: {warning}")
+    if channel.body:
+        label = "text" if channel.channel == "email" else "body"
+        typer.echo(f"  {label}:")
+        for line in channel.body.splitlines():
+            typer.echo(f"    {line}")
+    if channel.html is not None and html_out is not None:
+        typer.echo(f"  html: {html_out} ({len(channel.html)} characters)")
+
+
+_OPTIONS = {"profile": "--profile", "event": "--event", "vars": "--var"}
+
+
+def _missing_hint(error: str) -> str:
+    """How to give a missing value on the command line (`needs profile.first_name`)."""
+    for root, option in _OPTIONS.items():
+        marker = f"needs {root}."
+        if marker in error:
+            name = error.split(marker, 1)[1].split(",", 1)[0].split(".", 1)[0]
+            return f" (give it with {option} {name}=...)"
+    return ""
+
+
+def _html_target(html_out: Path | None, name: str) -> Path:
+    if html_out is not None:
+        return html_out
+    descriptor, name_on_disk = tempfile.mkstemp(prefix=f"journeys-preview-{name}-", suffix=".html")
+    os.close(descriptor)
+    return Path(name_on_disk)
+
+
+def _write_html(preview: TemplatePreview, html_out: Path | None) -> Path | None:
+    html = next((c.html for c in preview.channels if c.html is not None), None)
+    if html is None:
+        return None
+    target = _html_target(html_out, preview.template)
+    try:
+        target.write_text(html, encoding="utf-8")
+    except OSError as error:
+        typer.echo(f"preview: --html-out {target}: {error.strerror}", err=True)
+        raise typer.Exit(2) from None
+    return target
+
+
+@app.command()
+def preview(
+    template: Annotated[str, typer.Argument(help="The template's name in the journeys file.")],
+    profile: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--profile", help="A profile trait NAME=VALUE (JSON values parse); repeatable."
+        ),
+    ] = None,
+    event: Annotated[
+        list[str] | None,
+        typer.Option("--event", help="An event property NAME=VALUE; repeatable."),
+    ] = None,
+    var: Annotated[
+        list[str] | None,
+        typer.Option("--var", help="A journey variable NAME=VALUE (vars.NAME); repeatable."),
+    ] = None,
+    html_out: Annotated[
+        Path | None,
+        typer.Option("--html-out", help="Write the email HTML here (default: a temp file)."),
+    ] = None,
+    file: Annotated[Path, typer.Option("--file", "-f", help="The journeys file.")] = Path(
+        "journeys.yaml"
+    ),
+    format: Annotated[
+        OutputFormat, typer.Option("--format", help="text or json")
+    ] = OutputFormat.text,
+) -> None:
+    """Render a template for every channel it has, as a send would: email subject, text
+    and HTML (to a file), SMS with its segments and encoding, push with its lengths.
+    Exit 1 when a channel cannot be rendered (the error at its file:line)."""
+    values = _pairs(profile, "--profile"), _pairs(event, "--event"), _pairs(var, "--var")
+    if not file.is_file():
+        typer.echo(f"preview: {file}: no such journeys file", err=True)
+        raise typer.Exit(2)
+    catalog = build_catalog(file)
+    try:
+        forms, places = catalog_forms(catalog, template)
+    except KeyError:
+        templates = catalog.checked.loaded.data.get("templates")
+        known = ", ".join(sorted(templates)) if isinstance(templates, dict) else "none"
+        typer.echo(f"preview: no template '{template}' in {file} (templates: {known})", err=True)
+        raise typer.Exit(2) from None
+    document = catalog.document
+    result = preview_template(
+        template,
+        forms,
+        profile=values[0],
+        event=values[1],
+        variables=values[2],
+        timezone=(document.settings.timezone if document is not None else None) or "UTC",
+        places=places,
+    )
+    written = _write_html(result, html_out)
+    if format is OutputFormat.json:
+        payload = result.as_dict()
+        payload["html_file"] = str(written) if written else None
+        typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+    else:
+        typer.echo(f"template {template} (time zone {result.timezone})")
+        for channel in result.channels:
+            _echo_channel(channel, written)
+    raise typer.Exit(0 if result.ok else 1)
 
 
 def main() -> None:

@@ -26,14 +26,16 @@ from typing import Annotated, Any
 
 import httpx
 import typer
+from sqlalchemy.exc import SQLAlchemyError
 
 from engine.catalog import Catalog, build_catalog
-from engine.database import create_api_key, session_scope
+from engine.database import create_api_key, engine_for, session_scope
 from engine.deploy import DeployLine, deploy_catalog
+from engine.diff import JourneyDiff, diff_catalog
 from runtime.devserver import DevServerNotFound, dev_server_command, dev_server_ready
 from service.cli.db import app as db_app
 from service.cli.db import upgrade_database
-from service.cli.design import app
+from service.cli.design import OutputFormat, app
 from service.cli.environment import open_database, runtime_settings
 from service.cli.risk_models import app as models_app
 from service.cli.scenarios import test_command
@@ -87,14 +89,89 @@ def _deploy_file(file: Path, *, database_url: str) -> list[DeployLine]:
         engine.dispose()
 
 
+def _diff_file(file: Path, *, database_url: str, as_json: bool) -> list[JourneyDiff]:
+    """What deploying ``file`` would change; reads the database, writes nothing."""
+    catalog = build_catalog(file)
+    for violation in catalog.violations:  # JSON on stdout: the file's problems on stderr
+        typer.echo(violation.format(), err=as_json)
+    if not catalog.ok:
+        count = len(catalog.checked.errors)
+        typer.echo(f"{file}: {count} error{'s' if count != 1 else ''}", err=as_json)
+        raise typer.Exit(1)
+    engine = engine_for(database_url)  # not `open_database`: no schema created or migrated
+    try:
+        return diff_catalog(catalog, engine=engine)
+    except SQLAlchemyError as error:
+        typer.echo(
+            f"journeys: cannot read the deployed versions ({type(error).__name__}): is the "
+            "database at this release's schema? `journeys db current` says",
+            err=True,
+        )
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+
+
+def _echo_diff(file: Path, format: OutputFormat) -> None:
+    settings = runtime_settings()
+    as_json = format is OutputFormat.json
+    lines = _diff_file(file, database_url=settings.database_url, as_json=as_json)
+    if as_json:
+        typer.echo(
+            json.dumps({"file": str(file), "journeys": [d.as_dict() for d in lines]}, indent=2)
+        )
+        return
+    for line in lines:
+        typer.echo(line.format())
+
+
+FormatOption = Annotated[OutputFormat, typer.Option("--format", help="text or json")]
+
+
 @app.command()
 def deploy(
     file: Annotated[Path, typer.Argument(help="The journeys file.")] = Path("journeys.yaml"),
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Store nothing: say per journey which steps a deploy would add, remove and "
+            "change, and how many open runs wait at the removed or changed ones.",
+        ),
+    ] = False,
+    format: FormatOption = OutputFormat.text,
 ) -> None:
     """Validate, then store and activate new journey versions (runs in flight keep theirs)."""
+    if dry_run:
+        _echo_diff(file, format)
+        return
     settings = runtime_settings()
-    for line in _deploy_file(file, database_url=settings.database_url):
+    lines = _deploy_file(file, database_url=settings.database_url)
+    if format is OutputFormat.json:
+        payload: list[dict[str, object]] = [
+            {
+                "journey": line.journey_id,
+                "status": line.status,
+                "version": line.version,
+                "previous": line.previous,
+                "runs_staying": line.runs_staying,
+            }
+            for line in lines
+        ]
+        typer.echo(json.dumps({"file": str(file), "journeys": payload}, indent=2))
+        return
+    for line in lines:
         typer.echo(line.format())
+
+
+@app.command()
+def diff(
+    file: Annotated[Path, typer.Argument(help="The journeys file.")] = Path("journeys.yaml"),
+    format: FormatOption = OutputFormat.text,
+) -> None:
+    """What `journeys deploy` would change (the same as `deploy --dry-run`): per journey,
+    steps added, removed and changed, and open runs at the removed or changed ones."""
+    _echo_diff(file, format)
 
 
 # ----------------------------------------------------------------------------- up

@@ -7,8 +7,9 @@ A low-risk customer's failed payment starts a payment-recovery run that waits at
 09:00 is many hours away). An ops user signs in, opens Runs from the navigation, searches
 by the customer's id (or the id's beginning) and opens the run; on the run's page they
 read until when it waits, in the customer's zone, named. One test for the search, one for
-the run page, sharing the module's stack, run and signed-in browser. Screenshots of the
-list and the run page are saved under test-artifacts/ (not committed).
+the run page, sharing the module's stack, run and signed-in browser. A last test has a
+designer preview a template from its journey (the Journeys page). Screenshots of the
+list, the run page and the preview are saved under test-artifacts/ (not committed).
 """
 
 from __future__ import annotations
@@ -244,3 +245,47 @@ def test_the_run_page_says_until_when_the_run_waits(
     assert "No messages: no send step has run." in main
     assert "+15550100" not in page.content()
     page.screenshot(path=str(ARTIFACTS / "console-run-waiting.png"), full_page=True)
+
+
+def test_a_designer_previews_a_template_from_a_journey(browser: Any, stack: JourneysStack) -> None:
+    """Dana, a new designer, opens Journeys from the navigation, picks payment_recovery's
+    grace_offer and previews it with values she types: the SMS with its segments, the
+    email's subject and its HTML in the sandboxed frame."""
+    password = add_user(stack, "dana", "designer")
+    context = browser.new_context(viewport={"width": 1366, "height": 900})
+    try:
+        page = context.new_page()
+        sign_in(page, stack, "dana", password)
+        page.goto(f"{stack.api_url}/console/runs")
+        page.click("header nav a:has-text('Journeys')")
+        page.wait_for_url(re.compile(r".*/console/journeys$"))
+        row = page.locator("tr[data-journey='payment_recovery']")
+        row.locator("a[data-template='grace_offer']").click()
+        page.wait_for_url(
+            re.compile(r".*/journeys/payment_recovery/templates/grace_offer/preview$")
+        )
+
+        page.fill("#profile", "first_name=Mina\ntimezone=Asia/Seoul")
+        page.fill("#event", "amount=25000\ncurrency=KRW")
+        page.fill("#variables", "new_due=2026-12-10")
+        page.click("#preview-form button[type=submit]")
+        page.wait_for_selector("section[data-channel='sms']")
+
+        sms = page.locator("section[data-channel='sms']")
+        assert sms.locator("[data-part='body']").inner_text() == (
+            "Mina, we can move your due date to 2026-12-10. Reply YES to accept."
+        )
+        assert sms.locator("[data-part='segments']").inner_text().startswith("1 (GSM-7, ")
+        email = page.locator("section[data-channel='email']")
+        assert (
+            email.locator("[data-part='subject']").inner_text() == "About your payment of ₩25,000"
+        )
+        frame = page.frame_locator("iframe[data-part='html']")
+        assert "Hi Mina," in frame.locator("body").inner_text()
+        assert "2026-12-10" in frame.locator("body").inner_text()
+        # Chromium paints a frame below the fold only once it is scrolled to.
+        page.locator("iframe[data-part='html']").scroll_into_view_if_needed()
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(ARTIFACTS / "console-preview.png"), full_page=True)
+    finally:
+        context.close()
