@@ -69,13 +69,13 @@ def _diff(
     """Expected and actual side by side, `!` where they differ; ``shown``: the actual
     column as printed (with more than what is compared)."""
     lines = [f"{what}:"]
-    width = max((len(e) for e in expected), default=8)
+    width = max([len("expected"), *(len(e) for e in expected)])
     for index in range(max(len(expected), len(actual))):
         e = expected[index] if index < len(expected) else ""
         a = actual[index] if index < len(actual) else ""
         mark = " " if e == a else "!"
         printed = shown[index] if shown is not None and index < len(shown) else a
-        lines.append(f"  {mark} {e:<{width}}  {printed}")
+        lines.append(f"  {mark} {e:<{width}}  {printed}".rstrip())
     return [lines[0], f"    {'expected':<{width}}  actual", *lines[1:]]
 
 
