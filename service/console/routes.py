@@ -66,8 +66,10 @@ from service.review_desk import (
 )
 from service.users import (
     MIN_PASSWORD_LENGTH,
+    Permission,
     UserError,
     Viewer,
+    can,
     change_password,
     check_password,
     short_password_message,
@@ -131,6 +133,8 @@ def _page(
     **context: Any,
 ) -> HTMLResponse:
     csrf = session_keys(request).session_csrf(request) if viewer else None
+    # What a redirect asked to say (``?notice=``), on whichever page it lands.
+    context.setdefault("notice", _NOTICES.get(request.query_params.get("notice") or ""))
     return _TEMPLATES.TemplateResponse(
         request,
         template,
@@ -183,16 +187,34 @@ router = APIRouter(prefix="/console", include_in_schema=False)
 # ----------------------------------------------------------------------------- sign in
 
 
+# Where each role lands: the first of these pages its role may open.
+_LANDINGS: tuple[tuple[Permission, str], ...] = (
+    ("view_reviews", "/console/reviews"),
+    ("preview_templates", "/console/journeys"),
+    ("view_runs", "/console/runs"),
+    ("view_messages", "/console/outbox"),
+)
+_DEFAULT_NEXT = "/console/reviews"
+
+
+def landing_for(role: str) -> str:
+    """The page a user of ``role`` lands on after signing in (a designer has no review
+    queue: their first page is the journeys list)."""
+    return next((page for permission, page in _LANDINGS if can(role, permission)), _DEFAULT_NEXT)
+
+
 @router.get("", response_class=HTMLResponse)
 @router.get("/", response_class=HTMLResponse)
 async def home(request: Request) -> Response:
-    return RedirectResponse("/console/reviews", status_code=303)
+    viewer = await _viewer(request)
+    target = landing_for(viewer.role) if viewer is not None else _DEFAULT_NEXT
+    return RedirectResponse(target, status_code=303)
 
 
 def _safe_next(target: str | None) -> str:
     if target and target.startswith("/console") and "//" not in target and "\\" not in target:
         return target
-    return "/console/reviews"
+    return _DEFAULT_NEXT
 
 
 def _login_page(
@@ -256,7 +278,11 @@ async def login(
         return _login_page(
             request, next=next, error="Wrong user name or password.", status_code=401
         )
-    target = "/console/password" if user.must_change_password else _safe_next(next)
+    target = _safe_next(next)
+    if target == _DEFAULT_NEXT:  # no page asked for: the user's own first page
+        target = landing_for(user.role)
+    if user.must_change_password:
+        target = "/console/password"
     response = RedirectResponse(target, status_code=303)
     keys.start_session(response, user)
     return response
@@ -316,7 +342,8 @@ async def set_password(
             min_length=MIN_PASSWORD_LENGTH,
         )
     # The queue, in the new session, confirms the change (the old sessions were signed out).
-    response = RedirectResponse(f"/console/reviews?notice={_PASSWORD_CHANGED}", status_code=303)
+    landing = landing_for(user.role)
+    response = RedirectResponse(f"{landing}?notice={_PASSWORD_CHANGED}", status_code=303)
     session_keys(request).start_session(response, user)
     return response
 
@@ -340,7 +367,6 @@ async def queue_page(
     breached: str | None = None,
     min_risk: str | None = None,
     older_than_hours: str | None = None,
-    notice: str | None = None,
 ) -> Response:
     viewer = await _signed_in(request, "view_reviews")
     if isinstance(viewer, Response):
@@ -364,7 +390,6 @@ async def queue_page(
         viewer=viewer,
         rows=rows,
         queues=all_queues,
-        notice=_NOTICES.get(notice or ""),
         filters={
             "queue": flt.queue or "",
             "status": status or "",

@@ -481,6 +481,41 @@ async def test_a_one_time_password_must_be_replaced_before_anything_else(desk: D
     assert check_password(desk.db, name="newbie", password=first) is None
 
 
+@pytest.mark.parametrize(
+    ("role", "landing"),
+    [
+        ("ops", "/console/reviews"),
+        ("designer", "/console/journeys"),
+        ("auditor", "/console/reviews"),
+        ("supervisor", "/console/reviews"),
+        ("admin", "/console/reviews"),
+    ],
+)
+async def test_each_role_lands_on_a_page_it_may_open(desk: Desk, role: str, landing: str) -> None:
+    """A designer has no review queue: signing in, changing the one-time password or
+    opening /console takes them to the journeys list, not to a 403."""
+    first = add_user(desk.db, name=f"new-{role}", role=role)
+    await sign_in(desk.http, f"new-{role}", first)
+    page = await desk.http.get("/console/password")
+    changed = await desk.http.post(
+        "/console/password",
+        data={
+            "current": first,
+            "new": "a-new-password",
+            "repeat": "a-new-password",
+            "csrf": form_token(page),
+        },
+    )
+    assert changed.headers["location"] == f"{landing}?notice=password-changed"
+    shown = await desk.http.get(changed.headers["location"])
+    assert shown.status_code == 200 and "Your password was changed" in shown.text
+    assert (await desk.http.get("/console")).headers["location"] == landing
+    await desk.http.post("/console/logout", data={"csrf": form_token(shown)})
+    signed_in = await sign_in(desk.http, f"new-{role}", "a-new-password")
+    assert signed_in.headers["location"] == landing
+    assert (await desk.http.get(landing)).status_code == 200
+
+
 CONSOLE_POSTS = ["claim", "release", "decide"]
 
 
