@@ -260,9 +260,7 @@ def _flow_splits(node: MappingNode, text: str) -> list[_Split]:
             end += 1
         if not any(_looks_like_tail(str(pairs[p][0].value)) for p in pieces):
             continue
-        found.append(
-            _Split(index, tuple(pieces), _written(node, value, pairs[pieces[-1]][0], text))
-        )
+        found.append(_Split(index, tuple(pieces), _written(value, pairs[pieces[-1]][0], text)))
         taken.update(pieces)
     for index, (key, _) in enumerate(pairs):
         if index not in taken and _plain(key) and _looks_like_tail(str(key.value)):
@@ -270,13 +268,15 @@ def _flow_splits(node: MappingNode, text: str) -> list[_Split]:
     return found
 
 
-def _written(node: MappingNode, first: Node, last: Node, text: str) -> str | None:
-    """The source from ``first`` to ``last`` on one line; None unless both are in ``node``
-    in that order (a `<<:` merge brings pairs from elsewhere)."""
+def _written(first: Node, last: Node, text: str) -> str | None:
+    """The source from ``first`` to ``last`` on one line; None unless that is one stretch
+    of a flow mapping (a split value holds no brace; `<<:` merges bring pairs from
+    another mapping, which is fine when both ends come from it)."""
     start, end = first.start_mark.index, last.end_mark.index
-    if not text or not node.start_mark.index < start < end <= node.end_mark.index:
+    written = text[start:end] if text and start < end else ""
+    if not written or any(brace in written for brace in "{}"):
         return None
-    return re.sub(r"[ \t]*\r?\n[ \t]*", " ", text[start:end])
+    return re.sub(r"[ \t]*\r?\n[ \t]*", " ", written)
 
 
 def _quoted(text: str) -> str:
@@ -327,9 +327,13 @@ def _parse(
         return None
     builder = _Builder(file, source, prefix, text)
     data = builder.build(node, ())
+    reported: set[tuple[Location, str]] = set()
     for split in builder.splits:
-        journey, step = _names_at(data, split.path)
         where = split.where
+        if (where, split.message) in reported:
+            continue  # an anchored mapping used again (`<<: *x`): once, where it is written
+        reported.add((where, split.message))
+        journey, step = _names_at(data, split.path)
         found.append(
             Violation(
                 "flow-split",

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from engine.catalog import build_catalog
+from engine.loader import load_text
 from tests.unit.journey_docs import HEAD, check, journey_doc, only_error
 
 EXIT = """
@@ -807,3 +808,13 @@ def test_pending_a_validator_change(case: Located) -> None:
     assert (violation.line, violation.column) == position(case.text, case.at)
     if case.hint is not None:
         assert violation.hint == case.hint
+
+
+def test_a_split_in_an_anchored_mapping_is_rebuilt_everywhere_and_reported_once() -> None:
+    text = "version: 1\na: &x {when: max(y, 1)}\nb: {<<: *x, goto: z}\n"
+    loaded = load_text(text, file="j.yaml")
+    assert loaded.data["a"] == {"when": "max(y, 1)"}
+    assert loaded.data["b"] == {"when": "max(y, 1)", "goto": "z"}
+    [violation] = loaded.violations
+    line, column = position(text, "1)}")
+    assert (violation.code, violation.line, violation.column) == ("flow-split", line, column)
