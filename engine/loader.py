@@ -7,6 +7,11 @@ mapping key keeps its file, line and column in a `SourceMap` for the validator's
 `${VAR}` references are kept verbatim: they are resolved only at run time. As in YAML 1.2,
 only `true` and `false` are booleans: `yes`/`no`/`on`/`off` stay words (a step called `no`).
 
+YAML ends a plain value inside `{...}` at a comma, so `{when: f(x, 0)}` reads as `when:
+f(x` and a key `0)`: such a value is put back together from the source and reported
+(`flow-split`, at the made-up key, with the quoted form as the hint), so the expression is
+checked as written and the made-up keys are not reported as unknown.
+
 Nothing here validates journeys; problems are returned as `Violation`s, never raised.
 """
 
@@ -16,6 +21,7 @@ import csv
 import glob
 import io
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any
@@ -63,15 +69,39 @@ class _LoadError(Exception):
         )
 
 
+@dataclass(frozen=True)
+class _Split:
+    """A plain value a flow mapping cut at its commas: `{when: f(x, 0)}` reads as
+    `when: f(x` and a key `0)`. ``owner`` is the pair holding the start of the value
+    (None when no pair does), ``pieces`` the pairs made of the rest, ``text`` the value as
+    written in the source (None when it cannot be put back together)."""
+
+    owner: int | None
+    pieces: tuple[int, ...]
+    text: str | None
+
+
+@dataclass(frozen=True)
+class _SplitFound:
+    """A split reported at ``path`` (the first made-up key), named after the build."""
+
+    path: Path
+    message: str
+    hint: str
+    where: Location
+
+
 class _Builder:
     """Turns a composed YAML node tree into plain data, recording positions."""
 
-    def __init__(self, file: str, source: SourceMap, prefix: Path = ()) -> None:
+    def __init__(self, file: str, source: SourceMap, prefix: Path = (), text: str = "") -> None:
         self.file = file
         self.source = source
         self.prefix = prefix
+        self.text = text
         self.nodes = 0
         self.constructor = yaml.SafeLoader("")
+        self.splits: list[_SplitFound] = []
 
     def _mark(self, node: Node) -> Location:
         return Location(self.file, node.start_mark.line + 1, node.start_mark.column + 1)
@@ -101,8 +131,12 @@ class _Builder:
         if isinstance(node, MappingNode):
             self._check_tag(node, f"{_CORE}map")
             self.constructor.flatten_mapping(node)  # resolves `<<: *anchor` merges
+            splits = _flow_splits(node, self.text) if node.flow_style else []
+            skipped = {index for split in splits for index in split.pieces}
             result: dict[str, Any] = {}
-            for key_node, value_node in node.value:
+            for index, (key_node, value_node) in enumerate(node.value):
+                if index in skipped:
+                    continue
                 key = self._scalar(key_node) if isinstance(key_node, ScalarNode) else None
                 if not isinstance(key, str | int | float | bool) or isinstance(key, bool):
                     raise _LoadError(
@@ -122,8 +156,38 @@ class _Builder:
                     )
                 self.source.add((*self.prefix, *path, text_key, KEY), self._mark(key_node))
                 result[text_key] = self.build(value_node, (*path, text_key), depth + 1)
+            for split in splits:
+                self._report_split(node, split, path, result)
             return result
         raise _LoadError("yaml", "unsupported YAML node", node.start_mark.line + 1, 1)
+
+    def _report_split(
+        self, node: MappingNode, split: _Split, path: Path, result: dict[str, Any]
+    ) -> None:
+        """Report ``split``; put the value back together in ``result`` when it can be, so
+        the expression is checked as written and its made-up keys are not reported too."""
+        pairs = node.value
+        made_up = [str(pairs[index][0].value) for index in split.pieces]
+        first = pairs[split.pieces[0]][0]
+        keys = " and a key " if len(made_up) == 1 else " and keys "
+        listed = ", ".join(repr(key) for key in made_up)
+        if split.owner is not None and split.text is not None:
+            owner_key, owner_value = pairs[split.owner]
+            name = str(owner_key.value)
+            result[name] = split.text
+            message = (
+                f"the flow mapping split the expression {split.text!r} at a comma: YAML read "
+                f"{name + ': ' + str(owner_value.value)!r}{keys}{listed}"
+            )
+            hint = f"wrap the expression in quotes: {{{name}: {_quoted(split.text)}}}"
+        else:
+            message = (
+                f"key {made_up[0]!r} looks like the end of an expression the flow mapping "
+                "split at a comma"
+            )
+            hint = 'wrap the expression in quotes: {when: "f(x, 0)"}'
+        at = (*self.prefix, *path, str(first.value))
+        self.splits.append(_SplitFound(at, message, hint, self._mark(first)))
 
     def _check_tag(self, node: Node, expected: str) -> None:
         if node.tag != expected:
@@ -148,19 +212,155 @@ class _Builder:
         return self.constructor.construct_object(node, deep=True)
 
 
-def _parse(text: str, file: str, source: SourceMap, prefix: Path = ()) -> Any:
+_OPENING = "(["
+_CLOSING = ")]"
+
+
+def _balance(text: str) -> int:
+    """Brackets opened and not closed in ``text`` (negative: closed and not opened)."""
+    return sum(text.count(c) for c in _OPENING) - sum(text.count(c) for c in _CLOSING)
+
+
+def _looks_like_tail(text: str) -> bool:
+    """Whether a key reads as the end of an expression cut at a comma: `0)`, `c) > 1`."""
+    if _balance(text) < 0:
+        return True
+    return (text[:1].isdigit() or text[:1] == " ") and text.endswith(tuple(_CLOSING))
+
+
+def _plain(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.style is None and node.tag != f"{_CORE}null"
+
+
+def _piece(pair: tuple[Node, Node]) -> bool:
+    """Whether a pair is a made-up key of a split: a plain key with no value."""
+    key, value = pair
+    return (
+        _plain(key) and isinstance(value, ScalarNode) and value.style is None and value.value == ""
+    )
+
+
+def _flow_splits(node: MappingNode, text: str) -> list[_Split]:
+    """The values ``node`` (a flow mapping) cut at their commas.
+
+    YAML ends a plain value in a flow mapping at `, `: `{when: f(x, 0)}` reads as
+    `when: f(x` and a key `0)` with no value. A value with a bracket left open followed by
+    such keys, one of them closing it, is put back together from ``text``; a key that looks
+    like the end of one with no such value before it is reported alone."""
+    pairs = node.value
+    found: list[_Split] = []
+    taken: set[int] = set()
+    for index, (_, value) in enumerate(pairs):
+        if not _plain(value) or _balance(str(value.value)) <= 0:
+            continue
+        depth, end, pieces = _balance(str(value.value)), index + 1, []
+        while depth > 0 and end < len(pairs) and _piece(pairs[end]):
+            depth += _balance(str(pairs[end][0].value))
+            pieces.append(end)
+            end += 1
+        if not any(_looks_like_tail(str(pairs[p][0].value)) for p in pieces):
+            continue
+        found.append(_Split(index, tuple(pieces), _written(value, pairs[pieces[-1]][0], text)))
+        taken.update(pieces)
+    for index, (key, _) in enumerate(pairs):
+        if index not in taken and _plain(key) and _looks_like_tail(str(key.value)):
+            found.append(_Split(None, (index,), None))
+    return found
+
+
+def _written(first: Node, last: Node, text: str) -> str | None:
+    """The source from ``first`` to ``last`` on one line; None unless that is one stretch
+    of a flow mapping (a split value holds no brace; `<<:` merges bring pairs from
+    another mapping, which is fine when both ends come from it)."""
+    start, end = first.start_mark.index, last.end_mark.index
+    written = text[start:end] if text and start < end else ""
+    if not written or any(brace in written for brace in "{}"):
+        return None
+    return re.sub(r"[ \t]*\r?\n[ \t]*", " ", written)
+
+
+def _quoted(text: str) -> str:
+    """``text`` as a YAML quoted scalar, for a hint."""
+    if '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    if "'" not in text:
+        return f"'{text}'"
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _names_at(data: Any, path: Path) -> tuple[str | None, str | None]:
+    """The journey and step ``path`` is in, as the validator names them."""
+    if len(path) < 2 or path[0] != "journeys" or not isinstance(data, dict):
+        return None, None
+    journeys, index = data.get("journeys"), path[1]
+    if not isinstance(journeys, list) or not isinstance(index, int) or index >= len(journeys):
+        return None, None
+    journey = journeys[index]
+    if not isinstance(journey, dict):
+        return None, None
+    name = journey.get("id") if isinstance(journey.get("id"), str) else None
+    steps = journey.get("steps")
+    if len(path) < 4 or path[2] != "steps" or not isinstance(path[3], int):
+        return name, None
+    if not isinstance(steps, list) or path[3] >= len(steps) or not isinstance(steps[path[3]], dict):
+        return name, None
+    step_id = steps[path[3]].get("id")
+    return name, step_id if isinstance(step_id, str) else f"#{path[3] + 1}"
+
+
+def _parse(
+    text: str, file: str, source: SourceMap, found: list[Violation], prefix: Path = ()
+) -> Any:
+    """``text`` as plain data, its positions in ``source``; the values a flow mapping
+    split at a comma are put back together and reported into ``found``."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problem = exc.problem or exc.context or "cannot be parsed"
-        raise _LoadError("yaml", f"YAML syntax error: {problem}", line, column) from exc
+        hint = _flow_hint(exc)
+        raise _LoadError("yaml", f"YAML syntax error: {problem}", line, column, hint) from exc
     except yaml.YAMLError as exc:
         raise _LoadError("yaml", f"YAML error: {exc}", 1, 1) from exc
     if node is None:
         return None
-    return _Builder(file, source, prefix).build(node, ())
+    builder = _Builder(file, source, prefix, text)
+    data = builder.build(node, ())
+    reported: set[tuple[Location, str]] = set()
+    for split in builder.splits:
+        where = split.where
+        if (where, split.message) in reported:
+            continue  # an anchored mapping used again (`<<: *x`): once, where it is written
+        reported.add((where, split.message))
+        journey, step = _names_at(data, split.path)
+        found.append(
+            Violation(
+                "flow-split",
+                split.message,
+                where.file,
+                where.line,
+                where.column,
+                journey=journey,
+                step=step,
+                hint=split.hint,
+            )
+        )
+    return data
+
+
+def _flow_hint(exc: yaml.MarkedYAMLError) -> str | None:
+    """How to write an expression that broke a `{...}` or `[...]`: `{v: f(x, "a")}` ends
+    the plain value `f(x` at the comma, then finds `"a"` where a `,` or `}` must be."""
+    context, problem = exc.context or "", exc.problem or ""
+    if "flow mapping" not in context and "flow sequence" not in context:
+        return None
+    if "but got" not in problem or "<stream end>" in problem:
+        return None
+    return (
+        "inside { } or [ ], a value without quotes ends at a comma or a bracket: wrap the"
+        ' expression in quotes, e.g. {when: "f(x, 0)"}'
+    )
 
 
 def _violation(exc: _LoadError, file: str) -> Violation:
@@ -181,7 +381,7 @@ def load_text(
         )
         return doc
     try:
-        data = _parse(text, file, source)
+        data = _parse(text, file, source, doc.violations)
     except _LoadError as exc:
         doc.violations.append(_violation(exc, file))
         return doc
@@ -399,7 +599,7 @@ def _read_included(
 ) -> dict[str, Any] | None:
     """The included file's mapping; None (with a violation, unless it is empty) otherwise."""
     try:
-        included = _parse(_read_capped(FsPath(real)), match, local)
+        included = _parse(_read_capped(FsPath(real)), match, local, doc.violations)
     except _LoadError as exc:
         doc.violations.append(_violation(exc, match))
         return None

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
+    "ITEM_KEY",
     "KEY",
     "MAX_MESSAGE_CHARS",
     "MAX_QUOTED_CHARS",
@@ -25,6 +26,7 @@ __all__ = [
 
 Path = tuple[str | int, ...]
 KEY = "\x00key"  # path suffix under which a mapping key's own position is kept
+ITEM_KEY = "[key]"  # pydantic's path suffix for a mapping key that fails validation
 
 MAX_QUOTED_CHARS = 120
 """The most of a quoted value (an expression, a key) a message repeats back."""
@@ -80,7 +82,12 @@ class SourceMap:
         self.marks[path] = location
 
     def locate(self, path: Path, *, key: bool = False) -> Location:
-        """The position of ``path``; of its key when ``key``; else of the nearest ancestor."""
+        """The position of ``path``; of its key when ``key``; else of the nearest ancestor.
+
+        A path ending in `ITEM_KEY`, as pydantic reports a mapping key it refused
+        (`set: {Vars.x: ...}`), is that key's own position."""
+        if path and path[-1] == ITEM_KEY and path not in self.marks:
+            return self.locate(path[:-1], key=True)
         if key and (*path, KEY) in self.marks:
             return self.marks[(*path, KEY)]
         probe = tuple(path)
