@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import functools
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -165,7 +166,10 @@ def _clean_loc(loc: tuple[int | str, ...]) -> Path:
             or (isinstance(elem, str) and elem in _TAGGED_PARENTS and nxt in _TAGGED_PARENTS[elem])
             or (
                 isinstance(nxt, str)
-                and nxt.startswith(("function-", "list[", "dict[", "str", "float"))
+                and (
+                    nxt in ("str", "float", "int")
+                    or nxt.startswith(("function-", "list[", "dict["))
+                )
             )
         ):
             i += 1
@@ -240,7 +244,20 @@ def _tagged_model(models: list[type[BaseModel]], value: dict[str, Any]) -> type[
         literal = model.model_fields.get("kind")
         if kind and literal and kind in typing.get_args(literal.annotation):
             return model
-    return None
+    if "kind" in value:
+        return None
+
+    # No tag: the form with the most of its required keys present, then of the keys given
+    # (`wait: {event: e, withn: 1d}` is an event wait, `wait: {until: ..., within: 1d}` not).
+    def fit(model: type[BaseModel]) -> tuple[int, int]:
+        keys = set(_allowed_keys(model))
+        required = {
+            info.alias or name for name, info in model.model_fields.items() if info.is_required()
+        }
+        return len(required & value.keys()), len(keys & value.keys())
+
+    best = max(models, key=fit)
+    return best if fit(best) > (0, 0) else None
 
 
 def _allowed_keys(model: type[BaseModel]) -> list[str]:
@@ -357,7 +374,22 @@ class _Checker:
     def _add_invalid(self, path: Path, loc: Path, error: ErrorDetails) -> None:
         kind = error["type"]
         value = error.get("input")
-        field_name = next((str(p) for p in reversed(loc) if isinstance(p, str)), "value")
+        names = [p for p in loc if isinstance(p, str)]
+        if names and names[-1] == "[key]":  # a mapping key refused: name its mapping
+            names = names[:-2]
+        field_name = names[-1] if names else "value"
+        if kind == "union_tag_invalid":
+            ctx = error.get("ctx") or {}
+            tag = str(ctx.get("discriminator", "kind")).strip("'")
+            options = re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))
+            self.add(
+                "value",
+                (*path, tag),
+                f"{tag}: '{value.get(tag) if isinstance(value, dict) else value}' is not one "
+                f"of {', '.join(options)}",
+                hint=_did_you_mean(str(ctx.get("tag", "")), options),
+            )
+            return
         if kind == "missing":
             self.add("missing-key", path[:-1], f"missing required key '{loc[-1]}'")
         elif kind == "literal_error" and loc == ("version",):
@@ -578,15 +610,14 @@ class _Checker:
             step_path = (*path, "steps", index)
             if isinstance(raw_step, dict) and spec.step_type_of(raw_step) is None:
                 unknown = [k for k in raw_step if k not in ("id", "next", "description")]
-                guess = next(
-                    (closest(k, spec.STEP_TYPES) for k in unknown if closest(k, spec.STEP_TYPES)),
-                    None,
-                )
+                typo = next((k for k in unknown if closest(k, spec.STEP_TYPES)), None)
+                guess = closest(typo, spec.STEP_TYPES) if typo is not None else None
                 self.add(
                     "step-type",
-                    step_path,
+                    step_path if typo is None else (*step_path, typo),
                     "a step needs one type key: " + ", ".join(spec.STEP_TYPES),
                     hint=f"did you mean '{guess}'?" if guess else None,
+                    key=typo is not None,
                 )
                 broken.add(marker)
                 continue

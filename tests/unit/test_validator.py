@@ -322,8 +322,9 @@ REFUSALS = [
                 "send, wait, branch, split, score, review, set, call, exit, decide"
             ),
             hint="did you mean 'send'?",
-            at="- id: hello",
+            at="sned: offer",
             step="hello",
+            column=9,
         ),
         id="step-with-no-type-key-suggests-one",
     ),
