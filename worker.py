@@ -14,11 +14,14 @@ import compileall
 import logging
 import signal
 import sys
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import Engine
+from temporalio import activity
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
@@ -50,11 +53,15 @@ def build_worker(
     secret_key: str | None = None,
     public_url: str = "http://127.0.0.1:8000",
     workflow_sandbox: bool = False,
+    replace_activities: Mapping[str, Callable[..., Any]] | None = None,
 ) -> Worker:
     """A worker for ``task_queue`` with the interpreter and all activities.
 
     Activities that touch the database are plain functions run on ``activity_executor``
     (a thread pool), so a slow or locked database never stalls the worker's event loop.
+    ``replace_activities`` swaps activities by name (`engine.payloads.ActivityName`) for
+    others of the same signature: `journeys test` gives scenario scores and canned `call`
+    answers this way, and runs everything else as the product does.
     """
     executor = activity_executor or ThreadPoolExecutor(
         max_workers=64, thread_name_prefix="activity"
@@ -62,28 +69,34 @@ def build_worker(
     runs = RunActivities(db=db)
     messaging = MessagingActivities(db=db, secret_key=secret_key, public_url=public_url)
     reviews = ReviewActivities(db=db, public_url=public_url)
+    activities: list[Callable[..., Any]] = [
+        decisions.evaluate,
+        decisions.decide_steps,
+        decisions.local_time,
+        decisions.date_wait,
+        runs.begin_run,
+        runs.load_profile,
+        runs.load_events,
+        runs.park_events,
+        runs.record_run,
+        runs.update_profile,
+        messaging.send_message,
+        scoring.score_step,
+        reviews.open_review_task,
+        reviews.escalate_review_task,
+        reviews.close_review_task,
+        calls.call_http,
+    ]
+    if replace_activities:
+        unknown = set(replace_activities) - {_activity_name(a) for a in activities}
+        if unknown:
+            raise ValueError(f"no activity named {', '.join(sorted(unknown))} to replace")
+        activities = [replace_activities.get(_activity_name(a), a) for a in activities]
     return Worker(
         client,
         task_queue=task_queue,
         workflows=[JourneyRunWorkflow],
-        activities=[
-            decisions.evaluate,
-            decisions.decide_steps,
-            decisions.local_time,
-            decisions.date_wait,
-            runs.begin_run,
-            runs.load_profile,
-            runs.load_events,
-            runs.park_events,
-            runs.record_run,
-            runs.update_profile,
-            messaging.send_message,
-            scoring.score_step,
-            reviews.open_review_task,
-            reviews.escalate_review_task,
-            reviews.close_review_task,
-            calls.call_http,
-        ],
+        activities=activities,
         activity_executor=executor,
         workflow_runner=workflow_runner(sandboxed=workflow_sandbox),
         graceful_shutdown_timeout=timedelta(seconds=10),
@@ -93,6 +106,10 @@ def build_worker(
         max_concurrent_activities=64,
         max_concurrent_local_activities=200,
     )
+
+
+def _activity_name(defined: Callable[..., Any]) -> str:
+    return activity._Definition.must_from_callable(defined).name or ""
 
 
 def workflow_runner(*, sandboxed: bool) -> WorkflowRunner:

@@ -209,23 +209,17 @@ def call_stand_in(answers: dict[str, tuple[int, Any]]) -> Any:
 
 def _worker(env: WorkflowEnvironment, db: Engine, scenario: Scenario) -> Worker:
     """The product's worker (`worker.build_worker`), the two stand-ins swapped in."""
-    # Built on a queue of its own and never started: only its configuration is used.
-    built = build_worker(env.client, db=db, task_queue=f"{TASK_QUEUE}-template")
-    config = built.config()
-    config["task_queue"] = TASK_QUEUE
-    swapped = {
-        ActivityName.SCORE_STEP.value: scoring_stand_in(dict(scenario.scores)),
-        ActivityName.CALL_HTTP.value: call_stand_in(
-            {step: (a.status, a.body) for step, a in scenario.calls.items()}
-        ),
-    }
-    activities = []
-    for defined in config.get("activities", []):
-        definition = activity._Definition.from_callable(defined)
-        name = definition.name if definition is not None else None
-        activities.append(swapped.get(name, defined) if name is not None else defined)
-    config["activities"] = activities
-    return Worker(**config)
+    return build_worker(
+        env.client,
+        db=db,
+        task_queue=TASK_QUEUE,
+        replace_activities={
+            ActivityName.SCORE_STEP.value: scoring_stand_in(dict(scenario.scores)),
+            ActivityName.CALL_HTTP.value: call_stand_in(
+                {step: (a.status, a.body) for step, a in scenario.calls.items()}
+            ),
+        },
+    )
 
 
 # ----------------------------------------------------------------------------- the world
