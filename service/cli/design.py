@@ -26,6 +26,7 @@ from channels.preview import (
 )
 from engine.catalog import Catalog, build_catalog
 from engine.graph import to_mermaid, to_svg
+from engine.scenarios import load_scenario_file
 from engine.schema import json_schema
 
 __all__ = ["app", "main"]
@@ -200,6 +201,22 @@ def _pairs(values: list[str] | None, option: str) -> dict[str, object]:
         raise typer.Exit(2) from None
 
 
+def _scenario_values(path: Path, name: str | None) -> tuple[dict[str, object], dict[str, object]]:
+    """A scenario's profile, and the properties of the first event its timeline sends."""
+    loaded = load_scenario_file(path)
+    for violation in loaded.violations:
+        typer.echo(violation.format(), err=True)
+    if loaded.violations:
+        raise typer.Exit(2)
+    chosen = next((s for s in loaded.scenarios if name is None or s.name == name), None)
+    if chosen is None:
+        names = "; ".join(s.name for s in loaded.scenarios)
+        typer.echo(f"preview: {path}: no scenario named {name!r} (scenarios: {names})", err=True)
+        raise typer.Exit(2)
+    first = next((entry for entry in chosen.timeline if entry.event), None)
+    return dict(chosen.profile), dict(first.properties) if first else {}
+
+
 def _echo_channel(channel: ChannelPreview, html_out: Path | None) -> None:
     typer.echo(f"== {channel.channel}")
     if channel.error is not None:
@@ -282,6 +299,17 @@ def preview(
         list[str] | None,
         typer.Option("--var", help="A journey variable NAME=VALUE (vars.NAME); repeatable."),
     ] = None,
+    scenario: Annotated[
+        Path | None,
+        typer.Option(
+            "--scenario",
+            help="Take the profile and the first event's properties from a scenario file"
+            " (its first scenario, or --scenario-name's); --profile/--event add to them.",
+        ),
+    ] = None,
+    scenario_name: Annotated[
+        str | None, typer.Option("--scenario-name", help="The scenario to take, by name.")
+    ] = None,
     html_out: Annotated[
         Path | None,
         typer.Option("--html-out", help="Write the email HTML here (default: a temp file)."),
@@ -296,7 +324,12 @@ def preview(
     """Render a template for every channel it has, as a send would: email subject, text
     and HTML (to a file), SMS with its segments and encoding, push with its lengths.
     Exit 1 when a channel cannot be rendered (the error at its file:line)."""
-    values = _pairs(profile, "--profile"), _pairs(event, "--event"), _pairs(var, "--var")
+    given = _scenario_values(scenario, scenario_name) if scenario else ({}, {})
+    values = (
+        {**given[0], **_pairs(profile, "--profile")},
+        {**given[1], **_pairs(event, "--event")},
+        _pairs(var, "--var"),
+    )
     if not file.is_file():
         typer.echo(f"preview: {file}: no such journeys file", err=True)
         raise typer.Exit(2)

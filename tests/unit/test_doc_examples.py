@@ -301,3 +301,14 @@ def test_operations_md_deploy_example_is_real_output(
     again = _deploy(after)
     assert unprinted(shown[:1], again, [VERSION]) == [], again
     assert all(": unchanged (version " in line for line in again.splitlines()), again
+
+
+def test_journeys_md_preview_example_is_real_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/journeys.md's `journeys preview` example, run on the repository's catalogue."""
+    shown = block_after(ROOT / "docs/journeys.md", "as a send would fail:")
+    command = shown[0].removeprefix("$ ").split()
+    assert command[:2] == ["journeys", "preview"], shown[0]
+    monkeypatch.chdir(ROOT)
+    result = CliRunner().invoke(app, command[1:])
+    assert result.exit_code == 1, result.output
+    assert unprinted(shown[1:], result.output) == [], result.output

@@ -209,3 +209,55 @@ def test_parse_pairs_reads_json_values_and_skips_comments() -> None:
         assert str(error) == "profile line 1: '=1' is not NAME=VALUE"
     else:
         raise AssertionError("no error")
+
+
+SCENARIOS = """\
+scenarios:
+  - name: first
+    journey: j
+    profile: {first_name: Ann}
+    start: 2026-05-11T13:00:00+09:00
+    timeline:
+      - {at: 0s, event: payment_failed, properties: {amount: 300, currency: USD}}
+    expect: {outcome: completed}
+  - name: second
+    journey: j
+    profile: {first_name: Bo}
+    start: 2026-05-11T13:00:00+09:00
+    timeline:
+      - {at: 0s, event: payment_failed, properties: {amount: 9000, currency: KRW}}
+    expect: {outcome: completed}
+"""
+
+
+def test_a_scenario_gives_the_profile_and_the_entry_event_and_options_add_to_them(
+    tmp_path: Path,
+) -> None:
+    path = _files(tmp_path)
+    scenarios = tmp_path / "scenarios.yaml"
+    scenarios.write_text(SCENARIOS, encoding="utf-8")
+    base = ["preview", "offer", "-f", str(path), "--scenario", str(scenarios)]
+
+    first = runner.invoke(app, [*base, "--var", "new_due=soon"])
+    second = runner.invoke(app, [*base, "--scenario-name", "second", "--event", "amount=1"])
+
+    assert first.exit_code == 0, first.output
+    assert "    Hi Ann, we can move $300.00." in first.output.splitlines()
+    assert second.exit_code == 1, second.output  # vars.new_due missing in the email text
+    assert "    Hi Bo, we can move ₩1." in second.output.splitlines()
+
+
+def test_a_scenario_that_is_not_there_or_is_broken_is_an_error_naming_it(tmp_path: Path) -> None:
+    path = _files(tmp_path)
+    scenarios = tmp_path / "scenarios.yaml"
+    scenarios.write_text(SCENARIOS, encoding="utf-8")
+    base = ["preview", "offer", "-f", str(path), "--scenario", str(scenarios)]
+
+    unknown = runner.invoke(app, [*base, "--scenario-name", "third"])
+    scenarios.write_text(SCENARIOS.replace("profile:", "profil:", 1), encoding="utf-8")
+    broken = runner.invoke(app, base)
+
+    assert unknown.exit_code == 2
+    assert f"{scenarios}: no scenario named 'third' (scenarios: first; second)" in unknown.output
+    assert broken.exit_code == 2
+    assert f"{scenarios}:4:5: " in broken.output and "profil" in broken.output
