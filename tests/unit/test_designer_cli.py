@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from service.cli.design import app
+from service.cli.main import app as full_app
 from tests.unit.journey_docs import journey_doc, line_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -189,9 +190,26 @@ def _plain_blocks(markdown: Path, start: str, end: str) -> list[list[str]]:
 
 
 def _designing_outputs() -> list[list[str]]:
+    """The README's clean and failing `journeys validate` outputs (after the scenarios')."""
     blocks = _plain_blocks(ROOT / "README.md", "### Designing journeys", "## What it is")
-    assert len(blocks) == 2, "README: the clean and the failing `journeys validate` output"
-    return blocks
+    assert len(blocks) == 3, "README: `journeys test`'s output, then `journeys validate`'s two"
+    return blocks[1:]
+
+
+def test_readme_journeys_test_output_is_the_real_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README shows `journeys test --coverage` on the example scenarios: the lines it
+    shows are printed, in order (``...`` alone: any lines; in a line: any text)."""
+    shown = _plain_blocks(ROOT / "README.md", "### Designing journeys", "## What it is")[0]
+    monkeypatch.chdir(ROOT)
+    result = runner.invoke(full_app, ["test", "--coverage"])
+    assert result.exit_code == 0, result.output
+    printed = result.output.splitlines()
+    at = 0
+    for line in (line for line in shown if line != "..."):
+        pattern = re.compile(".*".join(re.escape(part) for part in line.split("...")))
+        found = next((i for i in range(at, len(printed)) if pattern.fullmatch(printed[i])), None)
+        assert found is not None, f"README shows {line!r}, not printed in order:\n{result.output}"
+        at = found + 1
 
 
 def test_readme_validate_output_is_the_real_output(monkeypatch: pytest.MonkeyPatch) -> None:
