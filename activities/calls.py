@@ -36,6 +36,17 @@ def _render(text: str, context: dict[str, Any]) -> str:
         ) from None
 
 
+def refuse_error_status(method: str, status: int) -> None:
+    """An error answer as the step takes it: a 4xx other than 408 or 429 is refused for
+    good (the run takes the step's on_error), any other error is retried."""
+    if 400 <= status < 500 and status not in (408, 429):
+        raise ApplicationError(
+            f"{method} answered {status}", type=ErrorType.HTTP_CALL_REJECTED, non_retryable=True
+        )
+    if status >= 400:
+        raise ApplicationError(f"{method} answered {status}", type=ErrorType.HTTP_CALL_FAILED)
+
+
 @activity.defn(name=ActivityName.CALL_HTTP)
 async def call_http(request: CallHttpInput) -> CallHttpResult:
     """Make the call; the JSON answer (or text) becomes `vars.<step id>`."""
@@ -57,16 +68,7 @@ async def call_http(request: CallHttpInput) -> CallHttpResult:
             type=ErrorType.HTTP_CALL_FAILED,
         ) from None
     status = response.status_code
-    if 400 <= status < 500 and status not in (408, 429):
-        raise ApplicationError(
-            f"{request.method} answered {status}",
-            type=ErrorType.HTTP_CALL_REJECTED,
-            non_retryable=True,
-        )
-    if status >= 400:
-        raise ApplicationError(
-            f"{request.method} answered {status}", type=ErrorType.HTTP_CALL_FAILED
-        )
+    refuse_error_status(request.method, status)
     content = response.content[:MAX_RESPONSE]
     body: Any
     try:

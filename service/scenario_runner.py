@@ -34,12 +34,11 @@ from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.exceptions import ApplicationError
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities import scoring
+from activities import calls, scoring
 from engine.database import (
     EventRecord,
     OutboxMessage,
@@ -51,7 +50,6 @@ from engine.database import (
     session_scope,
     upsert_profile,
 )
-from engine.errors import ErrorType
 from engine.payloads import (
     QUERY_STATE,
     SEARCH_ATTRIBUTES,
@@ -192,16 +190,7 @@ def call_stand_in(answers: dict[str, tuple[int, Any]]) -> Any:
     @activity.defn(name=ActivityName.CALL_HTTP)
     async def call_http(request: CallHttpInput) -> CallHttpResult:
         status, body = answers.get(request.step_id, (200, None))
-        if 400 <= status < 500 and status not in (408, 429):
-            raise ApplicationError(
-                f"{request.method} answered {status}",
-                type=ErrorType.HTTP_CALL_REJECTED,
-                non_retryable=True,
-            )
-        if status >= 400:
-            raise ApplicationError(
-                f"{request.method} answered {status}", type=ErrorType.HTTP_CALL_FAILED
-            )
+        calls.refuse_error_status(request.method, status)
         return CallHttpResult(status_code=status, body=body)
 
     return call_http
