@@ -99,9 +99,24 @@ class _Builder:
         self.source = source
         self.prefix = prefix
         self.text = text
+        self._lines: list[str] | None = None
         self.nodes = 0
         self.constructor = yaml.SafeLoader("")
         self.splits: list[_SplitFound] = []
+
+    def _note_text(self, node: ScalarNode, path: Path) -> None:
+        """Record where a one-line scalar's text begins, if the source holds it verbatim
+        (so a type error can point inside an expression)."""
+        if not self.text or node.start_mark.line != node.end_mark.line:
+            return
+        if node.style not in (None, "'", '"') or not isinstance(node.value, str):
+            return
+        if self._lines is None:
+            self._lines = self.text.split("\n")
+        line = node.start_mark.line
+        start = node.start_mark.column + (0 if node.style is None else 1)
+        if line < len(self._lines) and self._lines[line][start:].startswith(node.value):
+            self.source.texts[path] = Location(self.file, line + 1, start + 1)
 
     def _mark(self, node: Node) -> Location:
         return Location(self.file, node.start_mark.line + 1, node.start_mark.column + 1)
@@ -124,6 +139,7 @@ class _Builder:
             )
         self.source.add(self.prefix + path, self._mark(node))
         if isinstance(node, ScalarNode):
+            self._note_text(node, self.prefix + path)
             return self._scalar(node)
         if isinstance(node, SequenceNode):
             self._check_tag(node, f"{_CORE}seq")

@@ -305,8 +305,12 @@ class _Checker:
         hint: str | None = None,
         key: bool = False,
         warning: bool = False,
+        offset: int | None = None,
     ) -> None:
-        loc = self.source.locate(path, key=key)
+        """``offset``: the character of the value at ``path`` the problem is at, when the
+        source holds that value verbatim (else the value's own position is used)."""
+        inside = self.source.locate_inside(path, offset) if offset is not None else None
+        loc = inside or self.source.locate(path, key=key)
         journey, step = self._names_at(path)
         self.violations.append(
             Violation(
@@ -1570,6 +1574,7 @@ class _JourneyChecker:
                 path,
                 f"expression {source!r}: {problem.message}",
                 hint=problem.hint,
+                offset=problem.column,
             )
 
     def _scope(self, events: set[str]) -> Scope:

@@ -77,9 +77,20 @@ class SourceMap:
 
     default_file: str
     marks: dict[Path, Location] = field(default_factory=dict)
+    # Where a one-line scalar's text begins, when the source holds it character for
+    # character (plain, or quoted without escapes): a position inside it is then exact.
+    texts: dict[Path, Location] = field(default_factory=dict)
 
     def add(self, path: Path, location: Location) -> None:
         self.marks[path] = location
+
+    def locate_inside(self, path: Path, offset: int) -> Location | None:
+        """The position of character ``offset`` (0-based) of the text at ``path``, when
+        the source holds that text as it is; else None."""
+        start = self.texts.get(path)
+        if start is None:
+            return None
+        return Location(start.file, start.line, start.column + offset)
 
     def locate(self, path: Path, *, key: bool = False) -> Location:
         """The position of ``path``; of its key when ``key``; else of the nearest ancestor.

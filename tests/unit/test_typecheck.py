@@ -24,7 +24,15 @@ from engine.typecheck import (
     check_template,
     expression_type,
 )
-from tests.unit.journey_docs import HEAD, Refusal, assert_refused, check, journey_doc
+from tests.unit.journey_docs import (
+    HEAD,
+    Refusal,
+    assert_refused,
+    check,
+    journey_doc,
+    line_of,
+    only_error,
+)
 
 PROFILE_HEAD = HEAD.replace(
     "templates:",
@@ -55,7 +63,16 @@ def column_of(text: str, marker: str) -> int:
     return line.index(marker) + 1
 
 
-def refusal(when: str, message: str, hint: str, *, head: str = HEAD, before: str = "") -> Refusal:
+def refusal(
+    when: str,
+    message: str,
+    hint: str,
+    *,
+    head: str = HEAD,
+    before: str = "",
+    part: str | None = None,
+) -> Refusal:
+    """The refusal of ``when``, at the column of ``part`` inside it (default: its start)."""
     text = branch_doc(when, head=head, before=before)
     return Refusal(
         text=text,
@@ -64,7 +81,7 @@ def refusal(when: str, message: str, hint: str, *, head: str = HEAD, before: str
         hint=hint,
         at=f"when: {when}",
         step="b",
-        column=column_of(text, when),
+        column=column_of(text, when) + (when.index(part) if part else 0),
     )
 
 
@@ -117,6 +134,7 @@ def test_in_on_a_number_is_refused() -> None:
             "500 in event.amount",
             "'in' needs a list, string or object on its right; event.amount is a number",
             "use == to compare values, or a list: x in [1, 2]",
+            part="event.amount",  # the column points inside the expression, at the number
         )
     )
 
@@ -163,6 +181,7 @@ def test_a_function_given_the_wrong_type_is_refused() -> None:
             "lower(event.amount) == 'x'",
             "lower() needs a string; event.amount is a number",
             "give lower() a string",
+            part="event.amount",
         )
     )
 
@@ -537,3 +556,26 @@ def test_the_validator_never_fails_on_generated_expressions(source: str) -> None
     text = branch_doc(repr(source), head=PROFILE_HEAD)
     violations = check(text).violations
     assert [v.format() for v in violations if v.code == "internal"] == []
+
+
+@pytest.mark.parametrize(
+    ("written", "shift"),
+    [
+        ("when: 500 in event.amount", 6 + 7),  # plain: the value starts after `when: `
+        ("when: '500 in event.amount'", 7 + 7),  # quoted: after the quote
+        ('when: "500 in event.amount"', 7 + 7),
+    ],
+)
+def test_the_column_points_inside_the_expression_as_written(written: str, shift: int) -> None:
+    text = branch_doc("500 in event.amount").replace("when: 500 in event.amount", written)
+    violation = only_error(check(text))
+    assert violation.column == column_of(text, written) + shift
+
+
+def test_an_expression_not_held_verbatim_is_reported_at_its_start() -> None:
+    """A block scalar (or a quoted one with escapes) is not the source character for
+    character: the column is the value's own."""
+    plain = branch_doc("500 in event.amount")
+    text = plain.replace("when: 500 in event.amount", "when: >-\n              500 in event.amount")
+    violation = only_error(check(text))
+    assert (violation.line, violation.column) == (line_of(text, "when: >-"), column_of(text, ">-"))
