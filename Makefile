@@ -51,7 +51,7 @@ test: lint typecheck mlserver browser
 
 # Tests left out of `make test` (marker `long`) to keep it under 20 minutes: the
 # 20,000-event run of issue #14, about 4 minutes, and 100 real stops of `journeys up`
-# (every way a stop arrives, 20 times each; issue #16), about half an hour
+# (every way a stop arrives, 20 times each; issue #16), about 10 minutes
 # (docs/testing.md).
 test-long: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q -s -m long

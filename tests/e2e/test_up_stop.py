@@ -6,9 +6,9 @@ forwarded by `make`). Every try: nothing hangs (every wait is bounded), no child
 killed (each stops by its SIGTERM: a duplicate signal is not a second signal), nothing is
 left running or listening, and `up` exits 0.
 
-A full `journeys up` takes 15-20 s to start here (two shared cores; the CLI's imports and
-the catalogue check alone take ~8 s before the first line), so 100 full starts would take
-half an hour. Each way is therefore tried 20 times as:
+A full `journeys up` cycle (start, runs posted, stop) takes about 6 s here when the
+machine is quiet and 15-20 s under load, so 100 real stops take 10 minutes or more: too
+much of `make test`'s 20. There each way is therefore tried 20 times as:
 
 - once with the real `journeys up` (the Makefile's own `up` recipe for the `make` ways),
   healthy, with runs waiting in their timer and an event just posted (in flight), all on
@@ -380,7 +380,7 @@ def _wait_runs(api_url: str, key: str, customers: list[str], *, timeout: float) 
     ("ways", "rounds"),
     [
         pytest.param(REAL_WAYS, 1, id="once-each"),
-        # Every way 20 times with the real `journeys up`: 100 starts, about half an hour
+        # Every way 20 times with the real `journeys up`: 100 starts, 10 minutes here
         # (`make test-long`).
         pytest.param(WAYS, TRIES, id="20-times-each", marks=pytest.mark.long),
     ],
