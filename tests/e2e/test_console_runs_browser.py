@@ -81,7 +81,11 @@ def add_user(stack: JourneysStack, name: str, role: str) -> str:
     return found.group(1)
 
 
-def sign_in(page: Any, stack: JourneysStack, name: str, one_time: str) -> None:
+def sign_in(
+    page: Any, stack: JourneysStack, name: str, one_time: str, landing: str = "reviews"
+) -> None:
+    """Sign in with the one-time password, replace it, and land on the role's first page
+    (ops: the review queue; a designer: the journeys list), which confirms the change."""
     page.goto(f"{stack.api_url}/console/login")
     page.fill("#name", name)
     page.fill("#password", one_time)
@@ -91,7 +95,8 @@ def sign_in(page: Any, stack: JourneysStack, name: str, one_time: str) -> None:
     page.fill("#new", NEW_PASSWORD)
     page.fill("#repeat", NEW_PASSWORD)
     page.click("main button[type=submit]")
-    page.wait_for_url(re.compile(r".*/console/reviews\?notice=password-changed$"))
+    page.wait_for_url(re.compile(rf".*/console/{landing}\?notice=password-changed$"))
+    assert "Your password was changed" in page.inner_text("#notice")
 
 
 @dataclass(frozen=True)
@@ -255,7 +260,7 @@ def test_a_designer_previews_a_template_from_a_journey(browser: Any, stack: Jour
     context = browser.new_context(viewport={"width": 1366, "height": 900})
     try:
         page = context.new_page()
-        sign_in(page, stack, "dana", password)
+        sign_in(page, stack, "dana", password, landing="journeys")
         page.goto(f"{stack.api_url}/console/runs")
         page.click("header nav a:has-text('Journeys')")
         page.wait_for_url(re.compile(r".*/console/journeys$"))
