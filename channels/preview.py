@@ -26,7 +26,7 @@ from typing import Any
 from channels.rendering import PUSH_MAX, SMS_MAX, MissingFormError, render_message
 from channels.sms import MAX_SEGMENTS, encoding, segments
 from engine.catalog import Catalog
-from rules import RenderError, TemplateError, compile_template
+from rules import MESSAGE_NAMES, RenderError, TemplateError, compile_template
 
 __all__ = [
     "PUSH_TITLE_MAX",
@@ -257,6 +257,7 @@ def _context(
         "scores": {},
         "review": None,
         "journey": {"id": journey_id, "version": version, "run_id": "preview", "step": None},
+        "run": {"status_url": "https://status.example/v1/status/preview-token"},
         "now": now.isoformat(),
     }
 
@@ -307,7 +308,7 @@ def _preview_channel(
         if form not in forms:
             continue
         try:
-            compile_template(forms[form], html=form == "email.html")
+            compile_template(forms[form], html=form == "email.html", names=MESSAGE_NAMES)
         except TemplateError as error:
             problem = f"{form}: {error.message}" + (f" ({error.hint})" if error.hint else "")
             return ChannelPreview(channel, error=problem, where=_where(form, error.line, places))
@@ -361,7 +362,9 @@ def _culprit(
     failing = parts[0]
     for part in parts:
         try:
-            compile_template(forms[part], html=part == "email.html").render(context, timezone=zone)
+            compile_template(forms[part], html=part == "email.html", names=MESSAGE_NAMES).render(
+                context, timezone=zone
+            )
         except RenderError:
             failing = part
             break

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rules import cached_template
+from rules import MESSAGE_NAMES, cached_template
 
 __all__ = ["MissingFormError", "RenderedMessage", "form_for", "render_message"]
 
@@ -60,7 +60,8 @@ def _render(
 ) -> str | None:
     if source is None:
         return None
-    return cached_template(source, html=html).render(context, timezone=timezone, max_length=limit)
+    compiled = cached_template(source, html=html, names=MESSAGE_NAMES)
+    return compiled.render(context, timezone=timezone, max_length=limit)
 
 
 def render_message(

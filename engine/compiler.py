@@ -41,6 +41,9 @@ def plan_version(data: dict[str, Any]) -> str:
     if "steps" in body:
         body["steps"] = {k: _without_unset_correlate(v) for k, v in body["steps"].items()}
     # Nor without `max_steps:`.
+    # Nor without `public:` texts.
+    if not body.get("public", True):
+        del body["public"]
     settings = body.get("settings")
     if isinstance(settings, dict) and settings.get("max_steps", 0) is None:
         body["settings"] = {k: v for k, v in settings.items() if k != "max_steps"}
@@ -303,6 +306,7 @@ def compile_journey(
             if name in document.channels
         },
         "personal": _personal(journey, document, reads, key_reads),
+        "public": {step.id: step.public for step in journey.steps if step.public},
     }
     draft = p.Plan.model_validate(body)
     return draft.model_copy(update={"version": plan_version(draft.model_dump(mode="json"))})

@@ -314,6 +314,9 @@ class Plan(_Frozen):
     personal: PlanPersonal | None = None
     """Set by the compiler since personal data is declared; None in older plans (then
     well-known names decide and every property is kept)."""
+    public: dict[str, str] = Field(default_factory=dict)
+    """The steps' `public:` texts, by step id: what the run's status page shows the
+    customer. Read by the status page only, never by the interpreter."""
 
     def step(self, step_id: str) -> PlanStep:
         """The step called ``step_id`` (KeyError if the plan has none)."""

@@ -515,6 +515,13 @@ class _Step(_Model):
         None, description="The step after this one (default: the following)."
     )
     description: str | None = None
+    public: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Text for the customer, e.g. 'Your request is being reviewed': the run's "
+        "status page (`{{ run.status_url }}`) shows it once the run reaches this step.",
+    )
 
 
 class SendStep(_Step):

@@ -201,6 +201,7 @@ def scope_for(
                 {"decision": STRING, "reviewer": STRING, "note": STRING, "at": TIMESTAMP},
             ),
             "journey": Type("object", {"id": STRING, "run_id": STRING, "step": STRING}),
+            "run": Type("object", {"status_url": STRING}),
             "now": TIMESTAMP,
         }
     )

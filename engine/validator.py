@@ -45,6 +45,7 @@ from engine.typecheck import (
 from engine.unary import HELP, UnaryTest, UnaryTestError, parse_test
 from engine.violations import Path, Violation
 from rules import (
+    MESSAGE_NAMES,
     CompiledTemplate,
     Expression,
     ExpressionError,
@@ -59,6 +60,7 @@ TRIGGER_FIELDS = ("properties", "name", "timestamp", "message_id")
 CUSTOMER_FIELDS = ("id", "email", "phone", "push_token")
 JOURNEY_FIELDS = ("id", "version", "run_id", "step")
 REVIEW_FIELDS = ("decision", "reviewer", "note", "at")
+RUN_FIELDS = ("status_url",)  # a message template's `run` (rules.MESSAGE_NAMES)
 SCORE_FIELDS = ("score", "model", "model_version", "latency_ms", "fallback_used", "error")
 MODEL_CALL_BUDGET_SECONDS = 45  # timeout x tries; the workflow gives the activity 60 s
 MAX_TEMPLATE_FILE = 256 * 1024
@@ -836,7 +838,7 @@ class _Checker:
                 continue
             for form, text, html in self._template_parts(name, template):
                 try:
-                    compiled = compile_template(text, html=html)
+                    compiled = compile_template(text, html=html, names=MESSAGE_NAMES)
                 except TemplateError as exc:
                     self.add(
                         "template",
@@ -1670,6 +1672,7 @@ class _JourneyChecker:
             "customer": CUSTOMER_FIELDS,
             "journey": JOURNEY_FIELDS,
             "review": REVIEW_FIELDS,
+            "run": RUN_FIELDS,
         }
         if root in fixed and name not in fixed[root]:
             return (f"'{root}' has no '{name}'", _did_you_mean(name, fixed[root]), "unknown-name")

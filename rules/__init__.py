@@ -12,6 +12,7 @@ cache that run-time code uses.
 from .cache import cached_expression, cached_template
 from .expressions import (
     CONTEXT_NAMES,
+    MESSAGE_NAMES,
     EvaluationError,
     Expression,
     ExpressionError,
@@ -25,6 +26,7 @@ __all__ = [
     "CONTEXT_NAMES",
     "FILTER_NAMES",
     "FUNCTION_NAMES",
+    "MESSAGE_NAMES",
     "CompiledTemplate",
     "EvaluationError",
     "Expression",

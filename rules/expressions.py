@@ -85,6 +85,10 @@ CONTEXT_NAMES: Final[frozenset[str]] = frozenset(
 )
 """The names an expression or template may read (the contract's Context table)."""
 
+MESSAGE_NAMES: Final[frozenset[str]] = CONTEXT_NAMES | {"run"}
+"""What a message template may read: the context, and ``run`` (``run.status_url``, the
+customer's status link; only a send has it)."""
+
 MAX_SOURCE_LENGTH: Final = 1000
 MAX_DEPTH: Final = 30
 MAX_NODES: Final = 200

@@ -59,6 +59,7 @@ from service.api.routes import (
     preferences,
     reviews,
     runs,
+    status,
     unsubscribe,
 )
 from service.console.auth import SessionKeys
@@ -211,6 +212,7 @@ def create_app(settings: RuntimeSettings | None = None, *, client: Client | None
         preferences,
         outbox,
         unsubscribe,
+        status,
         reviews,
         health,
     ):

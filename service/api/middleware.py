@@ -47,12 +47,15 @@ CONTENT_SECURITY_POLICY = (
 """Every answer's policy: scripts and styles from the app's own files only (the console's
 are under /console/static), nothing inline, and no page of it in anyone's frame."""
 
-# The unsubscribe pages are built with their style inline (and no script at all).
+# The unsubscribe and status pages are built with their style inline (and no script).
 _UNSUBSCRIBE_POLICY = (
     "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; "
     "frame-ancestors 'none'"
 )
-_POLICIES_BY_PREFIX = (("/v1/unsubscribe/", _UNSUBSCRIBE_POLICY),)
+_POLICIES_BY_PREFIX = (
+    ("/v1/unsubscribe/", _UNSUBSCRIBE_POLICY),
+    ("/v1/status/", _UNSUBSCRIBE_POLICY),
+)
 
 _DOCS_CDN = "https://cdn.jsdelivr.net"
 

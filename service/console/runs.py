@@ -394,7 +394,7 @@ def _messages(deliveries: list[Delivery], outbox: list[OutboxMessage]) -> list[M
     return sorted(messages, key=lambda m: as_utc(m.at) if m.at else utcnow())
 
 
-def _recorded_wait(run: Run, last: list[dict[str, Any]], tasks: list[ReviewTask]) -> Waiting | None:
+def recorded_wait(run: Run, last: list[dict[str, Any]], tasks: list[ReviewTask]) -> Waiting | None:
     """What the rows say the run waits for: an open review task at its step, or its last
     path entry when that is its step's wait (or a send's deferral) still waiting."""
     if run.status != "running":
@@ -479,7 +479,7 @@ def _run_view(db: Engine, run_id: str, after: int) -> RunView:
         customer.get(run.customer_id) if run else None,
         plan.get((run.journey_id, run.version)) if run else None,
     )
-    waiting = _recorded_wait(run, last, tasks) if run else None
+    waiting = recorded_wait(run, last, tasks) if run else None
     why = explain_run(records) if records is not None else None
     return RunView(run, page, total, _messages(deliveries, outbox), tasks, waiting, clock, why)
 

@@ -48,6 +48,7 @@ EXPECTED_OPERATIONS = {
     "GET /v1/deliveries",
     "GET /v1/unsubscribe/{token}",
     "POST /v1/unsubscribe/{token}",
+    "GET /v1/status/{token}",
     "GET /v1/reviews",
     "GET /v1/reviews/{task_id}",
     "POST /v1/reviews/{task_id}/claim",
