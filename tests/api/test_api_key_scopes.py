@@ -155,6 +155,18 @@ async def test_each_route_lets_its_scope_through_and_refuses_the_others_naming_i
     assert unknown.headers["www-authenticate"] == "Bearer"
 
 
+async def test_a_key_without_the_scope_learns_nothing_about_its_input(
+    scoped_api: RunningApi,
+) -> None:
+    """The scope is checked before the body's fields: invalid ones are not described."""
+    http = scoped_api.http
+    invalid = {"type": "track", "userId": "c1"}  # no event
+    refused = await _call(http, "POST", "/v1/track", invalid, READ_KEY)
+    described = await _call(http, "POST", "/v1/track", invalid, INGEST_KEY)
+    assert refused.status_code == 403 and "'ingest' scope" in refused.json()["detail"]
+    assert described.status_code == 422
+
+
 @pytest.mark.parametrize(("method", "path"), PEOPLE_ONLY)
 async def test_review_actions_refuse_every_key_whatever_its_scopes(
     scoped_api: RunningApi, method: str, path: str
