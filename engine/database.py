@@ -15,7 +15,7 @@ import functools
 import hashlib
 import json
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -30,6 +30,7 @@ from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 from engine.timestamps import utcnow
 
 __all__ = [
+    "API_KEY_SCOPES",
     "ROLES",
     "ApiKey",
     "CapReservation",
@@ -56,10 +57,15 @@ __all__ = [
     "create_api_key",
     "dialect_insert",
     "engine_for",
+    "find_api_keys",
     "get_profile",
+    "join_scopes",
+    "list_api_keys",
     "make_engine",
     "open_runs_for",
+    "revoke_api_keys",
     "session_scope",
+    "split_scopes",
     "store_event",
     "upsert_profile",
     "utcnow",
@@ -328,8 +334,17 @@ class ChannelRate(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+API_KEY_SCOPES = ("ingest", "read", "admin")
+"""What an API key may do: ``ingest`` sends events, ``read`` reads runs, journeys,
+messages and reviews, ``admin`` does all of it and more (docs/security.md has the table)."""
+
+
 class ApiKey(SQLModel, table=True):
-    """An API key for an event source; only its SHA-256 is stored."""
+    """An API key for an event source; only its SHA-256 is stored.
+
+    ``scopes`` is a comma-separated list of `API_KEY_SCOPES` (keys made before scopes
+    existed were given ``admin`` by the migration). A revoked key (``revoked_at`` set)
+    is kept, so that `list_api_keys` still shows it, and refused."""
 
     __tablename__ = "api_keys"
 
@@ -337,6 +352,8 @@ class ApiKey(SQLModel, table=True):
     name: str = Field(max_length=100)
     key_hash: str = Field(unique=True, max_length=64)
     created_at: datetime = Field(default_factory=utcnow)
+    scopes: str = Field(default="ingest", max_length=100)
+    revoked_at: datetime | None = None
 
 
 ROLES = ("admin", "designer", "ops", "supervisor", "auditor")
@@ -555,27 +572,88 @@ def api_key_digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def create_api_key(session: Session, *, name: str, key: str | None = None) -> str:
-    """Store a key's hash and return the key (generated when not given)."""
+def split_scopes(scopes: str) -> frozenset[str]:
+    """The scopes in an `ApiKey.scopes` column (unknown names are dropped)."""
+    return frozenset(s for s in (part.strip() for part in scopes.split(",")) if s in API_KEY_SCOPES)
+
+
+def join_scopes(scopes: Iterable[str]) -> str:
+    """The `ApiKey.scopes` column for these scopes, in `API_KEY_SCOPES` order.
+
+    Raises ValueError naming a scope that is not one of `API_KEY_SCOPES`, or if none is given."""
+    wanted = set(scopes)
+    unknown = sorted(wanted - set(API_KEY_SCOPES))
+    if unknown:
+        raise ValueError(f"scope {unknown[0]!r} is not one of {', '.join(API_KEY_SCOPES)}")
+    if not wanted:
+        raise ValueError("a key needs at least one scope")
+    return ",".join(s for s in API_KEY_SCOPES if s in wanted)
+
+
+def create_api_key(
+    session: Session,
+    *,
+    name: str,
+    key: str | None = None,
+    scopes: Iterable[str] = ("admin",),
+) -> str:
+    """Store a key's hash and return the key (generated when not given).
+
+    ``scopes`` defaults to ``admin``: the keys made without asking are the operator's own
+    (`journeys up`'s ``state/api_key``, ``JOURNEYS_API_KEY``), which the client commands
+    use for everything. `journeys apikey add` asks for its scopes (``ingest`` unless
+    told). A key stored already (the same hash) is left as it is."""
+    column = join_scopes(scopes)
     key = key or "jk_" + secrets.token_urlsafe(24)
     digest = api_key_digest(key)
     if session.exec(select(ApiKey).where(ApiKey.key_hash == digest)).first() is None:
-        session.add(ApiKey(name=name, key_hash=digest))
+        session.add(ApiKey(name=name, key_hash=digest, scopes=column))
         session.flush()
     return key
 
 
 def check_api_key(session: Session, key: str) -> ApiKey | None:
-    """The key's record if ``key`` is valid."""
+    """The key's record if ``key`` is valid (known and not revoked)."""
     return check_api_key_digest(session, api_key_digest(key))
 
 
 def check_api_key_digest(session: Session, digest: str) -> ApiKey | None:
-    """The record of the key whose `api_key_digest` is ``digest``, if there is one."""
+    """The record of the key whose `api_key_digest` is ``digest``, if there is one and it
+    is not revoked."""
     for candidate in session.exec(select(ApiKey).where(ApiKey.key_hash == digest)).all():
-        if secrets.compare_digest(candidate.key_hash, digest):
+        if secrets.compare_digest(candidate.key_hash, digest) and candidate.revoked_at is None:
             return candidate
     return None
+
+
+def list_api_keys(session: Session) -> Sequence[ApiKey]:
+    """Every key, revoked ones included, oldest first."""
+    return session.exec(select(ApiKey).order_by(col(ApiKey.id))).all()
+
+
+def find_api_keys(session: Session, name_or_id: str) -> Sequence[ApiKey]:
+    """The keys ``name_or_id`` names: the key with that id if it is a number and one has
+    it, otherwise every key of that name (names need not be unique)."""
+    text = name_or_id.strip()
+    if text.isdigit():
+        record = session.get(ApiKey, int(text))
+        if record is not None:
+            return [record]
+    return session.exec(select(ApiKey).where(ApiKey.name == text).order_by(col(ApiKey.id))).all()
+
+
+def revoke_api_keys(session: Session, records: Iterable[ApiKey]) -> list[ApiKey]:
+    """Revoke these keys now; those revoked already keep their time. Returns the ones
+    this call revoked."""
+    now = utcnow()
+    revoked: list[ApiKey] = []
+    for record in records:
+        if record.revoked_at is None:
+            record.revoked_at = now
+            session.add(record)
+            revoked.append(record)
+    session.flush()
+    return revoked
 
 
 def dumps(value: Any) -> str:

@@ -4,7 +4,12 @@ Event sources send their key either as ``Authorization: Bearer <key>`` or, as Se
 RudderStack destinations do, as HTTP Basic with the key as the username and an empty
 password. Keys are stored hashed (`engine.database.check_api_key`). The key and the
 Authorization header are never logged, echoed in an error, or kept past the check; valid
-keys are remembered for a few seconds by their SHA-256 (`ApiKeys`).
+keys are remembered for `API_KEY_CACHE_SECONDS` by their SHA-256 (`ApiKeys`).
+
+Each key has scopes (`engine.database.API_KEY_SCOPES`): a route asks for one with
+`require_ingest`, `require_read` or `require_admin`, and a valid key without it gets a 403
+naming the scope (`missing_scope`); ``admin`` holds every scope. A missing, unknown or
+revoked key is a 401 (`unauthorized`), whatever the route.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import asyncio
 import binascii
 import time
 from base64 import b64decode
-from dataclasses import dataclass
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import (
@@ -26,24 +32,34 @@ from fastapi.security import (
 from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy.engine import Engine
 
-from engine.database import api_key_digest, check_api_key_digest, session_scope
+from engine.database import api_key_digest, check_api_key_digest, session_scope, split_scopes
 
 __all__ = [
     "API_KEY_CACHE_SECONDS",
     "ApiCaller",
     "ApiKeys",
+    "Scope",
     "api_key_from",
     "api_keys",
+    "missing_scope",
+    "require_admin",
     "require_api_key",
+    "require_ingest",
+    "require_read",
+    "require_scope",
     "unauthorized",
 ]
 
 # Longer than any key this service issues; longer input is refused without hashing it.
 MAX_KEY_LENGTH = 512
 
-API_KEY_CACHE_SECONDS = 10.0
+API_KEY_CACHE_SECONDS = 5.0
 """How long the API trusts a key it found valid before reading `api_keys` again: a key
-deleted from the table stops working within this time."""
+revoked (`journeys apikey revoke`, which writes the table from another process) or
+deleted stops working within this time, in every API process."""
+
+Scope = Literal["ingest", "read", "admin"]
+"""What a route asks of a key (`engine.database.API_KEY_SCOPES`)."""
 
 _MAX_REMEMBERED_KEYS = 1024
 
@@ -73,9 +89,14 @@ _basic = _DocumentedBasic(
 
 @dataclass(frozen=True)
 class ApiCaller:
-    """Who is calling: the name the key was created with (never the key)."""
+    """Who is calling: the name the key was created with (never the key), and its scopes."""
 
     key_name: str
+    scopes: frozenset[str] = field(default_factory=frozenset)
+
+    def allows(self, scope: Scope) -> bool:
+        """Whether the key holds ``scope`` (``admin`` holds them all)."""
+        return scope in self.scopes or "admin" in self.scopes
 
 
 def api_key_from(authorization: str | None) -> str | None:
@@ -102,9 +123,16 @@ class ApiKeys:
     table stores), never the key; an unknown key is not remembered, so a new key works at
     once. One per app (`api_keys`)."""
 
-    def __init__(self, db: Engine, *, ttl: float = API_KEY_CACHE_SECONDS) -> None:
+    def __init__(
+        self,
+        db: Engine,
+        *,
+        ttl: float = API_KEY_CACHE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.db = db
         self.ttl = ttl
+        self.clock = clock
         self._valid: dict[str, tuple[ApiCaller, float]] = {}
 
     async def caller(self, authorization: str | None) -> ApiCaller | None:
@@ -113,7 +141,7 @@ class ApiKeys:
         if key is None:
             return None
         digest = api_key_digest(key)
-        now = time.monotonic()
+        now = self.clock()
         remembered = self._valid.get(digest)
         if remembered is not None and remembered[1] > now:
             return remembered[0]
@@ -131,7 +159,9 @@ class ApiKeys:
     def _check(self, digest: str) -> ApiCaller | None:
         with session_scope(self.db) as session:
             record = check_api_key_digest(session, digest)
-            return ApiCaller(key_name=record.name) if record is not None else None
+            if record is None:
+                return None
+            return ApiCaller(key_name=record.name, scopes=split_scopes(record.scopes))
 
 
 def api_keys(request: Request) -> ApiKeys:
@@ -141,6 +171,15 @@ def api_keys(request: Request) -> ApiKeys:
         keys = ApiKeys(request.app.state.db)
         request.app.state.api_keys = keys
     return keys
+
+
+def missing_scope(scope: Scope) -> HTTPException:
+    """The refusal of a valid key that lacks ``scope``: 403, naming the scope."""
+    return HTTPException(
+        status_code=status.HTTP_403_FORBIDDEN,
+        detail=f"this API key lacks the {scope!r} scope this route needs "
+        f"(make one with: journeys apikey add NAME --scope {scope})",
+    )
 
 
 def unauthorized() -> HTTPException:
@@ -162,3 +201,27 @@ async def require_api_key(
     if caller is None:
         raise unauthorized()
     return caller
+
+
+def require_scope(scope: Scope) -> Callable[[ApiCaller], Awaitable[ApiCaller]]:
+    """A dependency: the caller of a valid key holding ``scope``; a 401 without a valid
+    key, a 403 (`missing_scope`) with a key that lacks it. Use the module's
+    `require_ingest`, `require_read` and `require_admin`."""
+
+    async def caller_with_scope(
+        caller: Annotated[ApiCaller, Depends(require_api_key)],
+    ) -> ApiCaller:
+        if not caller.allows(scope):
+            raise missing_scope(scope)
+        return caller
+
+    caller_with_scope.__name__ = f"require_{scope}"
+    return caller_with_scope
+
+
+require_ingest = require_scope("ingest")
+"""Sending events: /v1/track, /v1/identify, /v1/batch, /v1/events, /v1/inbound/sms."""
+require_read = require_scope("read")
+"""Reading runs, journeys, messages, preferences, explanations and reviews."""
+require_admin = require_scope("admin")
+"""Changing what customers chose (preferences)."""

@@ -5,9 +5,12 @@ thread), ``session: SessionDep`` (a session committed before the answer is sent:
 plain ``def`` routes only, which FastAPI runs in a thread), ``settings: SettingsDep``,
 ``client: TemporalClientDep``, ``router: EventRouterDep``, and who calls:
 ``caller: ApiCallerDep`` (an API key) or ``caller: ReviewCallerDep`` (a person by HTTP
-Basic, or an API key). Routes do not read ``request.app.state``: this module does (and
-`service.api.auth.api_keys`, for the key cache); the console's helpers call the plain
-functions here (`service_state`, `session_keys`).
+Basic, or an API key). A router or route names the API-key scope it needs with
+``dependencies=[Depends(require_ingest)]`` (or `require_read`, `require_admin`): every
+/v1 route that takes a key names one (docs/security.md has the table). Routes do not
+read ``request.app.state``: this module does (and `service.api.auth.api_keys`, for the
+key cache); the console's helpers call the plain functions here (`service_state`,
+`session_keys`).
 
 Lives here: `ServiceState` and the dependencies. Not here: how keys and passwords are
 checked (`service.api.auth`, `service.console.auth`), the app's lifecycle
@@ -28,12 +31,22 @@ from temporalio.client import Client
 
 from engine.database import session_scope
 from engine.settings import RuntimeSettings
-from service.api.auth import ApiCaller, api_keys, require_api_key, unauthorized
+from service.api.auth import (
+    ApiCaller,
+    api_keys,
+    require_admin,
+    require_api_key,
+    require_ingest,
+    require_read,
+    unauthorized,
+)
+from service.api.errors import responses
 from service.console.auth import SessionKeys, basic_user
 from service.router import EventRouter
 from service.users import Viewer
 
 __all__ = [
+    "SCOPE_REFUSED",
     "ApiCallerDep",
     "DatabaseDep",
     "EventRouterDep",
@@ -43,7 +56,10 @@ __all__ = [
     "SessionDep",
     "SettingsDep",
     "TemporalClientDep",
+    "require_admin",
     "require_api_key",
+    "require_ingest",
+    "require_read",
     "service_state",
     "session_keys",
 ]
@@ -115,6 +131,10 @@ def _session(db: DatabaseDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(_session, scope="function")]
 """``scope="function"``: the session commits when the route returns, before the answer
 is sent, so a caller never reads back less than it was told was stored."""
+
+
+SCOPE_REFUSED = responses(403, _403="The API key lacks the scope this route needs.")
+"""The 403 of a route that asks for a scope, for its OpenAPI ``responses``."""
 
 
 ApiCallerDep = Annotated[ApiCaller, Depends(require_api_key)]

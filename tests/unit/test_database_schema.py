@@ -55,6 +55,8 @@ def test_a_database_from_before_the_routing_indexes_gets_them_on_start(
         connection.execute(text("DROP TABLE run_backlog"))
         connection.execute(text("DROP TABLE channel_rates"))
         connection.execute(text("ALTER TABLE runs DROP COLUMN current_run_id"))
+        connection.execute(text("ALTER TABLE api_keys DROP COLUMN scopes"))
+        connection.execute(text("ALTER TABLE api_keys DROP COLUMN revoked_at"))
         connection.execute(text("DROP INDEX ix_runs_started"))
         for name in ROUTING_INDEXES:
             connection.execute(text(f"DROP INDEX {name}"))

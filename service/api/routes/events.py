@@ -41,7 +41,7 @@ from engine.durations import format_duration
 from engine.plan import Plan
 from engine.settings import RuntimeSettings
 from engine.timestamps import utcnow
-from service.api.deps import EventRouterDep, SettingsDep, require_api_key
+from service.api.deps import SCOPE_REFUSED, EventRouterDep, SettingsDep, require_ingest
 from service.api.errors import ERROR_RESPONSES, ErrorDetail, error_response, responses
 from service.api.messages import (
     MAX_BATCH_MESSAGES,
@@ -118,9 +118,10 @@ class IngestResponse(BaseModel):
 router = APIRouter(
     prefix="/v1",
     tags=["events"],
-    dependencies=[Depends(require_api_key)],
+    dependencies=[Depends(require_ingest)],
     responses={
         **ERROR_RESPONSES,
+        **SCOPE_REFUSED,
         **responses(413, _413=f"Body larger than {MAX_BODY_BYTES} bytes."),
     },
 )

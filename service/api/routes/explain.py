@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 from fastapi.responses import JSONResponse
 
-from service.api.deps import DatabaseDep, require_api_key
+from service.api.deps import SCOPE_REFUSED, DatabaseDep, require_read
 from service.api.errors import ERROR_RESPONSES, NO_NUL, problem, responses
 from service.explain import (
     Explanation,
@@ -29,8 +29,8 @@ __all__ = ["router"]
 router = APIRouter(
     prefix="/v1",
     tags=["runs"],
-    dependencies=[Depends(require_api_key)],
-    responses=ERROR_RESPONSES,
+    dependencies=[Depends(require_read)],
+    responses={**ERROR_RESPONSES, **SCOPE_REFUSED},
 )
 
 

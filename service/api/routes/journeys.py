@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 
 from engine.database import Run, active_plans
 from engine.plan import Plan
-from service.api.deps import SessionDep, require_api_key
+from service.api.deps import SCOPE_REFUSED, SessionDep, require_read
 from service.api.errors import ERROR_RESPONSES
 
 __all__ = ["JourneyList", "JourneySummary", "router"]
@@ -40,8 +40,8 @@ class JourneyList(BaseModel):
 router = APIRouter(
     prefix="/v1/journeys",
     tags=["journeys"],
-    dependencies=[Depends(require_api_key)],
-    responses=ERROR_RESPONSES,
+    dependencies=[Depends(require_read)],
+    responses={**ERROR_RESPONSES, **SCOPE_REFUSED},
 )
 
 

@@ -17,7 +17,7 @@ from sqlmodel import col, select
 from channels import policies
 from engine.database import Delivery, OutboxMessage
 from engine.timestamps import as_utc
-from service.api.deps import SessionDep, require_api_key
+from service.api.deps import SCOPE_REFUSED, SessionDep, require_read
 from service.api.errors import ERROR_RESPONSES, NO_NUL
 
 __all__ = ["DeliveryList", "DeliveryView", "OutboxList", "OutboxView", "router"]
@@ -99,8 +99,8 @@ class DeliveryList(BaseModel):
 router = APIRouter(
     prefix="/v1",
     tags=["messages"],
-    dependencies=[Depends(require_api_key)],
-    responses=ERROR_RESPONSES,
+    dependencies=[Depends(require_read)],
+    responses={**ERROR_RESPONSES, **SCOPE_REFUSED},
 )
 
 

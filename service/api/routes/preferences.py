@@ -30,7 +30,15 @@ from sqlmodel import Session, col, select
 from channels import policies
 from engine.database import Profile, session_scope
 from engine.timestamps import as_utc
-from service.api.deps import DatabaseDep, SessionDep, require_api_key
+from service.api.deps import (
+    SCOPE_REFUSED,
+    DatabaseDep,
+    SessionDep,
+    require_admin,
+    require_api_key,
+    require_ingest,
+    require_read,
+)
 from service.api.errors import ERROR_RESPONSES, NO_NUL, problem
 
 __all__ = [
@@ -137,14 +145,16 @@ def _preferences_view(session: Session, customer_id: str) -> PreferencesView:
 
 router = APIRouter(
     prefix="/v1",
+    # Every route also names its scope: a key is checked once, whichever asks.
     dependencies=[Depends(require_api_key)],
-    responses=ERROR_RESPONSES,
+    responses={**ERROR_RESPONSES, **SCOPE_REFUSED},
 )
 
 
 @router.get(
     "/customers/{customer_id}/preferences",
     summary="A customer's channel preferences",
+    dependencies=[Depends(require_read)],
 )
 def get_preferences(customer_id: CustomerId, session: SessionDep) -> PreferencesView:
     """Opted in or out per channel, and who decided. Channels without a recorded choice
@@ -155,6 +165,7 @@ def get_preferences(customer_id: CustomerId, session: SessionDep) -> Preferences
 @router.put(
     "/customers/{customer_id}/preferences",
     summary="Opt a customer in or out of channels",
+    dependencies=[Depends(require_admin)],
 )
 def put_preferences(
     customer_id: CustomerId, update: PreferencesUpdate, session: SessionDep
@@ -199,6 +210,7 @@ _INBOUND_SMS_BODY = {
     summary="An SMS a customer sent (STOP, START...), from an SMS gateway",
     response_model=InboundSmsResult,
     openapi_extra=_INBOUND_SMS_BODY,
+    dependencies=[Depends(require_ingest)],
 )
 async def inbound_sms(request: Request, db: DatabaseDep) -> InboundSmsResult | JSONResponse:
     """JSON `{"from", "text"}` or a form with Twilio's `From` and `Body`. STOP, STOPALL,

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
 
 from engine.database import ReviewTask
-from service.api.auth import ApiCaller
+from service.api.auth import ApiCaller, missing_scope
 from service.api.deps import DatabaseDep, ReviewCallerDep, TemporalClientDep
 from service.api.errors import ERROR_RESPONSES, NO_NUL, responses
 from service.console.auth import client_address
@@ -128,6 +128,8 @@ class DecisionRequest(BaseModel):
 
 
 def _reader(caller: Viewer | ApiCaller) -> None:
+    if isinstance(caller, ApiCaller) and not caller.allows("read"):
+        raise missing_scope("read")
     if isinstance(caller, Viewer) and not caller.can("view_reviews"):
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"role {caller.role!r} may not see reviews")
 
@@ -148,7 +150,11 @@ router = APIRouter(
     tags=["reviews"],
     responses={
         **ERROR_RESPONSES,
-        **responses(403, _403="The caller's role may not do this, or an API key tried to act."),
+        **responses(
+            403,
+            _403="The caller's role may not do this, an API key tried to act, or the key "
+            "lacks the `read` scope.",
+        ),
         **responses(404, _404="No such task."),
     },
 )

@@ -27,11 +27,12 @@ from engine.payloads import QUERY_STATE
 from engine.run_path import RUN_COLUMNS, PathPage, path_length, read_path_page, run_without_path
 from engine.settings import RuntimeSettings
 from service.api.deps import (
+    SCOPE_REFUSED,
     DatabaseDep,
     SessionDep,
     SettingsDep,
     TemporalClientDep,
-    require_api_key,
+    require_read,
 )
 from service.api.errors import ERROR_RESPONSES, NO_NUL, problem, responses
 
@@ -137,8 +138,8 @@ def temporal_ui_url(settings: RuntimeSettings, run: Run) -> str:
 router = APIRouter(
     prefix="/v1/runs",
     tags=["runs"],
-    dependencies=[Depends(require_api_key)],
-    responses=ERROR_RESPONSES,
+    dependencies=[Depends(require_read)],
+    responses={**ERROR_RESPONSES, **SCOPE_REFUSED},
 )
 
 
