@@ -595,13 +595,11 @@ def create_api_key(
     *,
     name: str,
     key: str | None = None,
-    scopes: Iterable[str] = ("admin",),
+    scopes: Iterable[str],
 ) -> str:
-    """Store a key's hash and return the key (generated when not given).
-
-    ``scopes`` defaults to ``admin``: the keys made without asking are the operator's own
-    (`journeys up`'s ``state/api_key``, ``JOURNEYS_API_KEY``), which the client commands
-    use for everything. `journeys apikey add` asks for its scopes (``ingest`` unless
+    """Store a key's hash and return the key (generated when not given), with ``scopes``
+    (always said: the operator's own keys, `journeys up`'s ``state/api_key`` and
+    ``JOURNEYS_API_KEY``, are ``admin``; `journeys apikey add` asks, ``ingest`` unless
     told). A key stored already (the same hash) is left as it is."""
     column = join_scopes(scopes)
     key = key or "jk_" + secrets.token_urlsafe(24)

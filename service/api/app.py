@@ -127,7 +127,7 @@ def _open_database(settings: RuntimeSettings) -> Engine:
         raise
     with session_scope(db) as session:
         if settings.api_key:
-            create_api_key(session, name="dev", key=settings.api_key)
+            create_api_key(session, name="dev", key=settings.api_key, scopes=["admin"])
         if session.exec(select(func.count()).select_from(ApiKey)).one() == 0:
             log.warning("no API keys yet: every /v1 request will get a 401 (set JOURNEYS_API_KEY)")
     return db

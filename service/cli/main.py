@@ -371,7 +371,7 @@ def _seed_api_key(database_url: str, api_key: str) -> None:
     engine = open_database(database_url)
     try:
         with session_scope(engine) as session:
-            create_api_key(session, name="journeys up", key=api_key)
+            create_api_key(session, name="journeys up", key=api_key, scopes=["admin"])
     finally:
         engine.dispose()
 

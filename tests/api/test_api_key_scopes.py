@@ -90,10 +90,11 @@ PEOPLE_ONLY = [
     ("POST", "/v1/reviews/{task_id}/release"),
     ("POST", "/v1/reviews/{task_id}/decision"),
 ]
-# The unsubscribe link's token is its authority; health takes no key.
+# The unsubscribe and status links' tokens are their authority; health takes no key.
 NO_KEY = [
     ("GET", "/v1/unsubscribe/{token}"),
     ("POST", "/v1/unsubscribe/{token}"),
+    ("GET", "/v1/status/{token}"),
 ]
 
 

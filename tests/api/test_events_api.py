@@ -517,7 +517,7 @@ async def test_a_new_key_works_at_once_and_a_deleted_one_stops_within_the_cache_
     assert (await api.http.post("/v1/track", json=message, headers=headers)).status_code == 401
 
     with session_scope(db) as session:
-        create_api_key(session, name="second", key="jk_second_source")
+        create_api_key(session, name="second", key="jk_second_source", scopes=["ingest"])
     accepted = await api.http.post("/v1/track", json=message, headers=headers)
     with session_scope(db) as session:
         session.execute(delete(ApiKey).where(col(ApiKey.name) == "second"))
