@@ -243,3 +243,26 @@ def test_an_export_of_a_period_without_entries_has_only_the_checkpoint(
     )
     assert made.exit_code == 0, made.output
     assert len(export.read_text().splitlines()) == 1
+
+
+def _doc_outputs() -> list[str]:
+    """The output lines of the example block under "Verifying" in docs/security.md."""
+    doc = (ROOT / "docs" / "security.md").read_text(encoding="utf-8")
+    after = doc.split("**Verifying.**", 1)[1]
+    found = re.search(r"```\n(.*?)```", after, re.S)
+    assert found is not None
+    return [line for line in found.group(1).splitlines() if not line.startswith("$")]
+
+
+def test_the_verify_examples_in_the_doc_are_what_verify_prints(db: Engine) -> None:
+    for n in range(9, 13):
+        record(db, "decision", f"run:r{n}", actor="journeys", details={"n": n})
+    intact, edited, deleted = _doc_outputs()
+    hex16 = r"[0-9a-f]{16}"
+
+    printed = _verify()[1]
+    assert re.sub(hex16, "HASH", printed) == re.sub(hex16, "HASH", intact)
+    _tamper(db, "UPDATE audit SET details = '{\"n\": 50}' WHERE seq = 5")
+    assert _verify() == (1, edited)
+    _tamper(db, "DELETE FROM audit WHERE seq = 5")
+    assert _verify() == (1, deleted)
