@@ -76,6 +76,7 @@ __all__ = [
     "make_checkpoint",
     "public_key_hex",
     "record",
+    "stored_checkpoints",
     "utc_text",
     "verify_chain",
 ]
@@ -285,7 +286,7 @@ class ChainReport:
     head_seq: int = 0
     head_hash: str = GENESIS
     problem: Problem | None = None
-    checkpoint: Checkpoint | None = None
+    checkpoints: list[Checkpoint] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -297,8 +298,14 @@ class ChainReport:
         line = (
             f"audit chain intact: {self.count} entries, head {self.head_seq} {self.head_hash[:16]}"
         )
-        if self.checkpoint is not None:
-            line += f"; checkpoint at {self.checkpoint.seq} ({self.checkpoint.time}) verified"
+        if self.checkpoints:
+            latest = self.checkpoints[-1]
+            many = len(self.checkpoints)
+            line += (
+                f"; checkpoint at {latest.seq} ({latest.time}) verified"
+                if many == 1
+                else f"; {many} checkpoints verified, the latest at {latest.seq} ({latest.time})"
+            )
         return line
 
 
@@ -405,22 +412,26 @@ def _entries(connection: Connection, after: int = 0) -> Iterator[dict[str, Any]]
 
 
 def verify_chain(
-    engine: Engine, *, checkpoint: Checkpoint | None = None, public_key: str | None = None
+    engine: Engine,
+    *,
+    checkpoint: Checkpoint | None = None,
+    checkpoints: Sequence[Checkpoint] = (),
+    public_key: str | None = None,
 ) -> ChainReport:
-    """Recompute the whole chain; with ``checkpoint``, check its signature (against
-    ``public_key``, hex; default: the checkpoint's own key) and that its head is in the
-    chain. The head row (read first: appends may go on meanwhile) must be in the chain too,
-    else entries at the end were deleted; no entry may lie beyond the head as it is after."""
-    if checkpoint is not None:
-        refused = checkpoint.refused(public_key)
+    """Recompute the whole chain; with ``checkpoint`` (and ``checkpoints``: those stored,
+    `stored_checkpoints`), check each signature (against ``public_key``, hex; default:
+    the checkpoint's own key) and that each head is in the chain. The head row (read first:
+    appends may go on meanwhile) must be in the chain too, else entries at the end were
+    deleted; no entry may lie beyond the head as it is after."""
+    signed = list(dict.fromkeys([*checkpoints, *([checkpoint] if checkpoint else [])]))
+    for each in signed:
+        refused = each.refused(public_key)
         if refused is not None:
-            return ChainReport(problem=Problem(checkpoint.seq, f"checkpoint refused: {refused}"))
+            return ChainReport(problem=Problem(each.seq, f"checkpoint refused: {refused}"))
     with engine.connect() as connection:
-        anchors = (
-            [_Anchor(checkpoint.seq, checkpoint.hash, f"the checkpoint of {checkpoint.time}")]
-            if checkpoint
-            else []
-        )
+        anchors = [
+            _Anchor(each.seq, each.hash, f"the checkpoint of {each.time}") for each in signed
+        ]
         head = connection.execute(_HEAD_ROW).first()
         if head is not None:
             anchors.append(_Anchor(int(head.seq), str(head.hash), "the head"))
@@ -442,7 +453,7 @@ def verify_chain(
             int(after.seq) + 1,
             f"beyond the head (entry {after.seq}): put in by hand, or the head was set back",
         )
-    report.checkpoint = checkpoint
+    report.checkpoints = sorted(signed, key=lambda each: (each.seq, each.time))
     return report
 
 
@@ -595,6 +606,14 @@ def make_checkpoint(engine: Engine, key: Ed25519PrivateKey) -> Checkpoint:
             )
         )
     return checkpoint
+
+
+def stored_checkpoints(engine: Engine) -> list[Checkpoint]:
+    """Every checkpoint in `audit_checkpoints`, oldest first (`verify_chain` checks them
+    against the trusted key: a row an attacker signed with a key of their own is refused)."""
+    with engine.connect() as connection:
+        rows = connection.execute(select(_CHECKPOINTS).order_by(_CHECKPOINTS.c.id)).all()
+    return [Checkpoint(int(r.seq), r.hash, r.time, r.public_key, r.signature) for r in rows]
 
 
 def latest_checkpoint(engine: Engine, *, at_least: int = 0) -> Checkpoint | None:

@@ -31,6 +31,7 @@ from engine.audit import (
     load_or_create_signing_key,
     make_checkpoint,
     public_key_hex,
+    stored_checkpoints,
     utc_text,
     verify_chain,
 )
@@ -120,17 +121,19 @@ def verify_command(
         typer.Option(help="The trusted public key (hex); default: this installation's"),
     ] = None,
 ) -> None:
-    """Recompute the whole chain: every hash, every link, no gap. Exit 0 with a summary
-    when intact; exit 1 naming the first entry edited, deleted, inserted or reordered."""
+    """Recompute the whole chain: every hash, every link, no gap; and the checkpoints
+    stored in the database, against this installation's key (none without a key). Exit 0
+    with a summary when intact; exit 1 naming the first entry edited, deleted, inserted
+    or reordered."""
     settings = runtime_settings()
     checkpoint: Checkpoint | None = None
+    public_key = public_key or trusted_public_key(settings)
     if from_file is not None:
         try:
             checkpoint = Checkpoint.read(from_file)
         except (OSError, ValueError, KeyError) as error:
             typer.echo(f"journeys: {from_file}: not a checkpoint ({error})", err=True)
             raise typer.Exit(2) from None
-        public_key = public_key or trusted_public_key(settings)
         if public_key is None:
             typer.echo(
                 "journeys: no trusted public key to check the checkpoint with: pass "
@@ -140,7 +143,8 @@ def verify_command(
             raise typer.Exit(2)
     db = open_database(settings.database_url)
     try:
-        report = verify_chain(db, checkpoint=checkpoint, public_key=public_key)
+        stored = stored_checkpoints(db) if public_key is not None else []
+        report = verify_chain(db, checkpoint=checkpoint, checkpoints=stored, public_key=public_key)
     finally:
         db.dispose()
     typer.echo(report.format())

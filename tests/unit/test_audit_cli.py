@@ -150,10 +150,41 @@ def test_verify_with_a_checkpoint_finds_a_deleted_tail(db: Engine, state: Path) 
         "DELETE FROM audit WHERE seq >= 7",
         "UPDATE audit_head SET seq = 6, hash = (SELECT hash FROM audit WHERE seq = 6)",
     )
-    assert _verify()[0] == 0  # the chain alone looks whole
-    code, output = _verify("--from", str(state / "cp.json"))
+    code, output = _verify()  # the checkpoint stored in the database tells
     assert code == 1
     assert output.startswith("audit chain BROKEN at entry 7: missing (deleted): the checkpoint")
+
+    _tamper(db, "DELETE FROM audit_checkpoints")  # the owner can delete those too
+    assert _verify()[0] == 0  # the chain alone looks whole
+    code, output = _verify("--from", str(state / "cp.json"))  # the shipped copy tells
+    assert code == 1
+    assert output.startswith("audit chain BROKEN at entry 7: missing (deleted): the checkpoint")
+
+
+def test_verify_refuses_a_checkpoint_stored_with_another_key(db: Engine, state: Path) -> None:
+    assert runner.invoke(app, ["audit", "checkpoint"]).exit_code == 0
+    other = Ed25519PrivateKey.generate()
+    signed = '{"hash":"%s","seq":8,"time":"2026-12-05T00:00:00.000000Z"}'
+    with db.begin() as connection:
+        head = connection.execute(text("SELECT hash FROM audit WHERE seq = 8")).scalar_one()
+        message = (signed % head).encode()
+        connection.execute(
+            text(
+                "INSERT INTO audit_checkpoints (seq, hash, time, public_key, signature) "
+                "VALUES (8, :hash, '2026-12-05T00:00:00.000000Z', :key, :signature)"
+            ),
+            {"hash": head, "key": public_key_hex(other), "signature": other.sign(message).hex()},
+        )
+
+    code, output = _verify()
+
+    assert code == 1
+    assert output.startswith("audit chain BROKEN at entry 8: checkpoint refused: signed by key ")
+    assert output.endswith("not the trusted " + _verify_key(state)[:16] + "...")
+
+
+def _verify_key(state: Path) -> str:
+    return runner.invoke(app, ["audit", "pubkey"]).output.strip()
 
 
 def _offline_procedure() -> str:
