@@ -364,3 +364,44 @@ def test_a_note_is_kept_only_as_its_digest() -> None:
         "sha256:" + __import__("hashlib").sha256(b"call the customer at +15551234567").hexdigest()
     )
     assert digest(None) is None
+
+
+def test_review_desk_claims_and_refusals_are_logged_with_who_and_no_address(
+    db: Engine,
+) -> None:
+    from engine.database import ReviewTask
+    from service.review_desk import ReviewRefused, claim_task, release_task
+    from service.users import Viewer
+
+    with session_scope(db) as session:
+        session.add(
+            ReviewTask(
+                id="t1",
+                workflow_id="journey/j/c1",
+                run_id="r1",
+                journey_id="j",
+                customer_id="c1",
+                step_id="ask",
+                visit=1,
+                queue="collections",
+                title="Risk for c1",
+                decisions=["approve", "reject"],
+            )
+        )
+    ana = Viewer(id=1, name="ana", role="ops")
+    claim_task(db, task_id="t1", viewer=ana, address="203.0.113.7")
+    with pytest.raises(ReviewRefused):
+        claim_task(db, task_id="t1", viewer=Viewer(id=2, name="bo", role="ops"), address=None)
+    release_task(db, task_id="t1", viewer=ana, address="203.0.113.7")
+
+    with db.connect() as connection:
+        rows = connection.execute(
+            text("SELECT kind, subject, actor, details FROM audit ORDER BY seq")
+        ).all()
+    assert [tuple(row[:3]) for row in rows] == [
+        ("review.claimed", "review:t1", "user:ana"),
+        ("review.refused", "review:t1", "user:bo"),
+        ("review.released", "review:t1", "user:ana"),
+    ]
+    assert "203.0.113.7" not in str([row[3] for row in rows])
+    assert verify_chain(db).ok
