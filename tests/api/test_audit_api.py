@@ -19,6 +19,7 @@ from engine.audit import verify_chain
 from engine.database import session_scope, upsert_profile
 from service.api.app import create_app
 from tests.api.conftest import AUTH, RunningApi, api_settings, running_api
+from tests.database import deploy
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -90,4 +91,53 @@ async def test_preference_changes_are_logged_with_who_made_them(
             default=str,
         )
     assert PHONE not in logged and "1012345678" not in logged
+    assert verify_chain(db).ok
+
+
+JOURNEYS = """\
+version: 1
+events:
+  payment_failed: {amount: number}
+journeys:
+  - id: recovery
+    entry: {event: payment_failed, when: "event.amount >= 100", reentry: never}
+    steps:
+      - id: pause
+        wait: 1d
+"""
+
+
+async def test_runs_the_router_starts_and_skips_are_logged_with_the_reason(
+    api: RunningApi, db: Engine
+) -> None:
+    deploy(db, JOURNEYS)
+    for message_id, amount in (("m-small", 50), ("m-first", 150), ("m-again", 900)):
+        event = {
+            "type": "track",
+            "userId": "c7",
+            "event": "payment_failed",
+            "messageId": message_id,
+            "properties": {"amount": amount},
+        }
+        assert (await api.http.post("/v1/track", json=event, headers=AUTH)).status_code in (
+            200,
+            202,
+        )
+
+    with db.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT kind, actor, customer, details FROM audit "
+                "WHERE kind LIKE 'run.%' ORDER BY seq"
+            )
+        ).all()
+    logged = []
+    for kind, actor, customer, details in rows:
+        details = json.loads(details) if isinstance(details, str) else details
+        logged.append((kind, actor, customer, details["event"], details.get("reason")))
+    assert logged[0] == ("run.skipped", "router", "c7", "m-small", "entry condition is false")
+    assert logged[1] == ("run.started", "router", "c7", "m-first", None)
+    assert logged[2][:4] == ("run.skipped", "router", "c7", "m-again")
+    assert logged[2][4].startswith("reentry never")
+    assert len(logged) == 3
     assert verify_chain(db).ok
