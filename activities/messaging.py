@@ -45,6 +45,7 @@ from channels import pacing, policies
 from channels.delivery import DeliveryError, deliver
 from channels.rendering import MissingFormError, RenderedMessage, form_for, render_message
 from channels.unsubscribe import make_unsubscribe_token, unsubscribe_url
+from engine.audit import Record, append
 from engine.database import (
     Delivery,
     EventRecord,
@@ -373,6 +374,7 @@ class MessagingActivities:
                         row.sent_at = utcnow()
                     session.add(row)
                     session.flush()
+                    append(session, [_send_record(row)])  # last: appends take turns
                     return str(row.id), row.attempts
             except IntegrityError:
                 continue
@@ -433,6 +435,40 @@ class MessagingActivities:
             request, channel, recipient, "captured", "no channel URL set: kept in the outbox"
         )
         return SendMessageResult(status="captured", channel=channel, delivery_id=delivery_id)
+
+
+_SEND_KINDS = {
+    "sending": "send.attempted",
+    "sent": "send.sent",
+    "captured": "send.sent",
+    "no_address": "send.skipped",
+    "no_consent": "send.skipped",
+    "suppressed": "send.skipped",
+    "failed": "send.failed",
+    "retrying": "send.failed",
+}
+
+
+def _send_record(row: Delivery) -> Record:
+    """The audit entry of a delivery row's new status: no address, no content; the
+    policy's or the provider's reason (redacted of secrets and recipients)."""
+    return Record(
+        kind=_SEND_KINDS.get(row.status, f"send.{row.status}"),
+        subject=f"run:{row.run_id}",
+        actor="journeys",
+        customer=row.customer_id or None,
+        details={
+            "journey": row.journey_id,
+            "step": row.step_id,
+            "visit": row.visit,
+            "channel": row.channel,
+            "template": row.template,
+            "status": row.status,
+            "reason": row.reason,
+            "attempts": row.attempts,
+            "delivery": row.id,
+        },
+    )
 
 
 def _real_events(session: Session, request: SendMessageInput, customer_id: str) -> dict[str, Any]:

@@ -22,8 +22,10 @@ from sqlmodel import select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.runs import decision_records
 from channels.delivery import DeliveryError, deliver
 from channels.rendering import RenderedMessage
+from engine.audit import Record, append, digest
 from engine.database import OutboxMessage, ReviewTask, session_scope, utcnow
 from engine.environment import MissingVariableError, resolve_env
 from engine.errors import ErrorType
@@ -90,7 +92,16 @@ class ReviewActivities:
                     ReviewTask.visit == request.visit,
                 )
             ).first()
+            decisions = decision_records(
+                run_id=request.run_id,
+                customer_id=request.customer_id,
+                journey_id=request.journey_id,
+                version=None,
+                start=request.path_start,
+                path=request.path,
+            )
             if existing is not None:
+                append(session, decisions)
                 return existing.id
             case: dict[str, Any] = {
                 "event": request.context.get("event"),
@@ -115,6 +126,22 @@ class ReviewActivities:
                 case=case,
             )
             session.add(task)
+            session.flush()
+            opened = Record(
+                kind="review.opened",
+                subject=f"review:{task.id}",
+                actor="journeys",
+                customer=request.customer_id,
+                details={
+                    "run": request.run_id,
+                    "journey": request.journey_id,
+                    "step": request.step_id,
+                    "visit": request.visit,
+                    "queue": request.queue,
+                    "due_at": request.due_at,
+                },
+            )
+            append(session, [*decisions, opened])  # last: appends take turns
             task_id = task.id
             announcement = (task.queue, task.title, task.workflow_id, task.run_id, task.journey_id)
         self._announce(request.announce_url, *announcement, task_id=task_id, escalated=False)
@@ -221,3 +248,25 @@ class ReviewActivities:
             if change.status != "open":
                 task.decided_at = utcnow()
             session.add(task)
+            if escalate or change.status != "decided":  # a decision: the desk logged it
+                session.flush()
+                append(session, [_change_record(task, escalate=escalate)])
+
+
+def _change_record(task: ReviewTask, *, escalate: bool) -> Record:
+    """An escalation, an expiry or a closing of ``task`` as an audit entry (the reason
+    only as its SHA-256: it may quote the run)."""
+    return Record(
+        kind="review.escalated" if escalate else f"review.{task.status}",
+        subject=f"review:{task.id}",
+        actor="journeys",
+        customer=task.customer_id,
+        details={
+            "run": task.run_id,
+            "journey": task.journey_id,
+            "step": task.step_id,
+            "queue": task.queue,
+            "status": task.status,
+            "note_sha256": digest(task.note),
+        },
+    )

@@ -10,6 +10,7 @@ live here: deciding (`engine.decisions`), the customer view and masking of a pro
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, or_
@@ -18,6 +19,7 @@ from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from engine.audit import Record, append
 from engine.database import (
     EventRecord,
     ParkedEvent,
@@ -43,6 +45,7 @@ from engine.payloads import (
     LoadProfileInput,
     ParkedBacklog,
     ParkEventsInput,
+    PathEntry,
     RecordRunInput,
     UpdateProfileInput,
 )
@@ -51,7 +54,7 @@ from engine.profiles import customer_from_traits, masked_customer
 from engine.run_path import write_path
 from engine.timestamps import as_utc
 
-__all__ = ["RunActivities", "upsert_run"]
+__all__ = ["DECISIONS", "RunActivities", "decision_records", "upsert_run"]
 
 
 class RunActivities:
@@ -274,6 +277,65 @@ def upsert_run(session: Session, request: RecordRunInput) -> None:
         # A run's arm at a split never changes (its bucket is stable), so rows written by
         # an earlier record of the same run are left as they are.
         connection.execute(_arms_statement(dialect), _distinct(arms))
+    # Last: from here to the commit, other appends to the audit log wait.
+    append(
+        connection,
+        decision_records(
+            run_id=request.run_id,
+            customer_id=request.customer_id,
+            journey_id=request.journey_id,
+            version=request.version,
+            start=request.path_start,
+            path=request.path,
+        ),
+    )
+
+
+DECISIONS = frozenset({"branch", "decide", "split", "score", "holdout"})
+"""The path entries the audit log records as decisions (`engine.audit`)."""
+
+
+def decision_records(
+    *,
+    run_id: str,
+    customer_id: str,
+    journey_id: str,
+    version: str | None,
+    start: int,
+    path: Sequence[PathEntry],
+) -> list[Record]:
+    """The decisions among ``path`` (its first entry at position ``start``) as audit
+    records, one per path position (``ref``): a retried record, or a tail sent again,
+    logs nothing twice. What was decided and by which rule, never the values read (they
+    may be personal)."""
+    records: list[Record] = []
+    for seq, entry in enumerate(path, start):
+        if entry.type not in DECISIONS:
+            continue
+        details: dict[str, Any] = {
+            "journey": journey_id,
+            "version": version,
+            "step": entry.step,
+            "type": entry.type,
+            "outcome": entry.outcome,
+            "at": as_utc(entry.at).isoformat(),
+        }
+        for name in ("rule", "rules", "hit", "arm", "model", "fallback_used"):
+            if name in entry.detail:
+                details[name] = entry.detail[name]
+        if entry.detail.get("error"):
+            details["error"] = True
+        records.append(
+            Record(
+                kind="decision",
+                subject=f"run:{run_id}",
+                actor="journeys",
+                customer=customer_id,
+                details=details,
+                ref=f"path:{run_id}:{seq}",
+            )
+        )
+    return records
 
 
 def _distinct(arms: list[dict[str, str]]) -> list[dict[str, str]]:

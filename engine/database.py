@@ -3,7 +3,8 @@
 SQLite by default (a file under the state directory), PostgreSQL when `DATABASE_URL` says
 so. Tables: plan versions (immutable, with their YAML), events (deduplicated by message
 id), profiles, runs (their paths as rows, their split arms), the outbox, review tasks,
-deliveries, consent and caps, API keys, console users and the review audit trail.
+deliveries, consent and caps, API keys, console users, the review audit trail and the
+hash-chained audit log (`engine.audit`).
 `make_engine` brings the schema to head through the migrations (`engine.migrate`,
 `engine/migrations/`): a change to a table here needs a new revision there. Nothing here
 knows Temporal; workflows never import this module (activities and the API do).
@@ -33,6 +34,9 @@ __all__ = [
     "API_KEY_SCOPES",
     "ROLES",
     "ApiKey",
+    "AuditCheckpoint",
+    "AuditEntry",
+    "AuditHead",
     "CapReservation",
     "ChannelRate",
     "Delivery",
@@ -397,6 +401,52 @@ class ReviewAudit(SQLModel, table=True):
     reason: str | None = None
     address: str | None = Field(default=None, max_length=100)
     at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class AuditEntry(SQLModel, table=True):
+    """One entry of the hash-chained audit log (`engine.audit`): append-only, ``seq``
+    1, 2, 3, ... without gaps, ``hash`` = SHA-256(``prev_hash`` || the canonical JSON of
+    the entry). ``time`` is fixed-width UTC text (``2026-12-05T04:33:28.123456Z``), hashed
+    exactly as stored; it sorts as it reads. ``ref`` is not hashed: an idempotency key
+    (a retried record appends nothing twice). Triggers refuse UPDATE and DELETE
+    (revision 0007)."""
+
+    __tablename__ = "audit"
+
+    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    time: str = Field(index=True, max_length=32)
+    actor: str = Field(max_length=200)
+    kind: str = Field(max_length=50)
+    subject: str = Field(max_length=400)
+    customer: str | None = Field(default=None, index=True, max_length=200)
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+    ref: str | None = Field(default=None, unique=True, max_length=400)
+
+
+class AuditHead(SQLModel, table=True):
+    """The audit log's head: one row (``id`` 1), the last entry's ``seq`` and ``hash``.
+    Every append updates it first, so appends take turns on this row's lock."""
+
+    __tablename__ = "audit_head"
+
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    seq: int
+    hash: str = Field(max_length=64)
+
+
+class AuditCheckpoint(SQLModel, table=True):
+    """A signed checkpoint of the audit log: Ed25519 over (``seq``, ``hash``, ``time``)."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: int | None = Field(default=None, primary_key=True)
+    seq: int = Field(index=True)
+    hash: str = Field(max_length=64)
+    time: str = Field(max_length=32)
+    public_key: str = Field(max_length=64)
+    signature: str = Field(max_length=128)
 
 
 # ----------------------------------------------------------------------------- engine

@@ -11,6 +11,7 @@ Nothing here prints, reads files or knows the command line.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,6 +19,7 @@ import yaml
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
+from engine.audit import Record, append
 from engine.catalog import Catalog
 from engine.database import (
     ChannelRate,
@@ -59,13 +61,17 @@ class DeployLine:
         )
 
 
-def deploy_catalog(catalog: Catalog, *, engine: Engine, source_text: str) -> list[DeployLine]:
+def deploy_catalog(
+    catalog: Catalog, *, engine: Engine, source_text: str, actor: str = "deploy"
+) -> list[DeployLine]:
     """Store and activate every plan of a valid ``catalog``, in one transaction; one line per
     journey it touched, retired ones last.
 
     Runs in flight keep their version; journeys no longer in the catalogue stop taking new
     entrants (their runs in flight carry on). ``source_text`` is the document the catalogue
-    came from: each version keeps its journey's own section of it.
+    came from: each version keeps its journey's own section of it. The audit log gets the
+    deploy and each activation or retirement (`engine.audit`), by ``actor``, in the same
+    transaction.
     """
     if not catalog.ok:
         raise ValueError("only a valid catalogue can be deployed")
@@ -75,7 +81,41 @@ def deploy_catalog(catalog: Catalog, *, engine: Engine, source_text: str) -> lis
         ]
         lines += _retire_absent(session, catalog)
         _store_channel_rates(session, catalog)
+        append(session, _audit_records(lines, source_text, actor))  # last: appends take turns
     return lines
+
+
+def _audit_records(lines: list[DeployLine], source_text: str, actor: str) -> list[Record]:
+    """The deploy (the document's SHA-256, what changed), then each activation and
+    retirement; a deploy that changed nothing is logged too (someone ran it)."""
+    document = hashlib.sha256(source_text.encode("utf-8")).hexdigest()
+    changed = [line for line in lines if line.status != "unchanged"]
+    records = [
+        Record(
+            kind="deploy",
+            subject="catalogue",
+            actor=actor,
+            details={
+                "document_sha256": document,
+                "journeys": {line.journey_id: line.version for line in lines},
+                "changed": [line.journey_id for line in changed],
+            },
+        )
+    ]
+    for line in changed:
+        records.append(
+            Record(
+                kind="version.activated" if line.status == "new" else "version.retired",
+                subject=f"journey:{line.journey_id}",
+                actor=actor,
+                details={
+                    "version": line.version,
+                    "previous": line.previous,
+                    "runs_staying": line.runs_staying,
+                },
+            )
+        )
+    return records
 
 
 def _store_channel_rates(session: Session, catalog: Catalog) -> None:

@@ -28,6 +28,7 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
 from engine import plan as p
+from engine.audit import Record, append, digest
 from engine.database import (
     Delivery,
     OutboxMessage,
@@ -451,6 +452,30 @@ def _audit(
                 address=(address or "")[:100] or None,
             )
         )
+        session.flush()
+        # The hash-chained log: who, what, the note's SHA-256 (never its text or the address).
+        append(
+            session,
+            [
+                Record(
+                    kind=f"review.{_DONE.get(action, action)}"
+                    if outcome == "done"
+                    else "review.refused",
+                    subject=f"review:{task_id}",
+                    actor=f"user:{viewer.name}",
+                    details={
+                        "action": action,
+                        "role": viewer.role,
+                        "decision": decision,
+                        "note_sha256": digest(note),
+                        "reason": reason,
+                    },
+                )
+            ],
+        )
+
+
+_DONE = {"claim": "claimed", "release": "released", "decide": "decided"}
 
 
 def _refuse(

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -41,6 +42,7 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from engine.audit import Record, append
 from engine.database import (
     EventRecord,
     PlanVersion,
@@ -371,6 +373,42 @@ def _run_row(record: EventRecord, run: _StartedRun) -> dict[str, Any]:
     }
 
 
+def _started_record(record: EventRecord, run: _StartedRun) -> Record:
+    """A run the router started, for the audit log (once per run: ``ref``)."""
+    plan = run.entry.compiled.plan
+    return Record(
+        kind="run.started",
+        subject=f"run:{run.run_id}",
+        actor="router",
+        customer=record.customer_id,
+        details={
+            "journey": plan.journey_id,
+            "version": plan.version,
+            "workflow_id": run.entry.workflow_id,
+            "event": record.message_id,
+        },
+        ref=f"start:{run.run_id}",
+    )
+
+
+def _skipped_record(record: EventRecord, skip: SkippedStart) -> Record:
+    """An entry the router did not start (or runs it reached none of), with the reason."""
+    reason = hashlib.sha256(skip.reason.encode("utf-8")).hexdigest()[:16]
+    return Record(
+        kind="run.skipped",
+        subject=f"journey:{skip.journey_id}",
+        actor="router",
+        customer=record.customer_id,
+        details={
+            "journey": skip.journey_id,
+            "event": record.message_id,
+            "reason": skip.reason,
+            "workflow_id": skip.workflow_id,
+        },
+        ref=f"skip:{record.message_id}:{skip.journey_id}:{reason}",
+    )
+
+
 _MARK_ROUTED = (
     update(_EVENTS)
     .where(_EVENTS.c.message_id == bindparam("routed_message_id"), _EVENTS.c.routed.is_(False))
@@ -553,7 +591,7 @@ class EventRouter:
                         self._record_started_runs_after_failure, record, started
                     )
                 raise
-            await asyncio.to_thread(self._finish_routing, record, started)
+            await asyncio.to_thread(self._finish_routing, record, started, result.skipped)
             return result
         finally:
             self._in_flight.discard(record.message_id)
@@ -950,12 +988,19 @@ class EventRouter:
             workflow_id=entry.workflow_id,
         )
 
-    def _finish_routing(self, record: EventRecord, started: Sequence[_StartedRun]) -> None:
-        """Record the runs routing started and mark the event routed: one transaction."""
+    def _finish_routing(
+        self,
+        record: EventRecord,
+        started: Sequence[_StartedRun],
+        skipped: Sequence[SkippedStart] = (),
+    ) -> None:
+        """Record the runs routing started and mark the event routed, with the entries it
+        skipped and why in the audit log: one transaction."""
         with self.db.begin() as connection:
             if started:
                 self._insert_started_runs(connection, record, started)
             connection.execute(_MARK_ROUTED, {"routed_message_id": record.message_id})
+            append(connection, [_skipped_record(record, skip) for skip in skipped])
 
     def _record_started_runs(self, record: EventRecord, started: Sequence[_StartedRun]) -> None:
         with self.db.begin() as connection:
@@ -976,6 +1021,7 @@ class EventRouter:
     ) -> None:
         # The workflow upserts the same row; whoever comes second leaves it alone.
         connection.execute(self._insert_runs, [_run_row(record, run) for run in started])
+        append(connection, [_started_record(record, run) for run in started])
 
     def _pending_events(self, limit: int, min_age_seconds: float) -> list[EventRecord]:
         cutoff = utcnow() - timedelta(seconds=min_age_seconds)

@@ -33,6 +33,7 @@ from engine.database import create_api_key, engine_for, session_scope
 from engine.deploy import DeployLine, deploy_catalog
 from engine.diff import JourneyDiff, diff_catalog
 from runtime.devserver import DevServerNotFound, dev_server_command, dev_server_ready
+from service.cli.audit import app as audit_app
 from service.cli.db import app as db_app
 from service.cli.db import upgrade_database
 from service.cli.design import OutputFormat, app
@@ -788,6 +789,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(user_app, name="user")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(db_app, name="db")
+app.add_typer(audit_app, name="audit")
 app.command(name="test")(test_command)
 
 

@@ -28,10 +28,12 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from channels import policies
+from engine.audit import append, consent_record
 from engine.database import Profile, session_scope
 from engine.timestamps import as_utc
 from service.api.deps import (
     SCOPE_REFUSED,
+    ApiCallerDep,
     DatabaseDep,
     SessionDep,
     require_admin,
@@ -168,7 +170,7 @@ def get_preferences(customer_id: CustomerId, session: SessionDep) -> Preferences
     dependencies=[Depends(require_admin)],
 )
 def put_preferences(
-    customer_id: CustomerId, update: PreferencesUpdate, session: SessionDep
+    customer_id: CustomerId, update: PreferencesUpdate, session: SessionDep, caller: ApiCallerDep
 ) -> PreferencesView:
     """Stores each named channel's choice (source `api`) and answers with all of them.
     Sends already under way re-check consent just before the provider call."""
@@ -176,6 +178,17 @@ def put_preferences(
         policies.set_preference(
             session, customer_id=customer_id, channel=channel, opted_in=opted_in, source="api"
         )
+    records = [
+        consent_record(
+            customer=customer_id,
+            channel=channel,
+            opted_in=opted_in,
+            source="api",
+            actor=f"api-key:{caller.key_name}",
+        )
+        for channel, opted_in in update.channels.items()
+    ]
+    append(session, records)  # in the choices' transaction, committed with them
     return _preferences_view(session, customer_id)
 
 
@@ -249,6 +262,18 @@ def _apply_sms_keyword(db: Engine, sender: str, opted_in: bool) -> int:
             policies.unsuppress(session, channel="sms", address=sender, reason=SMS_STOP_REASON)
         else:
             policies.suppress(session, channel="sms", address=sender, reason=SMS_STOP_REASON)
+        # The number is not logged: the customers are, and the suppression is the number's.
+        records = [
+            consent_record(
+                customer=customer_id,
+                channel="sms",
+                opted_in=opted_in,
+                source=source,
+                actor="sms:inbound",
+            )
+            for customer_id in customers
+        ]
+        append(session, records)
         return len(customers)
 
 

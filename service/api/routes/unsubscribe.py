@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse
 
 from channels import policies
 from channels.unsubscribe import SECRET_KEY_ENV, read_unsubscribe_token
+from engine.audit import append, consent_record
 from engine.settings import RuntimeSettings
 from service.api.deps import SessionDep, SettingsDep
 
@@ -133,6 +134,18 @@ def unsubscribe(
     customer_id, channel = read
     policies.set_preference(
         session, customer_id=customer_id, channel=channel, opted_in=False, source=UNSUBSCRIBE_SOURCE
+    )
+    append(
+        session,
+        [
+            consent_record(
+                customer=customer_id,
+                channel=channel,
+                opted_in=False,
+                source=UNSUBSCRIBE_SOURCE,
+                actor="customer:unsubscribe-link",
+            )
+        ],
     )
     return _page(
         "You are unsubscribed",

@@ -1,7 +1,7 @@
 """API key scopes and revocation: `api_keys.scopes` and `api_keys.revoked_at`.
 
-Revision ID: 0007k
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 
 ``scopes`` is a comma-separated list of ``ingest``, ``read`` and ``admin``. Keys stored
 before this revision get ``admin``: they could do everything before, and the client
@@ -17,8 +17,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0007k"
-down_revision: str | None = "0006"
+revision: str = "0008"
+down_revision: str | None = "0007"
 branch_labels: str | None = None
 depends_on: str | None = None
 
