@@ -646,6 +646,7 @@ def create_api_key(
     name: str,
     key: str | None = None,
     scopes: Iterable[str],
+    actor: str = "system",
 ) -> str:
     """Store a key's hash and return the key (generated when not given), with ``scopes``
     (always said: the operator's own keys, `journeys up`'s ``state/api_key`` and
@@ -655,9 +656,19 @@ def create_api_key(
     key = key or "jk_" + secrets.token_urlsafe(24)
     digest = api_key_digest(key)
     if session.exec(select(ApiKey).where(ApiKey.key_hash == digest)).first() is None:
-        session.add(ApiKey(name=name, key_hash=digest, scopes=column))
+        record = ApiKey(name=name, key_hash=digest, scopes=column)
+        session.add(record)
         session.flush()
+        _audit_key(session, "apikey.added", record, actor)
     return key
+
+
+def _audit_key(session: Session, kind: str, record: ApiKey, actor: str) -> None:
+    """The key change in the audit log, in its transaction (never the key or its hash)."""
+    from engine.audit import Record, append  # the audit log's tables are defined here
+
+    details = {"name": record.name, "scopes": record.scopes}
+    append(session, [Record(kind, f"apikey:{record.id}", actor, None, details, None)])
 
 
 def check_api_key(session: Session, key: str) -> ApiKey | None:
@@ -690,9 +701,11 @@ def find_api_keys(session: Session, name_or_id: str) -> Sequence[ApiKey]:
     return session.exec(select(ApiKey).where(ApiKey.name == text).order_by(col(ApiKey.id))).all()
 
 
-def revoke_api_keys(session: Session, records: Iterable[ApiKey]) -> list[ApiKey]:
+def revoke_api_keys(
+    session: Session, records: Iterable[ApiKey], *, actor: str = "system"
+) -> list[ApiKey]:
     """Revoke these keys now; those revoked already keep their time. Returns the ones
-    this call revoked."""
+    this call revoked (each in the audit log, by ``actor``)."""
     now = utcnow()
     revoked: list[ApiKey] = []
     for record in records:
@@ -701,6 +714,8 @@ def revoke_api_keys(session: Session, records: Iterable[ApiKey]) -> list[ApiKey]
             session.add(record)
             revoked.append(record)
     session.flush()
+    for record in revoked:
+        _audit_key(session, "apikey.revoked", record, actor)
     return revoked
 
 

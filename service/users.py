@@ -10,13 +10,14 @@ from __future__ import annotations
 import functools
 import secrets
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from engine.audit import Record, append
 from engine.database import ROLES, User, session_scope
 
 __all__ = [
@@ -137,7 +138,12 @@ def _one_time_password() -> str:
     return secrets.token_urlsafe(12)
 
 
-def add_user(db: Engine, *, name: str, role: str) -> str:
+def _audit(session: Session, kind: str, name: str, actor: str, **details: Any) -> None:
+    """A user change in the audit log, in its transaction (never a password or a hash)."""
+    append(session, [Record(kind, f"user:{name}", actor, None, details, None)])
+
+
+def add_user(db: Engine, *, name: str, role: str, actor: str = "cli") -> str:
     """Create ``name`` with ``role``; returns its one-time password (changed at first login)."""
     name, role = _check_name(name), _check_role(role)
     password = _one_time_password()
@@ -145,10 +151,12 @@ def add_user(db: Engine, *, name: str, role: str) -> str:
         if session.exec(select(User).where(User.name == name)).first() is not None:
             raise UserError(f"user {name!r} exists already (use `journeys user reset {name}`)")
         session.add(User(name=name, role=role, password_hash=_hasher.hash(password)))
+        session.flush()
+        _audit(session, "user.added", name, actor, role=role)
     return password
 
 
-def reset_password(db: Engine, *, name: str) -> str:
+def reset_password(db: Engine, *, name: str, actor: str = "cli") -> str:
     """A new one-time password for ``name``; signs them out everywhere."""
     name = _check_name(name)
     password = _one_time_password()
@@ -160,6 +168,8 @@ def reset_password(db: Engine, *, name: str) -> str:
         user.must_change_password = True
         user.session_version += 1
         session.add(user)
+        session.flush()
+        _audit(session, "user.password_reset", name, actor)
     return password
 
 
@@ -208,6 +218,7 @@ def change_password(db: Engine, *, user_id: int, current: str, new: str) -> User
         user.session_version += 1
         session.add(user)
         session.flush()
+        _audit(session, "user.password_changed", user.name, f"user:{user.name}")
         session.expunge(user)
         return user
 

@@ -9,6 +9,7 @@ processes refuse it within `API_KEY_CACHE_SECONDS` (they remember valid keys tha
 
 from __future__ import annotations
 
+import getpass
 from datetime import datetime
 from typing import Annotated
 
@@ -47,7 +48,7 @@ def user_add(
     """Create a user and print their one-time password (they choose their own at first sign-in)."""
     db = open_database(_database_url())
     try:
-        password = add_user(db, name=name, role=role)
+        password = add_user(db, name=name, role=role, actor=cli_actor())
     except UserError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
@@ -63,7 +64,7 @@ def user_reset(name: Annotated[str, typer.Argument(help="The user's name.")]) ->
     """Give a user a new one-time password (signs them out everywhere)."""
     db = open_database(_database_url())
     try:
-        password = reset_password(db, name=name)
+        password = reset_password(db, name=name, actor=cli_actor())
     except UserError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
@@ -117,7 +118,7 @@ def apikey_add(
     db = open_database(_database_url())
     try:
         with session_scope(db) as session:
-            key = create_api_key(session, name=name, scopes=scopes.split(","))
+            key = create_api_key(session, name=name, scopes=scopes.split(","), actor=cli_actor())
     finally:
         db.dispose()
     typer.echo(f"API key for {name}: {key}")
@@ -125,6 +126,14 @@ def apikey_add(
     typer.echo(
         "Send it as 'Authorization: Bearer <key>' (or HTTP Basic with the key as user name)."
     )
+
+
+def cli_actor() -> str:
+    """Who makes a change from this command line, for the audit log: ``cli:<os user>``."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        return "cli"
 
 
 def _when(moment: datetime | None) -> str:
@@ -179,7 +188,7 @@ def apikey_revoke(
             if not active:
                 typer.echo(f"API key {found[-1].id} ({found[-1].name}) was revoked already")
                 return
-            [record] = revoke_api_keys(session, active)
+            [record] = revoke_api_keys(session, active, actor=cli_actor())
             said = f"revoked API key {record.id} ({record.name})"
     finally:
         db.dispose()

@@ -388,7 +388,7 @@ UNKNOWN_KEYS = [
             steps("- id: bye\n  exit: gone\n  outcome: gone\n"),
             at="outcome:",
             message="unknown key 'outcome'",
-            hint="valid: description, exit, id, next",
+            hint="valid: description, exit, id, next, public",
             where="j/bye",
         ),
         id="step-exit",

@@ -7,12 +7,20 @@ import re
 from pathlib import Path
 
 import pytest
-from sqlmodel import select
+from sqlmodel import col, select
 from typer.testing import CliRunner
 
-from engine.database import ApiKey, User, check_api_key, make_engine, session_scope
+from engine.audit import verify_chain
+from engine.database import (
+    ApiKey,
+    AuditEntry,
+    User,
+    check_api_key,
+    make_engine,
+    session_scope,
+)
 from service.cli.main import app
-from service.users import check_password
+from service.users import change_password, check_password
 
 runner = CliRunner()
 
@@ -106,3 +114,40 @@ def test_apikey_add_prints_a_key_stored_only_as_a_hash(database: str) -> None:
             assert check_api_key(session, key.group(1)) is not None
     finally:
         db.dispose()
+
+
+def test_every_user_and_key_change_is_in_the_audit_log_and_the_chain_holds(
+    database: str,
+) -> None:
+    """Who did what to which account, never a password, a key or a hash (issue #18)."""
+    added = runner.invoke(app, ["user", "add", "ana", "--role", "ops"])
+    reset = runner.invoke(app, ["user", "reset", "ana"])
+    key = runner.invoke(app, ["apikey", "add", "payments", "--scope", "ingest"])
+    revoked = runner.invoke(app, ["apikey", "revoke", "payments"])
+    assert [r.exit_code for r in (added, reset, key, revoked)] == [0, 0, 0, 0]
+    db = make_engine(database)
+    try:
+        password = re.search(r"one-time password: (\S+)", reset.output)
+        user = check_password(db, name="ana", password=password.group(1) if password else "")
+        assert user is not None and user.id is not None
+        change_password(db, user_id=user.id, current=password.group(1), new="a-fresh-password")
+        with session_scope(db) as session:
+            entries = session.exec(select(AuditEntry).order_by(col(AuditEntry.seq))).all()
+            [stored] = session.exec(select(ApiKey)).all()
+        report = verify_chain(db)
+    finally:
+        db.dispose()
+    changes = [(e.kind, e.subject, e.actor.split(":")[0]) for e in entries]
+    assert changes == [
+        ("user.added", "user:ana", "cli"),
+        ("user.password_reset", "user:ana", "cli"),
+        ("apikey.added", f"apikey:{stored.id}", "cli"),
+        ("apikey.revoked", f"apikey:{stored.id}", "cli"),
+        ("user.password_changed", "user:ana", "user"),
+    ]
+    assert entries[2].details == {"name": "payments", "scopes": "ingest"}
+    logged = " ".join(f"{e.details} {e.subject}" for e in entries)
+    secret = re.search(r"API key for payments: (\S+)", key.output)
+    assert secret is not None and secret.group(1) not in logged
+    assert stored.key_hash not in logged and "$argon2" not in logged
+    assert report.ok, report
