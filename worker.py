@@ -36,6 +36,7 @@ from activities.runs import RunActivities
 from engine.database import make_engine
 from engine.migrate import DatabaseAhead, PartialSchema
 from engine.settings import RuntimeSettings, SettingsError
+from runtime.codec import KeyRing, KeyRingError
 from runtime.temporal import connect
 from workflows.journey_run import JourneyRunWorkflow
 
@@ -161,8 +162,9 @@ async def main() -> None:
     cache_workflow_bytecode()
     try:
         settings = RuntimeSettings.from_env()
+        KeyRing.from_settings(settings)  # a bad key ring stops the worker here, named
         db = open_database(settings)
-    except (SettingsError, DatabaseAhead, PartialSchema) as error:
+    except (SettingsError, KeyRingError, DatabaseAhead, PartialSchema) as error:
         log.error("worker not started: %s", error)
         raise SystemExit(2) from None
     client = await connect(settings)

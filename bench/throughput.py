@@ -65,6 +65,7 @@ from engine.payloads import WORKFLOW_NAME, EventMessage, JourneyRunInput, workfl
 from engine.plan import Plan
 from engine.profiles import customer_from_traits
 from engine.settings import RuntimeSettings
+from runtime.codec import new_key_ring_text
 from runtime.devserver import dev_server_command, wait_until_ready
 from runtime.temporal import connect
 from service.cli.supervisor import Supervisor, tail
@@ -720,6 +721,7 @@ class Options:
     bytecode_cache: bool
     workers: int
     rounds: int = 1
+    codec: bool = False
 
 
 def say(text: str) -> None:
@@ -965,6 +967,7 @@ def run_benchmark(options: Options) -> dict[str, Any]:
             "paths": list(options.paths),
             "bytecode_cache": options.bytecode_cache,
             "workers": options.workers,
+            "codec": options.codec,
             "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE"),
             "database": "DATABASE_URL" if os.environ.get("DATABASE_URL") else "sqlite (temp)",
         },
@@ -1021,6 +1024,12 @@ def _parse(argv: Sequence[str] | None) -> Options:
         help="measure every kind and path this many times, interleaved (--events each time); "
         "the rates add up all rounds",
     )
+    parser.add_argument(
+        "--codec",
+        action="store_true",
+        help="seal histories (runtime/codec.py) under a new key in every process, engine and "
+        "baseline alike; without it no process has a key ring and histories are plain",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument(
         "--keep-state", action="store_true", help="keep the temp state directory and logs"
@@ -1055,11 +1064,23 @@ def _parse(argv: Sequence[str] | None) -> Options:
         bytecode_cache=args.bytecode_cache,
         workers=args.workers,
         rounds=args.rounds,
+        codec=args.codec,
     )
+
+
+def _set_history_keys(codec: bool) -> None:
+    """This process's environment, which every child inherits and the driver's client reads:
+    one new key (never printed) with ``codec``, no key ring without."""
+    os.environ.pop("JOURNEYS_HISTORY_KEYS_FILE", None)
+    if codec:
+        os.environ["JOURNEYS_HISTORY_KEYS"] = new_key_ring_text("bench").strip()
+    else:
+        os.environ.pop("JOURNEYS_HISTORY_KEYS", None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = _parse(argv)
+    _set_history_keys(options.codec)
     try:
         report = run_benchmark(options)
     except Exception as error:

@@ -22,6 +22,9 @@ here; what reads them (the CLI, the worker, the API) decides what to do with the
 | `JOURNEYS_PUBLIC_URL` | `JOURNEYS_API_URL` | the API's address as customers' mail clients reach it (unsubscribe links) |
 | `JOURNEYS_WORKFLOW_SANDBOX` | `0` | `1` (or `true`, `yes`, `on`) runs the interpreter in Temporal's workflow sandbox (slower; the tests always do) |
 | `JOURNEYS_PUBLIC_DOCS` | `1` | `0` closes the API's `/docs`, `/redoc` and `/openapi.json` (404) |
+| `JOURNEYS_HISTORY_KEYS` | unset | the key ring sealing workflow histories: `k2:<base64>,k1:<base64>`, the first encrypts (runtime/codec.py) |
+| `JOURNEYS_HISTORY_KEYS_FILE` | unset (`journeys up` generates `<state>/history_keys`) | the same ring in a file, read when `JOURNEYS_HISTORY_KEYS` is unset |
+| `JOURNEYS_CODEC_ORIGINS` | `JOURNEYS_TEMPORAL_UI` | comma-separated origins (Temporal Web UIs) allowed to call `/codec/decode` |
 | `JOURNEYS_MAX_FUTURE_SKEW` | `1d` | how far in the future an event's timestamp may be: seconds (`3600`) or a duration (`1h`, `1d12h`) |
 """
 
@@ -38,7 +41,12 @@ from engine.durations import DurationError, parse_duration
 
 __all__ = ["RuntimeSettings", "SettingsError"]
 
-_SECRETS = ("TEMPORAL_API_KEY", "JOURNEYS_API_KEY", "JOURNEYS_SECRET_KEY")
+_SECRETS = (
+    "TEMPORAL_API_KEY",
+    "JOURNEYS_API_KEY",
+    "JOURNEYS_SECRET_KEY",
+    "JOURNEYS_HISTORY_KEYS",
+)
 
 
 class SettingsError(ValueError):
@@ -79,12 +87,29 @@ class RuntimeSettings(BaseSettings):
     workflow_sandbox: bool = _variable("JOURNEYS_WORKFLOW_SANDBOX", False)
     public_docs: bool = _variable("JOURNEYS_PUBLIC_DOCS", True)
     max_future_skew: timedelta = _variable("JOURNEYS_MAX_FUTURE_SKEW", timedelta(days=1))
+    history_keys: str | None = _variable("JOURNEYS_HISTORY_KEYS", secret=True)
+    """The key ring sealing histories (`runtime.codec.KeyRing`): ``id:base64key,...``."""
+    history_keys_file: Path | None = _variable("JOURNEYS_HISTORY_KEYS_FILE")
+    codec_origins: str = _variable("JOURNEYS_CODEC_ORIGINS", "")
+    """Comma-separated origins allowed to call the codec server (`allowed_codec_origins`)."""
     message_id_scope: Literal["global", "customer"] = _variable(
         "JOURNEYS_MESSAGE_ID_SCOPE", "global"
     )
     """`global` (Segment's): a messageId seen before is a duplicate whoever it names.
     `customer`: a duplicate only for the same customer; another customer's event with a
     used id is stored under a scoped id (``<id>~<digest>``)."""
+
+    @property
+    def allowed_codec_origins(self) -> tuple[str, ...]:
+        """``JOURNEYS_CODEC_ORIGINS``, or else the Web UI's origin (`temporal_ui`; with its
+        ``localhost`` twin when it is ``127.0.0.1``, as browsers tell the two apart)."""
+        given = [part.strip().rstrip("/") for part in self.codec_origins.split(",")]
+        if any(given):
+            return tuple(origin for origin in given if origin)
+        origins = [self.temporal_ui]
+        if "://127.0.0.1" in self.temporal_ui:
+            origins.append(self.temporal_ui.replace("://127.0.0.1", "://localhost", 1))
+        return tuple(origins)
 
     @classmethod
     def from_env(cls) -> RuntimeSettings:

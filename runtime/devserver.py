@@ -72,8 +72,12 @@ def dev_server_command(
     ui_port: int = 8233,
     namespace: str = "default",
     binary: Path | None = None,
+    codec_endpoint: str | None = None,
 ) -> list[str]:
-    """The argv that starts the dev server on loopback, its state in ``state_dir``."""
+    """The argv that starts the dev server on loopback, its state in ``state_dir``.
+
+    ``codec_endpoint`` (the API's ``/codec``, `service.api.routes.codec`) is where the Web UI
+    sends sealed payloads to be decoded for display."""
     command = [
         str(binary or temporal_binary()),
         "server",
@@ -97,6 +101,8 @@ def dev_server_command(
         command += ["--dynamic-config-value", setting]
     for name, kind in SEARCH_ATTRIBUTES.items():
         command += ["--search-attribute", f"{name}={kind}"]
+    if codec_endpoint:
+        command += ["--ui-codec-endpoint", codec_endpoint]
     return command
 
 

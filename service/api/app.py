@@ -40,6 +40,7 @@ from temporalio.client import Client
 from engine.database import ApiKey, create_api_key, make_engine, session_scope
 from engine.migrate import DatabaseAhead, PartialSchema
 from engine.settings import RuntimeSettings
+from runtime.codec import KeyRing
 from runtime.temporal import connect
 from service.api.deps import ServiceState
 from service.api.errors import install_error_handlers
@@ -51,6 +52,7 @@ from service.api.middleware import (
     install_access_log_redaction,
 )
 from service.api.routes import (
+    codec,
     events,
     explain,
     health,
@@ -189,6 +191,7 @@ def create_app(settings: RuntimeSettings | None = None, *, client: Client | None
     """The API app. ``settings`` default to the environment; a ``client`` given here is
     used as is (and not closed), otherwise the app connects, retrying in the background."""
     settings = settings or RuntimeSettings.from_env()
+    KeyRing.from_settings(settings)  # a bad history key ring stops the start, named
     install_access_log_redaction()
     app = FastAPI(
         title="Journeys API",
@@ -215,6 +218,7 @@ def create_app(settings: RuntimeSettings | None = None, *, client: Client | None
         status,
         reviews,
         health,
+        codec,
     ):
         app.include_router(module.router)
     app.mount("/console/static", StaticFiles(directory=CONSOLE_STATIC), name="console-static")

@@ -32,6 +32,7 @@ from engine.catalog import Catalog, build_catalog
 from engine.database import create_api_key, engine_for, session_scope
 from engine.deploy import DeployLine, deploy_catalog
 from engine.diff import JourneyDiff, diff_catalog
+from runtime.codec import KeyRingError, create_key_file
 from runtime.devserver import DevServerNotFound, dev_server_command, dev_server_ready
 from service.cli.audit import app as audit_app
 from service.cli.db import app as db_app
@@ -203,6 +204,19 @@ def _load_or_create_secret(path: Path, *, prefix: str) -> str:
     return key
 
 
+def history_keys_env(state_dir: Path) -> dict[str, str]:
+    """Where the children find the history key ring: as given in the environment, or else
+    ``<state>/history_keys``, created (mode 0600, one new key) on the first start."""
+    if os.environ.get("JOURNEYS_HISTORY_KEYS") or os.environ.get("JOURNEYS_HISTORY_KEYS_FILE"):
+        return {}
+    try:
+        path = create_key_file(state_dir / "history_keys")
+    except KeyRingError as exc:
+        typer.echo(f"journeys up: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    return {"JOURNEYS_HISTORY_KEYS_FILE": str(path)}
+
+
 def _port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         # SO_REUSEADDR: a port in TIME_WAIT from our last stop is free for our servers too.
@@ -361,7 +375,10 @@ def _check_ports(embedded: _Embedded) -> None:
 def _server_argv(embedded: _Embedded) -> list[str]:
     try:
         return dev_server_command(
-            state_dir=embedded.state, port=embedded.temporal_port, ui_port=embedded.ui_port
+            state_dir=embedded.state,
+            port=embedded.temporal_port,
+            ui_port=embedded.ui_port,
+            codec_endpoint=f"{embedded.api_url}/codec",
         )
     except DevServerNotFound as exc:
         typer.echo(str(exc), err=True)
@@ -505,6 +522,7 @@ def up(
             embedded.state
         )
         env = _child_env(embedded, api_key=api_key, secret_key=secret_key)
+        env.update(history_keys_env(embedded.state))
         if not supervisor.stop_requested:
             exit_code = _supervise(
                 embedded, server_argv=server_argv, env=env, policy=policy, supervisor=supervisor

@@ -36,6 +36,7 @@ from engine.payloads import (
 from engine.settings import RuntimeSettings
 from service.api.app import create_app
 from tests.database import fresh_database_url  # noqa: F401  (test_openapi_fuzz imports it here)
+from tests.history_keys import TEST_KEYS
 
 API_KEY = "test-key-not-a-secret"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -150,6 +151,7 @@ def api_settings(
         task_queue=task_queue,
         api_key=API_KEY,
         temporal_address=temporal_address,
+        history_keys=TEST_KEYS,  # as the tests' workers and clients seal histories
     )
 
 

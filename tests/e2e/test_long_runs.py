@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from engine.payloads import workflow_id_for
 from tests.e2e.conftest import JourneysStack, TemporalServer, customer_id, eventually, start_stack
+from tests.history_keys import test_data_converter
 from tests.http_endpoint import HttpEndpoint, running_endpoint
 
 pytestmark = pytest.mark.e2e
@@ -177,7 +177,7 @@ def _handled(path: list[dict[str, Any]]) -> dict[str, str]:
 async def _generations(temporal: TemporalServer, workflow_id: str) -> list[tuple[int, int, int]]:
     """(history events, history bytes, signals) of each generation of ``workflow_id``,
     oldest first."""
-    client = await Client.connect(temporal.address, data_converter=pydantic_data_converter)
+    client = await Client.connect(temporal.address, data_converter=test_data_converter())
     sizes: list[tuple[float, int, int, int]] = []
     async for execution in client.list_workflows(f'WorkflowId = "{workflow_id}"'):
         handle = client.get_workflow_handle(workflow_id, run_id=execution.run_id)

@@ -24,6 +24,11 @@ again under a tag naming the patch (``--tag <patch-id>`` writes
 files with the patch, once `max_duration` has passed since `deprecate_patch`. Every file
 here must keep replaying on the current interpreter (tests/workflows/test_replay.py).
 Profiles hold addresses in the database only: no history may carry one unmasked.
+
+Histories are recorded as the product writes them, each payload sealed by the history codec
+(runtime/codec.py) under the tests' fixed key ring (tests/history_keys.py); the files
+recorded before the codec hold plain payloads, which the codec passes through, and both
+kinds replay.
 """
 
 from __future__ import annotations
@@ -44,7 +49,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from engine.catalog import Catalog, build_catalog
@@ -60,6 +64,7 @@ from engine.payloads import (
 )
 from engine.plan import Plan, SplitPlan, bucket_salt, split_salt
 from engine.profiles import customer_from_traits, masked_customer
+from tests.history_keys import test_data_converter
 from worker import build_worker
 
 HERE = Path(__file__).resolve().parent
@@ -365,7 +370,7 @@ async def record(
         db = make_engine(f"sqlite:///{tmp}/journeys.db")
         env = await WorkflowEnvironment.start_time_skipping(
             test_server_existing_path=str(Path(sys.executable).parent / "temporal-test-server"),
-            data_converter=pydantic_data_converter,
+            data_converter=test_data_converter(),
         )
         try:
             async with build_worker(env.client, db=db, task_queue=QUEUE, workflow_sandbox=True):

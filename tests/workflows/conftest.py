@@ -14,7 +14,6 @@ import pytest
 import pytest_asyncio
 from sqlalchemy.engine import Engine
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -30,6 +29,7 @@ from engine.payloads import (
 )
 from engine.plan import Plan
 from tests.conftest import TEST_SERVER
+from tests.history_keys import test_data_converter
 from worker import build_worker
 
 SECRET_KEY = "test-secret-key-for-unsubscribe-links"
@@ -50,7 +50,7 @@ async def fresh_env() -> AsyncIterator[WorkflowEnvironment]:
     """A time-skipping server of its own: its clock starts at today's date, untouched by
     other tests, so a test can move it to a chosen date (a DST switch, a renewal)."""
     environment = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(TEST_SERVER), data_converter=pydantic_data_converter
+        test_server_existing_path=str(TEST_SERVER), data_converter=test_data_converter()
     )
     try:
         yield environment

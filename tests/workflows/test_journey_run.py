@@ -21,6 +21,7 @@ from engine.database import OutboxMessage, Profile, ReviewTask, Run
 from engine.decisions import bucket_of
 from engine.payloads import PathEntry, ReviewDecision, RunState
 from engine.run_path import read_path
+from tests.history_keys import opened_history_json
 from tests.http_endpoint import running_endpoint
 from tests.workflows.conftest import StartRun, compile_plan, send_event, set_profile, steps_of
 
@@ -657,7 +658,7 @@ async def test_a_score_step_and_the_decisions_after_it_are_one_recorded_activity
     markers = _local_activity_markers(history)
     assert [name for name, _ in markers] == ["begin_run"]
     assert markers[0][1]["decided"] is None
-    events = json.loads(history.to_json())["events"]
+    events = json.loads(opened_history_json(history))["events"]
     scheduled = [
         e["activityTaskScheduledEventAttributes"]["activityType"]["name"]
         for e in events
@@ -688,7 +689,7 @@ async def test_a_score_step_and_the_decisions_after_it_are_one_recorded_activity
 def _local_activity_markers(history: WorkflowHistory) -> list[tuple[str, dict[str, Any]]]:
     """Each local activity's name and decoded result, in history order."""
     found: list[tuple[str, dict[str, Any]]] = []
-    for event in json.loads(history.to_json())["events"]:
+    for event in json.loads(opened_history_json(history))["events"]:
         marker = event.get("markerRecordedEventAttributes")
         if not marker or marker.get("markerName") != "core_local_activity":
             continue
