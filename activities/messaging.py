@@ -44,6 +44,7 @@ from activities.runs import upsert_run
 from channels import pacing, policies
 from channels.delivery import DeliveryError, deliver
 from channels.rendering import MissingFormError, RenderedMessage, form_for, render_message
+from channels.status_links import make_status_token, status_url
 from channels.unsubscribe import make_unsubscribe_token, unsubscribe_url
 from engine.audit import Record, append
 from engine.database import (
@@ -185,6 +186,7 @@ class MessagingActivities:
             customer: dict[str, Any] = dict(real.expression_view())
             context = {**request.context, "customer": customer, "profile": dict(real.traits)}
             context.update(_real_events(session, request, customer_id))
+            context["run"] = {"status_url": self._status_url(request)}
             request = request.model_copy(update={"context": context})
             earlier = self._delivery(session, request, channel)
             if earlier is not None and earlier.status in _FINAL:
@@ -289,6 +291,14 @@ class MessagingActivities:
         except EvaluationError:
             value = None
         return str(value) if value not in (None, "") else None
+
+    def _status_url(self, request: SendMessageInput) -> str | None:
+        """The run's status page for the customer (`{{ run.status_url }}`); None, which a
+        template that prints it refuses, when no secret signs links here."""
+        if not self.secret_key:
+            return None
+        token = make_status_token(run_id=request.run_id, secret=self.secret_key)
+        return status_url(self.public_url, token)
 
     def _render(self, request: SendMessageInput, channel: str) -> RenderedMessage:
         try:
