@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from channels.status_links import make_status_token, status_url
 from tests.e2e.conftest import (
     JOURNEYS_CLI,
     ROOT,
@@ -55,12 +56,16 @@ WAIT_TIMEOUT = 60.0
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
+STATUS_SECRET = "status-links-secret-for-the-browser-test"
+
 
 @pytest.fixture(scope="module")
 def stack(
     tmp_path_factory: pytest.TempPathFactory, temporal_server: TemporalServer
 ) -> Iterator[JourneysStack]:
-    with start_stack(tmp_path_factory.mktemp("runs"), temporal_server, CATALOGUE) as running:
+    directory = tmp_path_factory.mktemp("runs")
+    secret = {"JOURNEYS_SECRET_KEY": STATUS_SECRET}  # signs the customers' status links
+    with start_stack(directory, temporal_server, CATALOGUE, env=secret) as running:
         yield running
 
 
@@ -294,3 +299,26 @@ def test_a_designer_previews_a_template_from_a_journey(browser: Any, stack: Jour
         page.screenshot(path=str(ARTIFACTS / "console-preview.png"), full_page=True)
     finally:
         context.close()
+
+
+def test_the_customer_sees_where_the_run_stands_on_its_status_page(
+    page: Any, stack: JourneysStack, waiting: WaitingRun
+) -> None:
+    """The link a message carries (`{{ run.status_url }}`), opened in Chromium: the run is
+    in progress and moves on at 09:00 in the customer's zone; nothing internal shows. A
+    token for another run, or an altered one, reads nothing."""
+    token = make_status_token(run_id=waiting.run_id, secret=STATUS_SECRET)
+    page.goto(status_url(stack.api_url, token))
+    assert page.inner_text("#state") == "Status: in progress"
+    assert page.inner_text("#expected") == f"Next update expected by {waiting.shown}."
+    shown = page.inner_text("body")
+    for internal in ("wait_for_morning", "payment_recovery", waiting.customer, "score", "0."):
+        assert internal not in shown, internal
+    page.screenshot(path=str(ARTIFACTS / "status-page.png"), full_page=True)
+
+    other = make_status_token(run_id="another-run", secret=STATUS_SECRET)
+    altered = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    for bad in (other, altered):
+        answer = page.goto(status_url(stack.api_url, bad))
+        assert answer is not None and answer.status == 404
+        assert "This status link is not valid" in page.inner_text("body")
