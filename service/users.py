@@ -41,6 +41,7 @@ Permission = Literal[
     "view_messages",
     "view_message_content",
     "preview_templates",
+    "view_audit",
 ]
 
 _PERMISSIONS: dict[str, frozenset[Permission]] = {
@@ -51,6 +52,7 @@ _PERMISSIONS: dict[str, frozenset[Permission]] = {
             "view_messages",
             "view_message_content",
             "preview_templates",
+            "view_audit",
         }
     ),
     "designer": frozenset(
@@ -58,7 +60,9 @@ _PERMISSIONS: dict[str, frozenset[Permission]] = {
     ),
     "ops": frozenset({"view_reviews", "decide_reviews", "view_runs", "view_messages"}),
     "supervisor": frozenset({"view_reviews", "decide_reviews", "view_runs", "view_messages"}),
-    "auditor": frozenset({"view_reviews", "view_runs", "view_messages", "view_message_content"}),
+    "auditor": frozenset(
+        {"view_reviews", "view_runs", "view_messages", "view_message_content", "view_audit"}
+    ),
 }
 """Only ops and supervisors decide; admins manage users (from the CLI), they do not decide.
 A captured message's subject and body hold the customer's real data (a send renders the
