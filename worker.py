@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import compileall
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Mapping
@@ -33,6 +34,7 @@ from activities import calls, decisions, scoring
 from activities.messaging import MessagingActivities
 from activities.reviews import ReviewActivities
 from activities.runs import RunActivities
+from engine.audit import SIGNING_KEY_ENV, checkpoint_if_moved, load_or_create_signing_key
 from engine.database import make_engine
 from engine.migrate import DatabaseAhead, PartialSchema
 from engine.settings import RuntimeSettings, SettingsError
@@ -182,8 +184,41 @@ async def main() -> None:
         loop.add_signal_handler(signum, stop.set)
     log.info("worker polling task queue %r on %s", settings.task_queue, settings.temporal_address)
     async with worker:
+        signer = None
+        if settings.audit_checkpoint_every:
+            signer = asyncio.create_task(
+                sign_audit_log(db, settings, settings.audit_checkpoint_every, stop)
+            )
         await stop.wait()
         log.info("stopping worker")
+        if signer is not None:
+            await signer
+
+
+async def sign_audit_log(
+    db: Engine, settings: RuntimeSettings, every: timedelta, stop: asyncio.Event
+) -> None:
+    """Sign the audit log's head every ``every`` until ``stop`` (and write the checkpoint
+    under ``<state>/audit/``), when anything was logged since the last checkpoint. A
+    failure is logged and tried again next time: signing never stops the worker."""
+    directory = settings.state_dir / "audit"
+    while True:
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=every.total_seconds())
+            return
+        except TimeoutError:
+            pass
+        try:
+            key_file = os.environ.get(SIGNING_KEY_ENV)
+            key = load_or_create_signing_key(
+                settings.state_dir, path=Path(key_file) if key_file else None
+            )
+            written = await asyncio.to_thread(checkpoint_if_moved, db, key, directory)
+        except Exception:
+            log.exception("audit checkpoint failed; trying again in %s", every)
+            continue
+        if written is not None:
+            log.info("audit checkpoint written: %s", written.name)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ __all__ = [
     "append",
     "canonical",
     "check_entries",
+    "checkpoint_if_moved",
     "consent_record",
     "digest",
     "entry_hash",
@@ -79,6 +80,7 @@ __all__ = [
     "stored_checkpoints",
     "utc_text",
     "verify_chain",
+    "write_checkpoint_file",
 ]
 
 GENESIS = "0" * 64
@@ -606,6 +608,26 @@ def make_checkpoint(engine: Engine, key: Ed25519PrivateKey) -> Checkpoint:
             )
         )
     return checkpoint
+
+
+def write_checkpoint_file(checkpoint: Checkpoint, path: Path) -> Path:
+    """The checkpoint as a JSON file an operator ships elsewhere."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(checkpoint.to_json(), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def checkpoint_if_moved(engine: Engine, key: Ed25519PrivateKey, directory: Path) -> Path | None:
+    """Sign the head and write ``directory/checkpoint-<seq>.json``, unless the newest
+    stored checkpoint is at the head already (a periodic signer writes nothing new while
+    nothing is logged). The file written, or None."""
+    with engine.connect() as connection:
+        head = connection.execute(select(_HEAD.c.seq)).scalar()
+    newest = latest_checkpoint(engine, at_least=int(head or 0))
+    if newest is not None and newest.seq == int(head or 0):
+        return None
+    checkpoint = make_checkpoint(engine, key)
+    return write_checkpoint_file(checkpoint, directory / f"checkpoint-{checkpoint.seq}.json")
 
 
 def stored_checkpoints(engine: Engine) -> list[Checkpoint]:

@@ -90,6 +90,9 @@ class RuntimeSettings(BaseSettings):
     history_keys: str | None = _variable("JOURNEYS_HISTORY_KEYS", secret=True)
     """The key ring sealing histories (`runtime.codec.KeyRing`): ``id:base64key,...``."""
     history_keys_file: Path | None = _variable("JOURNEYS_HISTORY_KEYS_FILE")
+    audit_checkpoint_every: timedelta | None = _variable("JOURNEYS_AUDIT_CHECKPOINT_EVERY")
+    """How often the worker signs the audit log's head (seconds, or HH:MM:SS); unset: never
+    (run `journeys audit checkpoint` from cron instead)."""
     codec_origins: str = _variable("JOURNEYS_CODEC_ORIGINS", "")
     """Comma-separated origins allowed to call the codec server (`allowed_codec_origins`)."""
     message_id_scope: Literal["global", "customer"] = _variable(

@@ -34,6 +34,7 @@ from engine.audit import (
     stored_checkpoints,
     utc_text,
     verify_chain,
+    write_checkpoint_file,
 )
 from engine.database import AuditEntry
 from engine.settings import RuntimeSettings
@@ -81,8 +82,7 @@ def pubkey_command() -> None:
 
 
 def _write_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(checkpoint.to_json(), indent=2) + "\n", encoding="utf-8")
+    write_checkpoint_file(checkpoint, path)
 
 
 @app.command("checkpoint")
