@@ -185,5 +185,5 @@ async def test_a_token_reads_its_own_run_only_and_every_bad_one_is_the_same_404(
     assert "Your application" not in page.text
 
 
-def test_the_link_is_on_the_api_and_quotes_the_token() -> None:
+async def test_the_link_is_on_the_api_and_quotes_the_token() -> None:
     assert status_url("https://api.example/", "a.b") == "https://api.example/v1/status/a.b"

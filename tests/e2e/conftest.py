@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -75,13 +76,40 @@ _SCRUBBED_ENV = (
 # ----------------------------------------------------------------------------- helpers
 
 
+def _below_ephemeral() -> range:
+    """Ports under the kernel's ephemeral range, from 20000: no outgoing connection is
+    given one of these as its local port, so a port found free stays free until the
+    process it is for binds it (a port the kernel picks can be taken meanwhile: CI once
+    saw the dev server's UI fail with "address already in use")."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(20000, max(low, 20001))
+
+
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct TCP ports free on 127.0.0.1 right now."""
-    sockets = [socket.socket() for _ in range(count)]
+    """``count`` distinct TCP ports free on 127.0.0.1 right now, below the ephemeral range
+    when it can (else whatever the kernel gives)."""
+    pool, chosen = _below_ephemeral(), list[int]()
+    pick = random.SystemRandom()
+    for _ in range(1000):  # bounded: a crowded range falls back to the kernel's choice
+        if len(chosen) == count:
+            return chosen
+        port = pick.choice(pool)
+        if port in chosen:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        chosen.append(port)
+    sockets = [socket.socket() for _ in range(count - len(chosen))]
     try:
         for probe in sockets:
             probe.bind(("127.0.0.1", 0))
-        return [int(probe.getsockname()[1]) for probe in sockets]
+        return chosen + [int(probe.getsockname()[1]) for probe in sockets]
     finally:
         for probe in sockets:
             probe.close()
