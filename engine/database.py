@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint, event
+from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint, event
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
@@ -447,6 +447,44 @@ class AuditCheckpoint(SQLModel, table=True):
     time: str = Field(max_length=32)
     public_key: str = Field(max_length=64)
     signature: str = Field(max_length=128)
+
+
+class PseudonymKey(SQLModel, table=True):
+    """The key customer pseudonyms are made with when ``JOURNEYS_PSEUDONYM_KEY`` is not
+    set (`engine.pseudonyms`): one row, ``id`` ``"current"``."""
+
+    __tablename__ = "pseudonym_key"
+
+    id: str = Field(primary_key=True, max_length=20)
+    key: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class CustomerKey(SQLModel, table=True):
+    """A customer's history key seed (`runtime.customer_keys`): with the history key ring's
+    key it derives the key that seals the payloads of that customer's runs. Erasure
+    deletes the row, and with it the only way to open those payloads (crypto-shredding).
+    ``ref`` is the customer's pseudonym, never the id."""
+
+    __tablename__ = "customer_keys"
+
+    ref: str = Field(primary_key=True, max_length=40)
+    seed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ErasedCustomer(SQLModel, table=True):
+    """A customer who was erased (`service.erasure`), by pseudonym: events naming them are
+    not stored and start nothing. ``status`` is ``erasing`` until every step is done
+    (`journeys erase` run again finishes an interrupted erasure), then ``erased``."""
+
+    __tablename__ = "erased_customers"
+
+    ref: str = Field(primary_key=True, max_length=40)
+    status: str = Field(default="erasing", max_length=20)
+    actor: str = Field(max_length=200)
+    requested_at: datetime = Field(default_factory=utcnow)
+    erased_at: datetime | None = None
+    counts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
 # ----------------------------------------------------------------------------- engine

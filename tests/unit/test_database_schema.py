@@ -54,7 +54,14 @@ def test_a_database_from_before_the_routing_indexes_gets_them_on_start(
         connection.execute(text("DROP TABLE run_path"))
         connection.execute(text("DROP TABLE run_backlog"))
         connection.execute(text("DROP TABLE channel_rates"))
-        for table in ("audit", "audit_head", "audit_checkpoints"):
+        for table in (
+            "audit",
+            "audit_head",
+            "audit_checkpoints",
+            "pseudonym_key",
+            "customer_keys",
+            "erased_customers",
+        ):
             connection.execute(text(f"DROP TABLE {table}"))
         connection.execute(text("ALTER TABLE runs DROP COLUMN current_run_id"))
         connection.execute(text("ALTER TABLE api_keys DROP COLUMN scopes"))
