@@ -52,7 +52,7 @@ PREFIX = "cus_"
 _REF_LETTERS = 26
 _MIN_KEY_BYTES = 32
 
-PSEUDONYM_KEY: Table = PseudonymKey.__table__  # type: ignore[assignment]
+PSEUDONYM_KEY: Table = PseudonymKey.__table__  # type: ignore[attr-defined]
 """One row (``id`` ``"current"``): the key when ``JOURNEYS_PSEUDONYM_KEY`` is not set."""
 
 _ROW_ID = "current"
