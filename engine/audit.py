@@ -10,8 +10,12 @@ entry's ``prev_hash`` is 64 zeros (`GENESIS`). ``seq`` counts 1, 2, 3, ... witho
 and is hashed, so an entry cannot move unseen. ``time`` is when it was appended, as
 fixed-width UTC text (`utc_text`).
 
-**No personal data** beyond the customer id (``customer``): no address, no message text,
-no note (its SHA-256: `digest`). Erasure can then pseudonymize a customer's entries.
+**No personal data**: no address, no message text, no note (its SHA-256: `digest`), and no
+customer id. `append` writes the customer's keyed pseudonym (`engine.pseudonyms`) in
+``customer`` and in place of the id wherever the subject or details name the customer
+(``customer:<id>``, a workflow id's customer segment). So erasing a customer leaves their
+entries as they are, and the chain verifies as before: nothing in it names them. (Entries
+made before revision 0009 hold the id itself; `customer_filter` finds both.)
 
 **Appends take turns.** `append` runs in the caller's transaction, as the last write of it
 (so that the entry commits with the change it records, or not at all): it first updates
@@ -35,6 +39,7 @@ Imports `cryptography` only where it signs or checks a signature.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -50,6 +55,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
 from engine.database import AuditCheckpoint, AuditEntry, AuditHead, dialect_insert
+from engine.pseudonyms import customer_ref, is_ref, pseudonym_key, pseudonymize, pseudonymize_text
 from engine.timestamps import utcnow
 
 if TYPE_CHECKING:
@@ -197,6 +203,7 @@ def append(
     if not records:
         return []
     connection = _connection(bind)
+    records = _pseudonymized(connection, records)
     refs = [item.ref for item in records if item.ref is not None]
     if len(refs) == len(records) and _logged(connection, refs) >= set(refs):
         return []  # all logged before (a retried record): no need to wait for the lock
@@ -226,6 +233,37 @@ def append(
         connection.execute(insert(_AUDIT), rows)
         connection.execute(_SET_HEAD, {"new_seq": seq, "new_hash": prev_hash})
     return [row["seq"] for row in rows]
+
+
+def _pseudonymized(connection: Connection, records: Sequence[Record]) -> list[Record]:
+    """``records`` with each customer id replaced by its pseudonym (see the module doc)."""
+    if not any(item.customer for item in records):
+        return list(records)
+    key = pseudonym_key(connection)
+    out: list[Record] = []
+    for item in records:
+        customer = item.customer
+        if not customer or is_ref(customer):
+            out.append(item)
+            continue
+        ref = customer_ref(customer, key)
+        out.append(
+            dataclasses.replace(
+                item,
+                customer=ref,
+                subject=pseudonymize_text(item.subject, customer, ref),
+                details=pseudonymize(dict(item.details), customer, ref),
+            )
+        )
+    return out
+
+
+def customer_filter(bind: Engine | Connection, customer: str) -> tuple[str, ...]:
+    """What ``customer`` column values mean ``customer`` (an id or a pseudonym): the
+    pseudonym and, for entries made before pseudonyms, the id itself."""
+    if is_ref(customer):
+        return (customer,)
+    return (customer_ref(customer, pseudonym_key(bind)), customer)
 
 
 def record(
@@ -667,6 +705,7 @@ def export_entries(
     in ``time``; with ``customer``, only theirs. ``through``: go on past ``end`` up to that
     sequence number (to reach a checkpoint's head), unfiltered by time."""
     with engine.connect() as connection:
+        wanted = set(customer_filter(connection, customer)) if customer is not None else None
         first = connection.execute(
             select(_AUDIT.c.seq).where(_AUDIT.c.time >= start).order_by(_AUDIT.c.seq).limit(1)
         ).scalar()
@@ -676,6 +715,6 @@ def export_entries(
             inside = row["time"] < end
             if not inside and (through is None or int(row["seq"]) > through):
                 return
-            if customer is not None and row["customer"] != customer:
+            if wanted is not None and row["customer"] not in wanted:
                 continue
             yield row

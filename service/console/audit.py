@@ -18,9 +18,9 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, StreamingResponse
 from sqlalchemy import Select, func, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
-from engine.audit import latest_checkpoint
+from engine.audit import customer_filter, latest_checkpoint
 from engine.database import AuditEntry
 from service.api.deps import DatabaseDep
 from service.console.routes import _page, _signed_in
@@ -79,12 +79,13 @@ class AuditSearch:
     def customer_link(customer: str) -> str:
         return f"/console/audit?{urlencode({'customer': customer})}"
 
-    def query(self) -> Select[Any]:
-        """The search's entries, newest first. A customer and a run are exact; an actor
-        or a kind is matched by its beginning (``review.`` finds every review entry)."""
+    def query(self, customers: tuple[str, ...] = ()) -> Select[Any]:
+        """The search's entries, newest first. A customer (``customers``: the values that
+        mean them, `engine.audit.customer_filter`) and a run are exact; an actor or a kind
+        is matched by its beginning (``review.`` finds every review entry)."""
         statement = select(_TABLE)
         if self.customer:
-            statement = statement.where(_TABLE.c.customer == self.customer)
+            statement = statement.where(_TABLE.c.customer.in_(customers or (self.customer,)))
         if self.run:
             statement = statement.where(_TABLE.c.subject == f"run:{self.run}")
         for column, value in ((_TABLE.c.actor, self.actor), (_TABLE.c.kind, self.kind)):
@@ -102,11 +103,17 @@ class AuditPage:
     older: int | None  # ``before`` of the next page, if there is one
 
 
+def _customers(connection: Connection, search: AuditSearch) -> tuple[str, ...]:
+    return customer_filter(connection, search.customer) if search.customer else ()
+
+
 def _search(db: Engine, search: AuditSearch) -> AuditPage:
     with db.connect() as connection:
         rows = [
             dict(row)
-            for row in connection.execute(search.query().limit(AUDIT_PAGE_SIZE + 1)).mappings()
+            for row in connection.execute(
+                search.query(_customers(connection, search)).limit(AUDIT_PAGE_SIZE + 1)
+            ).mappings()
         ]
     more = len(rows) > AUDIT_PAGE_SIZE
     rows = rows[:AUDIT_PAGE_SIZE]
@@ -138,7 +145,11 @@ def _export_lines(db: Engine, search: AuditSearch) -> Iterator[str]:
     export` writes them; then the newest stored checkpoint at or after the last one."""
     newest = 0
     with db.connect() as connection:
-        rows = connection.execute(search.query().limit(EXPORT_LIMIT)).mappings().all()
+        rows = (
+            connection.execute(search.query(_customers(connection, search)).limit(EXPORT_LIMIT))
+            .mappings()
+            .all()
+        )
     for row in reversed(rows):
         entry = {k: v for k, v in row.items() if k != "ref"}
         newest = max(newest, int(entry["seq"]))

@@ -17,6 +17,7 @@ from temporalio.client import Client
 from channels.unsubscribe import make_unsubscribe_token
 from engine.audit import verify_chain
 from engine.database import session_scope, upsert_profile
+from engine.pseudonyms import customer_ref, pseudonym_key
 from service.api.app import create_app
 from tests.api.conftest import AUTH, RunningApi, api_settings, running_api
 from tests.database import deploy
@@ -36,6 +37,11 @@ async def api(
     )
     async with running_api(create_app(settings, client=temporal_client)) as running:
         yield running
+
+
+def _pseudonym(db: Engine, customer: str) -> str:
+    """The customer's keyed pseudonym, which the audit log holds instead of the id."""
+    return customer_ref(customer, pseudonym_key(db))
 
 
 def _consent_entries(db: Engine) -> list[tuple[Any, ...]]:
@@ -79,11 +85,12 @@ async def test_preference_changes_are_logged_with_who_made_them(
     )
     assert stop.status_code == 200
 
+    c1, c2 = _pseudonym(db, "c1"), _pseudonym(db, "c2")
     assert _consent_entries(db) == [
-        ("api-key", "c1", "email", False, "api"),
-        ("api-key", "c1", "sms", True, "api"),
-        ("customer", "c1", "push", False, "unsubscribe link"),
-        ("sms", "c2", "sms", False, "sms STOP"),
+        ("api-key", c1, "email", False, "api"),
+        ("api-key", c1, "sms", True, "api"),
+        ("customer", c1, "push", False, "unsubscribe link"),
+        ("sms", c2, "sms", False, "sms STOP"),
     ]
     with db.connect() as connection:
         logged = json.dumps(
@@ -91,6 +98,7 @@ async def test_preference_changes_are_logged_with_who_made_them(
             default=str,
         )
     assert PHONE not in logged and "1012345678" not in logged
+    assert '"c1"' not in logged and "customer:c1" not in logged  # pseudonyms only
     assert verify_chain(db).ok
 
 
@@ -135,9 +143,10 @@ async def test_runs_the_router_starts_and_skips_are_logged_with_the_reason(
     for kind, actor, customer, details in rows:
         details = json.loads(details) if isinstance(details, str) else details
         logged.append((kind, actor, customer, details["event"], details.get("reason")))
-    assert logged[0] == ("run.skipped", "router", "c7", "m-small", "entry condition is false")
-    assert logged[1] == ("run.started", "router", "c7", "m-first", None)
-    assert logged[2][:4] == ("run.skipped", "router", "c7", "m-again")
+    c7 = _pseudonym(db, "c7")
+    assert logged[0] == ("run.skipped", "router", c7, "m-small", "entry condition is false")
+    assert logged[1] == ("run.started", "router", c7, "m-first", None)
+    assert logged[2][:4] == ("run.skipped", "router", c7, "m-again")
     assert logged[2][4].startswith("reentry never")
     assert len(logged) == 3
     assert verify_chain(db).ok

@@ -19,6 +19,7 @@ from engine.audit import (
     make_checkpoint,
     record,
 )
+from engine.pseudonyms import customer_ref, pseudonym_key
 from tests.api.test_console_runs_api import NoTemporal, signed_in
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -105,7 +106,7 @@ async def test_the_download_checks_offline_against_its_hashes_and_checkpoint(
     assert trailer["export"]["entries"] == len(entries)
     *mine, _ = [json.loads(line) for line in theirs.text.splitlines()]
     assert [e["kind"] for e in mine] == ["consent.changed", "run.started", "review.decided"]
-    assert {e["customer"] for e in mine} == {"c-ann"}
+    assert {e["customer"] for e in mine} == {customer_ref("c-ann", pseudonym_key(db))}
 
 
 @pytest.mark.parametrize("role", ["ops", "supervisor", "designer"])

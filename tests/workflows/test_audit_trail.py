@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from temporalio.testing import WorkflowEnvironment
 
 from engine.audit import verify_chain
+from engine.pseudonyms import customer_ref, pseudonym_key
 from tests.workflows.conftest import StartRun, compile_plan, set_profile
 from tests.workflows.test_journey_run import doc
 
@@ -74,7 +75,7 @@ async def test_a_runs_decisions_and_its_send_are_logged_once_each(
     assert "features" not in by_step["risk"] and "reads" not in by_step["route"]
     sends = [(e["kind"], e["details"]["status"]) for e in entries if e["kind"].startswith("send.")]
     assert sends == [("send.sent", "captured")]
-    assert {e["customer"] for e in entries} == {"c1"}
+    assert {e["customer"] for e in entries} == {customer_ref("c1", pseudonym_key(db))}
     assert {e["actor"] for e in entries} == {"journeys"}
     assert RECIPIENT not in json.dumps(_entries(db))
     report = verify_chain(db)
@@ -90,7 +91,8 @@ async def test_a_send_skipped_by_policy_is_logged_with_the_reason(
 
     sends = [e for e in _entries(db) if e["kind"].startswith("send.")]
 
-    assert [(e["kind"], e["customer"]) for e in sends] == [("send.skipped", "c2")]
+    c2 = customer_ref("c2", pseudonym_key(db))
+    assert [(e["kind"], e["customer"]) for e in sends] == [("send.skipped", c2)]
     assert sends[0]["details"]["status"] == "no_address"
     assert sends[0]["details"]["reason"] == "the profile has no email address"
     assert verify_chain(db).ok
