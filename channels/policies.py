@@ -40,6 +40,7 @@ from sqlmodel import Session, col, select
 
 from engine.database import CapReservation, Preference, Suppression, dialect_insert, utcnow
 from engine.profiles import mask_address, normalise_address
+from engine.pseudonyms import erased_among
 from engine.timestamps import as_utc
 
 __all__ = [
@@ -140,8 +141,11 @@ def preferences(session: Session, *, customer_id: str) -> dict[str, ChannelPrefe
 
 def set_preference(
     session: Session, *, customer_id: str, channel: str, opted_in: bool, source: str
-) -> None:
-    """Store the customer's choice for a channel (insert or update, race-free)."""
+) -> bool:
+    """Store the customer's choice for a channel (insert or update, race-free). False, and
+    nothing stored, for a customer who was erased (`engine.pseudonyms.erased_among`)."""
+    if erased_among(session.connection(), [customer_id]):
+        return False
     values = {
         "customer_id": customer_id,
         "channel": channel,
@@ -161,6 +165,7 @@ def set_preference(
         )
     )
     session.expire_all()
+    return True
 
 
 # ----------------------------------------------------------------------------- suppression

@@ -28,12 +28,13 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Table, insert, select
 from sqlalchemy.engine import Connection, Engine
 
-from engine.database import PseudonymKey
+from engine.database import ErasedCustomer, PseudonymKey
 
 __all__ = [
     "ENV_KEY",
@@ -41,6 +42,7 @@ __all__ = [
     "PSEUDONYM_KEY",
     "PseudonymKeyError",
     "customer_ref",
+    "erased_among",
     "is_ref",
     "pseudonym_key",
     "pseudonymize",
@@ -52,6 +54,7 @@ PREFIX = "cus_"
 _REF_LETTERS = 26
 _MIN_KEY_BYTES = 32
 
+_ERASED: Table = ErasedCustomer.__table__  # type: ignore[attr-defined]
 PSEUDONYM_KEY: Table = PseudonymKey.__table__  # type: ignore[attr-defined]
 """One row (``id`` ``"current"``): the key when ``JOURNEYS_PSEUDONYM_KEY`` is not set."""
 
@@ -167,3 +170,15 @@ def pseudonymize(value: Any, customer_id: str, ref: str) -> Any:
     if isinstance(value, list | tuple):
         return [pseudonymize(item, customer_id, ref) for item in value]
     return value
+
+
+def erased_among(connection: Connection, customer_ids: Iterable[str]) -> set[str]:
+    """Which of ``customer_ids`` were erased (or are being erased, `service.erasure`): one
+    read while nobody ever was, two more after."""
+    wanted = set(customer_ids)
+    if not wanted or connection.execute(select(_ERASED.c.ref).limit(1)).first() is None:
+        return set()
+    key = pseudonym_key(connection)
+    refs = {customer_ref(customer, key): customer for customer in wanted}
+    found = connection.execute(select(_ERASED.c.ref).where(_ERASED.c.ref.in_(refs))).scalars()
+    return {refs[ref] for ref in found}

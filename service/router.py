@@ -65,6 +65,7 @@ from engine.payloads import (
 from engine.personal import profile_marks, run_event, run_key, scrubbed
 from engine.plan import Plan
 from engine.profiles import customer_from_traits, masked_customer
+from engine.pseudonyms import erased_among
 from engine.timestamps import as_utc, utcnow
 from rules import EvaluationError, Expression, ExpressionError, compile_expression
 from service.run_signals import RunSignals
@@ -130,6 +131,7 @@ class IngestResult:
     stored: list[EventRecord]
     duplicates: int
     prepared: RoutingInputs | None = None  # the first stored event's, when asked for
+    erased: list[str] = dataclasses.field(default_factory=list)  # message ids of erased customers
 
 
 @dataclass(frozen=True)
@@ -526,8 +528,13 @@ class EventRouter:
         """
         stored: list[EventRecord] = []
         duplicates = 0
+        refused: list[str] = []
         with session_scope(self.db) as session:
+            erased = erased_among(session.connection(), {r.customer_id for r in records})
             for record in records:
+                if record.customer_id in erased:  # stored nowhere, starts nothing
+                    refused.append(record.message_id)
+                    continue
                 if not store_event(session, record):
                     duplicates += 1
                     continue
@@ -542,7 +549,7 @@ class EventRouter:
                 prepared = self._routing_inputs(stored[0])
             except Exception as error:  # stored is what matters; route() reads again
                 log.warning("routing read after storing failed: %s", type(error).__name__)
-        return IngestResult(stored=stored, duplicates=duplicates, prepared=prepared)
+        return IngestResult(stored=stored, duplicates=duplicates, prepared=prepared, erased=refused)
 
     # ------------------------------------------------------------------ routing
 

@@ -53,6 +53,7 @@ from service.api.middleware import (
 )
 from service.api.routes import (
     codec,
+    customers,
     events,
     explain,
     health,
@@ -210,6 +211,7 @@ def create_app(settings: RuntimeSettings | None = None, *, client: Client | None
         _add_docs(app)
     for module in (
         events,
+        customers,
         runs,
         explain,
         journeys,

@@ -26,6 +26,7 @@ from engine.audit import (
     SIGNING_KEY_ENV,
     SIGNING_KEY_FILE,
     Checkpoint,
+    customer_filter,
     export_entries,
     latest_checkpoint,
     load_or_create_signing_key,
@@ -208,7 +209,13 @@ def export_command(
                 count += 1
             trailer = {
                 "checkpoint": checkpoint.to_json(),
-                "export": {"from": first, "to": last, "customer": customer, "entries": count},
+                "export": {
+                    "from": first,
+                    "to": last,
+                    # The pseudonym the entries hold, never the id typed in.
+                    "customer": customer_filter(db, customer)[0] if customer else None,
+                    "entries": count,
+                },
             }
             handle.write(json.dumps(trailer, sort_keys=True) + "\n")
     finally:

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import httpx
 import typer
@@ -801,6 +802,33 @@ def explain(
         typer.echo(f"no runs of customer {customer}" if customer else "no runs")
         return
     typer.echo(render_text(explanation))
+
+
+@app.command()
+def erase(
+    customer: Annotated[str, typer.Argument(help="The customer id to erase.")],
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Do not ask for confirmation (for scripts).")
+    ] = False,
+) -> None:
+    """Erase a customer (DELETE /v1/customers/{id}): end their open runs, delete their
+    runs from Temporal, their history key, profile, events, preferences and messages,
+    and keep counts under a pseudonym. Their later events start nothing. Cannot be undone."""
+    if not yes and not typer.confirm(
+        f"Erase customer {customer!r}? This cannot be undone", default=False
+    ):
+        typer.echo("not erased")
+        raise typer.Exit(1)
+    with _api() as client:
+        client.timeout = httpx.Timeout(120.0)  # many runs to end and delete
+        body = _answer(client.delete(f"/v1/customers/{quote(customer, safe='')}"))
+    typer.echo(f"erased: {body['customer']} (the pseudonym the audit log keeps)")
+    typer.echo(f"runs ended: {body['runs_ended']}")
+    typer.echo(f"Temporal executions deleted: {body['histories_deleted']}")
+    rows = body.get("rows") or {}
+    typer.echo(
+        "rows: " + (", ".join(f"{table} {count}" for table, count in rows.items()) or "none")
+    )
 
 
 app.add_typer(models_app, name="models")

@@ -80,6 +80,7 @@ ROUTES: list[tuple[str, str, str, Any, str]] = [
         {"channels": {"sms": False}},
         "admin",
     ),
+    ("DELETE", "/v1/customers/{customer_id}", "/v1/customers/c-erase", None, "admin"),
     ("GET", "/v1/reviews", "/v1/reviews", None, "read"),
     ("GET", "/v1/reviews/{task_id}", "/v1/reviews/nope", None, "read"),
 ]

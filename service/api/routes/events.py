@@ -107,6 +107,13 @@ class IngestResponse(BaseModel):
         "or exits on them): stored, but they do nothing. Absent when there are none; "
         "`?strict=true` refuses them instead.",
     )
+    erased: list[str] = Field(
+        default_factory=list,
+        exclude_if=_when_empty,
+        description="Message ids naming a customer who was erased (`DELETE "
+        "/v1/customers/{id}`): not stored, they start and change nothing. Absent when "
+        "there are none.",
+    )
     conflicts: list[MessageConflict] = Field(
         default_factory=list,
         exclude_if=_when_empty,
@@ -321,6 +328,10 @@ async def _ingest(
     response = await _route_accepted(events, outcome.stored, outcome.prepared)
     response.duplicates = outcome.duplicates
     response.unrouted = list(dict.fromkeys(name for _, name in unrouted))
+    response.erased = outcome.erased
+    if outcome.erased:
+        refused = set(outcome.erased)
+        records = [record for record in records if record.message_id not in refused]
     if outcome.duplicates:
         response.conflicts = await asyncio.to_thread(_conflicts, events.db, records, outcome.stored)
     if response.conflicts and settings.message_id_scope == "customer":

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 from pydantic_core import PydanticCustomError
@@ -30,6 +30,7 @@ from sqlmodel import Session, col, select
 from channels import policies
 from engine.audit import append, consent_record
 from engine.database import Profile, session_scope
+from engine.pseudonyms import erased_among
 from engine.timestamps import as_utc
 from service.api.deps import (
     SCOPE_REFUSED,
@@ -173,7 +174,13 @@ def put_preferences(
     customer_id: CustomerId, update: PreferencesUpdate, session: SessionDep, caller: ApiCallerDep
 ) -> PreferencesView:
     """Stores each named channel's choice (source `api`) and answers with all of them.
-    Sends already under way re-check consent just before the provider call."""
+    Sends already under way re-check consent just before the provider call. A customer
+    who was erased gets a 410: nothing is kept about them."""
+    if erased_among(session.connection(), [customer_id]):
+        raise HTTPException(
+            status_code=status.HTTP_410_GONE,
+            detail=f"customer {customer_id!r} was erased: no preferences are kept for them",
+        )
     for channel, opted_in in update.channels.items():
         policies.set_preference(
             session, customer_id=customer_id, channel=channel, opted_in=opted_in, source="api"
