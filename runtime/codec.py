@@ -46,6 +46,7 @@ import base64
 import binascii
 import contextlib
 import copy
+import functools
 import os
 import re
 import secrets
@@ -227,6 +228,12 @@ def _aad(key_id: str) -> bytes:
     return _AAD_PREFIX + key_id.encode("ascii")
 
 
+@functools.lru_cache(maxsize=_DERIVED_CACHE_SIZE)
+def _is_ref(text: str) -> bool:
+    """`engine.pseudonyms.is_ref`, remembered: every customer-keyed payload asks."""
+    return is_ref(text)
+
+
 def _customer_label(key_id: str, ref: str) -> bytes:
     """The HKDF info and associated data of a customer-keyed payload: key id and pseudonym."""
     return _CUSTOMER_PREFIX + key_id.encode("ascii") + b":" + ref.encode("ascii")
@@ -332,7 +339,7 @@ class HistoryCodec(PayloadCodec, WithSerializationContext):
             ref = self._customer_ref_of(payload)
             if ref is not None and ref not in seeds:
                 seeds[ref] = await self._seed_to_open(ref)
-            opened.append(self.open(payload, seed=seeds.get(ref) if ref else None))
+            opened.append(self._open(payload, ref, seeds.get(ref) if ref else None))
         return opened
 
     def seal(self, payload: Payload) -> Payload:
@@ -366,6 +373,9 @@ class HistoryCodec(PayloadCodec, WithSerializationContext):
     def open(self, payload: Payload, *, seed: bytes | None = None) -> Payload:
         """The payload ``seal`` made this from; an unsealed one as it is. A customer-keyed
         payload needs its customer's ``seed`` (`decode` looks it up)."""
+        return self._open(payload, self._customer_ref_of(payload), seed)
+
+    def _open(self, payload: Payload, ref: str | None, seed: bytes | None) -> Payload:
         if payload.metadata.get("encoding") != ENCODING:
             return payload
         raw_id = payload.metadata.get(KEY_ID_METADATA, b"")
@@ -378,7 +388,6 @@ class HistoryCodec(PayloadCodec, WithSerializationContext):
                 f"key ring (JOURNEYS_HISTORY_KEYS or JOURNEYS_HISTORY_KEYS_FILE holds {held})"
             )
         aad = _aad(key_id)
-        ref = self._customer_ref_of(payload)
         if ref is not None:
             if seed is None:
                 raise HistoryDecodeError(
@@ -412,7 +421,7 @@ class HistoryCodec(PayloadCodec, WithSerializationContext):
         if raw is None:
             return None
         ref = raw.decode("utf-8", errors="replace")
-        if not is_ref(ref):
+        if not _is_ref(ref):
             raise HistoryDecodeError(
                 f"history payload names a customer key that is not a pseudonym "
                 f"({CUSTOMER_METADATA} is {ref[:40]!r}): it was altered"
