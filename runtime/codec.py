@@ -275,6 +275,10 @@ class _DerivedKeys:
             for index in [index for index in self._entries if index[1] == ref]:
                 del self._entries[index]
 
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
 
 class HistoryCodec(PayloadCodec, WithSerializationContext):
     """zlib, then AES-256-GCM under the ring's first key; opens any payload whose key id

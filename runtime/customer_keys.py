@@ -70,6 +70,8 @@ class CustomerErased(RuntimeError):
 class _Forgets(Protocol):
     def forget(self, ref: str) -> None: ...
 
+    def clear(self) -> None: ...
+
 
 class _TtlLru:
     """``ref -> value``, at most ``size`` entries, each for ``ttl`` seconds from when it
@@ -104,6 +106,10 @@ class _TtlLru:
     def pop(self, ref: str) -> None:
         with self._lock:
             self._entries.pop(ref, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -188,6 +194,14 @@ class CustomerKeyStore:
         self._seeds.pop(ref)
         for follower in list(self._followers):
             follower.forget(ref)
+
+    def clear(self) -> None:
+        """Drop every cached seed and the cached pseudonym key (a database recreated or
+        restored at the same address: the tests on PostgreSQL)."""
+        self._seeds.clear()
+        self._pseudonym_key = None
+        for follower in list(self._followers):
+            follower.clear()
 
     def follow(self, follower: _Forgets) -> None:
         """Have ``follower.forget(ref)`` called on each `forget` (a codec's cache of keys

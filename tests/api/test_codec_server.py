@@ -193,6 +193,7 @@ async def test_an_erased_customers_payloads_stay_sealed_and_the_rest_open(
 ) -> None:
     """The Web UI shows nothing of an event whose decode answer is an error: a payload
     whose customer's key was erased comes back as it was, the others opened, a 200."""
+    shared_store(database_url).clear()  # the same URL in every test on PostgreSQL
     writer = CustomerKeyStore(database_url)  # a worker's, in another process
     codec = HistoryCodec(TEST_KEY_RING, customer_keys=writer)
 

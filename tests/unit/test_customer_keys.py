@@ -44,7 +44,7 @@ from runtime.customer_keys import (
 )
 from runtime.temporal import data_converter
 from tests.database import database_url, fresh_engine
-from tests.history_keys import TEST_KEY_RING, TEST_KEYS, opened_history_json
+from tests.history_keys import TEST_KEY_RING, TEST_KEYS, opened_history_json, test_data_converter
 
 ANN = "ann@example.com"
 BOB = "bob/42"  # a '/' in a customer id: the workflow id escapes it
@@ -272,6 +272,8 @@ def test_the_cache_is_bounded(engine: Engine) -> None:
 
 async def test_the_data_converter_of_settings_has_a_lazy_store(tmp_path: Path) -> None:
     url = database_url(tmp_path)
+    shared_store(url).close()  # the same URL in every test on PostgreSQL
+    shared_store(url).clear()
     converter = data_converter(RuntimeSettings(history_keys=TEST_KEYS, database_url=url))
     codec = converter.payload_codec
     assert isinstance(codec, HistoryCodec) and codec.customer_keys is shared_store(url)
@@ -285,9 +287,11 @@ async def test_the_data_converter_of_settings_has_a_lazy_store(tmp_path: Path) -
     assert CUSTOMER_METADATA in sealed.metadata and codec.customer_keys.engine_made
     assert await converter.decode([sealed], [str]) == ["Ann's"]
     codec.customer_keys.close()
-    # A ring alone (the tests' converter): no store, as before.
+    # A ring alone (the tests' converter): no store, as before; given a URL, the store.
     ring_only = data_converter(TEST_KEY_RING).payload_codec
     assert isinstance(ring_only, HistoryCodec) and ring_only.customer_keys is None
+    tests_own = test_data_converter(url).payload_codec
+    assert isinstance(tests_own, HistoryCodec) and tests_own.customer_keys is shared_store(url)
 
 
 # ----------------------------------------------------------------------------- a real run
@@ -347,6 +351,7 @@ async def test_a_real_runs_history_is_shredded_with_its_customers_key(
 ) -> None:
     url = database_url(tmp_path)
     fresh_engine(tmp_path).dispose()
+    shared_store(url).clear()  # the same URL in every test on PostgreSQL
     settings = RuntimeSettings(history_keys=TEST_KEYS, database_url=url)
     converter = data_converter(settings)
     config = env.client.config()
