@@ -327,8 +327,10 @@ class HistoryCodec(PayloadCodec, WithSerializationContext):
         return bound
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        if self._customer is None or self.customer_keys is None or self.keys is None:
+        unbound = self._customer is None or self.customer_keys is None or self.keys is None
+        if unbound or not payloads:
             return [self.seal(payload) for payload in payloads]
+        assert self._customer is not None and self.customer_keys is not None
         ref = self._ref
         if ref is None:
             ref = self._ref = await self.customer_keys.ref_for_customer(self._customer)
