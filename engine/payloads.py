@@ -63,6 +63,7 @@ __all__ = [
     "SendMessageResult",
     "StepDecision",
     "UpdateProfileInput",
+    "customer_of_workflow_id",
     "delivered_record",
     "run_context",
     "send_path_entry",
@@ -114,10 +115,55 @@ SEARCH_ATTRIBUTES: dict[str, str] = {name.value: "Keyword" for name in SearchAtt
 """Each search attribute and its type, as a server registers them."""
 
 
+_WORKFLOW_ID_PREFIX = "journey/"
+
+
 def workflow_id_for(journey_id: str, customer_id: str, key: str | None = None) -> str:
-    """The deterministic workflow id of a run: ``journey/<journey>/<customer>[/<key>]``."""
-    base = f"journey/{journey_id}/{customer_id}"
+    """The deterministic workflow id of a run: ``journey/<journey>/<customer>[/<key>]``.
+
+    The customer's segment is escaped (``%`` as ``%25``, then ``/`` as ``%2F``) so that
+    `customer_of_workflow_id` can read the customer back from any id, even when the
+    customer id or the key holds a ``/``: the history codec keys each payload by the
+    customer its workflow id names (`runtime.codec`). An id without those two characters
+    is unchanged, so the ids of runs started before read the same.
+    """
+    base = f"{_WORKFLOW_ID_PREFIX}{journey_id}/{_escape_segment(customer_id)}"
     return f"{base}/{key}" if key else base
+
+
+def customer_of_workflow_id(workflow_id: str) -> str | None:
+    """The customer id `workflow_id_for` put in ``workflow_id``; None for an id not of
+    that form (no ``journey/<journey>/`` prefix, or a ``%`` that is not one of the two
+    escapes it writes).
+
+    What the codec calls with the workflow id of the payload it seals: the journey
+    segment ends at the first ``/`` after the prefix, the customer's at the next (an
+    escaped customer holds none), and the rest, if any, is the key.
+    """
+    if not workflow_id.startswith(_WORKFLOW_ID_PREFIX):
+        return None
+    journey, slash, rest = workflow_id[len(_WORKFLOW_ID_PREFIX) :].partition("/")
+    if not journey or not slash:
+        return None
+    segment = rest.partition("/")[0]
+    return _unescape_segment(segment)
+
+
+def _escape_segment(text: str) -> str:
+    return text.replace("%", "%25").replace("/", "%2F")
+
+
+def _unescape_segment(segment: str) -> str | None:
+    parts = segment.split("%")
+    out = [parts[0]]
+    for part in parts[1:]:
+        if part.startswith("25"):
+            out.append("%" + part[2:])
+        elif part.startswith("2F"):
+            out.append("/" + part[2:])
+        else:
+            return None
+    return "".join(out)
 
 
 class _Message(BaseModel):

@@ -21,8 +21,23 @@ comma-separated); `journeys up` creates ``<state>/history_keys`` (mode 0600) whe
 is set. Keys are 32 bytes (AES-256), base64. No key is ever logged, printed or put in an
 error message; errors name key ids only.
 
+**Per-customer keys (crypto-shredding).** A codec given a `CustomerKeyStore` and bound
+to a workflow (the SDK calls `HistoryCodec.with_context` with the workflow id of every
+payload it converts) seals the payloads of a run whose id names a customer
+(``journey/<journey>/<customer>[/<key>]``, `engine.payloads.customer_of_workflow_id`)
+under that customer's own key: HKDF-SHA256 of the ring's current key, salted with the
+customer's seed (`runtime.customer_keys`), for that key id and the customer's pseudonym.
+Such a payload also carries ``encryption-customer: <pseudonym>`` (never the customer id),
+and its associated data binds the key id and the pseudonym. Deleting the customer's seed
+(erasure) leaves every one of those payloads sealed for good: opening one raises
+`CustomerKeyErased`, naming the pseudonym. Payloads sealed without a customer (no store,
+no workflow, an id of another form) use the ring's key as above; rotation works alike
+for both (a customer key is derived from whichever ring key its id names). Decoding needs
+no context: a payload says which customer it belongs to.
+
 Not here: the data converter that uses this codec (`runtime.temporal.data_converter`),
-the codec server for the Web UI (`service.api.routes.codec`).
+the codec server for the Web UI (`service.api.routes.codec`), the seeds' table and cache
+(`runtime.customer_keys`).
 """
 
 from __future__ import annotations
@@ -30,24 +45,40 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import copy
+import functools
 import os
 import re
 import secrets
+import threading
 import zlib
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from temporalio.api.common.v1 import Payload
-from temporalio.converter import PayloadCodec
+from temporalio.converter import (
+    PayloadCodec,
+    SerializationContext,
+    WithSerializationContext,
+)
 
+from engine.payloads import customer_of_workflow_id
+from engine.pseudonyms import is_ref
 from engine.settings import RuntimeSettings
+from runtime.customer_keys import CustomerKeyStore
 
 __all__ = [
+    "CUSTOMER_METADATA",
     "ENCODING",
     "KEY_ID_METADATA",
+    "CustomerKeyErased",
     "HistoryCodec",
     "HistoryDecodeError",
     "KeyRing",
@@ -61,10 +92,14 @@ ENCODING = b"binary/encrypted"
 """The ``encoding`` metadata of a sealed payload (the Temporal samples' name)."""
 
 KEY_ID_METADATA = "encryption-key-id"
+CUSTOMER_METADATA = "encryption-customer"
+"""The metadata naming, by pseudonym, the customer whose key sealed a payload."""
 _NONCE_BYTES = 12  # 96 bits, GCM's native nonce size; random per payload
 _KEY_BYTES = 32  # AES-256
 _KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _AAD_PREFIX = b"journeys-history/v1:"
+_CUSTOMER_PREFIX = b"journeys-customer/v1:"  # HKDF info and AAD of customer-keyed payloads
+_DERIVED_CACHE_SIZE = 10_000
 
 
 class KeyRingError(ValueError):
@@ -77,6 +112,11 @@ class HistoryDecodeError(ValueError):
 
 class UnknownKeyId(HistoryDecodeError):
     """A payload sealed under a key id the ring does not hold."""
+
+
+class CustomerKeyErased(HistoryDecodeError):
+    """A payload sealed under a customer's key whose seed was deleted (the customer was
+    erased): it can never be opened again. The message names the pseudonym only."""
 
 
 @dataclass(frozen=True, repr=False)
@@ -188,41 +228,160 @@ def _aad(key_id: str) -> bytes:
     return _AAD_PREFIX + key_id.encode("ascii")
 
 
-class HistoryCodec(PayloadCodec):
+@functools.lru_cache(maxsize=_DERIVED_CACHE_SIZE)
+def _is_ref(text: str) -> bool:
+    """`engine.pseudonyms.is_ref`, remembered: every customer-keyed payload asks."""
+    return is_ref(text)
+
+
+def _customer_label(key_id: str, ref: str) -> bytes:
+    """The HKDF info and associated data of a customer-keyed payload: key id and pseudonym."""
+    return _CUSTOMER_PREFIX + key_id.encode("ascii") + b":" + ref.encode("ascii")
+
+
+class _DerivedKeys:
+    """Customer keys derived from (ring key id, pseudonym), each kept with the seed it was
+    derived from: used only while the store still gives that seed, so the store's expiry
+    and ``forget`` govern them too. Bounded; shared by a codec and its bound copies."""
+
+    def __init__(self, size: int = _DERIVED_CACHE_SIZE) -> None:
+        self._size = size
+        self._entries: OrderedDict[tuple[str, str], tuple[bytes, AESGCM]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def cipher(self, key_id: str, ring_key: bytes, ref: str, seed: bytes) -> AESGCM:
+        index = (key_id, ref)
+        with self._lock:
+            entry = self._entries.get(index)
+            if entry is not None and secrets.compare_digest(entry[0], seed):
+                self._entries.move_to_end(index)
+                return entry[1]
+        derived = HKDF(
+            algorithm=hashes.SHA256(),
+            length=_KEY_BYTES,
+            salt=seed,
+            info=_customer_label(key_id, ref),
+        ).derive(ring_key)
+        cipher = AESGCM(derived)
+        with self._lock:
+            self._entries[index] = (seed, cipher)
+            self._entries.move_to_end(index)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return cipher
+
+    def forget(self, ref: str) -> None:
+        with self._lock:
+            for index in [index for index in self._entries if index[1] == ref]:
+                del self._entries[index]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+class HistoryCodec(PayloadCodec, WithSerializationContext):
     """zlib, then AES-256-GCM under the ring's first key; opens any payload whose key id
     the ring holds and passes unsealed payloads through. With no ring (``keys=None``) it
     seals nothing and opens nothing: unsealed payloads pass, sealed ones fail naming
-    their key id."""
+    their key id.
 
-    def __init__(self, keys: KeyRing | None, *, compress_level: int = 6) -> None:
+    With ``customer_keys`` (a `CustomerKeyStore`), a copy bound to a workflow whose id
+    names a customer (`with_context`) seals under that customer's key, and every copy
+    opens customer-keyed payloads while their seed exists (module docstring)."""
+
+    def __init__(
+        self,
+        keys: KeyRing | None,
+        *,
+        customer_keys: CustomerKeyStore | None = None,
+        compress_level: int = 6,
+    ) -> None:
         self.keys = keys
+        self.customer_keys = customer_keys
         self._compress_level = compress_level
-        self._ciphers = {key_id: AESGCM(key) for key_id, key in keys.keys} if keys else {}
+        self._ring = dict(keys.keys) if keys else {}
+        self._ciphers = {key_id: AESGCM(key) for key_id, key in self._ring.items()}
+        self._derived = _DerivedKeys()
+        self._customer: str | None = None  # the bound workflow's customer id
+        self._ref: str | None = None  # its pseudonym, once looked up
+        if customer_keys is not None:
+            customer_keys.follow(self._derived)
 
     def __repr__(self) -> str:
         return f"HistoryCodec({self.keys!r})"
 
+    def with_context(self, context: SerializationContext) -> Self:
+        """A copy sealing for the customer ``context``'s workflow id names (what the SDK
+        calls for each workflow, activity, signal, query or update it converts for); this
+        codec itself when it would seal nothing differently. No database work here."""
+        if self.customer_keys is None or self.keys is None:
+            return self
+        workflow_id = getattr(context, "workflow_id", None)
+        customer = customer_of_workflow_id(workflow_id) if workflow_id else None
+        if customer == self._customer:
+            return self
+        bound = copy.copy(self)
+        bound._customer = customer
+        bound._ref = None
+        return bound
+
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        return [self.seal(payload) for payload in payloads]
+        unbound = self._customer is None or self.customer_keys is None or self.keys is None
+        if unbound or not payloads:
+            return [self.seal(payload) for payload in payloads]
+        assert self._customer is not None and self.customer_keys is not None
+        ref = self._ref
+        if ref is None:
+            ref = self._ref = await self.customer_keys.ref_for_customer(self._customer)
+        seed = await self.customer_keys.seed(ref, create=True)
+        assert seed is not None  # create=True makes it, or raises CustomerErased
+        return [self.seal_for_customer(payload, ref, seed) for payload in payloads]
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        return [self.open(payload) for payload in payloads]
+        seeds: dict[str, bytes] = {}
+        opened = []
+        for payload in payloads:
+            ref = self._customer_ref_of(payload)
+            if ref is not None and ref not in seeds:
+                seeds[ref] = await self._seed_to_open(ref)
+            opened.append(self._open(payload, ref, seeds.get(ref) if ref else None))
+        return opened
 
     def seal(self, payload: Payload) -> Payload:
         """``payload`` sealed under the current key (as it is with no key ring)."""
         if self.keys is None:
             return payload
         key_id = self.keys.current
+        return self._sealed(payload, key_id, self._ciphers[key_id], _aad(key_id), {})
+
+    def seal_for_customer(self, payload: Payload, ref: str, seed: bytes) -> Payload:
+        """``payload`` sealed under the key of the customer whose pseudonym is ``ref``
+        (derived from the current ring key and the customer's ``seed``)."""
+        if self.keys is None:
+            return payload
+        key_id = self.keys.current
+        cipher = self._derived.cipher(key_id, self._ring[key_id], ref, seed)
+        extra = {CUSTOMER_METADATA: ref.encode("ascii")}
+        return self._sealed(payload, key_id, cipher, _customer_label(key_id, ref), extra)
+
+    def _sealed(
+        self, payload: Payload, key_id: str, cipher: AESGCM, aad: bytes, extra: dict[str, bytes]
+    ) -> Payload:
         plain = zlib.compress(payload.SerializeToString(), self._compress_level)
         nonce = secrets.token_bytes(_NONCE_BYTES)
-        sealed = self._ciphers[key_id].encrypt(nonce, plain, _aad(key_id))
+        sealed = cipher.encrypt(nonce, plain, aad)
         return Payload(
-            metadata={"encoding": ENCODING, KEY_ID_METADATA: key_id.encode("ascii")},
+            metadata={"encoding": ENCODING, KEY_ID_METADATA: key_id.encode("ascii"), **extra},
             data=nonce + sealed,
         )
 
-    def open(self, payload: Payload) -> Payload:
-        """The payload ``seal`` made this from; an unsealed one as it is."""
+    def open(self, payload: Payload, *, seed: bytes | None = None) -> Payload:
+        """The payload ``seal`` made this from; an unsealed one as it is. A customer-keyed
+        payload needs its customer's ``seed`` (`decode` looks it up)."""
+        return self._open(payload, self._customer_ref_of(payload), seed)
+
+    def _open(self, payload: Payload, ref: str | None, seed: bytes | None) -> Payload:
         if payload.metadata.get("encoding") != ENCODING:
             return payload
         raw_id = payload.metadata.get(KEY_ID_METADATA, b"")
@@ -234,9 +393,18 @@ class HistoryCodec(PayloadCodec):
                 f"history payload is encrypted with key id {key_id!r}, which is not in the "
                 f"key ring (JOURNEYS_HISTORY_KEYS or JOURNEYS_HISTORY_KEYS_FILE holds {held})"
             )
+        aad = _aad(key_id)
+        if ref is not None:
+            if seed is None:
+                raise HistoryDecodeError(
+                    f"history payload of customer {ref} is sealed under that customer's key, "
+                    "and this codec was given no seed to open it with"
+                )
+            cipher = self._derived.cipher(key_id, self._ring[key_id], ref, seed)
+            aad = _customer_label(key_id, ref)
         data = payload.data
         try:
-            plain = cipher.decrypt(data[:_NONCE_BYTES], data[_NONCE_BYTES:], _aad(key_id))
+            plain = cipher.decrypt(data[:_NONCE_BYTES], data[_NONCE_BYTES:], aad)
         except InvalidTag:
             raise HistoryDecodeError(
                 f"history payload with key id {key_id!r} failed authentication: it was "
@@ -249,3 +417,34 @@ class HistoryCodec(PayloadCodec):
                 f"history payload with key id {key_id!r} is corrupt ({type(error).__name__})"
             ) from None
         return inner
+
+    @staticmethod
+    def _customer_ref_of(payload: Payload) -> str | None:
+        """The pseudonym a sealed payload names in ``encryption-customer``, if any."""
+        if payload.metadata.get("encoding") != ENCODING:
+            return None
+        raw = payload.metadata.get(CUSTOMER_METADATA)
+        if raw is None:
+            return None
+        ref = raw.decode("utf-8", errors="replace")
+        if not _is_ref(ref):
+            raise HistoryDecodeError(
+                f"history payload names a customer key that is not a pseudonym "
+                f"({CUSTOMER_METADATA} is {ref[:40]!r}): it was altered"
+            )
+        return ref
+
+    async def _seed_to_open(self, ref: str) -> bytes:
+        if self.customer_keys is None:
+            raise HistoryDecodeError(
+                f"history payload of customer {ref} is sealed under that customer's key, "
+                "and this process has no customer key store (the database) to open it with"
+            )
+        seed = await self.customer_keys.seed(ref, create=False)
+        if seed is None:
+            self._derived.forget(ref)
+            raise CustomerKeyErased(
+                f"history payload of customer {ref} cannot be opened: the customer's "
+                "history key was erased"
+            )
+        return seed

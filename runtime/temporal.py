@@ -1,6 +1,7 @@
 """Connecting to Temporal the same way everywhere (API, CLI, worker): address, namespace,
 TLS or API key from the environment, and one data converter: pydantic's, with the history
-codec (`runtime.codec`) sealing every payload under the configured key ring."""
+codec (`runtime.codec`) sealing every payload under the configured key ring, and a run's
+payloads under its customer's key (`runtime.customer_keys`, on the app database)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from temporalio.converter import DataConverter
 
 from engine.settings import RuntimeSettings
 from runtime.codec import HistoryCodec, KeyRing
+from runtime.customer_keys import CustomerKeyStore, shared_store
 
 __all__ = ["connect", "data_converter"]
 
@@ -21,19 +23,34 @@ log = logging.getLogger(__name__)
 _warned_plaintext = False
 
 
-def data_converter(source: RuntimeSettings | KeyRing | None) -> DataConverter:
+def data_converter(
+    source: RuntimeSettings | KeyRing | None, *, customer_keys: CustomerKeyStore | None = None
+) -> DataConverter:
     """The converter of every client, worker, test environment and replayer: pydantic's,
     its payloads sealed by `HistoryCodec` under ``source``'s key ring.
+
+    Given settings, the codec also has the process's `CustomerKeyStore` on
+    ``settings.database_url`` (`runtime.customer_keys.shared_store`): the payloads of a
+    run whose workflow id names a customer are sealed under that customer's key. The
+    store makes its engine on first use, so building a converter touches no database.
+    Given a ring or None, there is no store unless ``customer_keys`` is passed (payloads
+    are sealed under the ring's key; customer-keyed ones cannot be opened).
 
     With no ring (settings that set neither ``JOURNEYS_HISTORY_KEYS`` nor
     ``JOURNEYS_HISTORY_KEYS_FILE``, or None) payloads are stored as they are, with a
     warning; sealed payloads then fail to decode, naming their key id. Raises
     `runtime.codec.KeyRingError` for a ring that is set but unusable.
     """
-    keys = KeyRing.from_settings(source) if isinstance(source, RuntimeSettings) else source
+    if isinstance(source, RuntimeSettings):
+        keys = KeyRing.from_settings(source)
+        if customer_keys is None:
+            customer_keys = shared_store(source.database_url)
+    else:
+        keys = source
     if keys is None:
         _warn_plaintext()
-    return dataclasses.replace(pydantic_data_converter, payload_codec=HistoryCodec(keys))
+    codec = HistoryCodec(keys, customer_keys=customer_keys)
+    return dataclasses.replace(pydantic_data_converter, payload_codec=codec)
 
 
 def _warn_plaintext() -> None:

@@ -12,11 +12,15 @@ import httpx
 import pytest
 import pytest_asyncio
 from google.protobuf import json_format
+from sqlalchemy import delete
 from temporalio.api.common.v1 import Payloads
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import WorkflowSerializationContext
 
+from engine.payloads import workflow_id_for
 from engine.settings import RuntimeSettings
-from runtime.codec import ENCODING, HistoryCodec, KeyRing
+from runtime.codec import CUSTOMER_METADATA, ENCODING, HistoryCodec, KeyRing
+from runtime.customer_keys import CUSTOMER_KEYS, CustomerKeyStore, shared_store
 from service.api.app import create_app
 from service.users import add_user, change_password, check_password
 from tests.api.conftest import API_KEY, AUTH, RunningApi, running_api
@@ -182,3 +186,52 @@ async def test_a_designer_session_may_not_decode(codec_api: RunningApi) -> None:
         "/codec/decode", json=_sealed_body(1), headers={"Origin": UI}
     )
     assert answer.status_code == 403
+
+
+async def test_an_erased_customers_payloads_stay_sealed_and_the_rest_open(
+    codec_api: RunningApi, database_url: str
+) -> None:
+    """The Web UI shows nothing of an event whose decode answer is an error: a payload
+    whose customer's key was erased comes back as it was, the others opened, a 200."""
+    shared_store(database_url).clear()  # the same URL in every test on PostgreSQL
+    writer = CustomerKeyStore(database_url)  # a worker's, in another process
+    codec = HistoryCodec(TEST_KEY_RING, customer_keys=writer)
+
+    async def sealed_for(customer: str, value: Any) -> dict[str, Any]:
+        context = WorkflowSerializationContext(
+            namespace="default", workflow_id=workflow_id_for("recovery", customer)
+        )
+        plain = pydantic_data_converter.payload_converter.to_payloads([value])
+        [sealed] = await codec.with_context(context).encode(plain)
+        return json_format.MessageToDict(sealed)
+
+    ann = await sealed_for("ann", {"first_name": "Ann"})
+    bob = await sealed_for("bob", {"first_name": "Bob"})
+    plain = json_format.MessageToDict(
+        pydantic_data_converter.payload_converter.to_payloads(["recorded before"])[0]
+    )
+    body = {"payloads": [ann, bob, plain]}
+    answer = await codec_api.http.post("/codec/decode", json=body, headers=basic("aud"))
+    assert answer.status_code == 200, answer.text
+    assert _values(answer.json()) == [
+        {"first_name": "Ann"},
+        {"first_name": "Bob"},
+        "recorded before",
+    ]
+
+    # Erasure: the seed deleted, and forgotten by the API process's store.
+    ann_ref = base64.b64decode(ann["metadata"][CUSTOMER_METADATA]).decode()
+    with writer.engine().begin() as connection:
+        connection.execute(delete(CUSTOMER_KEYS).where(CUSTOMER_KEYS.c.ref == ann_ref))
+    shared_store(database_url).forget(ann_ref)
+    writer.close()
+
+    answer = await codec_api.http.post("/codec/decode", json=body, headers=basic("aud"))
+    assert answer.status_code == 200, answer.text
+    kept, opened_bob, opened_plain = answer.json()["payloads"]
+    assert kept == ann  # still sealed, as it came
+    rest = json_format.ParseDict({"payloads": [opened_bob, opened_plain]}, Payloads())
+    assert pydantic_data_converter.payload_converter.from_payloads(list(rest.payloads)) == [
+        {"first_name": "Bob"},
+        "recorded before",
+    ]

@@ -8,6 +8,16 @@ application/json`` (anything else gets a 415, which also means a browser always 
 first, CORS preflight); the answer is the same shape, each payload decoded (or encoded).
 A payload that cannot be opened (unknown key id, altered) gets a 400 naming its key id.
 
+Payloads sealed under a customer's key (`runtime.customer_keys`) open with the seeds in the
+app database (the process's `shared_store`, the one its Temporal client uses). One whose
+customer was erased can never be opened again, and that is not an error of the request:
+the answer keeps that payload as it came (still sealed, its metadata naming the
+customer's pseudonym and the encryption) and opens the others, with a 200. The Web UI
+sends an event's payloads in one request and shows nothing of them when the answer is
+an error; this way it shows an erased customer's payloads as sealed bytes and the rest
+of the history as usual. `/codec/encode` has no workflow id (the protocol sends none),
+so what it seals is sealed under the ring's key.
+
 Who may: a console user with the auditor or ops role (`CODEC_ROLES`), by the console's
 session cookie (the Web UI sends it when its codec setting "include cross-origin
 credentials" is on) or by HTTP Basic ``name:password``. Histories hold profiles: an API key
@@ -24,16 +34,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
 from google.protobuf import json_format
-from temporalio.api.common.v1 import Payloads
+from temporalio.api.common.v1 import Payload, Payloads
 
 from engine.settings import RuntimeSettings
-from runtime.codec import HistoryCodec, HistoryDecodeError, KeyRing
+from runtime.codec import CustomerKeyErased, HistoryCodec, HistoryDecodeError, KeyRing
+from runtime.customer_keys import shared_store
 from service.api.auth import api_keys
 from service.api.deps import DatabaseDep, SettingsDep, session_keys
 from service.console.auth import basic_user
@@ -50,12 +62,28 @@ router = APIRouter(prefix="/codec", tags=["codec"], include_in_schema=False)
 
 
 @functools.lru_cache(maxsize=4)
-def _codec(history_keys: str | None, history_keys_file: Path | None) -> HistoryCodec:
-    return HistoryCodec(KeyRing.load(history_keys, history_keys_file))
+def _codec(
+    history_keys: str | None, history_keys_file: Path | None, database_url: str
+) -> HistoryCodec:
+    return HistoryCodec(
+        KeyRing.load(history_keys, history_keys_file),
+        customer_keys=shared_store(database_url),
+    )
 
 
 def _codec_of(settings: RuntimeSettings) -> HistoryCodec:
-    return _codec(settings.history_keys, settings.history_keys_file)
+    return _codec(settings.history_keys, settings.history_keys_file, settings.database_url)
+
+
+async def _decoded(codec: HistoryCodec, payloads: Sequence[Payload]) -> list[Payload]:
+    """Each payload opened; one whose customer's key was erased kept as it is (sealed)."""
+    opened: list[Payload] = []
+    for payload in payloads:
+        try:
+            opened.extend(await codec.decode([payload]))
+        except CustomerKeyErased:
+            opened.append(payload)
+    return opened
 
 
 def _cors_headers(request: Request, settings: RuntimeSettings) -> dict[str, str]:
@@ -141,7 +169,7 @@ async def _convert(
     codec = _codec_of(settings)
     try:
         if way == "decode":
-            converted = await codec.decode(message.payloads)
+            converted = await _decoded(codec, message.payloads)
         else:
             converted = await codec.encode(message.payloads)
     except HistoryDecodeError as error:
