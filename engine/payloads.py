@@ -65,6 +65,7 @@ __all__ = [
     "UpdateProfileInput",
     "customer_of_workflow_id",
     "delivered_record",
+    "escape_customer_segment",
     "run_context",
     "send_path_entry",
     "workflow_id_for",
@@ -127,7 +128,7 @@ def workflow_id_for(journey_id: str, customer_id: str, key: str | None = None) -
     customer its workflow id names (`runtime.codec`). An id without those two characters
     is unchanged, so the ids of runs started before read the same.
     """
-    base = f"{_WORKFLOW_ID_PREFIX}{journey_id}/{_escape_segment(customer_id)}"
+    base = f"{_WORKFLOW_ID_PREFIX}{journey_id}/{escape_customer_segment(customer_id)}"
     return f"{base}/{key}" if key else base
 
 
@@ -149,7 +150,8 @@ def customer_of_workflow_id(workflow_id: str) -> str | None:
     return _unescape_segment(segment)
 
 
-def _escape_segment(text: str) -> str:
+def escape_customer_segment(text: str) -> str:
+    """How a customer id is written in a workflow id (`workflow_id_for`)."""
     return text.replace("%", "%25").replace("/", "%2F")
 
 

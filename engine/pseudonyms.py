@@ -35,6 +35,7 @@ from sqlalchemy import Table, insert, select
 from sqlalchemy.engine import Connection, Engine
 
 from engine.database import ErasedCustomer, PseudonymKey
+from engine.payloads import escape_customer_segment
 
 __all__ = [
     "ENV_KEY",
@@ -147,16 +148,17 @@ def pseudonymize_text(text: str, customer_id: str, ref: str) -> str:
         return ref
     if text == f"customer:{customer_id}":
         return f"customer:{ref}"
+    segment = escape_customer_segment(customer_id)  # as workflow ids write it
     for prefix in ("run:journey/", "journey/"):
         if not text.startswith(prefix):
             continue
         journey, slash, rest = text[len(prefix) :].partition("/")
         if not slash:
             return text
-        if rest == customer_id:
+        if rest == segment:
             return f"{prefix}{journey}/{ref}"
-        if rest.startswith(customer_id + "/"):
-            return f"{prefix}{journey}/{ref}{rest[len(customer_id) :]}"
+        if rest.startswith(segment + "/"):
+            return f"{prefix}{journey}/{ref}{rest[len(segment) :]}"
     return text
 
 

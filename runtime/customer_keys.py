@@ -48,6 +48,7 @@ __all__ = [
     "SEED_BYTES",
     "CustomerErased",
     "CustomerKeyStore",
+    "forget_everywhere",
     "shared_store",
 ]
 
@@ -278,3 +279,13 @@ def shared_store(database_url: str) -> CustomerKeyStore:
         if store is None:
             store = _SHARED[database_url] = CustomerKeyStore(database_url)
         return store
+
+
+def forget_everywhere(ref: str) -> None:
+    """Drop ``ref``'s seed from every store of this process (`service.erasure`, after it
+    deleted the row: this process stops opening that customer's payloads at once; others
+    within the cache's time)."""
+    with _SHARED_LOCK:
+        stores = list(_SHARED.values())
+    for store in stores:
+        store.forget(ref)

@@ -68,6 +68,7 @@ from engine.database import (
 )
 from engine.pseudonyms import customer_ref, pseudonym_key, pseudonymize_text
 from engine.timestamps import utcnow
+from runtime.customer_keys import forget_everywhere
 
 __all__ = ["ERASED_OUTCOME", "ErasureReport", "erase_customer"]
 
@@ -142,6 +143,7 @@ async def erase_customer(
         report.runs_ended += ended
         report.histories_deleted += deleted
         report.add(_scrub(db, customer_id, ref))
+    forget_everywhere(ref)  # this process's cached seed; others drop theirs within 60 s
     with db.begin() as connection:
         counts = report.as_json()
         append(

@@ -33,7 +33,8 @@ from engine.catalog import build_catalog
 from engine.database import make_engine
 from engine.decisions import bucket_of
 from engine.plan import bucket_salt
-from runtime.codec import new_key_ring_text
+from runtime.codec import CustomerKeyErased
+from runtime.customer_keys import shared_store
 from tests.e2e.conftest import (
     JOURNEYS_CLI,
     ROOT,
@@ -45,6 +46,7 @@ from tests.e2e.conftest import (
     holdout_customer,
     start_stack,
 )
+from tests.history_keys import TEST_KEYS, opened_history_json
 
 pytestmark = pytest.mark.e2e
 
@@ -54,8 +56,6 @@ PHONE = "+82 10 5550 8842"
 FAVOURITE = "Vermilion-Erase-4471"  # an ordinary trait
 INVOICE = "inv-erase-93317"  # an entry key: a business id, kept (service/erasure.py)
 CART = "cart-erase-55102"
-
-HISTORY_KEYS = new_key_ring_text("erase-k1").strip()
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def stack(
     catalogue.write_text((ROOT / "journeys.yaml").read_text(encoding="utf-8"), encoding="utf-8")
     (directory / "stack").mkdir()
     with start_stack(
-        directory / "stack", temporal_server, catalogue, env={"JOURNEYS_HISTORY_KEYS": HISTORY_KEYS}
+        directory / "stack", temporal_server, catalogue, env={"JOURNEYS_HISTORY_KEYS": TEST_KEYS}
     ) as running:
         yield running
 
@@ -160,7 +160,7 @@ def _three_runs(stack: JourneysStack, customer: str) -> list[dict[str, Any]]:
     )
     stack.track(customer, "cart_updated", items=2, cart_id=CART)
     stack.track(customer, "order_completed", cart_id=CART)
-    runs = eventually(
+    runs: list[dict[str, Any]] = eventually(
         lambda: stack.runs(customer),
         check=lambda found: len(found) == 3,
         timeout=RUN_TIMEOUT,
@@ -202,6 +202,9 @@ def test_an_erased_customer_leaves_no_trace_and_the_chain_verifies(
     assert {"email", "first name", "trait"} <= set(seen), seen  # the check bites
     workflow_ids = sorted({run["workflow_id"] for run in runs})
     copies = asyncio.run(_fetch(stack, workflow_ids))
+    for workflow_id, copy in copies.items():  # sealed under the customer's own key
+        assert "encryption-customer" in copy.to_json(), workflow_id
+        assert customer in opened_history_json(copy, database_url=stack.database_url)
 
     erased = _cli(stack, "erase", customer, "--yes")
     assert erased.returncode == 0, erased.stdout + erased.stderr
@@ -270,4 +273,10 @@ def test_an_erased_customer_leaves_no_trace_and_the_chain_verifies(
     assert body["started"] == [] and len(body["erased"]) == 1, body
     assert stack.runs(customer) == []
     assert customer not in _database_text(stack)
-    assert copies  # opened below once the codec's customer keys land
+
+    # A copy of their histories taken before (a backup) can no longer be opened: the key
+    # ring is the same, their seed is gone. (A new reader: no seed cached from above.)
+    shared_store(stack.database_url).clear()
+    for copy in copies.values():
+        with pytest.raises(CustomerKeyErased):
+            opened_history_json(copy, database_url=stack.database_url)
