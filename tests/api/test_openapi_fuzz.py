@@ -43,6 +43,7 @@ EXPECTED_OPERATIONS = {
     "GET /healthz",
     "GET /v1/customers/{customer_id}/preferences",
     "PUT /v1/customers/{customer_id}/preferences",
+    "DELETE /v1/customers/{customer_id}",
     "POST /v1/inbound/sms",
     "GET /v1/outbox",
     "GET /v1/deliveries",

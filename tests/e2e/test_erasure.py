@@ -47,6 +47,10 @@ from tests.e2e.conftest import (
     start_stack,
 )
 from tests.history_keys import TEST_KEYS, opened_history_json
+from tests.unit.test_doc_examples import block_after, unprinted
+
+SECURITY = ROOT / "docs" / "security.md"
+PSEUDONYM = r"cus_[a-z2-7]{26}"
 
 pytestmark = pytest.mark.e2e
 
@@ -86,9 +90,12 @@ def _treated_by_both(stack: JourneysStack) -> str:
     raise AssertionError("no customer outside both holdouts")
 
 
-def _cli(stack: JourneysStack, *args: str) -> subprocess.CompletedProcess[str]:
+def _cli(
+    stack: JourneysStack, *args: str, answer: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(JOURNEYS_CLI), *args],
+        input=answer,
         cwd=ROOT,
         env={**stack.env(), "JOURNEYS_API_URL": stack.api_url},
         capture_output=True,
@@ -206,10 +213,20 @@ def test_an_erased_customer_leaves_no_trace_and_the_chain_verifies(
         assert "encryption-customer" in copy.to_json(), workflow_id
         assert customer in opened_history_json(copy, database_url=stack.database_url)
 
-    erased = _cli(stack, "erase", customer, "--yes")
+    refused = _cli(stack, "erase", customer, answer="n\n")
+    assert refused.returncode == 1 and "not erased" in refused.stdout, refused.stdout
+    assert len(stack.runs(customer)) == 3
+
+    erased = _cli(stack, "erase", customer, answer="y\n")  # as docs/security.md shows it
     assert erased.returncode == 0, erased.stdout + erased.stderr
+    prompt = f"Erase customer {customer!r}? This cannot be undone [y/N]: "
+    assert erased.stdout.startswith(prompt), erased.stdout
+    shown = block_after(SECURITY, "## Erasure")
+    assert shown[0] == "Erase customer 'c1'? This cannot be undone [y/N]: y", shown
+    printed = erased.stdout[len(prompt) :]
+    assert unprinted(shown[1:], printed, [PSEUDONYM, r"(?<=: )\d+$", r"(?<=rows: ).*"]) == []
     assert "runs ended: 2" in erased.stdout, erased.stdout
-    assert customer not in erased.stdout
+    assert customer not in printed
 
     leaks = [f"{what} in the database" for what, v in values.items() if v in _database_text(stack)]
     if customer in _database_text(stack):

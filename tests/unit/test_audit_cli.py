@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 from engine.audit import public_key_hex, record
 from engine.database import make_engine
+from engine.pseudonyms import customer_ref, pseudonym_key
 from service.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -260,7 +261,9 @@ def test_a_customer_export_holds_only_their_entries_and_still_verifies(
     assert made.exit_code == 0, made.output
     *entries, trailer = [json.loads(line) for line in export.read_text().splitlines()]
     assert [entry["seq"] for entry in entries] == [1, 3, 5, 7]
-    assert trailer["export"]["customer"] == "c1"
+    # The trailer names the customer as the entries do: by pseudonym, never the id.
+    assert trailer["export"]["customer"] == customer_ref("c1", pseudonym_key(db))
+    assert '"c1"' not in export.read_text()
     public_key = runner.invoke(app, ["audit", "pubkey"]).output.strip()
     assert _run_offline(tmp_path, export, public_key).returncode == 0
 
