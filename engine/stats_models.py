@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 __all__ = [
+    "RESERVED_ARM_NAMES",
     "ArmStats",
     "ChannelSends",
     "Conversions",
@@ -27,6 +28,10 @@ __all__ = [
     "ReviewStats",
     "StepStats",
 ]
+
+
+RESERVED_ARM_NAMES = frozenset({"p_value", "winner", "control_arm", "test", "warning"})
+"""Keys of a serialized experiment beside its arms: no split arm may be called so."""
 
 
 class _Model(BaseModel):
@@ -100,11 +105,13 @@ class ExperimentStats(_Model):
     the winner (only when significant at 95%), and a warning when the sample is small.
 
     Serialized flat, as the API promises: ``{<arm>: {entries, ...}, ..., "p_value": ...,
-    "winner": ..., "control": ..., "test": ..., "warning": ...}`` (arm names are step-id
-    shaped, so they never clash with those keys)."""
+    "winner": ..., "control_arm": ..., "test": ..., "warning": ...}``. The validator keeps
+    split arm names from clashing with those keys (`RESERVED_ARM_NAMES`); the holdout's
+    arms are ``control`` and ``treated``."""
 
     arms: dict[str, ArmStats]
-    control: str | None = None
+    # Serialized as ``control_arm``: the holdout's arms are ``control`` and ``treated``.
+    control: str | None = Field(default=None, serialization_alias="control_arm")
     p_value: float | None = None
     winner: str | None = None
     test: str = "two-proportion z-test"
