@@ -15,10 +15,10 @@ group, whose runs get no sends). Windows from sends are for attribution: `send_a
 counts, per send step and channel, the conversions that came within ``within`` after a
 send of that step was sent (`deliveries.sent_at`).
 
-The numbers the stats read (`count_conversions`, `conversions_by_run`, `send_attributed`)
-are SQL aggregates over indexed rows: the runs of one journey in a window, each run's
-conversions by the `run_conversions` key, its deliveries by the deliveries' (run, step,
-visit, channel) key. A goal's plan version is read from `plan_versions` once per process
+The numbers the stats read (`count_conversions`, `conversions_by_arm`,
+`conversions_by_run`, `send_attributed`) are SQL aggregates over indexed rows: the runs
+of one journey in a window, each run's conversions by the `run_conversions` key, its
+deliveries by the deliveries' (run, step, visit, channel) key. A goal's plan version is read from `plan_versions` once per process
 (versions are immutable). Nothing here knows Temporal.
 """
 
@@ -56,6 +56,7 @@ from engine.database import (
     PlanVersion,
     Profile,
     Run,
+    RunArm,
     RunConversion,
     dialect_insert,
 )
@@ -66,6 +67,7 @@ from rules import EvaluationError, ExpressionError, cached_expression
 
 __all__ = [
     "ConversionRecorder",
+    "conversions_by_arm",
     "conversions_by_run",
     "count_conversions",
     "goals_of",
@@ -418,6 +420,42 @@ def count_conversions(
     conditions = _runs_filter(
         journey_id=journey_id, version=version, start=start, end=end, holdout=holdout
     )
+    entries, converted, value = connection.execute(
+        select(*_tallies(connection, journey_id, version)).where(*conditions)
+    ).one()
+    return _conversions(entries, converted, value)
+
+
+def conversions_by_arm(
+    connection: Connection,
+    *,
+    journey_id: str,
+    version: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    step_id: str,
+) -> dict[str, tuple[int, Conversions]]:
+    """For each arm of the split ``step_id``: the entries (in [start, end)) that were put
+    in it (`run_arms`) and their conversions, as `count_conversions` counts them."""
+    arms: Table = RunArm.__table__  # type: ignore[attr-defined]
+    conditions = _runs_filter(journey_id=journey_id, version=version, start=start, end=end)
+    rows = connection.execute(
+        select(arms.c.arm, *_tallies(connection, journey_id, version))
+        .select_from(
+            _RUNS.join(arms, and_(arms.c.run_id == _RUNS.c.run_id, arms.c.step_id == step_id))
+        )
+        .where(*conditions)
+        .group_by(arms.c.arm)
+    )
+    return {
+        arm: (int(entries), _conversions(entries, converted, value))
+        for arm, entries, converted, value in rows
+    }
+
+
+def _tallies(connection: Connection, journey_id: str, version: str | None) -> list[Any]:
+    """Entries, converted runs and their summed value, as columns over runs: a run's
+    conversions are read by the `run_conversions` key, its outcome from its row."""
     by_outcome = _by_outcome(_outcome_goals(journey_goals(connection, journey_id, version)))
     has_row = exists().where(_CONVERSIONS.c.run_id == _RUNS.c.run_id)
     run_value = (
@@ -425,17 +463,18 @@ def count_conversions(
         .where(_CONVERSIONS.c.run_id == _RUNS.c.run_id)
         .scalar_subquery()
     )
-    entries, converted, value = connection.execute(
-        select(
-            func.count(),
-            func.coalesce(func.sum(case((or_(has_row, by_outcome), 1), else_=0)), 0),
-            func.coalesce(func.sum(func.coalesce(run_value, 0.0)), 0.0),
-        ).where(*conditions)
-    ).one()
+    return [
+        func.count(),
+        func.coalesce(func.sum(case((or_(has_row, by_outcome), 1), else_=0)), 0),
+        func.coalesce(func.sum(func.coalesce(run_value, 0.0)), 0.0),
+    ]
+
+
+def _conversions(entries: Any, converted: Any, value: Any) -> Conversions:
     return Conversions(
-        count=int(converted),
-        rate=int(converted) / int(entries) if entries else None,
-        value=float(value),
+        count=int(converted or 0),
+        rate=int(converted or 0) / int(entries) if entries else None,
+        value=float(value or 0.0),
     )
 
 

@@ -16,8 +16,13 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.engine import Engine
 
-from engine.conversions import conversions_by_run, count_conversions, send_attributed
-from engine.database import Delivery, EventRecord, Run, RunConversion, session_scope
+from engine.conversions import (
+    conversions_by_arm,
+    conversions_by_run,
+    count_conversions,
+    send_attributed,
+)
+from engine.database import Delivery, EventRecord, Run, RunArm, RunConversion, session_scope
 from engine.plan import Plan
 from engine.stats_models import Conversions
 from service.router import EventRouter
@@ -402,3 +407,26 @@ def test_recording_reads_the_customers_runs_by_index_and_only_for_goal_events(
             for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
         )
     assert "SCAN runs" not in plan and "ix_runs_customer_entry" in plan, plan
+
+
+def test_conversions_by_arm_counts_each_arms_entries_and_conversions(
+    db: Engine, plans: dict[str, Plan], router: EventRouter
+) -> None:
+    runs = {
+        arm: [_run(db, plans, "recover", customer=f"{arm}{n}") for n in range(2)]
+        for arm in ("a", "b")
+    }
+    with session_scope(db) as session:
+        for arm, ids in runs.items():
+            for run_id in ids:
+                session.add(RunArm(run_id=run_id, step_id="tips", arm=arm))
+    _event(router, "payment_received", T0 + DAY, "b0", amount=30.0)
+
+    with db.connect() as connection:
+        found = conversions_by_arm(
+            connection, journey_id="recover", version=None, start=None, end=None, step_id="tips"
+        )
+    assert found == {
+        "a": (2, Conversions(count=0, rate=0.0, value=0.0)),
+        "b": (2, Conversions(count=1, rate=0.5, value=30.0)),
+    }
