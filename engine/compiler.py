@@ -41,9 +41,10 @@ def plan_version(data: dict[str, Any]) -> str:
     if "steps" in body:
         body["steps"] = {k: _without_unset_correlate(v) for k, v in body["steps"].items()}
     # Nor without `max_steps:`.
-    # Nor without `public:` texts.
-    if not body.get("public", True):
-        del body["public"]
+    # Nor without `public:` texts, nor without `goals:`.
+    for optional in ("public", "goals"):
+        if not body.get(optional, True):
+            del body[optional]
     settings = body.get("settings")
     if isinstance(settings, dict) and settings.get("max_steps", 0) is None:
         body["settings"] = {k: v for k, v in settings.items() if k != "max_steps"}
@@ -307,9 +308,33 @@ def compile_journey(
         },
         "personal": _personal(journey, document, reads, key_reads),
         "public": {step.id: step.public for step in journey.steps if step.public},
+        "goals": _goals(journey.goals),
     }
     draft = p.Plan.model_validate(body)
     return draft.model_copy(update={"version": plan_version(draft.model_dump(mode="json"))})
+
+
+def _goals(goals: list[spec.Goal]) -> tuple[p.GoalPlan, ...]:
+    """The goals with their keys: an event goal's is the event's name (a second goal on
+    the same event gets ``#2``), an outcome goal's ``outcome:<outcome>``."""
+    compiled: list[p.GoalPlan] = []
+    seen: dict[str, int] = {}
+    for goal in goals:
+        if isinstance(goal, spec.OutcomeGoal):
+            compiled.append(p.OutcomeGoalPlan(key=f"outcome:{goal.outcome}", outcome=goal.outcome))
+            continue
+        seen[goal.event] = seen.get(goal.event, 0) + 1
+        count = seen[goal.event]
+        compiled.append(
+            p.EventGoalPlan(
+                key=goal.event if count == 1 else f"{goal.event}#{count}",
+                event=goal.event,
+                within_seconds=parse_duration(goal.within),
+                value=goal.value,
+                when=goal.when,
+            )
+        )
+    return tuple(compiled)
 
 
 def _personal(

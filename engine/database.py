@@ -2,9 +2,9 @@
 
 SQLite by default (a file under the state directory), PostgreSQL when `DATABASE_URL` says
 so. Tables: plan versions (immutable, with their YAML), events (deduplicated by message
-id), profiles, runs (their paths as rows, their split arms), the outbox, review tasks,
-deliveries, consent and caps, API keys, console users, the review audit trail and the
-hash-chained audit log (`engine.audit`).
+id), profiles, runs (their paths as rows, their split arms, their goal conversions), the
+outbox, review tasks, deliveries, consent and caps, API keys, console users, the review
+audit trail and the hash-chained audit log (`engine.audit`).
 `make_engine` brings the schema to head through the migrations (`engine.migrate`,
 `engine/migrations/`): a change to a table here needs a new revision there. Nothing here
 knows Temporal; workflows never import this module (activities and the API do).
@@ -50,6 +50,7 @@ __all__ = [
     "ReviewTask",
     "Run",
     "RunArm",
+    "RunConversion",
     "RunPathEntry",
     "Suppression",
     "User",
@@ -167,6 +168,22 @@ class RunArm(SQLModel, table=True):
     run_id: str = Field(primary_key=True, max_length=100)
     step_id: str = Field(primary_key=True, max_length=100)
     arm: str = Field(max_length=100)
+
+
+class RunConversion(SQLModel, table=True):
+    """A run reaching one of its event goals (`engine.conversions`): written as the goal
+    event is stored, once per run and goal (the earliest such event). ``goal`` is the
+    goal's key in the plan (`engine.plan.EventGoalPlan.key`), ``at`` the event's time,
+    ``value`` what the goal's `value:` gave (0 without one or when it failed).
+    Outcome goals have no rows: the runs table's outcome says it (revision 0010)."""
+
+    __tablename__ = "run_conversions"
+
+    run_id: str = Field(primary_key=True, max_length=100)
+    goal: str = Field(primary_key=True, max_length=250)
+    at: datetime
+    value: float = 0.0
+    message_id: str | None = Field(default=None, max_length=200)
 
 
 class ParkedEvent(SQLModel, table=True):

@@ -22,9 +22,12 @@ __all__ = [
     "DateWaitPlan",
     "DecidePlan",
     "DecideRulePlan",
+    "EventGoalPlan",
     "EventWaitPlan",
     "ExitPlan",
     "FrequencyCapPlan",
+    "GoalPlan",
+    "OutcomeGoalPlan",
     "Plan",
     "PlanEntry",
     "PlanExit",
@@ -292,6 +295,33 @@ class PlanPersonal(_Frozen):
         return self.events.get(event)
 
 
+class EventGoalPlan(_Frozen):
+    """`goals: [{event: ..., within: ..., value: ..., when: ...}]`: a run converts when the
+    customer's ``event`` comes within ``within_seconds`` of its entry (`engine.conversions`
+    records it as the event is stored). ``key`` names the goal in `run_conversions`: the
+    event's name (``#2``, ``#3`` after it for a second goal on the same event), so a goal
+    keeps its key across versions."""
+
+    kind: Literal["event"] = "event"
+    key: str
+    event: str
+    within_seconds: int
+    value: str | None = None
+    when: str | None = None
+
+
+class OutcomeGoalPlan(_Frozen):
+    """`goals: [{outcome: ...}]`: a run converts when it ends with ``outcome`` (read from
+    the runs table; no row is written). ``key``: ``outcome:<outcome>``."""
+
+    kind: Literal["outcome"] = "outcome"
+    key: str
+    outcome: str
+
+
+GoalPlan = Annotated[EventGoalPlan | OutcomeGoalPlan, Field(discriminator="kind")]
+
+
 class Plan(_Frozen):
     """One journey, compiled. ``version`` is the short hash of everything else."""
 
@@ -317,6 +347,9 @@ class Plan(_Frozen):
     public: dict[str, str] = Field(default_factory=dict)
     """The steps' `public:` texts, by step id: what the run's status page shows the
     customer. Read by the status page only, never by the interpreter."""
+    goals: tuple[GoalPlan, ...] = ()
+    """The journey's conversion goals (`engine.conversions`); never read by the
+    interpreter. Empty: left out of the version, so plans from before goals keep theirs."""
 
     def step(self, step_id: str) -> PlanStep:
         """The step called ``step_id`` (KeyError if the plan has none)."""

@@ -45,13 +45,16 @@ __all__ = [
     "Document",
     "EmailTemplate",
     "Entry",
+    "EventGoal",
     "ExitOn",
     "ExitStep",
     "FrequencyCap",
+    "Goal",
     "HttpModel",
     "Journey",
     "ModelSpec",
     "OnnxModel",
+    "OutcomeGoal",
     "PushTemplate",
     "PythonModel",
     "QuietHours",
@@ -506,6 +509,46 @@ class ExitOn(_Model):
     )
 
 
+class EventGoal(_Model):
+    """A conversion: the customer's `event` within `within` of entering (and, for step
+    attribution, of each send), worth `value`."""
+
+    event: str = Field(
+        min_length=1, max_length=200, description="The goal event; declare it under `events:`."
+    )
+    within: Duration = Field(description="How long after entry (or a send) the event counts.")
+    value: Expr | None = Field(
+        None,
+        description="What the conversion is worth, a number read from `event` and `profile`, "
+        "e.g. event.amount (default 0).",
+    )
+    when: Expr | None = Field(
+        None, description="Only an event for which this holds converts, e.g. event.amount > 0."
+    )
+
+
+class OutcomeGoal(_Model):
+    """A conversion: the run ended with this exit outcome (an `exit:` step's or an
+    `exit_on:` rule's)."""
+
+    outcome: Identifier = Field(description="An outcome the journey's exits can end with.")
+
+
+def _goal_shape(value: Any) -> str | None:
+    return None if isinstance(value, str | list) else _shape(value, ("event", "outcome"))
+
+
+Goal = Annotated[
+    Annotated[EventGoal, Tag("event")] | Annotated[OutcomeGoal, Tag("outcome")],
+    Discriminator(
+        _goal_shape,
+        custom_error_type="goal_shape",
+        custom_error_message="a goal is {event: <name>, within: 7d, value: ..., when: ...} "
+        "or {outcome: <exit outcome>}",
+    ),
+]
+
+
 class _Step(_Model):
     step_type: ClassVar[str]
     id: Identifier = Field(
@@ -873,6 +916,12 @@ class Journey(_Model):
         ),
     )
     settings: Settings | None = None
+    goals: list[Goal] = Field(
+        default_factory=list,
+        description="What counts as a conversion: an event within a window after entry "
+        "({event: payment_received, within: 7d, value: event.amount}) or an exit outcome "
+        "({outcome: converted}). Holdout runs are measured by the same goals.",
+    )
     steps: list[Step] = Field(min_length=1)
 
     @field_validator("holdout")

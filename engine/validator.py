@@ -39,6 +39,7 @@ from engine.typecheck import (
     check_cell,
     check_expression,
     check_template,
+    expression_type,
     journey_var_types,
     scope_for,
 )
@@ -54,7 +55,14 @@ from rules import (
     compile_template,
 )
 
-__all__ = ["MODEL_BODY_NAMES", "CheckedDocument", "check_document", "closest", "validate"]
+__all__ = [
+    "GOAL_NAMES",
+    "MODEL_BODY_NAMES",
+    "CheckedDocument",
+    "check_document",
+    "closest",
+    "validate",
+]
 
 TRIGGER_FIELDS = ("properties", "name", "timestamp", "message_id")
 CUSTOMER_FIELDS = ("id", "email", "phone", "push_token")
@@ -64,6 +72,8 @@ RUN_FIELDS = ("status_url",)  # a message template's `run` (rules.MESSAGE_NAMES)
 SCORE_FIELDS = ("score", "model", "model_version", "latency_ms", "fallback_used", "error")
 MODEL_CALL_BUDGET_SECONDS = 45  # timeout x tries; the workflow gives the activity 60 s
 MAX_TEMPLATE_FILE = 256 * 1024
+GOAL_NAMES = frozenset({"event", "profile", "customer", "now"})
+"""What a goal's `value` and `when` read: the goal event and the customer, as it is stored."""
 MODEL_BODY_NAMES = frozenset({"features", "model"})
 """The names a json model's `body:` template reads: the step's features and the model's name."""
 
@@ -160,6 +170,13 @@ def _clean_loc(loc: tuple[int | str, ...]) -> Path:
         nxt = items[i]
         if isinstance(elem, int) and len(out) >= 2 and out[-2] == "steps":
             i += 1  # the step union's tag
+        elif (
+            isinstance(elem, int)
+            and len(out) >= 2
+            and out[-2] == "goals"
+            and nxt in ("event", "outcome")
+        ):
+            i += 1  # the goal union's tag
         elif (
             (len(out) >= 2 and out[-2] == "models" and nxt in ("python", "http", "onnx"))
             or (len(out) >= 2 and out[-2] == "channels" and nxt in ("text", "url"))
@@ -423,6 +440,7 @@ class _Checker:
             "push_shape",
             "channel_shape",
             "channel_spec_shape",
+            "goal_shape",
         ):
             self.add("type", path, str(error["msg"]))
         elif kind.endswith("_type") or kind in ("model_attributes_type", "dict_type", "list_type"):
@@ -1063,6 +1081,7 @@ class _JourneyChecker:
         self._check_entry_and_exits()
         for position, step in enumerate(self.journey.steps):
             self._check_step(position, step, events.get(step.id, set()))
+        self._check_goals()
 
     # -- graph
 
@@ -1246,6 +1265,57 @@ class _JourneyChecker:
             if exit_on.when:
                 self.expression((*self.path, "exit_on", i, "when"), exit_on.when, {exit_on.event})
             self._check_correlate((*self.path, "exit_on", i), exit_on.event, exit_on.correlate)
+
+    def _check_goals(self) -> None:
+        """Goals: an event goal's event is declared (its `value` and `when` read it and the
+        profile, `value` a number); an outcome goal names an outcome an exit gives."""
+        outcomes = {s.exit for s in self.journey.steps if isinstance(s, spec.ExitStep)}
+        outcomes |= {e.outcome for e in self.journey.exit_on}
+        seen: set[str] = set()
+        for i, goal in enumerate(self.journey.goals):
+            at: Path = (*self.path, "goals", i)
+            if isinstance(goal, spec.OutcomeGoal):
+                self._check_outcome_goal(at, goal.outcome, outcomes, seen)
+            else:
+                self._check_event_goal(at, goal)
+
+    def _check_outcome_goal(
+        self, at: Path, outcome: str, outcomes: set[str], seen: set[str]
+    ) -> None:
+        if outcome in seen:
+            self.c.add("goal", (*at, "outcome"), f"goal outcome '{outcome}' is listed twice")
+        seen.add(outcome)
+        if outcome not in outcomes:
+            self.c.add(
+                "goal",
+                (*at, "outcome"),
+                f"goal outcome '{outcome}' is not an outcome of journey '{self.journey.id}'",
+                hint=_did_you_mean(outcome, outcomes)
+                or "an outcome goal names what an exit: step or an exit_on: rule ends runs with",
+            )
+
+    def _check_event_goal(self, at: Path, goal: spec.EventGoal) -> None:
+        if goal.event not in self.doc.events:
+            self.c.add(
+                "goal",
+                (*at, "event"),
+                f"goal event '{goal.event}' is not declared under events:",
+                hint=_did_you_mean(goal.event, self.doc.events)
+                or "declare it, with the properties its value and when read",
+            )
+            return
+        events = {goal.event}
+        if goal.when:
+            self.expression((*at, "when"), goal.when, events, names=GOAL_NAMES)
+        if goal.value and self.expression((*at, "value"), goal.value, events, names=GOAL_NAMES):
+            kind = expression_type(goal.value, self._scope(events))
+            if kind.known and kind.kind != "number":
+                self.c.add(
+                    "type-mismatch",
+                    (*at, "value"),
+                    f"goal value {goal.value!r} is {_type_name(kind)}, not a number",
+                    hint="a goal's value is a number, e.g. event.amount",
+                )
 
     def _check_correlate(self, path: Path, event: str, correlate: str | None) -> None:
         """Which runs an awaited event reaches: `correlate` needs a keyed journey, and the
@@ -1562,13 +1632,29 @@ class _JourneyChecker:
 
     # -- expressions and templates
 
-    def expression(self, path: Path, source: str, events: set[str]) -> None:
+    def expression(
+        self,
+        path: Path,
+        source: str,
+        events: set[str],
+        *,
+        names: frozenset[str] | None = None,
+    ) -> bool:
+        """Check one expression; False when it has an error. ``names``: the context names
+        it may read (default: all of them); an expression limited to some is not one a
+        run evaluates, so it adds nothing to what runs keep of events (`_note_reads`)."""
         try:
-            compiled = compile_expression(source)
+            compiled = (
+                compile_expression(source)
+                if names is None
+                else compile_expression(source, names=names)
+            )
         except ExpressionError as exc:
             self.c.add("expression", path, f"expression {source!r}: {exc.message}", hint=exc.hint)
-            return
-        self._note_reads(path, compiled)
+            return False
+        if names is None:
+            self._note_reads(path, compiled)
+        before = len(self.c.violations)
         self._check_paths(path, compiled.attribute_paths, events, what=f"expression {source!r}")
         for problem in check_expression(source, self._scope(events)):
             self.c.add(
@@ -1578,6 +1664,7 @@ class _JourneyChecker:
                 hint=problem.hint,
                 offset=problem.column,
             )
+        return len(self.c.violations) == before
 
     def _scope(self, events: set[str]) -> Scope:
         entry = self.journey.entry.event
@@ -1706,6 +1793,11 @@ class _JourneyChecker:
                     "event-property",
                 )
         return None
+
+
+def _type_name(kind: Type) -> str:
+    article = "an" if kind.kind[:1] in "aeiou" else "a"
+    return f"{article} {kind.kind}"
 
 
 def _template_form_for(template: spec.TemplateSpec, channel: str) -> bool:

@@ -1,7 +1,8 @@
 """The event router: what an accepted event does to journeys.
 
-`EventRouter.ingest` stores events (deduplicated by message id) and merges `identify`
-traits into profiles in one transaction; `EventRouter.route` then starts a run for every
+`EventRouter.ingest` stores events (deduplicated by message id), merges `identify`
+traits into profiles and records the goal conversions they make (`engine.conversions`)
+in one transaction; `EventRouter.route` then starts a run for every
 active journey whose entry matches (deterministic workflow id, `reentry` checked against
 the runs table) and signals the open runs that wait for or exit on the event and that it
 is for (correlation: the run's key against the event's, found by the runs table's
@@ -43,6 +44,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from engine.audit import Record, append
+from engine.conversions import ConversionRecorder
 from engine.database import (
     EventRecord,
     PlanVersion,
@@ -507,6 +509,7 @@ class EventRouter:
         self._listeners: dict[str, tuple[_Listener, ...]] = {}
         self._in_flight: set[str] = set()
         self.signals = RunSignals()
+        self.conversions = ConversionRecorder()
         self._insert_runs = dialect_insert(db.dialect.name)(_RUNS).on_conflict_do_nothing(
             index_elements=["run_id"]
         )
@@ -543,6 +546,8 @@ class EventRouter:
                         session, customer_id=record.customer_id, traits=dict(record.properties)
                     )
                 stored.append(record)
+            # Goal conversions, with the events that make them (engine.conversions).
+            self.conversions.record(session.connection(), stored)
         prepared: RoutingInputs | None = None
         if prepare and stored and stored[0].type == "track" and self.client is not None:
             try:

@@ -61,6 +61,7 @@ def test_a_database_from_before_the_routing_indexes_gets_them_on_start(
             "pseudonym_key",
             "customer_keys",
             "erased_customers",
+            "run_conversions",
         ):
             connection.execute(text(f"DROP TABLE {table}"))
         connection.execute(text("ALTER TABLE runs DROP COLUMN current_run_id"))

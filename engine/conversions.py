@@ -1,0 +1,648 @@
+"""Goal conversions (issue #19): recorded as goal events are stored, counted from rows.
+
+A journey's `goals:` (`engine.plan.EventGoalPlan`, `OutcomeGoalPlan`) say what converts
+a run. An event goal converts a run of the customer when its event comes within the
+goal's ``within`` of the run's entry (any status, holdout runs too: the control group is
+measured by the same goal, which gives lift against doing nothing). `ConversionRecorder`
+writes that as a `run_conversions` row in the transaction that stores the event
+(`service.router.EventRouter.ingest`), the first such event per run and goal. An outcome
+goal converts a run that ended with that outcome: the runs table says so, at
+``ended_at``, and no row is written.
+
+The window from entry decides whether a run converted, for treated and held-out runs
+alike (a window from each send would give treated runs more chances than the control
+group, whose runs get no sends). Windows from sends are for attribution: `send_attributed`
+counts, per send step and channel, the conversions that came within ``within`` after a
+send of that step was sent (`deliveries.sent_at`).
+
+The numbers the stats read (`count_conversions`, `conversions_by_arm`,
+`conversions_by_run`, `send_attributed`) are SQL aggregates over indexed rows: the runs
+of one journey in a window, each run's conversions by the `run_conversions` key, its
+deliveries by the deliveries' (run, step, visit, channel) key. A goal's plan version is read from `plan_versions` once per process
+(versions are immutable). Nothing here knows Temporal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+from sqlalchemy import (
+    Connection,
+    Table,
+    and_,
+    bindparam,
+    case,
+    exists,
+    false,
+    func,
+    literal,
+    or_,
+    select,
+    union_all,
+)
+from sqlalchemy.sql.elements import ColumnElement
+
+from engine.database import (
+    Delivery,
+    EventRecord,
+    PlanVersion,
+    Profile,
+    Run,
+    RunArm,
+    RunConversion,
+    dialect_insert,
+)
+from engine.plan import EventGoalPlan, GoalPlan, OutcomeGoalPlan
+from engine.stats_models import Conversions
+from engine.timestamps import as_utc
+from rules import EvaluationError, ExpressionError, cached_expression
+
+__all__ = [
+    "ConversionRecorder",
+    "conversions_by_arm",
+    "conversions_by_run",
+    "count_conversions",
+    "goals_of",
+    "journey_goals",
+    "plan_goals",
+    "send_attributed",
+]
+
+log = logging.getLogger(__name__)
+
+_RUNS: Table = Run.__table__  # type: ignore[attr-defined]
+_CONVERSIONS: Table = RunConversion.__table__  # type: ignore[attr-defined]
+_PLAN_VERSIONS: Table = PlanVersion.__table__  # type: ignore[attr-defined]
+_DELIVERIES: Table = Delivery.__table__  # type: ignore[attr-defined]
+_PROFILES: Table = Profile.__table__  # type: ignore[attr-defined]
+
+_GOALS: TypeAdapter[tuple[GoalPlan, ...]] = TypeAdapter(tuple[GoalPlan, ...])
+_CHUNK = 500  # run ids per IN (...): well under every database's limit of parameters
+
+# ----------------------------------------------------------------------------- goals of plans
+
+_cache_lock = threading.Lock()
+_cached: dict[tuple[str, str], tuple[GoalPlan, ...]] = {}
+
+
+def goals_of(plan_json: str) -> tuple[GoalPlan, ...]:
+    """The goals of a stored plan's JSON (none in plans from before goals)."""
+    data = json.loads(plan_json)
+    return _GOALS.validate_python(data.get("goals") or ()) if isinstance(data, dict) else ()
+
+
+def plan_goals(connection: Connection, journey_id: str, version: str) -> tuple[GoalPlan, ...]:
+    """The goals of one stored plan version (none if it is not stored); read once per
+    process, as a version never changes."""
+    with _cache_lock:
+        found = _cached.get((journey_id, version))
+    if found is not None:
+        return found
+    plan_json = connection.execute(
+        select(_PLAN_VERSIONS.c.plan_json).where(
+            _PLAN_VERSIONS.c.journey_id == journey_id, _PLAN_VERSIONS.c.version == version
+        )
+    ).scalar_one_or_none()
+    if plan_json is None:
+        return ()
+    return _remember(journey_id, version, plan_json)
+
+
+def _remember(journey_id: str, version: str, plan_json: str) -> tuple[GoalPlan, ...]:
+    try:
+        goals = goals_of(plan_json)
+    except (ValueError, ValidationError):
+        log.warning("stored plan %s@%s has unreadable goals; ignoring them", journey_id, version)
+        goals = ()
+    with _cache_lock:
+        _cached[(journey_id, version)] = goals
+    return goals
+
+
+def journey_goals(
+    connection: Connection, journey_id: str, version: str | None = None
+) -> dict[str, tuple[GoalPlan, ...]]:
+    """The goals of each stored version of a journey (of ``version`` only, if given)."""
+    statement = select(_PLAN_VERSIONS.c.version).where(_PLAN_VERSIONS.c.journey_id == journey_id)
+    if version is not None:
+        statement = statement.where(_PLAN_VERSIONS.c.version == version)
+    versions = connection.execute(statement).scalars().all()
+    return {v: plan_goals(connection, journey_id, v) for v in versions}
+
+
+# ----------------------------------------------------------------------------- recording
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A run an event may convert."""
+
+    run_id: str
+    journey_id: str
+    version: str
+    started_at: datetime
+
+
+_INSERT_KEYS = ["run_id", "goal"]
+
+
+class ConversionRecorder:
+    """Writes the event-goal conversions of stored events (`record`), in the caller's
+    transaction. One per process (the router's); safe to share between threads.
+
+    It knows which journeys have a goal on which event, over every stored version (runs
+    of an older version keep its goals), from the versions stored since its last look:
+    an event no goal names costs one indexed read of `plan_versions` and nothing else."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen_id = 0
+        # event name -> journey id -> the longest `within` of that event's goals (seconds)
+        self._by_event: dict[str, dict[str, int]] = {}
+
+    def record(self, connection: Connection, records: Iterable[EventRecord]) -> int:
+        """Record the conversions ``records`` (just stored, in this transaction) make;
+        how many rows were written or moved to an earlier event."""
+        tracked = [r for r in records if r.type == "track" and r.name]
+        if not tracked:
+            return 0
+        self._refresh(connection)
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        traits: dict[str, dict[str, Any]] = {}
+        for record in tracked:
+            journeys = self._by_event.get(record.name or "")
+            if not journeys:
+                continue
+            for row in self._conversions(connection, record, journeys, traits):
+                key = (row["run_id"], row["goal"])
+                if key not in rows or row["at"] < rows[key]["at"]:
+                    rows[key] = row
+        if rows:
+            connection.execute(_upsert(connection.dialect.name), list(rows.values()))
+        return len(rows)
+
+    def _refresh(self, connection: Connection) -> None:
+        rows = connection.execute(
+            select(
+                _PLAN_VERSIONS.c.id,
+                _PLAN_VERSIONS.c.journey_id,
+                _PLAN_VERSIONS.c.version,
+                _PLAN_VERSIONS.c.plan_json,
+            )
+            .where(_PLAN_VERSIONS.c.id > self._seen_id)
+            .order_by(_PLAN_VERSIONS.c.id)
+        ).all()
+        if not rows:
+            return
+        with self._lock:
+            by_event = {event: dict(found) for event, found in self._by_event.items()}
+            for row in rows:
+                for goal in _remember(row.journey_id, row.version, row.plan_json):
+                    if isinstance(goal, EventGoalPlan):
+                        journeys = by_event.setdefault(goal.event, {})
+                        longest = max(journeys.get(row.journey_id, 0), goal.within_seconds)
+                        journeys[row.journey_id] = longest
+            self._by_event = by_event
+            self._seen_id = max(self._seen_id, *(row.id for row in rows))
+
+    def _conversions(
+        self,
+        connection: Connection,
+        record: EventRecord,
+        journeys: Mapping[str, int],
+        traits: dict[str, dict[str, Any]],
+    ) -> list[dict[str, Any]]:
+        """The rows ``record`` converts: per run of the customer in those journeys that
+        entered at most the goal's `within` before it, each goal on it whose `when` holds."""
+        at = as_utc(record.timestamp)
+        parameters = {
+            "customer_id": record.customer_id,
+            "journeys": sorted(journeys),
+            "earliest": at - timedelta(seconds=max(journeys.values())),
+            "latest": at,
+        }
+        candidates = [
+            _Candidate(run_id, journey_id, version, as_utc(started_at))
+            for run_id, journey_id, version, started_at in connection.execute(
+                _CANDIDATES, parameters
+            )
+        ]
+        rows: list[dict[str, Any]] = []
+        context: dict[str, Any] | None = None
+        for run in candidates:
+            for goal in plan_goals(connection, run.journey_id, run.version):
+                if not isinstance(goal, EventGoalPlan) or goal.event != record.name:
+                    continue
+                if at > run.started_at + timedelta(seconds=goal.within_seconds):
+                    continue
+                if context is None:
+                    context = _context(connection, record, traits)
+                value = _reached(goal, run.journey_id, context)
+                if value is not None:
+                    rows.append(
+                        {
+                            "run_id": run.run_id,
+                            "goal": goal.key,
+                            "at": at,
+                            "value": value,
+                            "message_id": record.message_id,
+                        }
+                    )
+        return rows
+
+
+# The customer's runs of some journeys that entered in [earliest, latest]: read by the
+# runs' (customer, journey, key) index, a handful of rows per customer.
+_CANDIDATES = select(_RUNS.c.run_id, _RUNS.c.journey_id, _RUNS.c.version, _RUNS.c.started_at).where(
+    _RUNS.c.customer_id == bindparam("customer_id"),
+    _RUNS.c.journey_id.in_(bindparam("journeys", expanding=True)),
+    _RUNS.c.started_at >= bindparam("earliest"),
+    _RUNS.c.started_at <= bindparam("latest"),
+)
+
+
+def _upsert(dialect: str) -> Any:
+    """Insert a conversion; one there already stays, unless this event came earlier."""
+    insert = dialect_insert(dialect)(_CONVERSIONS)
+    return insert.on_conflict_do_update(
+        index_elements=_INSERT_KEYS,
+        set_={
+            "at": insert.excluded.at,
+            "value": insert.excluded.value,
+            "message_id": insert.excluded.message_id,
+        },
+        where=insert.excluded.at < _CONVERSIONS.c.at,
+    )
+
+
+def _context(
+    connection: Connection, record: EventRecord, traits: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """What a goal's `value` and `when` read (`engine.validator.GOAL_NAMES`)."""
+    if record.customer_id not in traits:
+        found = connection.execute(
+            select(_PROFILES.c.traits).where(_PROFILES.c.customer_id == record.customer_id)
+        ).scalar_one_or_none()
+        traits[record.customer_id] = dict(found) if isinstance(found, dict) else {}
+    profile = traits[record.customer_id]
+    return {
+        "event": dict(record.properties),
+        "profile": profile,
+        "customer": {
+            "id": record.customer_id,
+            "email": profile.get("email"),
+            "phone": profile.get("phone"),
+            "push_token": profile.get("push_token"),
+        },
+        "now": as_utc(record.timestamp).isoformat(),
+    }
+
+
+def _reached(goal: EventGoalPlan, journey_id: str, context: dict[str, Any]) -> float | None:
+    """The conversion's value if ``goal``'s `when` holds (None: it does not, or it
+    failed). A `value` that fails or is not a number gives 0; what failed is logged by
+    name only, never with the event's or the profile's values."""
+    timezone = context["profile"].get("timezone")
+    timezone = timezone if isinstance(timezone, str) and timezone else "UTC"
+    try:
+        if goal.when and not cached_expression(goal.when).evaluate(context, timezone=timezone):
+            return None
+    except (EvaluationError, ExpressionError) as error:
+        _log_failure(journey_id, goal, "when", error)
+        return None
+    if not goal.value:
+        return 0.0
+    try:
+        value = cached_expression(goal.value).evaluate(context, timezone=timezone)
+    except (EvaluationError, ExpressionError) as error:
+        _log_failure(journey_id, goal, "value", error)
+        return 0.0
+    if value is None:
+        return 0.0
+    number = _number(value)
+    if number is None:
+        log.warning(
+            "goal %s of journey %s: value is %s, not a number; recorded as 0",
+            goal.key,
+            journey_id,
+            type(value).__name__,
+        )
+        return 0.0
+    return number
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _log_failure(journey_id: str, goal: EventGoalPlan, part: str, error: Exception) -> None:
+    cause = error.__cause__ or error
+    log.warning(
+        "goal %s of journey %s: its %s failed (%s)%s",
+        goal.key,
+        journey_id,
+        part,
+        type(cause).__name__,
+        "; recorded as 0" if part == "value" else "; no conversion",
+    )
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _runs_filter(
+    *,
+    journey_id: str,
+    version: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    holdout: bool | None = None,
+) -> list[ColumnElement[bool]]:
+    """The runs of a journey (a version) that entered in [start, end)."""
+    conditions: list[ColumnElement[bool]] = [_RUNS.c.journey_id == journey_id]
+    if version is not None:
+        conditions.append(_RUNS.c.version == version)
+    if start is not None:
+        conditions.append(_RUNS.c.started_at >= as_utc(start))
+    if end is not None:
+        conditions.append(_RUNS.c.started_at < as_utc(end))
+    if holdout is not None:
+        conditions.append(_RUNS.c.holdout.is_(holdout))
+    return conditions
+
+
+def _outcome_goals(goals: Mapping[str, tuple[GoalPlan, ...]]) -> dict[str, list[str]]:
+    """For each version, the outcomes its goals count as conversions."""
+    return {
+        version: [g.outcome for g in found if isinstance(g, OutcomeGoalPlan)]
+        for version, found in goals.items()
+        if any(isinstance(g, OutcomeGoalPlan) for g in found)
+    }
+
+
+def _by_outcome(outcomes: Mapping[str, list[str]]) -> ColumnElement[bool]:
+    """A run whose version counts its outcome as a conversion."""
+    if not outcomes:
+        return false()
+    return or_(
+        *(
+            and_(_RUNS.c.version == version, _RUNS.c.outcome.in_(names))
+            for version, names in sorted(outcomes.items())
+        )
+    )
+
+
+def count_conversions(
+    connection: Connection,
+    *,
+    journey_id: str,
+    version: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    holdout: bool | None = None,
+) -> Conversions:
+    """The runs of ``journey_id`` (of ``version``; None: all) that entered in [start, end)
+    and converted: reached an event goal (a `run_conversions` row) or ended with an
+    outcome goal of their version. ``rate``: of the entries in that window; ``value``:
+    the summed values of their event-goal conversions. ``holdout``: only held-out runs
+    (True), only treated ones (False), or both (None)."""
+    conditions = _runs_filter(
+        journey_id=journey_id, version=version, start=start, end=end, holdout=holdout
+    )
+    entries, converted, value = connection.execute(
+        select(*_tallies(connection, journey_id, version)).where(*conditions)
+    ).one()
+    return _conversions(entries, converted, value)
+
+
+def conversions_by_arm(
+    connection: Connection,
+    *,
+    journey_id: str,
+    version: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    step_id: str,
+) -> dict[str, tuple[int, Conversions]]:
+    """For each arm of the split ``step_id``: the entries (in [start, end)) that were put
+    in it (`run_arms`) and their conversions, as `count_conversions` counts them."""
+    arms: Table = RunArm.__table__  # type: ignore[attr-defined]
+    conditions = _runs_filter(journey_id=journey_id, version=version, start=start, end=end)
+    rows = connection.execute(
+        select(arms.c.arm, *_tallies(connection, journey_id, version))
+        .select_from(
+            _RUNS.join(arms, and_(arms.c.run_id == _RUNS.c.run_id, arms.c.step_id == step_id))
+        )
+        .where(*conditions)
+        .group_by(arms.c.arm)
+    )
+    return {
+        arm: (int(entries), _conversions(entries, converted, value))
+        for arm, entries, converted, value in rows
+    }
+
+
+def _tallies(connection: Connection, journey_id: str, version: str | None) -> list[Any]:
+    """Entries, converted runs and their summed value, as columns over runs: a run's
+    conversions are read by the `run_conversions` key, its outcome from its row."""
+    by_outcome = _by_outcome(_outcome_goals(journey_goals(connection, journey_id, version)))
+    has_row = exists().where(_CONVERSIONS.c.run_id == _RUNS.c.run_id)
+    run_value = (
+        select(func.sum(_CONVERSIONS.c.value))
+        .where(_CONVERSIONS.c.run_id == _RUNS.c.run_id)
+        .scalar_subquery()
+    )
+    return [
+        func.count(),
+        func.coalesce(func.sum(case((or_(has_row, by_outcome), 1), else_=0)), 0),
+        func.coalesce(func.sum(func.coalesce(run_value, 0.0)), 0.0),
+    ]
+
+
+def _conversions(entries: Any, converted: Any, value: Any) -> Conversions:
+    return Conversions(
+        count=int(converted or 0),
+        rate=int(converted or 0) / int(entries) if entries else None,
+        value=float(value or 0.0),
+    )
+
+
+def conversions_by_run(
+    connection: Connection, run_ids: Iterable[str]
+) -> dict[str, tuple[datetime, float]]:
+    """For each of ``run_ids`` that converted: when it first did (an event goal's event,
+    or the run's end for an outcome goal) and the summed value of its conversions.
+    Runs that did not convert are left out."""
+    ids = sorted(set(run_ids))
+    found: dict[str, tuple[datetime, float]] = {}
+    for n in range(0, len(ids), _CHUNK):
+        chunk = ids[n : n + _CHUNK]
+        rows = connection.execute(
+            select(
+                _CONVERSIONS.c.run_id, func.min(_CONVERSIONS.c.at), func.sum(_CONVERSIONS.c.value)
+            )
+            .where(_CONVERSIONS.c.run_id.in_(chunk))
+            .group_by(_CONVERSIONS.c.run_id)
+        )
+        for run_id, at, value in rows:
+            found[run_id] = (as_utc(at), float(value or 0.0))
+        ended = connection.execute(
+            select(
+                _RUNS.c.run_id,
+                _RUNS.c.journey_id,
+                _RUNS.c.version,
+                _RUNS.c.outcome,
+                _RUNS.c.ended_at,
+            ).where(
+                _RUNS.c.run_id.in_(chunk),
+                _RUNS.c.outcome.is_not(None),
+                _RUNS.c.ended_at.is_not(None),
+            )
+        )
+        for run_id, journey_id, version, outcome, ended_at in ended:
+            goals = plan_goals(connection, journey_id, version)
+            if any(isinstance(g, OutcomeGoalPlan) and g.outcome == outcome for g in goals):
+                at, value = found.get(run_id, (as_utc(ended_at), 0.0))
+                found[run_id] = (min(at, as_utc(ended_at)), value)
+    return found
+
+
+def send_attributed(
+    connection: Connection,
+    *,
+    journey_id: str,
+    version: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    within_by_goal: Mapping[str, int | None] | None = None,
+) -> dict[tuple[str, str], int]:
+    """Per (send step id, channel): the conversions of runs that entered in [start, end)
+    that came within their goal's window (seconds) after a send of that step on that
+    channel was sent. A conversion counts once per step and channel, however many
+    times the run was sent it.
+
+    ``within_by_goal``: the window per goal key (None as a window: any time after the
+    send); None: each version's own goals, event goals by their `within`, outcome goals
+    (the run's end) with no limit. A goal not in it is not attributed."""
+    windows = _windows(connection, journey_id, version, within_by_goal)
+    if not windows:
+        return {}
+    conditions = _runs_filter(journey_id=journey_id, version=version, start=start, end=end)
+    dialect = connection.dialect.name
+    sent = [
+        _DELIVERIES.c.run_id == _RUNS.c.run_id,
+        _DELIVERIES.c.sent_at.is_not(None),
+        _DELIVERIES.c.channel.is_not(None),
+    ]
+    parts: list[Any] = []
+    event_windows = [w for w in windows if not w.outcome]
+    if event_windows:
+        at = _CONVERSIONS.c.at
+        parts.append(
+            select(
+                _RUNS.c.run_id, _CONVERSIONS.c.goal, _DELIVERIES.c.step_id, _DELIVERIES.c.channel
+            )
+            .select_from(_RUNS)
+            .join(_CONVERSIONS, _CONVERSIONS.c.run_id == _RUNS.c.run_id)
+            .join(_DELIVERIES, and_(*sent))
+            .where(
+                *conditions,
+                _DELIVERIES.c.sent_at <= at,
+                or_(
+                    *(_window(w, _CONVERSIONS.c.goal == w.key, at, dialect) for w in event_windows)
+                ),
+            )
+        )
+    for w in (w for w in windows if w.outcome):
+        at = _RUNS.c.ended_at
+        parts.append(
+            select(
+                _RUNS.c.run_id,
+                literal(w.key).label("goal"),
+                _DELIVERIES.c.step_id,
+                _DELIVERIES.c.channel,
+            )
+            .select_from(_RUNS)
+            .join(_DELIVERIES, and_(*sent))
+            .where(
+                *conditions,
+                at.is_not(None),
+                _DELIVERIES.c.sent_at <= at,
+                _window(w, _RUNS.c.outcome == w.outcome, at, dialect),
+            )
+        )
+    attributed = union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
+    distinct = (
+        select(attributed.c.run_id, attributed.c.goal, attributed.c.step_id, attributed.c.channel)
+        .distinct()
+        .subquery()
+    )
+    rows = connection.execute(
+        select(distinct.c.step_id, distinct.c.channel, func.count())
+        .group_by(distinct.c.step_id, distinct.c.channel)
+        .order_by(distinct.c.step_id, distinct.c.channel)
+    )
+    return {(step_id, channel): int(count) for step_id, channel, count in rows}
+
+
+@dataclass(frozen=True)
+class _Window:
+    """One goal's attribution window: its key, its version (None: any), the outcome of an
+    outcome goal (None: an event goal), and its length (None: no limit)."""
+
+    key: str
+    version: str | None
+    outcome: str | None
+    seconds: int | None
+
+
+def _windows(
+    connection: Connection,
+    journey_id: str,
+    version: str | None,
+    within_by_goal: Mapping[str, int | None] | None,
+) -> list[_Window]:
+    goals = journey_goals(connection, journey_id, version)
+    windows: set[_Window] = set()
+    for goal_version, found in goals.items():
+        for goal in found:
+            outcome = goal.outcome if isinstance(goal, OutcomeGoalPlan) else None
+            if within_by_goal is not None:
+                if goal.key not in within_by_goal:
+                    continue
+                windows.add(_Window(goal.key, None, outcome, within_by_goal[goal.key]))
+            else:
+                seconds = goal.within_seconds if isinstance(goal, EventGoalPlan) else None
+                windows.add(_Window(goal.key, goal_version, outcome, seconds))
+    return sorted(windows, key=lambda w: (w.key, w.version or "", w.seconds or 0))
+
+
+def _window(
+    window: _Window, is_goal: ColumnElement[bool], at: Any, dialect: str
+) -> ColumnElement[bool]:
+    """The goal's conversion came at most ``window.seconds`` after the send."""
+    conditions = [is_goal]
+    if window.version is not None:
+        conditions.append(_RUNS.c.version == window.version)
+    if window.seconds is not None:
+        elapsed = _seconds_between(at, _DELIVERIES.c.sent_at, dialect)
+        conditions.append(elapsed <= window.seconds)
+    return and_(*conditions)
+
+
+def _seconds_between(later: Any, earlier: Any, dialect: str) -> Any:
+    """``later - earlier`` in seconds, in SQL (SQLite keeps times as text)."""
+    if dialect == "sqlite":
+        return (func.julianday(later) - func.julianday(earlier)) * 86400.0
+    return func.extract("epoch", later - earlier)
