@@ -105,7 +105,7 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-_SAME_WHEN_EQUAL = ("name", "description", "entry", "exit_on", "settings", "start")
+_SAME_WHEN_EQUAL = ("name", "description", "entry", "exit_on", "goals", "settings", "start")
 
 
 def diff_plans(new: Plan, active: Plan) -> JourneyDiff:

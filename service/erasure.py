@@ -18,7 +18,7 @@ is finished by asking again):
      customer segment too): `runs` (open ones end with status ``exited``, outcome
      ``erased``; path details emptied), `deliveries` (no recipient hash or mask, no
      reason), `review_tasks` (no title, details, note or case; open ones ``closed``),
-     `cap_reservations`; `review_audit` notes and reasons of their tasks are emptied;
+     `cap_reservations`, `run_conversions` (no message id); `review_audit` notes and reasons of their tasks are emptied;
    - an audit entry ``customer.erased`` with who asked and the counts (the audit log
      names customers by pseudonym only, so no entry needs changing and the chain still
      verifies);
@@ -62,6 +62,7 @@ from engine.database import (
     ReviewAudit,
     ReviewTask,
     Run,
+    RunConversion,
     RunPathEntry,
     Suppression,
     dialect_insert,
@@ -90,6 +91,7 @@ _REVIEWS: Table = ReviewTask.__table__  # type: ignore[attr-defined]
 _REVIEW_AUDIT: Table = ReviewAudit.__table__  # type: ignore[attr-defined]
 _CAPS: Table = CapReservation.__table__  # type: ignore[attr-defined]
 _KEYS: Table = CustomerKey.__table__  # type: ignore[attr-defined]
+_CONVERSIONS: Table = RunConversion.__table__  # type: ignore[attr-defined]
 
 _CHANNELS = ("email", "sms", "push")
 
@@ -316,6 +318,14 @@ def _pseudonymize_runs(connection: Connection, customer_id: str, ref: str, count
         counts.add(
             "run_backlog",
             connection.execute(delete(_BACKLOG).where(_BACKLOG.c.run_id.in_(run_ids))).rowcount,
+        )
+        counts.add(
+            "run_conversions",
+            connection.execute(
+                update(_CONVERSIONS)
+                .where(_CONVERSIONS.c.run_id.in_(run_ids))
+                .values(message_id=None)
+            ).rowcount,
         )
         counts.add(
             "run_path",

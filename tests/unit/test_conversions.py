@@ -430,3 +430,27 @@ def test_conversions_by_arm_counts_each_arms_entries_and_conversions(
         "a": (2, Conversions(count=0, rate=0.0, value=0.0)),
         "b": (2, Conversions(count=1, rate=0.5, value=30.0)),
     }
+
+
+def test_an_event_only_a_goal_names_is_listened_to(tmp_path: Path) -> None:
+    """An event no journey enters, waits or exits on, but one counts as its goal, is not
+    `unrouted` (nor refused by `?strict=true`): it converts runs."""
+    from service.api.routes.events import listened_events
+
+    db = fresh_engine(tmp_path)
+    deploy(
+        db,
+        """
+version: 1
+events:
+  signed_up: {}
+  renewed: {amount: number}
+journeys:
+  - id: welcome
+    entry: {event: signed_up}
+    goals: [{event: renewed, within: 30d, value: event.amount}]
+    steps:
+      - {id: pause, wait: 7d}
+""",
+    )
+    assert listened_events(db) == frozenset({"signed_up", "renewed"})

@@ -38,7 +38,7 @@ from sqlalchemy.engine import Engine
 
 from engine.database import EventRecord, PlanVersion
 from engine.durations import format_duration
-from engine.plan import Plan
+from engine.plan import EventGoalPlan, Plan
 from engine.settings import RuntimeSettings
 from engine.timestamps import utcnow
 from service.api.deps import SCOPE_REFUSED, EventRouterDep, SettingsDep, require_ingest
@@ -161,8 +161,8 @@ _LISTENED_LOCK = threading.Lock()
 
 def listened_events(db: Engine) -> frozenset[str]:
     """The event names some journey listens to: the active versions' entry events, and
-    what the runs of every stored version wait for or exit on (a run of a superseded
-    version still hears them, as `EventRouter` routes them). Blocking: one small read,
+    what the runs of every stored version wait for, exit on or count as a goal (a run of
+    a superseded version still hears them, as `EventRouter` routes them). Blocking: one small read,
     plus each version's plan the first time it is seen."""
     with _LISTENED_LOCK:
         cache = _LISTENED.setdefault(db, _Listened())
@@ -194,7 +194,8 @@ def _listens_to(plan_json: str) -> tuple[str, frozenset[str]]:
         plan = Plan.model_validate_json(plan_json)
     except ValueError:
         return "", frozenset()  # the router logs it; it routes nothing either
-    return plan.entry.event, frozenset(plan.correlations())
+    goals = {goal.event for goal in plan.goals if isinstance(goal, EventGoalPlan)}
+    return plan.entry.event, frozenset(plan.correlations()) | goals  # goals: they convert
 
 
 # ----------------------------------------------------------------------------- checks
