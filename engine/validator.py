@@ -31,6 +31,7 @@ from engine.compiler import compile_step
 from engine.durations import parse_duration
 from engine.loader import LoadedDocument
 from engine.plan import CORRELATE_NONE
+from engine.stats_models import RESERVED_ARM_NAMES
 from engine.successors import Successor, successors
 from engine.tables import gaps, overlapping
 from engine.typecheck import (
@@ -1427,6 +1428,14 @@ class _JourneyChecker:
                 "split",
                 self.step_path(position, "paths"),
                 f"paths: must name exactly the split's arms: {_arm_mismatch(step)}",
+            )
+        for arm in sorted(set(step.split) & RESERVED_ARM_NAMES):
+            self.c.add(
+                "split",
+                (*self.step_path(position, "split"), arm),
+                f"arm name {arm!r} is taken: a split's results name "
+                f"{', '.join(sorted(RESERVED_ARM_NAMES))} beside its arms",
+                hint="call the arm something else",
             )
 
     def _check_conditions(

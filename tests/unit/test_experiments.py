@@ -343,3 +343,18 @@ def test_symmetric_arms_give_p_1_and_the_order_of_arms_does_not_change_p(
     three = compare({"a": first, "b": second, "c": third}).p_value
     swapped = compare({"c": third, "a": first, "b": second}).p_value
     assert (three is None and swapped is None) or three == pytest.approx(swapped, rel=1e-9)
+
+
+def test_a_split_arm_may_not_take_a_result_keys_name() -> None:
+    """A split's results put its arms beside p_value, winner, ...: an arm so named would
+    be overwritten, so the validator refuses it, at the arm."""
+    from engine.catalog import build_catalog_from_text
+
+    catalog = build_catalog_from_text(
+        "version: 1\nevents:\n  e: {}\njourneys:\n  - id: j\n    entry: {event: e}\n"
+        "    steps:\n      - id: s\n        split: {winner: 50, b: 50}\n"
+        "        paths: {winner: x, b: x}\n      - id: x\n        wait: 1d\n"
+    )
+    (violation,) = catalog.violations
+    assert "arm name 'winner' is taken" in violation.format()
+    assert violation.format().startswith("journeys.yaml:9:")
