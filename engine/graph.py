@@ -514,9 +514,9 @@ def _svg_head(plan: p.Plan, width: float, height: float, counted: bool) -> list[
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
         f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="Helvetica, Arial, sans-serif" '
         f'font-size="12" class="journey-map" data-counts="{"yes" if counted else "no"}">',
-        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
-        'markerHeight="7" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" '
-        'fill="#555"/></marker></defs>',
+        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="9" '
+        'markerHeight="9" markerUnits="userSpaceOnUse" orient="auto-start-reverse">'
+        '<path d="M 0 0 L 10 5 L 0 10 z" fill="#555"/></marker></defs>',
         '<rect width="100%" height="100%" fill="white"/>',
         f'<text x="{margin}" y="{margin + 4}" font-size="16" font-weight="bold">'
         f"{escape(plan.name or plan.journey_id)}</text>",

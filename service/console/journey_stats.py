@@ -169,7 +169,7 @@ def _overdue_reviews(db: Engine, now: datetime) -> dict[str, dict[str, int]]:
 
 
 def _funnel_spec(funnel: FunnelStats) -> dict[str, Any]:
-    values = [
+    values: list[dict[str, Any]] = [
         {"order": 0, "step": "entered", "reached": funnel.entries, "rate": 1.0},
         *(
             {
@@ -184,11 +184,16 @@ def _funnel_spec(funnel: FunnelStats) -> dict[str, Any]:
     return {
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
         "description": "Funnel: runs that entered and reached each step in turn",
-        "width": 520,
+        "width": 440,
         "height": {"step": 26},
         "data": {"values": values},
         "encoding": {
-            "y": {"field": "step", "type": "nominal", "sort": {"field": "order"}, "title": None},
+            "y": {
+                "field": "step",
+                "type": "nominal",
+                "sort": [v["step"] for v in values],
+                "title": None,
+            },
             "x": {"field": "reached", "type": "quantitative", "title": "runs"},
         },
         "layer": [
@@ -220,9 +225,10 @@ def _trend_spec(days: list[Day], *, small: bool = False) -> dict[str, Any]:
                 "type": "nominal",
                 "scale": {"domain": ["entries", "conversions"], "range": ["#1565c0", "#2e7d32"]},
                 "title": None,
+                "legend": {"orient": "bottom"},
             },
         },
-        "width": 520,
+        "width": 480,
         "height": 180,
     }
     if small:
