@@ -12,7 +12,7 @@ from html import escape
 from typing import Any, assert_never
 
 from grandalf.graphs import Edge as GEdge
-from grandalf.graphs import Graph, Vertex
+from grandalf.graphs import Vertex, graph_core
 from grandalf.layouts import SugiyamaLayout
 
 from engine import plan as p
@@ -331,21 +331,22 @@ def layout(plan: p.Plan, *, box_height: float = _BOX_H) -> MapLayout:
             link = GEdge(vertices[edge.source], vertices[edge.target])
             link.view = _EdgeView()
             links.append((edge, link))
-    graph = Graph(list(vertices.values()), [link for _, link in links])
-
-    chains: dict[int, list[tuple[float, float]]] = {}  # id(link) -> points, source first
+    chains: dict[int, list[_Point]] = {}  # id(link) -> points, source first
     offset = float(_MARGIN)
-    for component in graph.C:  # side by side, in the order grandalf found them
-        offset = _place(component, plan.start, [link for _, link in links], offset, chains)
+    for members, inside in _components(nodes, links):  # side by side, the start's first
+        component = graph_core([vertices[n] for n in members], inside)
+        offset = _place(component, plan.start, inside, offset, chains)
 
     boxes = {
         node: Box(node, v.view.xy[0], v.view.xy[1], v.view.w, v.view.h)
         for node, v in vertices.items()
     }
-    ports = _ports(boxes, [(id(link), edge, chains[id(link)]) for edge, link in links])
+    # Keyed by the edge's place in the plan: ties in a side's order are broken the same
+    # way every time.
+    ports = _ports(boxes, [(i, edge, chains[id(link)]) for i, (edge, link) in enumerate(links)])
     routes = []
-    for edge, link in links:
-        tail, head = ports[(id(link), "tail")], ports[(id(link), "head")]
+    for i, (edge, link) in enumerate(links):
+        tail, head = ports[(i, "tail")], ports[(i, "head")]
         routes.append(_route(edge, chains[id(link)], tail, head, boxes))
     routes += [_self_loop(edge, boxes[edge.source]) for edge in edges if edge.source == edge.target]
     routes = _stagger_labels(routes)
@@ -354,12 +355,41 @@ def layout(plan: p.Plan, *, box_height: float = _BOX_H) -> MapLayout:
     return MapLayout(boxes=boxes, routes=routes, width=max(width, 560.0), height=height)
 
 
+_Point = tuple[float, float, float]
+"""A point an edge goes through: x, y, and half the height of its rank's band (a dummy's
+vertical run crosses the whole band)."""
+
+
+def _components(
+    nodes: list[str], links: list[tuple[Edge, GEdge]]
+) -> list[tuple[list[str], list[GEdge]]]:
+    """The map's connected parts, each its nodes and edges in plan order. Built here, not
+    by grandalf's `Graph`, which collects a part's edges in a set: its order, and so the
+    layout, would change from one run to the next."""
+    part = {node: node for node in nodes}
+
+    def root(node: str) -> str:
+        while part[node] != node:
+            part[node] = part[part[node]]
+            node = part[node]
+        return node
+
+    for edge, _ in links:
+        part[root(edge.source)] = root(edge.target)
+    found: dict[str, tuple[list[str], list[GEdge]]] = {}
+    for node in nodes:
+        found.setdefault(root(node), ([], []))[0].append(node)
+    for edge, link in links:
+        found[root(edge.source)][1].append(link)
+    return list(found.values())
+
+
 def _place(
     component: Any,
     start: str,
     links: list[GEdge],
     offset: float,
-    chains: dict[int, list[tuple[float, float]]],
+    chains: dict[int, list[_Point]],
 ) -> float:
     """Lay one connected part of the map out from ``offset`` (its left edge); record each
     of its edges' points (source, dummies, target) in ``chains``; return where the next
@@ -376,19 +406,23 @@ def _place(
     _keep_apart(sugiyama.layers)
     left = min(v.view.xy[0] - v.view.w / 2 for layer in sugiyama.layers for v in layer)
     right = max(v.view.xy[0] + v.view.w / 2 for layer in sugiyama.layers for v in layer)
-    for layer in sugiyama.layers:
+    half: dict[int, float] = {}
+    for rank, layer in enumerate(sugiyama.layers):
         y = layer[0].view.xy[1] + _TOP
+        half[rank] = max(v.view.h for v in layer) / 2
         for v in layer:
             v.view.xy = (v.view.xy[0] + offset - left, y)
+
+    def point(v: Any, rank: int) -> _Point:
+        return (v.view.xy[0], v.view.xy[1], half[rank])
+
     for link in links:
-        if link not in component.sE:
-            continue
         ranks = sugiyama.ctrls.get(link)
         source, target = link.v
         r0, r1 = sugiyama.grx[source].rank, sugiyama.grx[target].rank
         step = 1 if r1 > r0 else -1
-        middle = [ranks[r].view.xy for r in range(r0 + step, r1, step)] if ranks else []
-        chains[id(link)] = [source.view.xy, *middle, target.view.xy]
+        middle = [point(ranks[r], r) for r in range(r0 + step, r1, step)] if ranks else []
+        chains[id(link)] = [point(source, r0), *middle, point(target, r1)]
     return float(offset + right - left + 2 * _GAP_X + _LOOP)
 
 
@@ -417,7 +451,7 @@ def _keep_apart(layers: list[list[Any]]) -> None:
 
 
 def _ports(
-    boxes: dict[str, Box], chains: list[tuple[int, Edge, list[tuple[float, float]]]]
+    boxes: dict[str, Box], chains: list[tuple[int, Edge, list[_Point]]]
 ) -> dict[tuple[int, str], tuple[float, float]]:
     """Where each edge leaves its source and enters its target: spread along the side it
     goes out of (downwards: the bottom; a loop back upwards: the top), in the order of
@@ -445,18 +479,17 @@ def _ports(
 
 def _route(
     edge: Edge,
-    chain: list[tuple[float, float]],
+    chain: list[_Point],
     tail: tuple[float, float],
     head: tuple[float, float],
     boxes: dict[str, Box],
 ) -> Route:
     """The edge through its chain: out of the tail port, through each dummy's column
-    (a vertical line across the rank), into the head port; between two ranks a curve
+    (a vertical line across its rank's whole band), into the head port; between two ranks a curve
     with vertical ends whose control points stay in the gap."""
     down = chain[-1][1] > chain[0][1]
-    half = _DUMMY_H / 2
     stops: list[tuple[tuple[float, float], tuple[float, float]]] = [(tail, tail)]
-    for x, y in chain[1:-1]:
+    for x, y, half in chain[1:-1]:
         near, far = (y - half, y + half) if down else (y + half, y - half)
         stops.append(((x, near), (x, far)))
     stops.append((head, head))

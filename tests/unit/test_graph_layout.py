@@ -46,8 +46,8 @@ def synthetic_steps(count: int = 30) -> str:
     return "\n".join(lines)
 
 
-def synthetic_plan() -> p.Plan:
-    catalog = check(journey_doc(synthetic_steps()))
+def synthetic_plan(count: int = 30) -> p.Plan:
+    catalog = check(journey_doc(synthetic_steps(count)))
     assert not errors(catalog), errors(catalog)
     return catalog.plans["j"]
 
@@ -62,6 +62,7 @@ PLANS = {
     "payment_recovery": lambda: example("payment_recovery"),
     "onboarding": lambda: example("onboarding"),
     "synthetic_30": synthetic_plan,
+    "synthetic_120": lambda: synthetic_plan(120),
 }
 
 
@@ -276,3 +277,15 @@ def test_counts_from_journey_stats() -> None:
 def test_the_plain_map_has_no_counts() -> None:
     svg = to_svg(example("onboarding"))
     assert 'data-counts="no"' in svg and "data-reached" not in svg and "legend" not in svg
+
+
+def test_the_drawing_is_the_same_every_time() -> None:
+    """The same plan, the same SVG (no set or object-address order leaks into it): a
+    diff of two `journeys graph` outputs shows only what changed in the journey."""
+    plan = example("payment_recovery")
+    drawings = set()
+    for _ in range(5):
+        ballast = [object() for _ in range(1000)]  # other addresses for the next objects
+        drawings.add(to_svg(plan))
+        del ballast
+    assert len(drawings) == 1
