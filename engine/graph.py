@@ -546,7 +546,9 @@ def _svg_head(plan: p.Plan, width: float, height: float, counted: bool) -> list[
     return [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
         f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="Helvetica, Arial, sans-serif" '
-        f'font-size="12" class="journey-map" data-counts="{"yes" if counted else "no"}">',
+        f'font-size="12" class="journey-map" data-counts="{"yes" if counted else "no"}" '
+        f'role="img" aria-label="Journey map of {escape(plan.journey_id)}">',
+        f"<title>{escape(plan.name or plan.journey_id)}: journey map</title>",
         '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="9" '
         'markerHeight="9" markerUnits="userSpaceOnUse" orient="auto-start-reverse">'
         '<path d="M 0 0 L 10 5 L 0 10 z" fill="#555"/></marker></defs>',

@@ -58,9 +58,20 @@ router = APIRouter(prefix="/console", include_in_schema=False)
 # ----------------------------------------------------------------------------- the numbers
 
 
+NO_NUMBERS = "The journey numbers are not available: this build has no engine.stats."
+
+
 def _stats_module() -> Any:
     """`engine.stats`, imported when first needed (the console starts without it)."""
     return importlib.import_module("engine.stats")
+
+
+def _has_numbers() -> bool:
+    try:
+        _stats_module()
+    except ImportError:
+        return False
+    return True
 
 
 async def _call(function: Any, *args: Any, **kwargs: Any) -> Any:
@@ -299,6 +310,8 @@ async def overview_page(request: Request, db: DatabaseDep) -> Response:
     viewer = await _signed_in(request, PERMISSION)
     if isinstance(viewer, Response):
         return viewer
+    if not _has_numbers():
+        return _refusal(request, viewer, 503, NO_NUMBERS)
     now = utcnow()
     start = now - timedelta(days=OVERVIEW_DAYS)
     plans = await asyncio.to_thread(_active_plans, db)
@@ -388,6 +401,8 @@ async def journey_page(
     viewer = await _signed_in(request, PERMISSION)
     if isinstance(viewer, Response):
         return viewer
+    if not _has_numbers():
+        return _refusal(request, viewer, 503, NO_NUMBERS)
     journey_id = journey_id[:100]
     versions = await asyncio.to_thread(_plan_versions, db, journey_id)
     if not versions:

@@ -383,6 +383,22 @@ async def test_the_overview_shows_each_journey_and_the_alerts(
     assert whole and all(c["end"] - c["start"] == timedelta(days=7) for c in whole)
 
 
+async def test_without_the_stats_module_the_pages_say_so(
+    database_url: str, db: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Until `engine.stats` is there (or were it missing from a build): a 503 that says
+    why, not an error page; the rest of the console works."""
+    monkeypatch.setitem(sys.modules, "engine.stats", None)  # import raises ImportError
+    deploy(db)
+    async with signed_in(database_url, db, role="admin", client=NoTemporal()) as http:
+        overview = await http.get("/console/stats")
+        journey = await http.get(STATS_PAGE)
+        runs = await http.get("/console/runs")
+    assert overview.status_code == 503 and journey.status_code == 503
+    assert "this build has no engine.stats" in overview.text
+    assert runs.status_code == 200
+
+
 async def test_the_chart_scripts_are_served_and_the_policy_has_no_eval(
     database_url: str, db: Engine, stand_in: StandIn
 ) -> None:
