@@ -42,6 +42,7 @@ Permission = Literal[
     "view_message_content",
     "preview_templates",
     "view_audit",
+    "view_stats",
 ]
 
 _PERMISSIONS: dict[str, frozenset[Permission]] = {
@@ -53,22 +54,35 @@ _PERMISSIONS: dict[str, frozenset[Permission]] = {
             "view_message_content",
             "preview_templates",
             "view_audit",
+            "view_stats",
         }
     ),
     "designer": frozenset(
-        {"view_runs", "view_messages", "view_message_content", "preview_templates"}
+        {"view_runs", "view_messages", "view_message_content", "preview_templates", "view_stats"}
     ),
     "ops": frozenset({"view_reviews", "decide_reviews", "view_runs", "view_messages"}),
-    "supervisor": frozenset({"view_reviews", "decide_reviews", "view_runs", "view_messages"}),
+    "supervisor": frozenset(
+        {"view_reviews", "decide_reviews", "view_runs", "view_messages", "view_stats"}
+    ),
     "auditor": frozenset(
-        {"view_reviews", "view_runs", "view_messages", "view_message_content", "view_audit"}
+        {
+            "view_reviews",
+            "view_runs",
+            "view_messages",
+            "view_message_content",
+            "view_audit",
+            "view_stats",
+        }
     ),
 }
 """Only ops and supervisors decide; admins manage users (from the CLI), they do not decide.
 A captured message's subject and body hold the customer's real data (a send renders the
 real profile and event): only admins, designers and auditors see them; ops and
 supervisors see who got what, when, on which channel, and the recipient masked. Designers
-and admins preview templates (the console's journeys pages) with values they type."""
+and admins preview templates (the console's journeys pages) with values they type. The
+journeys' numbers (`view_stats`: overview, journey pages) are for those who change or
+answer for journeys: admins, designers, supervisors (CX leads) and auditors; ops work
+the review queue and open single runs."""
 
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 200

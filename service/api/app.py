@@ -67,6 +67,7 @@ from service.api.routes import (
 )
 from service.console.audit import router as console_audit_router
 from service.console.auth import SessionKeys
+from service.console.journey_stats import router as console_stats_router
 from service.console.journeys import router as console_journeys_router
 from service.console.routes import router as console_router
 from service.console.runs import router as console_runs_router
@@ -228,6 +229,7 @@ def create_app(settings: RuntimeSettings | None = None, *, client: Client | None
     app.include_router(console_router)
     app.include_router(console_runs_router)
     app.include_router(console_journeys_router)
+    app.include_router(console_stats_router)
     app.include_router(console_audit_router)
     app.state.session_keys = SessionKeys.from_secret(
         settings.secret_key, public_url=settings.public_url
