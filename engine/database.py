@@ -131,17 +131,18 @@ class Run(SQLModel, table=True):
         Index("ix_runs_customer_entry", "customer_id", "journey_id", "key"),
         # The console's runs list pages newest first (revision 0006).
         Index("ix_runs_started", "started_at", "run_id"),
-        # A journey's numbers (`engine.stats`, revision 0011): its runs that entered in a
-        # window, counted by status, step and outcome from the index alone (covering).
+        # A journey's numbers (`engine.stats`, revision 0011): its runs counted by status,
+        # step and outcome from the index alone (covering), in the index's order (no sort:
+        # 115 -> 16 ms for 120,000 runs on SQLite), the window and version read from it.
         Index(
-            "ix_runs_journey_started",
+            "ix_runs_journey_status",
             "journey_id",
-            "started_at",
-            "version",
             "status",
             "step",
             "outcome",
             "holdout",
+            "version",
+            "started_at",
         ),
     )
 
@@ -232,6 +233,19 @@ class StepRollup(SQLModel, table=True):
     it); read by `engine.stats`, which sums hours instead of reading every path row."""
 
     __tablename__ = "step_rollup"
+    # Summed by step, metric and bucket from the index alone, in its order (no sort).
+    __table_args__ = (
+        Index(
+            "ix_step_rollup_sum",
+            "journey_id",
+            "step",
+            "metric",
+            "bucket",
+            "hour",
+            "version",
+            "count",
+        ),
+    )
 
     journey_id: str = Field(primary_key=True, max_length=100)
     hour: datetime = Field(primary_key=True)

@@ -3,7 +3,7 @@
 
 Over the runs of a journey (one version, or all) that entered in [start, end):
 
-- from the `runs` table (``ix_runs_journey_started`` covers the query): entries, runs
+- from the `runs` table (``ix_runs_journey_status`` covers the query): entries, runs
   active now, ends by outcome, per step the runs waiting there now (running, their
   current step) and those that left there (ended with it as their last step), and the
   holdout's arms (``control``: held out, ``treated``);
@@ -308,35 +308,38 @@ def _reviews(
     start: datetime | None,
     end: datetime | None,
 ) -> dict[str, ReviewStats]:
-    query = _window(
-        select(
-            _REVIEWS.c.step_id,
-            _REVIEWS.c.status,
-            _REVIEWS.c.decision,
-            _REVIEWS.c.escalated,
-            _REVIEWS.c.created_at,
-            _REVIEWS.c.decided_at,
-        ).join(_RUNS, _RUNS.c.run_id == _REVIEWS.c.run_id),
-        journey_id,
-        version,
-        start,
-        end,
-    )
+    # Driven by the journey's tasks (their own index), each task's run read by its key:
+    # not by the journey's runs, of which there are many more. Hence no runs.journey_id
+    # here (it would offer SQLite, which keeps no statistics, the runs index to start from).
+    query = select(
+        _REVIEWS.c.step_id,
+        _REVIEWS.c.status,
+        _REVIEWS.c.decision,
+        _REVIEWS.c.escalated,
+        _seconds(connection, _REVIEWS.c.created_at, _REVIEWS.c.decided_at),
+    ).where(_REVIEWS.c.journey_id == journey_id)
+    if version is not None or start is not None or end is not None:
+        query = query.join(_RUNS, _RUNS.c.run_id == _REVIEWS.c.run_id)
+        if version is not None:
+            query = query.where(_RUNS.c.version == version)
+        if start is not None:
+            query = query.where(_RUNS.c.started_at >= start)
+        if end is not None:
+            query = query.where(_RUNS.c.started_at < end)
     opened: Counter[str] = Counter()
     decided: dict[str, Counter[str]] = defaultdict(Counter)
     escalated: Counter[str] = Counter()
     expired: Counter[str] = Counter()
     waits: dict[str, list[float]] = defaultdict(list)
-    for step, status, decision, was_escalated, created_at, decided_at in connection.execute(query):
+    for step, status, decision, was_escalated, seconds in connection.execute(query):
         opened[step] += 1
         escalated[step] += bool(was_escalated)
         if status == "expired":
             expired[step] += 1
         if status == "decided" and decision:
             decided[step][decision] += 1
-            if decided_at is not None and created_at is not None:
-                seconds = (as_utc(decided_at) - as_utc(created_at)).total_seconds()
-                waits[step].append(max(0.0, seconds))
+            if seconds is not None:
+                waits[step].append(max(0.0, float(seconds)))
     return {
         step: ReviewStats(
             opened=opened[step],
@@ -348,6 +351,14 @@ def _reviews(
         )
         for step in sorted(opened)
     }
+
+
+def _seconds(connection: Connection, first: Any, then: Any) -> Any:
+    """Seconds from ``first`` to ``then`` computed by the database (NULL when either is):
+    reading the times would parse two datetimes a row on SQLite."""
+    if connection.dialect.name == "sqlite":
+        return (func.julianday(then) - func.julianday(first)) * 86400.0
+    return func.extract("epoch", then - first)
 
 
 def _nearest_rank(values: list[float], q: float) -> float | None:

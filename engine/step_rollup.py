@@ -384,7 +384,7 @@ def path_counts(
         )
         .join(_RUNS, _RUNS.c.run_id == _PATH.c.run_id)
         .where(
-            _RUNS.c.journey_id == journey_id,
+            _journey_unindexed(connection, journey_id),
             _RUNS.c.started_at >= start,
             _RUNS.c.started_at < end,
         )
@@ -396,6 +396,17 @@ def path_counts(
     for _first, rows in _runs_paths(connection.execute(query)):
         counts.update(full_counts(rows))
     return counts
+
+
+def _journey_unindexed(connection: Connection, journey_id: str) -> Any:
+    """``runs.journey_id = journey_id``, on SQLite in a form no index serves: SQLite keeps
+    no statistics and would read every run of the journey by the journey's index rather
+    than the hour's runs by `ix_runs_started` (measured: 60-85 ms against 1-2 ms with
+    120,000 runs). PostgreSQL chooses by its statistics."""
+    column = _RUNS.c.journey_id
+    if connection.dialect.name == "sqlite":
+        return column.op("||")("") == journey_id
+    return column == journey_id
 
 
 _BACKFILL_PAGE = 500

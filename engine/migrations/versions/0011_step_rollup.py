@@ -9,8 +9,8 @@ a count (`engine.step_rollup`): runs that reached the step, moves from it to the
 step, time spent there (log-spaced buckets), send results. The engine keeps it in the
 transaction that writes path rows; this revision fills it from the `run_path` rows already
 stored (every path read once, by run: on a large table run `journeys db upgrade` at a
-quiet hour). ``ix_runs_journey_started`` lets the runs of a journey that entered in a
-window be counted from the index alone; ``ix_run_path_run_step`` answers "had this run
+quiet hour). ``ix_runs_journey_status`` lets a journey's runs be counted by status, step
+and outcome from the index alone, and ``ix_step_rollup_sum`` the counters be summed so; ``ix_run_path_run_step`` answers "had this run
 reached this step before" when a path is written.
 
 The fill uses `engine.step_rollup.backfill`, the counting the engine itself does, so the
@@ -41,9 +41,14 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("journey_id", "hour", "version", "step", "metric", "bucket"),
     )
     op.create_index(
-        "ix_runs_journey_started",
+        "ix_step_rollup_sum",
+        "step_rollup",
+        ["journey_id", "step", "metric", "bucket", "hour", "version", "count"],
+    )
+    op.create_index(
+        "ix_runs_journey_status",
         "runs",
-        ["journey_id", "started_at", "version", "status", "step", "outcome", "holdout"],
+        ["journey_id", "status", "step", "outcome", "holdout", "version", "started_at"],
     )
     op.create_index("ix_run_path_run_step", "run_path", ["run_id", "step", "seq"])
     from engine.step_rollup import backfill
@@ -53,5 +58,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_run_path_run_step", table_name="run_path")
-    op.drop_index("ix_runs_journey_started", table_name="runs")
+    op.drop_index("ix_runs_journey_status", table_name="runs")
+    op.drop_index("ix_step_rollup_sum", table_name="step_rollup")
     op.drop_table("step_rollup")
