@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Table, bindparam, or_, select
+from sqlalchemy import Table, and_, bindparam, or_, select
 from sqlalchemy.engine import Connection
 
 from engine.database import Run, RunPathEntry, StepRollup, dialect_insert
@@ -217,17 +217,30 @@ def entry_hour(started_at: datetime) -> datetime:
 
 # ----------------------------------------------------------------------------- writing
 
+# The run's row and its stored entries around the written positions, in one statement
+# (a record is the worker's hot path): no row without the runs row, which is read by key.
 _WINDOW = (
-    select(_PATH.c.seq, _PATH.c.step, _PATH.c.type, _PATH.c.at, _PATH.c.outcome, _PATH.c.detail)
-    .where(
-        _PATH.c.run_id == bindparam("run_id"),
-        _PATH.c.seq >= bindparam("low"),
-        _PATH.c.seq <= bindparam("high"),
+    select(
+        _RUNS.c.journey_id,
+        _RUNS.c.version,
+        _RUNS.c.started_at,
+        _PATH.c.seq,
+        _PATH.c.step,
+        _PATH.c.type,
+        _PATH.c.at,
+        _PATH.c.outcome,
+        _PATH.c.detail,
     )
-    .order_by(_PATH.c.seq)
-)
-_RUN = select(_RUNS.c.journey_id, _RUNS.c.version, _RUNS.c.started_at).where(
-    _RUNS.c.run_id == bindparam("run_id")
+    .select_from(_RUNS)
+    .outerjoin(
+        _PATH,
+        and_(
+            _PATH.c.run_id == _RUNS.c.run_id,
+            _PATH.c.seq >= bindparam("low"),
+            _PATH.c.seq <= bindparam("high"),
+        ),
+    )
+    .where(_RUNS.c.run_id == bindparam("run_id"))
 )
 
 
@@ -263,7 +276,11 @@ def record_path(
     before the rows are written (it reads the stored ones), in their transaction."""
     stop = start + len(entries)
     params = {"run_id": run_id, "low": start - 1, "high": stop}
-    stored: dict[int, _Entry] = {row.seq: row for row in connection.execute(_WINDOW, params)}
+    rows = connection.execute(_WINDOW, params).all()
+    if not rows:
+        return  # no runs row to count by (the run records one before anything else)
+    run = rows[0]
+    stored: dict[int, _Entry] = {row.seq: row for row in rows if row.seq is not None}
     new = dict(stored)
     for seq, entry in enumerate(entries, start):
         old = stored.get(seq)
@@ -271,9 +288,6 @@ def record_path(
             new[seq] = entry
     if new == stored:
         return  # a retried record, a tail sent again: nothing changes
-    run = connection.execute(_RUN, {"run_id": run_id}).first()
-    if run is None:
-        return  # no runs row to count by (the run records one before anything else)
     delta = _window_counts(new, start, stop)
     delta.subtract(_window_counts(stored, start, stop))
     _reached_delta(connection, delta, run_id, start, stop, stored, new)
@@ -295,6 +309,12 @@ def _reached_delta(
     changed = ({e.step for e in before} ^ {e.step for e in after}) - {END}
     if not changed:
         return
+    if start <= 1 and stop not in stored:
+        # Every other position was read with the window (positions have no gaps): the
+        # run's first record, typically. No need to ask.
+        outside = {entry.step for seq, entry in stored.items() if seq < start}
+        _reach_changed(delta, changed, outside & changed, before, after)
+        return
     elsewhere = set(
         connection.execute(
             select(_PATH.c.step)
@@ -306,6 +326,16 @@ def _reached_delta(
             )
         ).scalars()
     )
+    _reach_changed(delta, changed, elsewhere, before, after)
+
+
+def _reach_changed(
+    delta: Counter[Key],
+    changed: set[str],
+    elsewhere: set[str],
+    before: Sequence[_Entry],
+    after: Sequence[_Entry],
+) -> None:
     for step in changed - elsewhere:
         if any(e.step == step for e in after):
             _reach(delta, step, after, 1)
