@@ -384,3 +384,20 @@ def test_quantiles_read_from_the_histogram_are_within_the_bucket_error() -> None
     histogram = {time_bucket(1): 9, time_bucket(100): 1}
     assert _near(quantile(histogram, 0.5), 1) and _near(quantile(histogram, 0.9), 1)
     assert _near(quantile(histogram, 0.95), 100)
+
+
+def test_revision_0011_fills_the_rollup_from_the_rows_stored_before_it(tmp_path: Path) -> None:
+    from alembic import command
+
+    from engine.migrate import migration_config, upgrade
+
+    db = fresh_engine(tmp_path)
+    _mix(db)
+    kept = _rollup(db)
+    with db.connect() as connection:
+        command.downgrade(migration_config(connection), "0009")
+        connection.commit()
+    upgrade(db)  # 0011 again: the table made anew, filled from run_path
+
+    assert _rollup(db) == kept
+    assert journey_stats(db, "j", version="v1").steps["nudge"].reached == 3
