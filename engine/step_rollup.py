@@ -244,6 +244,19 @@ _WINDOW = (
 )
 
 
+# Which of these steps the run's path holds at other positions (``ix_run_path_run_step``);
+# built once: a record is the worker's hot path.
+_ELSEWHERE = (
+    select(_PATH.c.step)
+    .distinct()
+    .where(
+        _PATH.c.run_id == bindparam("run_id"),
+        _PATH.c.step.in_(bindparam("steps", expanding=True)),
+        or_(_PATH.c.seq < bindparam("start"), _PATH.c.seq >= bindparam("stop")),
+    )
+)
+
+
 def _same(stored: _Entry, entry: _Entry) -> bool:
     """Equal as `write_path` compares (not ``detail``: a stored row keeps its own)."""
     return (
@@ -315,17 +328,8 @@ def _reached_delta(
         outside = {entry.step for seq, entry in stored.items() if seq < start}
         _reach_changed(delta, changed, outside & changed, before, after)
         return
-    elsewhere = set(
-        connection.execute(
-            select(_PATH.c.step)
-            .distinct()
-            .where(
-                _PATH.c.run_id == run_id,
-                _PATH.c.step.in_(sorted(changed)),
-                or_(_PATH.c.seq < start, _PATH.c.seq >= stop),
-            )
-        ).scalars()
-    )
+    params = {"run_id": run_id, "steps": sorted(changed), "start": start, "stop": stop}
+    elsewhere = set(connection.execute(_ELSEWHERE, params).scalars())
     _reach_changed(delta, changed, elsewhere, before, after)
 
 
