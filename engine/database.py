@@ -52,6 +52,7 @@ __all__ = [
     "RunArm",
     "RunConversion",
     "RunPathEntry",
+    "StepRollup",
     "Suppression",
     "User",
     "activate_plan",
@@ -131,6 +132,19 @@ class Run(SQLModel, table=True):
         Index("ix_runs_customer_entry", "customer_id", "journey_id", "key"),
         # The console's runs list pages newest first (revision 0006).
         Index("ix_runs_started", "started_at", "run_id"),
+        # A journey's numbers (`engine.stats`, revision 0011): its runs counted by status,
+        # step and outcome from the index alone (covering), in the index's order (no sort:
+        # 115 -> 16 ms for 120,000 runs on SQLite), the window and version read from it.
+        Index(
+            "ix_runs_journey_status",
+            "journey_id",
+            "status",
+            "step",
+            "outcome",
+            "holdout",
+            "version",
+            "started_at",
+        ),
     )
 
     run_id: str = Field(primary_key=True, max_length=100)
@@ -216,6 +230,8 @@ class RunPathEntry(SQLModel, table=True):
     read by."""
 
     __tablename__ = "run_path"
+    # Whether a run had reached a step before (`engine.step_rollup`, revision 0011).
+    __table_args__ = (Index("ix_run_path_run_step", "run_id", "step", "seq"),)
 
     run_id: str = Field(primary_key=True, max_length=100)
     seq: int = Field(primary_key=True)
@@ -224,6 +240,37 @@ class RunPathEntry(SQLModel, table=True):
     at: datetime
     outcome: str | None = None
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class StepRollup(SQLModel, table=True):
+    """A journey's step numbers, pre-aggregated: how many times ``metric`` (``reached``,
+    ``edge``, ``time``, ``send``, ``arm``) counted ``bucket`` at ``step``, over the runs of
+    one version that entered in one UTC ``hour``. Kept by `engine.step_rollup` in the
+    transaction that writes the path rows (revision 0011 filled it from the rows before
+    it); read by `engine.stats`, which sums hours instead of reading every path row."""
+
+    __tablename__ = "step_rollup"
+    # Summed by step, metric and bucket from the index alone, in its order (no sort).
+    __table_args__ = (
+        Index(
+            "ix_step_rollup_sum",
+            "journey_id",
+            "step",
+            "metric",
+            "bucket",
+            "hour",
+            "version",
+            "count",
+        ),
+    )
+
+    journey_id: str = Field(primary_key=True, max_length=100)
+    hour: datetime = Field(primary_key=True)
+    version: str = Field(primary_key=True, max_length=32)
+    step: str = Field(primary_key=True, max_length=100)
+    metric: str = Field(primary_key=True, max_length=20)
+    bucket: str = Field(primary_key=True, max_length=200)
+    count: int = 0
 
 
 class OutboxMessage(SQLModel, table=True):

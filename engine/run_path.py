@@ -25,6 +25,7 @@ from sqlmodel import Session
 
 from engine.database import Run, RunPathEntry, dialect_insert
 from engine.payloads import PathEntry
+from engine.step_rollup import record_path
 from engine.timestamps import as_utc
 
 __all__ = [
@@ -55,9 +56,14 @@ def write_path(
     new one. That is the send that ends a run: it writes the send and the run's end
     (`delivered_record`) before the run knows it delivered, and the run, when an exit
     event came meanwhile, records its own end over it, as the last writer of the whole
-    JSON path used to win. A run's writers take turns, so the last one is the run's."""
+    JSON path used to win. A run's writers take turns, so the last one is the run's.
+
+    What the write changes is added to the journey's step numbers first, in the same
+    transaction (`engine.step_rollup.record_path`: a write that changes nothing counts
+    nothing)."""
     if not entries:
         return
+    record_path(connection, run_id=run_id, start=start, entries=entries)
     rows = []
     for seq, entry in enumerate(entries, start):
         row = entry.model_dump(mode="json")

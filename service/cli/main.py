@@ -42,6 +42,7 @@ from service.cli.design import OutputFormat, app
 from service.cli.environment import open_database, runtime_settings
 from service.cli.risk_models import app as models_app
 from service.cli.scenarios import test_command
+from service.cli.stats import stats_command
 from service.cli.supervisor import (
     STATUS_FILE,
     Child,
@@ -837,6 +838,7 @@ app.add_typer(apikey_app, name="apikey")
 app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
 app.command(name="test")(test_command)
+app.command(name="stats")(stats_command)
 
 
 def main() -> None:

@@ -64,6 +64,14 @@ ROUTES: list[tuple[str, str, str, Any, str]] = [
     ("GET", "/v1/runs/{run_id}/explanation", "/v1/runs/nope/explanation", None, "read"),
     ("GET", "/v1/explain", "/v1/explain?customer=c1", None, "read"),
     ("GET", "/v1/journeys", "/v1/journeys", None, "read"),
+    ("GET", "/v1/journeys/{journey_id}/stats", "/v1/journeys/nope/stats", None, "read"),
+    (
+        "GET",
+        "/v1/journeys/{journey_id}/funnel",
+        "/v1/journeys/nope/funnel?steps=a",
+        None,
+        "read",
+    ),
     ("GET", "/v1/outbox", "/v1/outbox", None, "read"),
     ("GET", "/v1/deliveries", "/v1/deliveries", None, "read"),
     (

@@ -40,6 +40,8 @@ EXPECTED_OPERATIONS = {
     "GET /v1/runs/{run_id}/explanation",
     "GET /v1/explain",
     "GET /v1/journeys",
+    "GET /v1/journeys/{journey_id}/stats",
+    "GET /v1/journeys/{journey_id}/funnel",
     "GET /healthz",
     "GET /v1/customers/{customer_id}/preferences",
     "PUT /v1/customers/{customer_id}/preferences",

@@ -62,12 +62,14 @@ def test_a_database_from_before_the_routing_indexes_gets_them_on_start(
             "customer_keys",
             "erased_customers",
             "run_conversions",
+            "step_rollup",
         ):
             connection.execute(text(f"DROP TABLE {table}"))
         connection.execute(text("ALTER TABLE runs DROP COLUMN current_run_id"))
         connection.execute(text("ALTER TABLE api_keys DROP COLUMN scopes"))
         connection.execute(text("ALTER TABLE api_keys DROP COLUMN revoked_at"))
         connection.execute(text("DROP INDEX ix_runs_started"))
+        connection.execute(text("DROP INDEX ix_runs_journey_status"))
         for name in ROUTING_INDEXES:
             connection.execute(text(f"DROP INDEX {name}"))
     assert not ROUTING_INDEXES & _run_indexes(db)
