@@ -42,7 +42,14 @@ from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
 from engine import run_path, step_rollup
-from engine.database import ReviewTask, Run, RunPathEntry, make_engine
+from engine.database import (
+    ReviewTask,
+    Run,
+    RunArm,
+    RunConversion,
+    RunPathEntry,
+    make_engine,
+)
 from engine.payloads import PathEntry
 from engine.stats import funnel, journey_stats
 
@@ -54,6 +61,8 @@ DAYS = 14
 _RUNS: Table = Run.__table__  # type: ignore[attr-defined]
 _PATH: Table = RunPathEntry.__table__  # type: ignore[attr-defined]
 _REVIEWS: Table = ReviewTask.__table__  # type: ignore[attr-defined]
+_ARMS: Table = RunArm.__table__  # type: ignore[attr-defined]
+_CONVERSIONS: Table = RunConversion.__table__  # type: ignore[attr-defined]
 
 
 def _path(rng: random.Random, start: datetime) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -178,20 +187,44 @@ def load(db: Engine, runs: int, seed: int) -> dict[str, float]:
     batch_reviews: list[dict[str, Any]] = []
     path_rows = 0
 
+    batch_arms: list[dict[str, Any]] = []
+    batch_conversions: list[dict[str, Any]] = []
+
     def flush() -> None:
         with db.begin() as connection:
             connection.execute(_RUNS.insert(), batch_runs)
             connection.execute(_PATH.insert(), batch_path)
             if batch_reviews:
                 connection.execute(_REVIEWS.insert(), batch_reviews)
-        batch_runs.clear()
-        batch_path.clear()
-        batch_reviews.clear()
+            if batch_arms:
+                connection.execute(_ARMS.insert(), batch_arms)
+            if batch_conversions:
+                connection.execute(_CONVERSIONS.insert(), batch_conversions)
+        for batch in (batch_runs, batch_path, batch_reviews, batch_arms, batch_conversions):
+            batch.clear()
 
     for run, path in _generate(runs, seed):
         batch_runs.append(run)
         batch_path.extend(path)
         path_rows += len(path)
+        # As the engine writes them: a run's arm (`upsert_run`) and its goal conversion
+        # (`engine.conversions`, when the purchase event is stored).
+        batch_arms += [
+            {"run_id": run["run_id"], "step_id": e["step"], "arm": e["outcome"]}
+            for e in path
+            if e["type"] == "split"
+        ]
+        bought = next((e for e in path if e["outcome"] == "purchase"), None)
+        if bought is not None:
+            batch_conversions.append(
+                {
+                    "run_id": run["run_id"],
+                    "goal": "purchase",
+                    "at": bought["at"],
+                    "value": 10.0,
+                    "message_id": None,
+                }
+            )
         review = _review(run, path)
         if review is not None:
             batch_reviews.append(review)

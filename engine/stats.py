@@ -14,8 +14,8 @@ Over the runs of a journey (one version, or all) that entered in [start, end):
   the arms of each split;
 - from `review_tasks`: per review step the tasks opened, decided (by decision),
   escalated, timed out, and the time to a decision (exact percentiles);
-- conversions from `engine.conversions` when it is installed (`_conversions`,
-  `_converted_runs`: without it, none), and each experiment's test from
+- conversions from `engine.conversions` (`run_conversions` rows, and outcome goals from
+  the runs), overall, by split arm and by holdout arm; each experiment's test from
   `engine.experiments.compare`.
 
 `funnel` reads the path rows of the runs that entered (it is asked for rarely, and for a
@@ -24,7 +24,6 @@ few steps): runs that reached the first step, then the second after it, and so o
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
@@ -36,11 +35,11 @@ from sqlalchemy import Table, func, select
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
+from engine.conversions import conversions_by_arm, count_conversions
 from engine.database import ReviewTask, Run, RunPathEntry, StepRollup
 from engine.experiments import compare
 from engine.stats_models import (
     ChannelSends,
-    Conversions,
     EdgeStats,
     ExperimentStats,
     FunnelStats,
@@ -87,53 +86,6 @@ def _window(query: Any, journey_id: str, version: str | None, start: Any, end: A
     return query
 
 
-# ----------------------------------------------------------------------------- adapters
-
-
-def _optional(module: str, name: str) -> Any:
-    """``module.name`` when that module is installed (None when it is not): conversions
-    are built alongside these numbers and joined in when present."""
-    try:
-        return getattr(importlib.import_module(module), name, None)
-    except ImportError:
-        return None
-
-
-def _conversions(
-    connection: Connection,
-    journey_id: str,
-    version: str | None,
-    start: datetime | None,
-    end: datetime | None,
-) -> Conversions:
-    """`engine.conversions.count_conversions`, or no conversions without it."""
-    count_conversions = _optional("engine.conversions", "count_conversions")
-    if count_conversions is None:
-        return Conversions()
-    result: Conversions = count_conversions(
-        connection, journey_id=journey_id, version=version, start=start, end=end
-    )
-    return result
-
-
-def _converted_runs(
-    connection: Connection,
-    journey_id: str,
-    version: str | None,
-    start: datetime | None,
-    end: datetime | None,
-) -> set[str]:
-    """The ids of the runs that converted (`engine.conversions.conversions_by_run`: its
-    keys, or its items), or none without it."""
-    conversions_by_run = _optional("engine.conversions", "conversions_by_run")
-    if conversions_by_run is None:
-        return set()
-    runs = conversions_by_run(
-        connection, journey_id=journey_id, version=version, start=start, end=end
-    )
-    return {str(run_id) for run_id in runs}
-
-
 # ----------------------------------------------------------------------------- journey_stats
 
 
@@ -153,7 +105,9 @@ def journey_stats(
         runs = _runs_counts(connection, journey_id, version, start, end)
         counts = _rollup_counts(connection, journey_id, version, start, end)
         reviews = _reviews(connection, journey_id, version, start, end)
-        conversions = _conversions(connection, journey_id, version, start, end)
+        conversions = count_conversions(
+            connection, journey_id=journey_id, version=version, start=start, end=end
+        )
         experiments = _experiments(connection, journey_id, version, start, end, runs, counts)
     steps, edges, sends = _steps(counts, runs)
     return JourneyStats(
@@ -377,50 +331,37 @@ def _experiments(
     runs: _RunsCounts,
     counts: Counter[Key],
 ) -> dict[str, ExperimentStats]:
-    """Each split's arms (from the rollup) and the holdout's (from the runs), with their
-    conversions when `engine.conversions` tells which runs converted."""
-    entries: dict[str, Counter[str]] = defaultdict(Counter)
-    for (step, metric, arm), count in counts.items():
-        if metric == "arm" and count > 0:
-            entries[step][arm] += count
+    """Each split's arms and the holdout's, with entries and conversions
+    (`engine.conversions`: by the runs' arms in `run_arms`, and by `runs.holdout`)."""
+
+    def by_holdout(held_out: bool) -> int:
+        return count_conversions(
+            connection,
+            journey_id=journey_id,
+            version=version,
+            start=start,
+            end=end,
+            holdout=held_out,
+        ).count
+
+    splits = sorted({step for (step, metric, _), count in counts.items() if metric == "arm"})
+    experiments: dict[str, ExperimentStats] = {}
+    for step in splits:
+        by_arm = conversions_by_arm(
+            connection, journey_id=journey_id, version=version, start=start, end=end, step_id=step
+        )
+        if by_arm:
+            arms = {arm: (entries, found.count) for arm, (entries, found) in sorted(by_arm.items())}
+            experiments[step] = compare(arms)
     if runs.holdout[True]:
-        entries[HOLDOUT]["control"] = runs.holdout[True]
-        entries[HOLDOUT]["treated"] = runs.holdout[False]
-    if not entries:
-        return {}
-    converted = _converted_runs(connection, journey_id, version, start, end)
-    conversions = _arm_conversions(connection, converted)
-    experiments = {}
-    for name in sorted(entries):
-        arms = {
-            arm: (count, min(count, conversions[name][arm]))
-            for arm, count in sorted(entries[name].items())
-        }
-        experiments[name] = compare(arms, control="control" if name == HOLDOUT else None)
-    return experiments
-
-
-_CHUNK = 500
-
-
-def _arm_conversions(connection: Connection, converted: set[str]) -> dict[str, Counter[str]]:
-    """Converted runs by split and arm, and by holdout arm."""
-    result: dict[str, Counter[str]] = defaultdict(Counter)
-    ids = sorted(converted)
-    from engine.database import RunArm
-
-    arms: Table = RunArm.__table__  # type: ignore[attr-defined]
-    for offset in range(0, len(ids), _CHUNK):
-        chunk = ids[offset : offset + _CHUNK]
-        for step_id, arm in connection.execute(
-            select(arms.c.step_id, arms.c.arm).where(arms.c.run_id.in_(chunk))
-        ):
-            result[step_id][arm] += 1
-        for (holdout,) in connection.execute(
-            select(_RUNS.c.holdout).where(_RUNS.c.run_id.in_(chunk))
-        ):
-            result[HOLDOUT]["control" if holdout else "treated"] += 1
-    return result
+        experiments[HOLDOUT] = compare(
+            {
+                "control": (runs.holdout[True], by_holdout(True)),
+                "treated": (runs.holdout[False], by_holdout(False)),
+            },
+            control="control",
+        )
+    return dict(sorted(experiments.items()))
 
 
 # ----------------------------------------------------------------------------- funnel

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
 
-from engine.database import ReviewTask, Run, StepRollup, session_scope
+from engine.database import ReviewTask, Run, RunArm, StepRollup, session_scope
 from engine.payloads import PathEntry
 from engine.run_path import write_path
 from engine.stats import funnel, journey_stats
@@ -60,6 +60,9 @@ def _run(
         )
         session.flush()
         write_path(session.connection(), run_id=run_id, start=0, entries=path)
+        for entry in path:  # as `activities.runs.upsert_run` writes a run's arms
+            if entry.type == "split":
+                session.add(RunArm(run_id=run_id, step_id=entry.step, arm=entry.detail["arm"]))
 
 
 def _mix(db: Engine) -> None:
