@@ -66,7 +66,9 @@ _CONVERSIONS: Table = RunConversion.__table__  # type: ignore[attr-defined]
 
 
 def _path(rng: random.Random, start: datetime) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """One run's path entries and its runs row's status, step and outcome."""
+    """One run's path entries and its runs row's status, step and outcome. As the
+    interpreter writes them: an `exit:` step (`done`, `lost`) has no entry; the end entry
+    follows the step before it and the runs row names the exit step."""
     entries: list[dict[str, Any]] = []
     now = start
 
@@ -112,13 +114,11 @@ def _path(rng: random.Random, start: datetime) -> tuple[list[dict[str, Any]], di
             add("check", "review", 0.1, "opened")
             add("check", "review", rng.lognormvariate(8, 1), "approve")
         add("thanks", "send", 0.3, "sent", channel="email")
-        add("done", "exit", 0.01, "purchased")
         add("end", "completed", 0, "purchased")
         return entries, {"status": "completed", "step": "done", "outcome": "purchased"}
     add("remind", "send", 0.3, "sent" if rng.random() < 0.97 else "suppressed", channel="sms")
     add("wait_again", "wait", 0.01)
     add("wait_again", "event", rng.lognormvariate(11, 1), "timeout")
-    add("lost", "exit", 0.01, "no_purchase")
     add("end", "completed", 0, "no_purchase")
     return entries, {"status": "completed", "step": "lost", "outcome": "no_purchase"}
 

@@ -524,7 +524,8 @@ def to_svg(plan: p.Plan, counts: MapCounts | None = None) -> str:
     there / reached; a legend says the bands), and each edge the times it was taken."""
     placed = layout(plan, box_height=_COUNTS_H if counts else _BOX_H)
     height = placed.height + (40 if counts else 0)
-    parts = _svg_head(plan, placed.width, height, counts is not None)
+    width = max(placed.width, _LEGEND_WIDTH) if counts else placed.width  # the legend fits
+    parts = _svg_head(plan, width, height, counts is not None)
     most = max(counts.edges.values(), default=0) if counts else 0
     counted: set[tuple[str, str]] = set()
     for route in placed.routes:
@@ -639,6 +640,9 @@ def _svg_node(plan: p.Plan, node: str, box: Box, counts: MapCounts | None) -> li
         for i, (text, attrs) in enumerate(lines)
     ]
     return [f'<g class="node"{data}>', shape, *texts, "</g>"]
+
+
+_LEGEND_WIDTH = _MARGIN * 2 + 215 + 98 * (len(_DROP_OFF) + 1)
 
 
 def _svg_legend(top: float) -> list[str]:

@@ -386,17 +386,19 @@ def funnel(
         entries = connection.execute(
             _window(select(func.count()).select_from(_RUNS), journey_id, version, start, end)
         ).scalar_one()
+        # An `exit:` step has no entry: the run's end entry stands for its final step.
         query = _window(
-            select(_PATH.c.run_id, _PATH.c.step)
+            select(_PATH.c.run_id, _PATH.c.step, _RUNS.c.step.label("final_step"))
             .join(_RUNS, _RUNS.c.run_id == _PATH.c.run_id)
-            .where(_PATH.c.step.in_(wanted)),
+            .where(_PATH.c.step.in_([*wanted, END])),
             journey_id,
             version,
             start,
             end,
         ).order_by(_PATH.c.run_id, _PATH.c.seq)
         run_id, matched = None, 0
-        for row_run, step in connection.execute(query):
+        for row_run, path_step, final_step in connection.execute(query):
+            step = final_step if path_step == END else path_step
             if row_run != run_id:
                 run_id, matched = row_run, 0
             if matched < len(steps) and step == steps[matched]:

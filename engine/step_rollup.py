@@ -164,15 +164,23 @@ def entry_counts(entry: _Entry) -> list[Key]:
     return [(entry.step, "send", f"{channel}|{kind}") for kind in kinds]
 
 
-def pair_counts(previous: _Entry, entry: _Entry) -> list[Key]:
+def pair_counts(previous: _Entry, entry: _Entry, final_step: str | None = None) -> list[Key]:
     """What two consecutive entries count: the time spent at the first, the move from it
-    to the second, a send that fell back from one channel to the next."""
+    to the second, a send that fell back from one channel to the next.
+
+    An `exit:` step has no path entry of its own: the run's end entry follows the step
+    before it, and the runs row names the exit step (``final_step``, its `step` column,
+    written just before). So the end after another step counts the move into the exit
+    step and the run reaching it."""
     if previous.step == END:
         return []
     seconds = max(0.0, (as_utc(entry.at) - as_utc(previous.at)).total_seconds())
     keys: list[Key] = [(previous.step, "time", str(time_bucket(seconds)))]
     if entry.step not in (END, previous.step):
         keys.append((previous.step, "edge", entry.step))
+    if entry.step == END and final_step not in (None, END, previous.step):
+        assert final_step is not None
+        keys += [(previous.step, "edge", final_step), (final_step, "reached", "")]
     if (
         previous.type == "send"
         and entry.type == "send"
@@ -197,13 +205,13 @@ def _reach(counts: Counter[Key], step: str, entries: Iterable[_Entry], sign: int
         counts[(step, "arm", arm)] += sign
 
 
-def full_counts(entries: Sequence[_Entry]) -> Counter[Key]:
-    """Everything one run's whole path counts."""
+def full_counts(entries: Sequence[_Entry], final_step: str | None = None) -> Counter[Key]:
+    """Everything one run's whole path counts (``final_step``: its runs row's step)."""
     counts: Counter[Key] = Counter()
     for index, entry in enumerate(entries):
         counts.update(entry_counts(entry))
         if index:
-            counts.update(pair_counts(entries[index - 1], entry))
+            counts.update(pair_counts(entries[index - 1], entry, final_step))
     for step in dict.fromkeys(entry.step for entry in entries):
         if step != END:
             _reach(counts, step, entries, 1)
@@ -224,6 +232,7 @@ _WINDOW = (
         _RUNS.c.journey_id,
         _RUNS.c.version,
         _RUNS.c.started_at,
+        _RUNS.c.step.label("final_step"),
         _PATH.c.seq,
         _PATH.c.step,
         _PATH.c.type,
@@ -267,7 +276,9 @@ def _same(stored: _Entry, entry: _Entry) -> bool:
     )
 
 
-def _window_counts(window: Mapping[int, _Entry], start: int, stop: int) -> Counter[Key]:
+def _window_counts(
+    window: Mapping[int, _Entry], start: int, stop: int, final_step: str | None
+) -> Counter[Key]:
     """What positions ``start`` to ``stop - 1`` count, with the pairs they are part of."""
     counts: Counter[Key] = Counter()
     for seq in range(start, stop + 1):
@@ -278,7 +289,7 @@ def _window_counts(window: Mapping[int, _Entry], start: int, stop: int) -> Count
             counts.update(entry_counts(entry))
         previous = window.get(seq - 1)
         if previous is not None:
-            counts.update(pair_counts(previous, entry))
+            counts.update(pair_counts(previous, entry, final_step))
     return counts
 
 
@@ -301,8 +312,8 @@ def record_path(
             new[seq] = entry
     if new == stored:
         return  # a retried record, a tail sent again: nothing changes
-    delta = _window_counts(new, start, stop)
-    delta.subtract(_window_counts(stored, start, stop))
+    delta = _window_counts(new, start, stop, run.final_step)
+    delta.subtract(_window_counts(stored, start, stop, run.final_step))
     _reached_delta(connection, delta, run_id, start, stop, stored, new)
     _add(connection, run.journey_id, run.version, entry_hour(run.started_at), delta)
 
@@ -415,6 +426,7 @@ def path_counts(
             _PATH.c.at,
             _PATH.c.outcome,
             _PATH.c.detail,
+            _RUNS.c.step.label("final_step"),
         )
         .join(_RUNS, _RUNS.c.run_id == _PATH.c.run_id)
         .where(
@@ -427,8 +439,8 @@ def path_counts(
     if version is not None:
         query = query.where(_RUNS.c.version == version)
     counts: Counter[Key] = Counter()
-    for _first, rows in _runs_paths(connection.execute(query)):
-        counts.update(full_counts(rows))
+    for first, rows in _runs_paths(connection.execute(query)):
+        counts.update(full_counts(rows, first.final_step))
     return counts
 
 
@@ -453,7 +465,13 @@ def backfill(connection: Connection) -> int:
     last, runs = "", 0
     while True:
         page = connection.execute(
-            select(_RUNS.c.run_id, _RUNS.c.journey_id, _RUNS.c.version, _RUNS.c.started_at)
+            select(
+                _RUNS.c.run_id,
+                _RUNS.c.journey_id,
+                _RUNS.c.version,
+                _RUNS.c.started_at,
+                _RUNS.c.step,
+            )
             .where(_RUNS.c.run_id > last)
             .order_by(_RUNS.c.run_id)
             .limit(_BACKFILL_PAGE)
@@ -470,7 +488,7 @@ def backfill(connection: Connection) -> int:
         for first, rows in _runs_paths(paths):
             run = runs_by_id[first.run_id]
             key = (run.journey_id, run.version, entry_hour(run.started_at))
-            totals.setdefault(key, Counter()).update(full_counts(rows))
+            totals.setdefault(key, Counter()).update(full_counts(rows, run.step))
             runs += 1
     for (journey_id, version, hour), counts in totals.items():
         _add(connection, journey_id, version, hour, counts)

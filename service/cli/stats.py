@@ -16,6 +16,8 @@ from typing import Annotated, Any
 import typer
 
 from engine.durations import DurationError, parse_duration
+from engine.experiments import describe
+from engine.stats_models import RESERVED_ARM_NAMES, ArmStats, ExperimentStats
 
 __all__ = ["StatsFormat", "render_text", "stats_command"]
 
@@ -134,7 +136,7 @@ def _reviews_text(reviews: dict[str, Any]) -> list[str]:
     return lines
 
 
-_EXPERIMENT_KEYS = {"p_value", "winner", "control_arm", "test", "warning"}
+_EXPERIMENT_KEYS = RESERVED_ARM_NAMES
 
 
 def _experiments_text(experiments: dict[str, Any]) -> list[str]:
@@ -152,7 +154,21 @@ def _experiments_text(experiments: dict[str, Any]) -> list[str]:
                 f"    {arm}: entries {n['entries']}, conversions {n['conversions']} "
                 f"({_pct(n.get('rate'))})"
             )
+        lines.append(f"    verdict: {_verdict(experiment, arms)}")
     return lines
+
+
+def _verdict(experiment: dict[str, Any], arms: dict[str, Any]) -> str:
+    """The one line `engine.experiments.describe` says of the experiment."""
+    stats = ExperimentStats(
+        arms={arm: ArmStats.model_validate(numbers) for arm, numbers in arms.items()},
+        control=experiment.get("control_arm"),
+        p_value=experiment.get("p_value"),
+        winner=experiment.get("winner"),
+        test=experiment.get("test") or "",
+        warning=experiment.get("warning"),
+    )
+    return describe(stats)
 
 
 def _funnel_text(body: dict[str, Any]) -> str:

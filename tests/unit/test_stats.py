@@ -368,6 +368,29 @@ def test_a_step_reached_again_is_one_run_and_taken_back_when_replaced(tmp_path: 
     assert (counts[("w", "edge", "x")], counts[("w", "edge", "y")]) == (0, 1)
 
 
+def test_an_exit_step_is_reached_through_the_end_entry_that_follows(tmp_path: Path) -> None:
+    """The interpreter records no entry for an `exit:` step: the end entry follows the step
+    before it, and the runs row names the exit step. Its move and its reach count, as
+    the rows of a run written in two records, and as the backfill reads them."""
+    db = fresh_engine(tmp_path)
+    _run(db, "r", _at(0), [_e("entry", "entry", _at(0)), _e("ab", "split", _at(0, 1), arm="a")])
+    with session_scope(db) as session:
+        run = session.get(Run, "r")
+        assert run is not None
+        run.status, run.step, run.outcome = "completed", "done", "offered"
+    with db.begin() as connection:
+        write_path(connection, run_id="r", start=2, entries=[_e("end", "completed", _at(0, 2))])
+    counts = _rollup(db)
+    assert counts[("done", "reached", "")] == 1 and counts[("ab", "edge", "done")] == 1
+    stats = journey_stats(db, "j")
+    assert stats.steps["done"].reached == 1 and stats.steps["done"].left == 1
+    assert {(e.source, e.target): e.count for e in stats.edges}[("ab", "done")] == 1
+    with db.begin() as connection:  # the backfill counts the same from the rows
+        connection.execute(StepRollup.__table__.delete())  # type: ignore[attr-defined]
+        backfill(connection)
+    assert _rollup(db) == counts
+
+
 def test_the_funnel_counts_steps_in_path_order(mixed: Engine) -> None:
     result = funnel(mixed, "j", ["ab", "nudge", "done"], version="v1")
     assert result.entries == 5
