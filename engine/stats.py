@@ -35,7 +35,7 @@ from sqlalchemy import Table, func, select
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
-from engine.conversions import conversions_by_arm, count_conversions
+from engine.conversions import conversions_by_arm, count_conversions, send_attributed
 from engine.database import ReviewTask, Run, RunPathEntry, StepRollup
 from engine.experiments import compare
 from engine.stats_models import (
@@ -109,7 +109,13 @@ def journey_stats(
             connection, journey_id=journey_id, version=version, start=start, end=end
         )
         experiments = _experiments(connection, journey_id, version, start, end, runs, counts)
+        attributed = send_attributed(
+            connection, journey_id=journey_id, version=version, start=start, end=end
+        )
     steps, edges, sends = _steps(counts, runs)
+    for (step, channel), converted in attributed.items():
+        found = sends.setdefault(step, {}).get(channel, ChannelSends())
+        sends[step][channel] = found.model_copy(update={"conversions": converted})
     return JourneyStats(
         journey_id=journey_id,
         version=version,

@@ -74,6 +74,9 @@ class ChannelSends(_Model):
     sent: int = 0
     failed: int = 0
     skipped: dict[str, int] = Field(default_factory=dict)
+    conversions: int = 0
+    """Runs that converted within their goal's window after this send was sent (a window
+    starts at each send as well as at entry: step-level attribution)."""
 
 
 class ReviewStats(_Model):

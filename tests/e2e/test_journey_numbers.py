@@ -43,6 +43,7 @@ from tests.e2e.conftest import (
     ROOT,
     JourneysStack,
     TemporalServer,
+    daytime_zone,
     eventually,
     start_stack,
 )
@@ -232,6 +233,18 @@ def test_the_holdout_is_measured_against_the_rest(stack: JourneysStack) -> None:
         stack,
         [
             {
+                "type": "identify",
+                "userId": c,
+                "messageId": f"id-{c}",
+                "traits": {"email": f"{c}@numbers.test", "timezone": daytime_zone()},
+            }
+            for c in customers
+        ],
+    )
+    _batch(
+        stack,
+        [
+            {
                 "type": "track",
                 "event": "signed_up",
                 "userId": c,
@@ -274,6 +287,8 @@ def test_the_holdout_is_measured_against_the_rest(stack: JourneysStack) -> None:
     assert holdout["control_arm"] == "control"
     assert stats["conversions"]["count"] == len(buyers)
     assert stats["steps"]["welcome_email"]["reached"] == 40 - len(held)
+    # Attribution: the treated buyers converted after their welcome email was sent.
+    assert stats["sends"]["welcome_email"]["email"]["conversions"] == len(set(buyers) - held)
 
 
 # ----------------------------------------------------------------------------- the console
