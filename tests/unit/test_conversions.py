@@ -17,6 +17,8 @@ from sqlalchemy import event, select
 from sqlalchemy.engine import Engine
 
 from engine.conversions import (
+    ConversionSummary,
+    conversion_summary,
     conversions_by_arm,
     conversions_by_run,
     count_conversions,
@@ -490,6 +492,27 @@ def test_both_ways_of_counting_agree_on_overlaps_holdout_windows_and_arms(
         treated = count_conversions(connection, journey_id="onboard", holdout=False, **window)
         control = count_conversions(connection, journey_id="onboard", holdout=True, **window)
         arms = conversions_by_arm(connection, journey_id="onboard", step_id="tips", **window)
+        summary = conversion_summary(
+            connection, journey_id="onboard", split_steps=["tips", "none"], **window
+        )
+        given = conversion_summary(
+            connection,
+            journey_id="recover",  # no outcome goals: the arms' entries as given
+            split_steps=["tips"],
+            arm_entries={"tips": {"x": 3, "y": 2}},
+            **window,
+        )
+    assert summary == ConversionSummary(
+        overall=overall,
+        holdout={True: (1, control), False: (4, treated)},
+        arms={"tips": arms, "none": {}},
+    )
+    assert given.arms == {
+        "tips": {
+            "x": (3, Conversions(count=0, rate=0.0, value=0.0)),
+            "y": (2, Conversions(count=0, rate=0.0, value=0.0)),
+        }
+    }
     assert overall == Conversions(count=4, rate=4 / 5, value=15.0)
     assert treated == Conversions(count=3, rate=3 / 4, value=8.0)
     assert control == Conversions(count=1, rate=1.0, value=7.0)
