@@ -17,6 +17,8 @@ from sqlalchemy import event, select
 from sqlalchemy.engine import Engine
 
 from engine.conversions import (
+    ConversionSummary,
+    conversion_summary,
     conversions_by_arm,
     conversions_by_run,
     count_conversions,
@@ -454,3 +456,67 @@ journeys:
 """,
     )
     assert listened_events(db) == frozenset({"signed_up", "renewed"})
+
+
+@pytest.mark.parametrize("from_rows", [True, False], ids=["from-rows", "by-probing"])
+def test_both_ways_of_counting_agree_on_overlaps_holdout_windows_and_arms(
+    db: Engine, plans: dict[str, Plan], monkeypatch: pytest.MonkeyPatch, from_rows: bool
+) -> None:
+    """Counted from the conversion rows (large windows) or by probing each run (small
+    ones, on SQLite): a run with a row and an outcome goal counts once, values sum per
+    run, the holdout and the window filter the rows' runs, arms split them."""
+    import engine.conversions as conversions
+
+    monkeypatch.setattr(conversions, "_from_rows", lambda *_a, **_k: from_rows)
+    both = _run(db, plans, "onboard", customer="c1", outcome="converted")
+    row_only = _run(db, plans, "onboard", customer="c2")
+    _run(db, plans, "onboard", customer="c3", outcome="converted")  # outcome only
+    _run(db, plans, "onboard", customer="c4")  # neither
+    held_out = _run(db, plans, "onboard", customer="c5", holdout=True)
+    late = _run(db, plans, "onboard", customer="c6", started_at=T0 + 10 * DAY)
+    with session_scope(db) as session:
+        for run_id, goal, value in (
+            (both, "a", 5.0),
+            (both, "b", 1.0),
+            (row_only, "a", 2.0),
+            (held_out, "a", 7.0),
+            (late, "a", 100.0),
+        ):
+            session.add(RunConversion(run_id=run_id, goal=goal, at=T0 + DAY, value=value))
+        for run_id, arm in ((both, "x"), (row_only, "y"), (late, "y")):
+            session.add(RunArm(run_id=run_id, step_id="tips", arm=arm))
+    window: dict[str, Any] = {"version": None, "start": T0, "end": T0 + 5 * DAY}
+
+    with db.connect() as connection:
+        overall = count_conversions(connection, journey_id="onboard", **window)
+        treated = count_conversions(connection, journey_id="onboard", holdout=False, **window)
+        control = count_conversions(connection, journey_id="onboard", holdout=True, **window)
+        arms = conversions_by_arm(connection, journey_id="onboard", step_id="tips", **window)
+        summary = conversion_summary(
+            connection, journey_id="onboard", split_steps=["tips", "none"], **window
+        )
+        given = conversion_summary(
+            connection,
+            journey_id="recover",  # no outcome goals: the arms' entries as given
+            split_steps=["tips"],
+            arm_entries={"tips": {"x": 3, "y": 2}},
+            **window,
+        )
+    assert summary == ConversionSummary(
+        overall=overall,
+        holdout={True: (1, control), False: (4, treated)},
+        arms={"tips": arms, "none": {}},
+    )
+    assert given.arms == {
+        "tips": {
+            "x": (3, Conversions(count=0, rate=0.0, value=0.0)),
+            "y": (2, Conversions(count=0, rate=0.0, value=0.0)),
+        }
+    }
+    assert overall == Conversions(count=4, rate=4 / 5, value=15.0)
+    assert treated == Conversions(count=3, rate=3 / 4, value=8.0)
+    assert control == Conversions(count=1, rate=1.0, value=7.0)
+    assert arms == {
+        "x": (1, Conversions(count=1, rate=1.0, value=6.0)),
+        "y": (1, Conversions(count=1, rate=1.0, value=2.0)),
+    }
