@@ -35,7 +35,7 @@ from sqlalchemy import Table, func, select
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
-from engine.conversions import conversions_by_arm, count_conversions, send_attributed
+from engine.conversions import ConversionSummary, conversion_summary, send_attributed
 from engine.database import ReviewTask, Run, RunPathEntry, StepRollup
 from engine.experiments import compare
 from engine.stats_models import (
@@ -105,10 +105,25 @@ def journey_stats(
         runs = _runs_counts(connection, journey_id, version, start, end)
         counts = _rollup_counts(connection, journey_id, version, start, end)
         reviews = _reviews(connection, journey_id, version, start, end)
-        conversions = count_conversions(
-            connection, journey_id=journey_id, version=version, start=start, end=end
+        splits = sorted({step for (step, metric, _), n in counts.items() if metric == "arm"})
+        summary = conversion_summary(
+            connection,
+            journey_id=journey_id,
+            version=version,
+            start=start,
+            end=end,
+            split_steps=splits,
+            arm_entries={
+                step: {
+                    arm: n
+                    for (at, metric, arm), n in counts.items()
+                    if at == step and metric == "arm" and n > 0
+                }
+                for step in splits
+            },
         )
-        experiments = _experiments(connection, journey_id, version, start, end, runs, counts)
+        conversions = summary.overall
+        experiments = _experiments(summary, runs)
         attributed = send_attributed(
             connection, journey_id=journey_id, version=version, start=start, end=end
         )
@@ -328,42 +343,21 @@ def _nearest_rank(values: list[float], q: float) -> float | None:
     return round(ordered[max(1, math.ceil(q * len(ordered))) - 1], 3)
 
 
-def _experiments(
-    connection: Connection,
-    journey_id: str,
-    version: str | None,
-    start: datetime | None,
-    end: datetime | None,
-    runs: _RunsCounts,
-    counts: Counter[Key],
-) -> dict[str, ExperimentStats]:
-    """Each split's arms and the holdout's, with entries and conversions
-    (`engine.conversions`: by the runs' arms in `run_arms`, and by `runs.holdout`)."""
-
-    def by_holdout(held_out: bool) -> int:
-        return count_conversions(
-            connection,
-            journey_id=journey_id,
-            version=version,
-            start=start,
-            end=end,
-            holdout=held_out,
-        ).count
-
-    splits = sorted({step for (step, metric, _), count in counts.items() if metric == "arm"})
+def _experiments(summary: ConversionSummary, runs: _RunsCounts) -> dict[str, ExperimentStats]:
+    """Each split's arms (entries from the rollup's arm counters, as `upsert_run` writes
+    `run_arms` from the same split entries) and the holdout's, with their conversions
+    (`engine.conversions.conversion_summary`)."""
     experiments: dict[str, ExperimentStats] = {}
-    for step in splits:
-        by_arm = conversions_by_arm(
-            connection, journey_id=journey_id, version=version, start=start, end=end, step_id=step
-        )
-        if by_arm:
-            arms = {arm: (entries, found.count) for arm, (entries, found) in sorted(by_arm.items())}
+    for step, by_arm in sorted(summary.arms.items()):
+        arms = {arm: (entries, found.count) for arm, (entries, found) in sorted(by_arm.items())}
+        if any(entries for entries, _ in arms.values()):
             experiments[step] = compare(arms)
     if runs.holdout[True]:
+        held_out, treated = summary.holdout[True], summary.holdout[False]
         experiments[HOLDOUT] = compare(
             {
-                "control": (runs.holdout[True], by_holdout(True)),
-                "treated": (runs.holdout[False], by_holdout(False)),
+                "control": (runs.holdout[True], held_out[1].count),
+                "treated": (runs.holdout[False], treated[1].count),
             },
             control="control",
         )
