@@ -42,7 +42,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
 from engine import run_path, step_rollup
+from engine.catalog import build_catalog_from_text
 from engine.database import (
+    Delivery,
+    PlanVersion,
     ReviewTask,
     Run,
     RunArm,
@@ -63,6 +66,8 @@ _PATH: Table = RunPathEntry.__table__  # type: ignore[attr-defined]
 _REVIEWS: Table = ReviewTask.__table__  # type: ignore[attr-defined]
 _ARMS: Table = RunArm.__table__  # type: ignore[attr-defined]
 _CONVERSIONS: Table = RunConversion.__table__  # type: ignore[attr-defined]
+_DELIVERIES: Table = Delivery.__table__  # type: ignore[attr-defined]
+_PLAN_VERSIONS: Table = PlanVersion.__table__  # type: ignore[attr-defined]
 
 
 def _path(rng: random.Random, start: datetime) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -179,9 +184,65 @@ def _review(run: dict[str, Any], path: list[dict[str, Any]]) -> dict[str, Any] |
     }
 
 
+_PLAN = """
+version: 1
+events:
+  signed_up: {}
+  purchase: {}
+journeys:
+  - id: bench
+    entry: {event: signed_up}
+    goals: [{event: purchase, within: 7d}]
+    steps:
+      - {id: pause, wait: 1d}
+"""
+
+
+def _plan_versions(db: Engine) -> None:
+    """The journey's two versions as deploy stores them, with the goal the conversion
+    rows are for (stats read each version's goals: attribution windows, outcome goals)."""
+    plan = build_catalog_from_text(_PLAN).plans[JOURNEY]
+    with db.begin() as connection:
+        for version in ("v1", "v2"):
+            connection.execute(
+                _PLAN_VERSIONS.insert(),
+                {
+                    "journey_id": JOURNEY,
+                    "version": version,
+                    "plan_json": plan.model_copy(update={"version": version}).model_dump_json(),
+                    "source_yaml": _PLAN,
+                    "active": version == "v2",
+                    "created_at": END_OF_DATA,
+                },
+            )
+
+
+def _deliveries(run: dict[str, Any], path: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A deliveries row per send that went out, as the send activity writes it."""
+    return [
+        {
+            "workflow_id": run["workflow_id"],
+            "run_id": run["run_id"],
+            "step_id": e["step"],
+            "visit": 1,
+            "journey_id": JOURNEY,
+            "customer_id": run["customer_id"],
+            "channel": e["detail"].get("channel"),
+            "template": e["step"],
+            "status": "sent",
+            "attempts": 1,
+            "created_at": e["at"],
+            "sent_at": e["at"],
+        }
+        for e in path
+        if e["type"] == "send" and e["outcome"] == "sent"
+    ]
+
+
 def load(db: Engine, runs: int, seed: int) -> dict[str, float]:
-    """Bulk-insert the runs, their paths and review tasks; fill the rollup."""
+    """Bulk-insert the runs, their paths, deliveries and review tasks; fill the rollup."""
     began = time.perf_counter()
+    _plan_versions(db)
     batch_runs: list[dict[str, Any]] = []
     batch_path: list[dict[str, Any]] = []
     batch_reviews: list[dict[str, Any]] = []
@@ -189,6 +250,7 @@ def load(db: Engine, runs: int, seed: int) -> dict[str, float]:
 
     batch_arms: list[dict[str, Any]] = []
     batch_conversions: list[dict[str, Any]] = []
+    batch_deliveries: list[dict[str, Any]] = []
 
     def flush() -> None:
         with db.begin() as connection:
@@ -200,7 +262,16 @@ def load(db: Engine, runs: int, seed: int) -> dict[str, float]:
                 connection.execute(_ARMS.insert(), batch_arms)
             if batch_conversions:
                 connection.execute(_CONVERSIONS.insert(), batch_conversions)
-        for batch in (batch_runs, batch_path, batch_reviews, batch_arms, batch_conversions):
+            if batch_deliveries:
+                connection.execute(_DELIVERIES.insert(), batch_deliveries)
+        for batch in (
+            batch_runs,
+            batch_path,
+            batch_reviews,
+            batch_arms,
+            batch_conversions,
+            batch_deliveries,
+        ):
             batch.clear()
 
     for run, path in _generate(runs, seed):
@@ -214,6 +285,7 @@ def load(db: Engine, runs: int, seed: int) -> dict[str, float]:
             for e in path
             if e["type"] == "split"
         ]
+        batch_deliveries += _deliveries(run, path)
         bought = next((e for e in path if e["outcome"] == "purchase"), None)
         if bought is not None:
             batch_conversions.append(
@@ -343,7 +415,7 @@ def measure_record(db: Engine, records: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", help="an empty database (default: SQLite in a temp dir)")
-    parser.add_argument("--runs", type=int, default=120_000)
+    parser.add_argument("--runs", type=int, default=132_000)
     parser.add_argument("--repeat", type=int, default=9)
     parser.add_argument("--seed", type=int, default=19)
     parser.add_argument("--record", type=int, default=0, help="also time N write_path calls")
