@@ -196,6 +196,7 @@ def _designing_outputs() -> list[list[str]]:
     return blocks[1:]
 
 
+@pytest.mark.slow  # in `make test`; over 2 s, out of `make test-fast`
 def test_readme_journeys_test_output_is_the_real_output(monkeypatch: pytest.MonkeyPatch) -> None:
     """The README shows `journeys test --coverage` on the example scenarios: the lines it
     shows are printed, in order (``...`` alone: any lines; in a line: any text)."""

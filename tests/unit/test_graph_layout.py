@@ -160,6 +160,7 @@ def boxes_and_edges(svg: str) -> tuple[dict[str, Rect], list[tuple[str, str, lis
 # ----------------------------------------------------------------------------- tests
 
 
+@pytest.mark.slow  # in `make test`; over 2 s, out of `make test-fast`
 @pytest.mark.parametrize("name", sorted(PLANS))
 @pytest.mark.parametrize("counted", [False, True])
 def test_no_edge_crosses_a_box_and_the_svg_is_well_formed(name: str, counted: bool) -> None:

@@ -246,6 +246,7 @@ def test_journeys_db_current_does_not_create_a_missing_sqlite_file(
     assert not database.exists()
 
 
+@pytest.mark.slow  # in `make test`; over 2 s, out of `make test-fast`
 def test_starts_racing_on_one_fresh_database_migrate_it_once(empty_url: str) -> None:
     """Four processes start at once on an empty database: one migrates, three find it done."""
     script = (

@@ -252,6 +252,7 @@ def test_a_bad_declaration_is_an_error_at_its_line() -> None:
     ), messages
 
 
+@pytest.mark.slow  # in `make test`; over 2 s, out of `make test-fast`
 def test_validate_lists_what_it_treats_as_personal(tmp_path: Path) -> None:
     path = tmp_path / "journeys.yaml"
     path.write_text(CATALOGUE, encoding="utf-8")

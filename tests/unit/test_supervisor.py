@@ -352,6 +352,7 @@ def test_a_signal_stops_api_then_worker_then_server_each_by_sigterm(tmp_path: Pa
     assert "killing" not in text
 
 
+@pytest.mark.slow  # in `make test`; over 2 s, out of `make test-fast`
 def test_the_same_signal_twice_at_once_is_one_clean_stop(tmp_path: Path) -> None:
     """As a terminal's Ctrl-C reaches `make` and us, and `make` forwards it: twice."""
     out = io.StringIO()

@@ -423,6 +423,7 @@ def time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+@pytest.mark.slow  # in `make test`; over 2 s, out of `make test-fast`
 @settings(
     max_examples=100,
     deadline=None,

@@ -50,6 +50,7 @@ def stored_run(db: Engine, run_id: str) -> Run:
         return row
 
 
+@pytest.mark.slow  # in `make test`; over 2 s, out of `make test-fast`
 async def test_a_run_continues_as_new_inside_a_wait_and_keeps_its_deadline(
     env: WorkflowEnvironment, start_run: StartRun, db: Engine
 ) -> None:

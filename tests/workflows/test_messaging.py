@@ -130,6 +130,7 @@ async def test_following_the_unsubscribe_link_stops_the_next_email(
     assert state.outcome == "email_failed"
 
 
+@pytest.mark.slow  # in `make test`; over 2 s, out of `make test-fast`
 async def test_smtp_down_for_a_while_delivers_after_recovery_exactly_once(
     env: WorkflowEnvironment, start_run: StartRun, db: Engine, smtp: SmtpServer
 ) -> None:
