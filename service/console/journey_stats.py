@@ -39,6 +39,7 @@ from engine.plan import Plan
 from engine.stats_models import FunnelStats, JourneyStats
 from engine.timestamps import utcnow
 from service.api.deps import DatabaseDep
+from service.console.journeys import active_plans
 from service.console.routes import _page, _refusal, _signed_in
 
 __all__ = ["router"]
@@ -142,22 +143,6 @@ def _plan_versions(db: Engine, journey_id: str) -> list[PlanVersion]:
                 .order_by(col(PlanVersion.created_at).desc())
             ).all()
         )
-
-
-def _active_plans(db: Engine) -> list[Plan]:
-    with session_scope(db) as session:
-        rows = session.exec(
-            select(PlanVersion)
-            .where(col(PlanVersion.active).is_(True))
-            .order_by(col(PlanVersion.journey_id))
-        ).all()
-    plans = []
-    for row in rows:
-        try:
-            plans.append(Plan.model_validate_json(row.plan_json))
-        except ValueError:
-            continue  # a plan this release cannot read
-    return plans
 
 
 def _overdue_reviews(db: Engine, now: datetime) -> dict[str, dict[str, int]]:
@@ -314,7 +299,7 @@ async def overview_page(request: Request, db: DatabaseDep) -> Response:
         return _refusal(request, viewer, 503, NO_NUMBERS)
     now = utcnow()
     start = now - timedelta(days=OVERVIEW_DAYS)
-    plans = await asyncio.to_thread(_active_plans, db)
+    plans = await asyncio.to_thread(active_plans, db)
     overdue = await asyncio.to_thread(_overdue_reviews, db, now)
     rows = []
     for plan in plans:

@@ -52,30 +52,36 @@ class ActiveJourney:
     plan: Plan
 
 
-def _active(db: Engine) -> list[ActiveJourney]:
+def active_plans(db: Engine) -> list[Plan]:
+    """The active version's plan of every journey, by journey id; a plan this release
+    cannot read is left out (not previewable, not counted)."""
     with session_scope(db) as session:
         rows = session.exec(
             select(PlanVersion)
             .where(col(PlanVersion.active).is_(True))
             .order_by(col(PlanVersion.journey_id))
         ).all()
-    found = []
+    plans = []
     for row in rows:
         try:
-            plan = Plan.model_validate_json(row.plan_json)
+            plans.append(Plan.model_validate_json(row.plan_json))
         except ValueError:
-            continue  # a plan this release cannot read: not previewable here
-        found.append(
-            ActiveJourney(
-                row.journey_id,
-                plan.name,
-                row.version,
-                plan.entry.event,
-                tuple(sorted(plan.templates)),
-                plan,
-            )
+            continue
+    return plans
+
+
+def _active(db: Engine) -> list[ActiveJourney]:
+    return [
+        ActiveJourney(
+            plan.journey_id,
+            plan.name,
+            plan.version,
+            plan.entry.event,
+            tuple(sorted(plan.templates)),
+            plan,
         )
-    return found
+        for plan in active_plans(db)
+    ]
 
 
 def _journey(db: Engine, journey_id: str) -> ActiveJourney | None:
