@@ -47,6 +47,7 @@ from channels.rendering import MissingFormError, RenderedMessage, form_for, rend
 from channels.status_links import make_status_token, status_url
 from channels.unsubscribe import make_unsubscribe_token, unsubscribe_url
 from engine.audit import Record, append
+from engine.conversion_counts import recount
 from engine.database import (
     Delivery,
     EventRecord,
@@ -380,10 +381,14 @@ class MessagingActivities:
                     row.reason = reason
                     if status == "sending":
                         row.attempts += 1
+                    session.add(row)
                     if status in ("sent", "captured"):
                         row.sent_at = utcnow()
-                    session.add(row)
-                    session.flush()
+                        # A send before a conversion is credited with it, however the
+                        # two writes are ordered (`engine.conversion_counts`).
+                        recount(session.connection(), [request.run_id], session.flush)
+                    else:
+                        session.flush()
                     append(session, [_send_record(row)])  # last: appends take turns
                     return str(row.id), row.attempts
             except IntegrityError:

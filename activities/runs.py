@@ -14,12 +14,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, or_
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from engine.audit import Record, append
+from engine.conversion_counts import has_goals, recount
 from engine.database import (
     EventRecord,
     ParkedEvent,
@@ -240,10 +241,42 @@ def upsert_run(session: Session, request: RecordRunInput) -> None:
     on (`write_path`), in the same transaction. Both are idempotent: a retried record, or
     a tail sent again, changes nothing more. `runs.path` is no longer written (a new row
     gets `[]`)."""
+    connection = session.connection()
+    arms = [
+        {"run_id": request.run_id, "step_id": entry.step, "arm": entry.detail["arm"]}
+        for entry in request.path
+        if entry.type == "split" and isinstance(entry.detail.get("arm"), str)
+    ]
+
+    def write() -> None:
+        _write_run(connection, request, arms)
+
+    if (request.status != "running" or arms) and has_goals(
+        connection, request.journey_id, request.version
+    ):
+        # An end (an outcome goal) or an arm changes what the run's conversions count
+        # (`engine.conversion_counts`).
+        recount(connection, [request.run_id], write)
+    else:
+        write()
+    # Last: from here to the commit, other appends to the audit log wait.
+    append(
+        connection,
+        decision_records(
+            run_id=request.run_id,
+            customer_id=request.customer_id,
+            journey_id=request.journey_id,
+            version=request.version,
+            start=request.path_start,
+            path=request.path,
+        ),
+    )
+
+
+def _write_run(connection: Connection, request: RecordRunInput, arms: list[dict[str, Any]]) -> None:
     now = utcnow()
     ended = now if request.status != "running" else None
-    dialect = session.get_bind().dialect.name
-    connection = session.connection()
+    dialect = connection.dialect.name
     connection.execute(
         _upsert_statement(dialect),
         {
@@ -268,27 +301,10 @@ def upsert_run(session: Session, request: RecordRunInput) -> None:
         },
     )
     write_path(connection, run_id=request.run_id, start=request.path_start, entries=request.path)
-    arms = [
-        {"run_id": request.run_id, "step_id": entry.step, "arm": entry.detail["arm"]}
-        for entry in request.path
-        if entry.type == "split" and isinstance(entry.detail.get("arm"), str)
-    ]
     if arms:
         # A run's arm at a split never changes (its bucket is stable), so rows written by
         # an earlier record of the same run are left as they are.
         connection.execute(_arms_statement(dialect), _distinct(arms))
-    # Last: from here to the commit, other appends to the audit log wait.
-    append(
-        connection,
-        decision_records(
-            run_id=request.run_id,
-            customer_id=request.customer_id,
-            journey_id=request.journey_id,
-            version=request.version,
-            start=request.path_start,
-            path=request.path,
-        ),
-    )
 
 
 DECISIONS = frozenset({"branch", "decide", "split", "score", "holdout"})

@@ -9,7 +9,8 @@ The data is built directly in the database (no server, no worker): `runs`, `run_
 `review_tasks` rows bulk-inserted for a realistic mix (a split, sends with fallbacks and
 quiet-hours deferrals, a wait, a review for some, a holdout, a fifth of the runs still
 running), spread over 14 days; then the rollup is filled by `engine.step_rollup.backfill`,
-the counting `write_path` does for each write (and revision 0011 for stored rows). On
+the counting `write_path` does for each write (and revision 0011 for stored rows), and
+`engine.conversion_counts.backfill`, the counting of conversions (revision 0012). On
 PostgreSQL the tables are ANALYZEd after the load, as autovacuum would. Then each query is
 timed ``--repeat`` times after one warm-up, and the median is reported: the whole journey
 (all versions, all time), one version over a window that is not whole hours (its
@@ -41,7 +42,7 @@ from sqlalchemy import Table, text
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
-from engine import run_path, step_rollup
+from engine import conversion_counts, run_path, step_rollup
 from engine.catalog import build_catalog_from_text
 from engine.database import (
     Delivery,
@@ -307,6 +308,7 @@ def load(db: Engine, runs: int, seed: int) -> dict[str, float]:
     loaded = time.perf_counter()
     with db.begin() as connection:
         step_rollup.backfill(connection)
+        conversion_counts.backfill(connection)
     filled = time.perf_counter()
     if db.dialect.name == "postgresql":
         with db.connect() as connection:

@@ -15,28 +15,27 @@ group, whose runs get no sends). Windows from sends are for attribution: `send_a
 counts, per send step and channel, the conversions that came within ``within`` after a
 send of that step was sent (`deliveries.sent_at`).
 
-The numbers the stats read (`count_conversions`, `conversions_by_arm`,
-`conversion_summary`, `conversions_by_run`, `send_attributed`) are SQL aggregates over
-indexed rows: the runs of one journey in a window (their covering index), the conversion
-rows summed per run and joined to their runs by key (not every run probed for rows), its
-deliveries by the deliveries' (run, step, visit, channel) key. `conversion_summary` gives
-all a journey's numbers need in two passes. A goal's plan version is read from
-`plan_versions` once per process (versions are immutable). Nothing here knows Temporal.
+A journey's numbers (`engine.stats`) do not read these rows: what a run counts when it
+converts is kept in counters as it happens (`engine.conversion_counts`, called from
+`ConversionRecorder.record`). `count_conversions`, `conversions_by_arm` and
+`send_attributed` count the same from the rows, with SQL aggregates over indexed rows (the
+runs of one journey in a window by their covering index, the conversion rows summed per
+run and joined to their runs by key, deliveries by their (run, step, visit, channel) key):
+the reference the counters are checked against (tests/unit/test_conversion_counts.py).
+`conversions_by_run` gives, for some runs, when each converted. A goal's plan version is
+read from `plan_versions` once per process (`engine.goals`). Nothing here knows Temporal.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import (
     Connection,
     Table,
@@ -55,6 +54,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import ColumnElement, UnaryExpression
 from sqlalchemy.sql.operators import custom_op
 
+from engine.conversion_counts import recount
 from engine.database import (
     Delivery,
     EventRecord,
@@ -65,6 +65,7 @@ from engine.database import (
     RunConversion,
     dialect_insert,
 )
+from engine.goals import goals_of, journey_goals, plan_goals, remember
 from engine.plan import EventGoalPlan, GoalPlan, OutcomeGoalPlan
 from engine.stats_models import Conversions
 from engine.timestamps import as_utc
@@ -72,8 +73,6 @@ from rules import EvaluationError, ExpressionError, cached_expression
 
 __all__ = [
     "ConversionRecorder",
-    "ConversionSummary",
-    "conversion_summary",
     "conversions_by_arm",
     "conversions_by_run",
     "count_conversions",
@@ -92,59 +91,7 @@ _DELIVERIES: Table = Delivery.__table__  # type: ignore[attr-defined]
 _PROFILES: Table = Profile.__table__  # type: ignore[attr-defined]
 _ARMS: Table = RunArm.__table__  # type: ignore[attr-defined]
 
-_GOALS: TypeAdapter[tuple[GoalPlan, ...]] = TypeAdapter(tuple[GoalPlan, ...])
 _CHUNK = 500  # run ids per IN (...): well under every database's limit of parameters
-
-# ----------------------------------------------------------------------------- goals of plans
-
-_cache_lock = threading.Lock()
-_cached: dict[tuple[str, str], tuple[GoalPlan, ...]] = {}
-
-
-def goals_of(plan_json: str) -> tuple[GoalPlan, ...]:
-    """The goals of a stored plan's JSON (none in plans from before goals)."""
-    data = json.loads(plan_json)
-    return _GOALS.validate_python(data.get("goals") or ()) if isinstance(data, dict) else ()
-
-
-def plan_goals(connection: Connection, journey_id: str, version: str) -> tuple[GoalPlan, ...]:
-    """The goals of one stored plan version (none if it is not stored); read once per
-    process, as a version never changes."""
-    with _cache_lock:
-        found = _cached.get((journey_id, version))
-    if found is not None:
-        return found
-    plan_json = connection.execute(
-        select(_PLAN_VERSIONS.c.plan_json).where(
-            _PLAN_VERSIONS.c.journey_id == journey_id, _PLAN_VERSIONS.c.version == version
-        )
-    ).scalar_one_or_none()
-    if plan_json is None:
-        return ()
-    return _remember(journey_id, version, plan_json)
-
-
-def _remember(journey_id: str, version: str, plan_json: str) -> tuple[GoalPlan, ...]:
-    try:
-        goals = goals_of(plan_json)
-    except (ValueError, ValidationError):
-        log.warning("stored plan %s@%s has unreadable goals; ignoring them", journey_id, version)
-        goals = ()
-    with _cache_lock:
-        _cached[(journey_id, version)] = goals
-    return goals
-
-
-def journey_goals(
-    connection: Connection, journey_id: str, version: str | None = None
-) -> dict[str, tuple[GoalPlan, ...]]:
-    """The goals of each stored version of a journey (of ``version`` only, if given)."""
-    statement = select(_PLAN_VERSIONS.c.version).where(_PLAN_VERSIONS.c.journey_id == journey_id)
-    if version is not None:
-        statement = statement.where(_PLAN_VERSIONS.c.version == version)
-    versions = connection.execute(statement).scalars().all()
-    return {v: plan_goals(connection, journey_id, v) for v in versions}
-
 
 # ----------------------------------------------------------------------------- recording
 
@@ -194,7 +141,13 @@ class ConversionRecorder:
                 if key not in rows or row["at"] < rows[key]["at"]:
                     rows[key] = row
         if rows:
-            connection.execute(_upsert(connection.dialect.name), list(rows.values()))
+            # Counted as they are written (`engine.conversion_counts`): the stats read
+            # counters, not these rows.
+            recount(
+                connection,
+                [run_id for run_id, _ in rows],
+                lambda: connection.execute(_upsert(connection.dialect.name), list(rows.values())),
+            )
         return len(rows)
 
     def _refresh(self, connection: Connection) -> None:
@@ -213,7 +166,7 @@ class ConversionRecorder:
         with self._lock:
             by_event = {event: dict(found) for event, found in self._by_event.items()}
             for row in rows:
-                for goal in _remember(row.journey_id, row.version, row.plan_json):
+                for goal in remember(row.journey_id, row.version, row.plan_json):
                     if isinstance(goal, EventGoalPlan):
                         journeys = by_event.setdefault(goal.event, {})
                         longest = max(journeys.get(row.journey_id, 0), goal.within_seconds)
@@ -499,139 +452,11 @@ def conversions_by_arm(
     return out
 
 
-@dataclass(frozen=True)
-class ConversionSummary:
-    """`conversion_summary`'s answer: what `count_conversions` gives for the whole
-    window (``overall``) and per holdout arm (``holdout``: True, held out; False,
-    treated; each with its entries), and what `conversions_by_arm` gives per split step
-    (``arms``)."""
-
-    overall: Conversions
-    holdout: dict[bool, tuple[int, Conversions]]
-    arms: dict[str, dict[str, tuple[int, Conversions]]]
-
-
-def conversion_summary(
-    connection: Connection,
-    *,
-    journey_id: str,
-    version: str | None,
-    start: datetime | None,
-    end: datetime | None,
-    split_steps: Iterable[str] = (),
-    arm_entries: Mapping[str, Mapping[str, int]] | None = None,
-) -> ConversionSummary:
-    """Everything `journey_stats` reads of conversions, in two passes instead of one
-    per number: the runs in the window counted per holdout arm (covering index), and the
-    conversion rows summed per run, joined to their runs and to their arms at each of
-    ``split_steps``, grouped by holdout and arms. Equal to `count_conversions` (overall,
-    ``holdout=True``, ``holdout=False``) and `conversions_by_arm` (each step).
-
-    ``arm_entries``: per split step, the entries per arm when the caller has them (the
-    rollup's ``arm`` counters): then, unless the journey has outcome goals (counted per
-    arm from the runs), `run_arms` is not joined to the runs in the window, the costliest
-    read here (76 ms on SQLite, 92 on PostgreSQL, for 114,000 runs in arms).
-
-    Always from the rows: on SQLite its cost follows the whole `run_conversions` table
-    (no journey index there), which one pass can afford where four could not."""
-    steps = list(dict.fromkeys(split_steps))
-    by_outcome = _by_outcome(_outcome_goals(journey_goals(connection, journey_id, version)))
-    window: dict[str, Any] = {"journey_id": journey_id, "version": version, "start": start}
-    window.update(end=end)
-    entries: dict[bool, int] = {False: 0, True: 0}
-    outcomes: dict[bool, int] = {False: 0, True: 0}
-    for held_out, count, flagged in connection.execute(
-        select(_RUNS.c.holdout, func.count(), _flagged(by_outcome))
-        .where(*_runs_filter(**window))
-        .group_by(_RUNS.c.holdout)
-    ):
-        entries[bool(held_out)] += int(count)
-        outcomes[bool(held_out)] += int(flagged)
-    # Per holdout and per (step, arm): runs with a row, of which ended with an outcome
-    # goal, summed value.
-    rows: dict[Any, list[Any]] = defaultdict(lambda: [0, 0, 0.0])
-    for with_row, overlap, value, held_out, *at_steps in connection.execute(
-        _converted_by(connection, by_outcome, window, steps)
-    ):
-        for key in [bool(held_out), *((s, a) for s, a in zip(steps, at_steps, strict=True) if a)]:
-            rows[key][0] += int(with_row)
-            rows[key][1] += int(overlap)
-            rows[key][2] += float(value or 0.0)
-
-    def counted(key: Any, entered: int, flagged: int) -> Conversions:
-        with_row, overlap, value = rows.get(key, (0, 0, 0.0))
-        return _conversions(entered, with_row + flagged - overlap, value)
-
-    holdout = {h: (entries[h], counted(h, entries[h], outcomes[h])) for h in (True, False)}
-    overall = _conversions(
-        entries[True] + entries[False],
-        holdout[True][1].count + holdout[False][1].count,
-        holdout[True][1].value + holdout[False][1].value,
-    )
-    arms: dict[str, dict[str, tuple[int, Conversions]]] = {}
-    for step in steps:
-        given = (arm_entries or {}).get(step)
-        if given is not None and by_outcome is _NO_OUTCOME:
-            per_arm = {arm: (int(n), 0) for arm, n in given.items() if n > 0}
-        else:
-            per_arm = {
-                arm: (int(n), int(flagged))
-                for arm, n, flagged in connection.execute(
-                    select(_ARMS.c.arm, func.count(), _flagged(by_outcome))
-                    .select_from(_in_split(step))
-                    .where(*_runs_filter(**window))
-                    .group_by(_ARMS.c.arm)
-                )
-            }
-        arms[step] = {
-            arm: (n, counted((step, arm), n, flagged))
-            for arm, (n, flagged) in sorted(per_arm.items())
-        }
-    return ConversionSummary(overall=overall, holdout=holdout, arms=arms)
-
-
 def _in_split(step_id: str) -> Any:
     return _RUNS.join(_ARMS, and_(_ARMS.c.run_id == _RUNS.c.run_id, _ARMS.c.step_id == step_id))
 
 
-def _converted_by(
-    connection: Connection,
-    by_outcome: ColumnElement[bool],
-    window: Mapping[str, Any],
-    steps: list[str],
-) -> Any:
-    """`_converted` grouped by the runs' holdout and their arm at each of ``steps``
-    (None: in no arm there), in that order after its three columns."""
-    per_run = (
-        select(_CONVERSIONS.c.run_id, func.sum(_CONVERSIONS.c.value).label("value"))
-        .group_by(_CONVERSIONS.c.run_id)
-        .subquery()
-    )
-    sqlite = connection.dialect.name == "sqlite"
-    joined = per_run.join(_RUNS, _RUNS.c.run_id == per_run.c.run_id)
-    keys: list[Any] = [_RUNS.c.holdout]
-    for step in steps:
-        arms = _ARMS.alias()
-        step_id = (
-            UnaryExpression(arms.c.step_id, operator=custom_op("+")) if sqlite else arms.c.step_id
-        )
-        joined = joined.outerjoin(arms, and_(arms.c.run_id == per_run.c.run_id, step_id == step))
-        keys.append(arms.c.arm)
-    return (
-        select(
-            func.count(),
-            _flagged(by_outcome),
-            func.coalesce(func.sum(per_run.c.value), 0.0),
-            *keys,
-        )
-        .select_from(joined)
-        .where(*_runs_filter(**window, unindexed=sqlite))
-        .group_by(*keys)
-    )
-
-
-# How `count_conversions` and `conversions_by_arm` count (`conversion_summary` always
-# from the rows). The old way, kept for small windows on SQLite (`_tallies`):
+# How `count_conversions` and `conversions_by_arm` count. The old way, kept for small windows on SQLite (`_tallies`):
 # for each run in the window, an EXISTS on `run_conversions` and its summed value, two
 # probes a run. The way driven by the conversion rows (`_converted`), in two reads:
 #

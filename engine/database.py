@@ -244,10 +244,12 @@ class RunPathEntry(SQLModel, table=True):
 
 class StepRollup(SQLModel, table=True):
     """A journey's step numbers, pre-aggregated: how many times ``metric`` (``reached``,
-    ``edge``, ``time``, ``send``, ``arm``) counted ``bucket`` at ``step``, over the runs of
-    one version that entered in one UTC ``hour``. Kept by `engine.step_rollup` in the
-    transaction that writes the path rows (revision 0011 filled it from the rows before
-    it); read by `engine.stats`, which sums hours instead of reading every path row."""
+    ``edge``, ``time``, ``send``, ``arm``; ``conv`` and ``attr`` for conversions) counted
+    ``bucket`` at ``step``, over the runs of one version that entered in one UTC ``hour``.
+    Kept by `engine.step_rollup` in the transaction that writes the path rows, and by
+    `engine.conversion_counts` in those that can change a run's conversions (revisions
+    0011 and 0012 filled it from the rows before them); read by `engine.stats`, which sums
+    hours instead of reading every path row."""
 
     __tablename__ = "step_rollup"
     # Summed by step, metric and bucket from the index alone, in its order (no sort).
@@ -261,6 +263,7 @@ class StepRollup(SQLModel, table=True):
             "hour",
             "version",
             "count",
+            "value",
         ),
     )
 
@@ -271,6 +274,8 @@ class StepRollup(SQLModel, table=True):
     metric: str = Field(primary_key=True, max_length=20)
     bucket: str = Field(primary_key=True, max_length=200)
     count: int = 0
+    value: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
+    """The summed goal value of ``conv`` counters (`engine.conversion_counts`); 0 else."""
 
 
 class OutboxMessage(SQLModel, table=True):

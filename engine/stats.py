@@ -14,8 +14,10 @@ Over the runs of a journey (one version, or all) that entered in [start, end):
   the arms of each split;
 - from `review_tasks`: per review step the tasks opened, decided (by decision),
   escalated, timed out, and the time to a decision (exact percentiles);
-- conversions from `engine.conversions` (`run_conversions` rows, and outcome goals from
-  the runs), overall, by split arm and by holdout arm; each experiment's test from
+- conversions from the same counters (`engine.conversion_counts`: ``conv`` by holdout
+  arm and by split arm, with their summed value; ``attr`` per send step and channel),
+  kept as goal events are stored, messages sent and runs end; for the part-hours, from
+  the rows of the runs that entered then; each experiment's test from
   `engine.experiments.compare`.
 
 `funnel` reads the path rows of the runs that entered (it is asked for rarely, and for a
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -35,11 +37,12 @@ from sqlalchemy import Table, func, select
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
-from engine.conversions import ConversionSummary, conversion_summary, send_attributed
+from engine.conversion_counts import ATTRIBUTED, CONVERTED, JOURNEY, run_counts
 from engine.database import ReviewTask, Run, RunPathEntry, StepRollup
 from engine.experiments import compare
 from engine.stats_models import (
     ChannelSends,
+    Conversions,
     EdgeStats,
     ExperimentStats,
     FunnelStats,
@@ -48,7 +51,7 @@ from engine.stats_models import (
     ReviewStats,
     StepStats,
 )
-from engine.step_rollup import END, Key, path_counts, quantile, whole_hours
+from engine.step_rollup import END, Key, journey_term, path_counts, quantile, whole_hours
 from engine.timestamps import as_utc
 
 __all__ = ["HOLDOUT", "funnel", "journey_stats"]
@@ -103,34 +106,14 @@ def journey_stats(
     end = as_utc(end) if end is not None else None
     with _connected(db) as connection:
         runs = _runs_counts(connection, journey_id, version, start, end)
-        counts = _rollup_counts(connection, journey_id, version, start, end)
+        counts, values = _rollup_counts(connection, journey_id, version, start, end)
         reviews = _reviews(connection, journey_id, version, start, end)
-        splits = sorted({step for (step, metric, _), n in counts.items() if metric == "arm"})
-        summary = conversion_summary(
-            connection,
-            journey_id=journey_id,
-            version=version,
-            start=start,
-            end=end,
-            split_steps=splits,
-            arm_entries={
-                step: {
-                    arm: n
-                    for (at, metric, arm), n in counts.items()
-                    if at == step and metric == "arm" and n > 0
-                }
-                for step in splits
-            },
-        )
-        conversions = summary.overall
-        experiments = _experiments(summary, runs)
-        attributed = send_attributed(
-            connection, journey_id=journey_id, version=version, start=start, end=end
-        )
+    conversions, experiments = _conversions(counts, values, runs)
     steps, edges, sends = _steps(counts, runs)
-    for (step, channel), converted in attributed.items():
-        found = sends.setdefault(step, {}).get(channel, ChannelSends())
-        sends[step][channel] = found.model_copy(update={"conversions": converted})
+    for (step, metric, channel), converted in counts.items():
+        if metric == ATTRIBUTED and converted > 0:
+            found = sends.setdefault(step, {}).get(channel, ChannelSends())
+            sends[step][channel] = found.model_copy(update={"conversions": converted})
     return JourneyStats(
         journey_id=journey_id,
         version=version,
@@ -186,38 +169,98 @@ def _rollup_counts(
     version: str | None,
     start: datetime | None,
     end: datetime | None,
-) -> Counter[Key]:
-    """The rollup over the whole hours of the window, and the path rows of the runs that
-    entered in its part-hours."""
+) -> tuple[Counter[Key], dict[Key, float]]:
+    """The rollup's counters and summed values over the whole hours of the window, and
+    what the runs that entered in its part-hours count, from their rows."""
     first, last = whole_hours(start, end)
     counts: Counter[Key] = Counter()
+    values: dict[Key, float] = defaultdict(float)
     if first is not None and last is not None and first >= last:
         # Within one hour (or two parts of adjacent hours): rows only.
         assert start is not None and end is not None
         if start < end:
-            counts.update(_rows(connection, journey_id, version, start, end))
-        return counts
+            _rows(connection, journey_id, version, start, end, counts, values)
+        return counts, values
     columns = (_ROLLUP.c.step, _ROLLUP.c.metric, _ROLLUP.c.bucket)
-    query = select(*columns, func.sum(_ROLLUP.c.count)).where(_ROLLUP.c.journey_id == journey_id)
+    query = select(*columns, func.sum(_ROLLUP.c.count), func.sum(_ROLLUP.c.value)).where(
+        _ROLLUP.c.journey_id == journey_id
+    )
     if version is not None:
         query = query.where(_ROLLUP.c.version == version)
     if first is not None:
         query = query.where(_ROLLUP.c.hour >= first)
     if last is not None:
         query = query.where(_ROLLUP.c.hour < last)
-    for step, metric, bucket, total in connection.execute(query.group_by(*columns)):
+    for step, metric, bucket, total, value in connection.execute(query.group_by(*columns)):
         counts[(step, metric, bucket)] += int(total or 0)
+        if value:
+            values[(step, metric, bucket)] += float(value)
     if start is not None and first is not None and start < first:
-        counts.update(_rows(connection, journey_id, version, start, first))
+        _rows(connection, journey_id, version, start, first, counts, values)
     if end is not None and last is not None and last < end:
-        counts.update(_rows(connection, journey_id, version, last, end))
-    return counts
+        _rows(connection, journey_id, version, last, end, counts, values)
+    return counts, values
 
 
 def _rows(
-    connection: Connection, journey_id: str, version: str | None, start: datetime, end: datetime
-) -> Counter[Key]:
-    return path_counts(connection, journey_id=journey_id, version=version, start=start, end=end)
+    connection: Connection,
+    journey_id: str,
+    version: str | None,
+    start: datetime,
+    end: datetime,
+    counts: Counter[Key],
+    values: dict[Key, float],
+) -> None:
+    """Add what the runs that entered in [start, end) count, from their rows: their paths
+    (`engine.step_rollup.path_counts`) and their conversions (`run_counts`)."""
+    counts.update(
+        path_counts(connection, journey_id=journey_id, version=version, start=start, end=end)
+    )
+    query = select(_RUNS.c.run_id).where(
+        journey_term(connection, journey_id), _RUNS.c.started_at >= start, _RUNS.c.started_at < end
+    )
+    if version is not None:
+        query = query.where(_RUNS.c.version == version)
+    for found in run_counts(connection, connection.execute(query).scalars()).values():
+        counts.update(found.counts)
+        for key, value in found.values.items():
+            values[key] += value
+
+
+def _conversions(
+    counts: Counter[Key], values: Mapping[Key, float], runs: _RunsCounts
+) -> tuple[Conversions, dict[str, ExperimentStats]]:
+    """The conversions overall, and each experiment's arms with theirs: each split's
+    (entries from the rollup's ``arm`` counters, conversions from its ``conv`` ones) and
+    the holdout's (entries from the runs, conversions from the journey's ``conv``)."""
+
+    def converted(step: str, arm: str) -> tuple[int, float]:
+        key = (step, CONVERTED, arm)
+        return counts[key], round(values.get(key, 0.0), 6)
+
+    treated, control = converted(JOURNEY, "treated"), converted(JOURNEY, "control")
+    count, value = treated[0] + control[0], round(treated[1] + control[1], 6)
+    overall = Conversions(
+        count=count, rate=count / runs.entries if runs.entries else None, value=value
+    )
+    experiments: dict[str, ExperimentStats] = {}
+    splits = sorted({step for (step, metric, _), n in counts.items() if metric == "arm" and n})
+    for step in splits:
+        arms = {
+            arm: (n, converted(step, arm)[0])
+            for (at, metric, arm), n in sorted(counts.items())
+            if at == step and metric == "arm" and n > 0
+        }
+        experiments[step] = compare(arms)
+    if runs.holdout[True]:
+        experiments[HOLDOUT] = compare(
+            {
+                "control": (runs.holdout[True], control[0]),
+                "treated": (runs.holdout[False], treated[0]),
+            },
+            control="control",
+        )
+    return overall, dict(sorted(experiments.items()))
 
 
 def _steps(
@@ -341,27 +384,6 @@ def _nearest_rank(values: list[float], q: float) -> float | None:
         return None
     ordered = sorted(values)
     return round(ordered[max(1, math.ceil(q * len(ordered))) - 1], 3)
-
-
-def _experiments(summary: ConversionSummary, runs: _RunsCounts) -> dict[str, ExperimentStats]:
-    """Each split's arms (entries from the rollup's arm counters, as `upsert_run` writes
-    `run_arms` from the same split entries) and the holdout's, with their conversions
-    (`engine.conversions.conversion_summary`)."""
-    experiments: dict[str, ExperimentStats] = {}
-    for step, by_arm in sorted(summary.arms.items()):
-        arms = {arm: (entries, found.count) for arm, (entries, found) in sorted(by_arm.items())}
-        if any(entries for entries, _ in arms.values()):
-            experiments[step] = compare(arms)
-    if runs.holdout[True]:
-        held_out, treated = summary.holdout[True], summary.holdout[False]
-        experiments[HOLDOUT] = compare(
-            {
-                "control": (runs.holdout[True], held_out[1].count),
-                "treated": (runs.holdout[False], treated[1].count),
-            },
-            control="control",
-        )
-    return dict(sorted(experiments.items()))
 
 
 # ----------------------------------------------------------------------------- funnel
