@@ -270,7 +270,9 @@ def _constant_value(_evaluator: object, node: ast.Constant) -> Any:
 class _SafeEvaluator(EvalWithCompoundTypes):  # type: ignore[misc,unused-ignore]
     """simpleeval's evaluator with journey semantics; one short-lived instance per call.
 
-    A fresh instance per ``evaluate`` keeps concurrent evaluations apart. The stock
+    ``Expression.evaluate_interpreted`` runs it (``evaluate`` runs the compiled closures,
+    which must agree with it); ``compile_expression`` runs it on the parts that read no
+    context. A fresh instance per call keeps concurrent evaluations apart. The stock
     ``__init__`` costs ~9us (a warnings filter, a new node table, a scan of the function
     table), more than evaluating a typical expression, so this one only stores the
     per-call state and dispatches through the class-level ``_HANDLERS`` table. Values

@@ -4,6 +4,7 @@ with the tree-walking evaluator on every expression and context: same values, sa
 
 from __future__ import annotations
 
+import ast
 import copy
 import pickle
 from datetime import UTC, datetime, timedelta
@@ -314,3 +315,31 @@ def test_compiled_expressions_copy_and_pickle() -> None:
     ):
         assert clone == expression
         assert clone.evaluate(context) is True
+
+
+def test_a_node_without_a_closure_falls_back_to_the_interpreter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    without_ifexp = {
+        kind: compiler
+        for kind, compiler in expressions._NODE_COMPILERS.items()
+        if kind is not ast.IfExp
+    }
+    monkeypatch.setattr(expressions, "_NODE_COMPILERS", without_ifexp)
+    expression = compile_expression("event.a * 2 if event.b else 'no'")
+    built: list[object] = []
+    monkeypatch.setattr(expressions._SafeEvaluator, "__init__", _recording(built))
+    assert expression.evaluate({"event": {"a": 21, "b": True}}) == 42
+    assert len(built) == 1
+    with pytest.raises(EvaluationError, match="string result too long"):
+        expression.evaluate({"event": {"a": "x" * 6000, "b": True}})
+
+
+def _recording(built: list[object]) -> Any:
+    real = expressions._SafeEvaluator.__init__
+
+    def record(self: Any, *args: Any) -> None:
+        built.append(args)
+        real(self, *args)
+
+    return record
