@@ -1,6 +1,7 @@
 """The journey expression and template languages: pure, no I/O, no ``temporalio``.
 
-Public API: ``compile_expression`` -> ``Expression.evaluate`` (simpleeval, fixed function
+Public API: ``compile_expression`` -> ``Expression.evaluate`` (closures compiled from the
+checked tree, with the semantics of a simpleeval-based evaluator; fixed function
 allow-list, None-tolerant semantics, size caps) and ``compile_template`` ->
 ``CompiledTemplate.render`` (Jinja2 sandbox, StrictUndefined, fixed filter list).
 Compile-time problems raise ``ExpressionError``/``TemplateError`` (with a column or line

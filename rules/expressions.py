@@ -1,9 +1,10 @@
 """Journey expressions: compile once (parse and check), evaluate many times, safely.
 
 Lives here: ``compile_expression`` (parse, static checks, constant checking), the frozen
-``Expression`` plan with its ``evaluate``, the evaluator (a ``simpleeval`` subclass with
-our own None-tolerant semantics and size caps), and the capped arithmetic that the
-template sandbox reuses. Must not live here: I/O, clock reads, ``temporalio`` imports,
+``Expression`` plan with its ``evaluate``, the compiler from the checked tree to nested
+closures that ``evaluate`` runs, the evaluator (a ``simpleeval`` subclass with our own
+None-tolerant semantics and size caps) that ``evaluate_interpreted`` runs and the closures
+must agree with, and the capped arithmetic that the template sandbox reuses. Must not live here: I/O, clock reads, ``temporalio`` imports,
 and any global cache of compiled expressions (callers keep their ``Expression`` objects).
 
 Semantics. Attribute access works on mappings only (``event.amount`` is
@@ -269,7 +270,9 @@ def _constant_value(_evaluator: object, node: ast.Constant) -> Any:
 class _SafeEvaluator(EvalWithCompoundTypes):  # type: ignore[misc,unused-ignore]
     """simpleeval's evaluator with journey semantics; one short-lived instance per call.
 
-    A fresh instance per ``evaluate`` keeps concurrent evaluations apart. The stock
+    ``Expression.evaluate_interpreted`` runs it (``evaluate`` runs the compiled closures,
+    which must agree with it); ``compile_expression`` runs it on the parts that read no
+    context. A fresh instance per call keeps concurrent evaluations apart. The stock
     ``__init__`` costs ~9us (a warnings filter, a new node table, a scan of the function
     table), more than evaluating a typical expression, so this one only stores the
     per-call state and dispatches through the class-level ``_HANDLERS`` table. Values
@@ -364,6 +367,480 @@ def _failure_reason(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+# --- compiler: the checked tree to nested closures --------------------------------------
+#
+# ``Expression.evaluate`` runs closures built once from the checked tree: one per node,
+# each ``(context, timezone) -> value``, so an evaluation costs a few Python calls instead
+# of an evaluator instance and a dispatch per node. No source text is generated or exec'd:
+# every closure is one of the fixed functions below, holding sub-closures, constants from
+# the tree and functions from ``FUNCTIONS``. The semantics are the evaluator's, exactly
+# (``tests/unit/test_expressions_compiled.py`` checks both agree on random expressions),
+# including the order in which parts are evaluated, so the same failure surfaces first.
+
+_Context = Mapping[str, Any]
+_Closure = Callable[[_Context, str], Any]
+"""A compiled node: ``(context, timezone) -> value``."""
+
+_RAW_BINARY: Final[Mapping[type[ast.AST], Callable[[Any, Any], Any]]] = {
+    ast.Add: capped_add,
+    ast.Sub: operator.sub,
+    ast.Mult: capped_multiply,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: numeric_modulo,
+    ast.Pow: capped_power,
+}
+_IMMUTABLE: Final = (type(None), bool, int, float, str)
+
+
+class _Unsupported(Exception):
+    """A node the compiler has no closure for: the whole expression is interpreted."""
+
+
+def _is_immutable(value: object) -> bool:
+    if type(value) in _IMMUTABLE:
+        return True
+    if type(value) is tuple:
+        return all(_is_immutable(item) for item in value)
+    if type(value) is slice:
+        return all(_is_immutable(part) for part in (value.start, value.stop, value.step))
+    return False
+
+
+def _reads_context(node: ast.AST) -> bool:
+    """Whether ``node`` reads a context name or the clock (the callee's name is no read)."""
+    if isinstance(node, ast.Name):
+        return True
+    if isinstance(node, ast.Call):
+        if FUNCTIONS[_callee_name(node)].reads_clock:
+            return True
+        return any(_reads_context(argument) for argument in node.args)
+    return any(
+        _reads_context(child) for child in ast.iter_child_nodes(node) if isinstance(child, ast.expr)
+    )
+
+
+def _static_value(node: ast.expr) -> tuple[bool, Any]:
+    """``(True, value)`` for a part that reads nothing and gives an immutable value.
+
+    ``compile_expression`` has already evaluated every such part once without error, so
+    folding it changes nothing but the cost. Mutable results (lists, dicts, sets) are
+    rebuilt on every evaluation: a caller may change what it gets back.
+    """
+    if isinstance(node, ast.Constant):
+        return True, node.value
+    if _reads_context(node):
+        return False, None
+    try:
+        value = _SafeEvaluator({}, Clock(None, "UTC"), "")._eval(node)
+    except Exception:  # never for a checked tree; then it fails at run time as before
+        return False, None
+    return (True, value) if _is_immutable(value) else (False, None)
+
+
+def _compile(node: ast.expr) -> _Closure:
+    known, value = _static_value(node)
+    if known:
+
+        def constant(c: _Context, t: str) -> Any:
+            return value
+
+        return constant
+    compiler = _NODE_COMPILERS.get(type(node))
+    if compiler is None:
+        raise _Unsupported(type(node).__name__)
+    return compiler(node)
+
+
+def _compile_name(node: ast.expr) -> _Closure:
+    name = cast(ast.Name, node).id
+
+    def read_name(c: _Context, t: str) -> Any:
+        return c.get(name)
+
+    return read_name
+
+
+def _read_path(base: _Closure, path: tuple[str, ...]) -> _Closure:
+    def read_path(c: _Context, t: str) -> Any:
+        value = base(c, t)
+        for attribute in path:
+            if type(value) is dict or isinstance(value, Mapping):
+                value = value.get(attribute)
+            else:
+                return None
+        return value
+
+    return read_path
+
+
+def _read_name_attribute(name: str, attribute: str) -> _Closure:
+    """``name.attribute``, the commonest read, in one closure."""
+
+    def read_name_attribute(c: _Context, t: str) -> Any:
+        value = c.get(name)
+        if type(value) is dict or isinstance(value, Mapping):
+            return value.get(attribute)
+        return None
+
+    return read_name_attribute
+
+
+def _compile_attribute(node: ast.expr) -> _Closure:
+    path: list[str] = []
+    base: ast.expr = node
+    while isinstance(base, ast.Attribute):
+        path.append(base.attr)
+        base = base.value
+    path.reverse()
+    if isinstance(base, ast.Name) and len(path) == 1:
+        return _read_name_attribute(base.id, path[0])
+    return _read_path(_compile(base), tuple(path))
+
+
+def _item(container: Any, key: Any) -> Any:
+    """``container[key]`` with the evaluator's semantics (``_eval_subscript``)."""
+    if container is None or key is None:
+        return None
+    if isinstance(container, Mapping):
+        try:
+            return container.get(key)
+        except TypeError:  # unhashable key: it cannot be there
+            return None
+    if isinstance(container, str | list | tuple):
+        if isinstance(key, slice):
+            return container[key]
+        if isinstance(key, int):
+            try:
+                return container[key]
+            except IndexError:
+                return None
+    return None
+
+
+def _compile_subscript(node: ast.expr) -> _Closure:
+    subscript = cast(ast.Subscript, node)
+    container_of, key_of = _compile(subscript.value), _compile(subscript.slice)
+
+    def read_item(c: _Context, t: str) -> Any:
+        return _item(container_of(c, t), key_of(c, t))
+
+    return read_item
+
+
+def _contains(item: Any, container: Any) -> bool:
+    return item in container
+
+
+def _not_contains(item: Any, container: Any) -> bool:
+    return item not in container
+
+
+_TESTS: Final[Mapping[type[ast.cmpop], Callable[[Any, Any], Any]]] = {
+    **_COMPARISONS,
+    ast.In: _contains,
+    ast.NotIn: _not_contains,
+}
+
+
+def _compare_with_constant(
+    left_of: _Closure, test: Callable[[Any, Any], Any], right: Any
+) -> _Closure:
+    def compare_with_constant(c: _Context, t: str) -> bool:
+        left = left_of(c, t)
+        if left is None:
+            return False
+        try:
+            holds = test(left, right)
+        except TypeError:  # 'a' < 1, 1 in 'abc': incomparable means "no"
+            return False
+        return True if holds else False  # noqa: SIM210 - bool() would be a call
+
+    return compare_with_constant
+
+
+def _compare_once(
+    left_of: _Closure, test: Callable[[Any, Any], Any], right_of: _Closure
+) -> _Closure:
+    def compare_once(c: _Context, t: str) -> bool:
+        left, right = left_of(c, t), right_of(c, t)
+        if left is None or right is None:
+            return False
+        try:
+            holds = test(left, right)
+        except TypeError:
+            return False
+        return True if holds else False  # noqa: SIM210 - bool() would be a call
+
+    return compare_once
+
+
+def _compare_chain(
+    left_of: _Closure, steps: tuple[tuple[Callable[[Any, Any], Any], _Closure], ...]
+) -> _Closure:
+    def compare_chain(c: _Context, t: str) -> bool:
+        left = left_of(c, t)
+        for test, right_of in steps:
+            right = right_of(c, t)
+            if left is None or right is None:
+                return False
+            try:
+                holds = test(left, right)
+            except TypeError:
+                return False
+            if not holds:
+                return False
+            left = right
+        return True
+
+    return compare_chain
+
+
+def _compile_compare(node: ast.expr) -> _Closure:
+    comparison = cast(ast.Compare, node)
+    left_of = _compile(comparison.left)
+    if len(comparison.ops) == 1:
+        test = _TESTS[type(comparison.ops[0])]
+        right_node = comparison.comparators[0]
+        known, right = _static_value(right_node)
+        if not known and isinstance(right_node, ast.List) and test in (_contains, _not_contains):
+            # ``x in [1, 2]`` is ``x in (1, 2)``: membership is the same in both.
+            known, right = _static_value(ast.Tuple(elts=right_node.elts, ctx=ast.Load()))
+        if known and right is not None:
+            return _compare_with_constant(left_of, test, right)
+        return _compare_once(left_of, test, _compile(right_node))
+    steps = tuple(
+        (_TESTS[type(op)], _compile(right_node))
+        for op, right_node in zip(comparison.ops, comparison.comparators, strict=True)
+    )
+    return _compare_chain(left_of, steps)
+
+
+def _all_of(parts: tuple[_Closure, ...]) -> _Closure:
+    if len(parts) == 2:
+        first, second = parts
+
+        def both(c: _Context, t: str) -> Any:
+            return first(c, t) and second(c, t)
+
+        return both
+    if len(parts) == 3:
+        first, second, third = parts
+
+        def all_three(c: _Context, t: str) -> Any:
+            return first(c, t) and second(c, t) and third(c, t)
+
+        return all_three
+
+    def all_of(c: _Context, t: str) -> Any:
+        value: Any = False
+        for part in parts:
+            value = part(c, t)
+            if not value:
+                return value
+        return value
+
+    return all_of
+
+
+def _any_of(parts: tuple[_Closure, ...]) -> _Closure:
+    if len(parts) == 2:
+        first, second = parts
+
+        def either(c: _Context, t: str) -> Any:
+            return first(c, t) or second(c, t)
+
+        return either
+
+    def any_of(c: _Context, t: str) -> Any:
+        value: Any = False
+        for part in parts:
+            value = part(c, t)
+            if value:
+                return value
+        return value
+
+    return any_of
+
+
+def _compile_boolop(node: ast.expr) -> _Closure:
+    boolean = cast(ast.BoolOp, node)
+    parts = tuple(_compile(value) for value in boolean.values)
+    return _all_of(parts) if isinstance(boolean.op, ast.And) else _any_of(parts)
+
+
+def _compile_unaryop(node: ast.expr) -> _Closure:
+    unary = cast(ast.UnaryOp, node)
+    operand_of = _compile(unary.operand)
+    if isinstance(unary.op, ast.Not):
+
+        def negation(c: _Context, t: str) -> bool:
+            return not operand_of(c, t)
+
+        return negation
+    apply = _OPERATORS[type(unary.op)]  # _negate or _plus: None stays None
+
+    def signed(c: _Context, t: str) -> Any:
+        return apply(operand_of(c, t))
+
+    return signed
+
+
+def _compile_binop(node: ast.expr) -> _Closure:
+    binary = cast(ast.BinOp, node)
+    apply = _RAW_BINARY[type(binary.op)]
+    left_of, right_of = _compile(binary.left), _compile(binary.right)
+
+    def arithmetic(c: _Context, t: str) -> Any:
+        left, right = left_of(c, t), right_of(c, t)
+        if left is None or right is None:
+            return None
+        return apply(left, right)
+
+    return arithmetic
+
+
+def _compile_ifexp(node: ast.expr) -> _Closure:
+    choice = cast(ast.IfExp, node)
+    test_of, body_of, orelse_of = (
+        _compile(choice.test),
+        _compile(choice.body),
+        _compile(choice.orelse),
+    )
+
+    def if_else(c: _Context, t: str) -> Any:
+        return body_of(c, t) if test_of(c, t) else orelse_of(c, t)
+
+    return if_else
+
+
+def _compile_list(node: ast.expr) -> _Closure:
+    items = tuple(_compile(item) for item in cast(ast.List, node).elts)
+
+    def build_list(c: _Context, t: str) -> list[Any]:
+        return [item(c, t) for item in items]
+
+    return build_list
+
+
+def _compile_tuple(node: ast.expr) -> _Closure:
+    items = tuple(_compile(item) for item in cast(ast.Tuple, node).elts)
+
+    def build_tuple(c: _Context, t: str) -> tuple[Any, ...]:
+        return tuple(item(c, t) for item in items)
+
+    return build_tuple
+
+
+def _compile_set(node: ast.expr) -> _Closure:
+    items = tuple(_compile(item) for item in cast(ast.Set, node).elts)
+
+    def build_set(c: _Context, t: str) -> set[Any]:
+        return {item(c, t) for item in items}
+
+    return build_set
+
+
+def _compile_dict(node: ast.expr) -> _Closure:
+    mapping = cast(ast.Dict, node)
+    pairs = tuple(
+        (_compile(cast(ast.expr, key)), _compile(value))
+        for key, value in zip(mapping.keys, mapping.values, strict=True)
+    )
+
+    def build_dict(c: _Context, t: str) -> dict[Any, Any]:
+        result: dict[Any, Any] = {}
+        for key_of, value_of in pairs:
+            result[key_of(c, t)] = value_of(c, t)  # the value first, as the evaluator does
+        return result
+
+    return build_dict
+
+
+def _compile_slice(node: ast.expr) -> _Closure:
+    bounds = cast(ast.Slice, node)
+    parts = tuple(
+        None if part is None else _compile(part)
+        for part in (bounds.lower, bounds.upper, bounds.step)
+    )
+
+    def build_slice(c: _Context, t: str) -> slice:
+        lower, upper, step = (None if part is None else part(c, t) for part in parts)
+        return slice(lower, upper, step)
+
+    return build_slice
+
+
+def _compile_call(node: ast.expr) -> _Closure:
+    call = cast(ast.Call, node)
+    spec = FUNCTIONS[_callee_name(call)]
+    function = spec.implementation
+    arguments = tuple(_compile(argument) for argument in call.args)
+    if spec.reads_clock:
+
+        def call_with_clock(c: _Context, t: str) -> Any:
+            values = [argument(c, t) for argument in arguments]
+            return function(Clock(c.get("now"), t), *values)
+
+        return call_with_clock
+    if len(arguments) == 1:
+        (only,) = arguments
+
+        def call_one(c: _Context, t: str) -> Any:
+            return function(only(c, t))
+
+        return call_one
+
+    def call_many(c: _Context, t: str) -> Any:
+        return function(*[argument(c, t) for argument in arguments])
+
+    return call_many
+
+
+_NODE_COMPILERS: Final[Mapping[type[ast.AST], Callable[[ast.expr], _Closure]]] = {
+    ast.Name: _compile_name,
+    ast.Attribute: _compile_attribute,
+    ast.Subscript: _compile_subscript,
+    ast.Compare: _compile_compare,
+    ast.Call: _compile_call,
+    ast.BinOp: _compile_binop,
+    ast.UnaryOp: _compile_unaryop,
+    ast.BoolOp: _compile_boolop,
+    ast.IfExp: _compile_ifexp,
+    ast.List: _compile_list,
+    ast.Tuple: _compile_tuple,
+    ast.Set: _compile_set,
+    ast.Dict: _compile_dict,
+    ast.Slice: _compile_slice,
+}
+
+
+def _interpreter(tree: ast.expr, source: str) -> _Closure:
+    def interpret(c: _Context, t: str) -> Any:
+        evaluator = _SafeEvaluator(c, Clock(c.get("now"), t), source)
+        return evaluator.eval(source, previously_parsed=tree)
+
+    return interpret
+
+
+def _compile_tree(tree: ast.expr, source: str) -> _Closure:
+    """The closure ``Expression.evaluate`` runs; the interpreter if a node has none."""
+    try:
+        root = _compile(tree)
+    except _Unsupported:
+        return _interpreter(tree, source)
+    if _reads_context(tree):
+        return root
+
+    def context_checked(c: _Context, t: str) -> Any:
+        # The evaluator reads context.get("now") first, so a context that is no mapping
+        # fails even an expression that reads nothing; so must this one.
+        c.get("now")
+        return root(c, t)
+
+    return context_checked
+
+
 @dataclass(frozen=True)
 class Expression:
     """A compiled expression: what it reads, and a parsed tree ready to evaluate.
@@ -381,6 +858,19 @@ class Expression:
     whole_names: frozenset[str] = frozenset()
     """Context names read whole (``event``, ``event[key]`` with ``key`` not a constant),
     not only through a dotted path."""
+    _run: _Closure = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_run", _compile_tree(self._tree, self.source))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        del state["_run"]  # closures do not pickle; rebuilt from the tree on loading
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        object.__setattr__(self, "_run", _compile_tree(self._tree, self.source))
 
     def evaluate(self, context: Mapping[str, Any], *, timezone: str = "UTC") -> Any:
         """Evaluate against ``context`` (a mapping of context names to values).
@@ -388,6 +878,19 @@ class Expression:
         ``context["now"]`` (an aware datetime or ISO-8601 string) is read only by the
         time functions; ``timezone`` (IANA name) is used by ``local_hour()``. Raises
         ``EvaluationError`` and nothing else.
+        """
+        try:
+            return self._run(context, timezone)
+        except Exception as error:
+            raise EvaluationError(
+                f"cannot evaluate {self.source!r}: {_failure_reason(error)}"
+            ) from error
+
+    def evaluate_interpreted(self, context: Mapping[str, Any], *, timezone: str = "UTC") -> Any:
+        """``evaluate`` through the tree-walking evaluator instead of the compiled closures.
+
+        The reference the compiled form is tested against (same values, same errors);
+        slower, and not used by the engine.
         """
         try:
             evaluator = _SafeEvaluator(context, Clock(context.get("now"), timezone), self.source)
