@@ -1,0 +1,283 @@
+"""Every measurement of bench/, one after the other, and one table of the targets.
+
+    .venv/bin/python -m bench                     # everything, as in bench/README.md
+    .venv/bin/python -m bench --quick             # smaller sizes: a smoke run, not figures
+    .venv/bin/python -m bench --only rules,stats  # some of them
+    .venv/bin/python -m bench --markdown /tmp/table.md --json /tmp/bench.json
+
+Each measurement is its own script (`python -m bench.<name>`), run here as a child
+process with ``--json``: its output (and its progress bars) goes to the terminal as it
+runs, then its figures are read back from the JSON and checked against issue #20's
+targets (and #19's stats budget). A measurement that fails or is left out shows as
+such in the table; the exit status is 0 only when every measurement ran.
+
+PostgreSQL figures (the stats query) need ``--postgres URL`` (an empty database).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["MEASUREMENTS", "Row", "main"]
+
+console = Console()
+
+
+@dataclass(frozen=True)
+class Row:
+    """One target: the figure, the baseline beside it and their ratio, and the goal."""
+
+    target: str
+    figure: float | None
+    unit: str
+    goal: str
+    met: bool | None
+    baseline: float | None = None
+    ratio: float | None = None
+    note: str = ""
+
+
+Reader = Callable[[dict[str, Any]], list[Row]]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    name: str
+    module: str
+    full: tuple[str, ...]
+    quick: tuple[str, ...]
+    read: Reader
+    needs: tuple[str, ...] = field(default=())
+
+
+def _ratio(value: float | None, base: float | None) -> float | None:
+    if value is None or not base:
+        return None
+    return round(value / base, 3)
+
+
+def _at_least(value: float | None, goal: float) -> bool | None:
+    return None if value is None or math.isnan(value) else value >= goal
+
+
+def _at_most(value: float | None, goal: float) -> bool | None:
+    return None if value is None or math.isnan(value) else value <= goal
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def _throughput(data: dict[str, Any]) -> list[Row]:
+    summary = data["summary"]
+    overall = summary["overall"]
+    rows = [
+        Row(
+            "1. throughput, overall (jobs/s, engine through the API)",
+            overall.get("engine_jobs_per_s"),
+            "jobs/s",
+            ">= 0.9 x baseline",
+            _at_least(overall.get("engine_ratio"), 0.9),
+            overall.get("baseline_jobs_per_s"),
+            overall.get("engine_ratio"),
+        )
+    ]
+    for kind in summary["kinds"]:
+        rows.append(
+            Row(
+                f"1. throughput, {kind['kind']}",
+                kind.get("engine_jobs_per_s"),
+                "jobs/s",
+                ">= 0.85 x baseline",
+                _at_least(kind.get("engine_ratio"), 0.85),
+                kind.get("baseline_jobs_per_s"),
+                kind.get("engine_ratio"),
+            )
+        )
+    return rows
+
+
+def _stats(data: dict[str, Any]) -> list[Row]:
+    rows = []
+    for name, found in data["queries"].items():
+        if name == "check" or name.startswith("funnel"):
+            continue
+        median = found["median_ms"]
+        rows.append(
+            Row(
+                f"#19 {name} ({data['database']})",
+                median,
+                "ms",
+                "< 200 ms",
+                median < 200.0,
+                note=f"cpu {found['median_cpu_ms']} ms",
+            )
+        )
+    return rows
+
+
+def _rules(data: dict[str, Any]) -> list[Row]:
+    rows = []
+    found = {(row["shape"], row["path"]): row for row in data["rows"]}
+    for shape in ("minimal", "typical"):
+        compiled, zen = found.get((shape, "compiled")), found.get((shape, "zen"))
+        if compiled is None or zen is None:
+            continue
+        ratio = round(compiled["ratio_to_zen"], 2)
+        rows.append(
+            Row(
+                f"5. rules, reference rule ({shape} contexts), compiled vs zen-engine",
+                round(compiled["median_ops_per_s"]),
+                "ops/s",
+                ">= 1.5 x zen",
+                ratio >= 1.5,
+                round(zen["median_ops_per_s"]),
+                ratio,
+                "CPU time",
+            )
+        )
+    return rows
+
+
+MEASUREMENTS: list[Measurement] = [
+    Measurement(
+        "throughput",
+        "bench.throughput",
+        ("--events", "100", "--rounds", "3", "--direct"),
+        ("--events", "20", "--rounds", "1"),
+        _throughput,
+    ),
+    Measurement("rules", "bench.rules", (), ("--contexts", "2000", "--repeats", "3"), _rules),
+    Measurement("stats", "bench.stats_query", (), ("--runs", "10000", "--repeat", "3"), _stats),
+    Measurement(
+        "stats-postgres",
+        "bench.stats_query",
+        (),
+        ("--runs", "10000", "--repeat", "3"),
+        _stats,
+        needs=("postgres",),
+    ),
+]
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _run(measurement: Measurement, quick: bool, out: Path, extra: Sequence[str]) -> float:
+    arguments = [*(measurement.quick if quick else measurement.full), *extra, "--json", str(out)]
+    console.rule(
+        f"[bold]{measurement.name}[/]: python -m {measurement.module} " + " ".join(arguments)
+    )
+    began = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", measurement.module, *arguments], check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"python -m {measurement.module} exited with {done.returncode}")
+    return time.monotonic() - began
+
+
+def _format(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
+
+
+def _table(rows: Sequence[Row]) -> Table:
+    table = Table(title="bench: issue #20's targets (and #19's stats budget)")
+    for name in ("target", "figure", "baseline", "ratio", "goal", "met", "note"):
+        table.add_column(
+            name, justify="right" if name in ("figure", "baseline", "ratio") else "left"
+        )
+    for row in rows:
+        met = {True: "[green]yes[/]", False: "[red]NO[/]", None: "–"}[row.met]
+        table.add_row(
+            row.target,
+            f"{_format(row.figure)} {row.unit}" if row.figure is not None else "–",
+            _format(row.baseline),
+            _format(row.ratio),
+            row.goal,
+            met,
+            row.note,
+        )
+    return table
+
+
+def markdown(rows: Sequence[Row]) -> str:
+    """The table as bench/README.md shows it."""
+    lines = [
+        "| target | figure | baseline | ratio | goal | met | note |",
+        "|---|---:|---:|---:|---|---|---|",
+    ]
+    for row in rows:
+        figure = f"{_format(row.figure)} {row.unit}" if row.figure is not None else "–"
+        met = {True: "yes", False: "**no**", None: "–"}[row.met]
+        lines.append(
+            f"| {row.target} | {figure} | {_format(row.baseline)} | {_format(row.ratio)} | "
+            f"{row.goal} | {met} | {row.note} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    parser.add_argument(
+        "--only", help="comma-separated names: " + ", ".join(m.name for m in MEASUREMENTS)
+    )
+    parser.add_argument("--postgres", help="an empty PostgreSQL database for the stats query")
+    parser.add_argument("--json", type=Path, help="write every measurement's results here")
+    parser.add_argument("--markdown", type=Path, help="write the targets table here")
+    options = parser.parse_args(argv)
+    chosen = MEASUREMENTS
+    if options.only:
+        names = {name.strip() for name in options.only.split(",")}
+        unknown = names - {m.name for m in MEASUREMENTS}
+        if unknown:
+            parser.error(f"--only: unknown measurement(s) {', '.join(sorted(unknown))}")
+        chosen = [m for m in MEASUREMENTS if m.name in names]
+    rows: list[Row] = []
+    results: dict[str, Any] = {}
+    failed = 0
+    with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
+        for measurement in chosen:
+            extra: list[str] = []
+            if "postgres" in measurement.needs:
+                if not options.postgres:
+                    rows.append(
+                        Row(f"{measurement.name}: left out", None, "", "needs --postgres", None)
+                    )
+                    continue
+                extra = ["--url", options.postgres]
+            out = Path(scratch) / f"{measurement.name}.json"
+            try:
+                seconds = _run(measurement, options.quick, out, extra)
+                data = json.loads(out.read_text())
+                results[measurement.name] = data
+                rows += measurement.read(data)
+                console.print(f"{measurement.name}: {seconds:.0f} s")
+            except (RuntimeError, OSError, ValueError, KeyError) as error:
+                failed += 1
+                rows.append(Row(f"{measurement.name}: FAILED", None, "", str(error)[:80], False))
+    console.print(_table(rows))
+    if options.json:
+        options.json.write_text(json.dumps(results, indent=2, default=str))
+    if options.markdown:
+        options.markdown.write_text(markdown(rows))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
