@@ -386,7 +386,12 @@ class MessagingActivities:
                         row.sent_at = utcnow()
                         # A send before a conversion is credited with it, however the
                         # two writes are ordered (`engine.conversion_counts`).
-                        recount(session.connection(), [request.run_id], session.flush)
+                        recount(
+                            session.connection(),
+                            [request.run_id],
+                            session.flush,
+                            may_convert=False,
+                        )
                     else:
                         session.flush()
                     append(session, [_send_record(row)])  # last: appends take turns

@@ -20,7 +20,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from engine.audit import Record, append
-from engine.conversion_counts import has_goals, recount
+from engine.conversion_counts import ends_converted, has_goals, recount
 from engine.database import (
     EventRecord,
     ParkedEvent,
@@ -255,8 +255,11 @@ def upsert_run(session: Session, request: RecordRunInput) -> None:
         connection, request.journey_id, request.version
     ):
         # An end (an outcome goal) or an arm changes what the run's conversions count
-        # (`engine.conversion_counts`).
-        recount(connection, [request.run_id], write)
+        # (`engine.conversion_counts`); only an end with a goal's outcome converts.
+        converts = request.status != "running" and ends_converted(
+            connection, request.journey_id, request.version, request.outcome
+        )
+        recount(connection, [request.run_id], write, may_convert=converts)
     else:
         write()
     # Last: from here to the commit, other appends to the audit log wait.

@@ -49,6 +49,7 @@ __all__ = [
     "JOURNEY",
     "Counts",
     "backfill",
+    "ends_converted",
     "has_goals",
     "recount",
     "run_counts",
@@ -102,8 +103,7 @@ def has_goals(connection: Connection, journey_id: str, version: str) -> bool:
 
 def run_counts(connection: Connection, run_ids: Iterable[str]) -> dict[Group, Counts]:
     """What ``run_ids`` count, read from their rows, by the group each adds to."""
-    runs = _runs_with_goals(connection, sorted(set(run_ids)))
-    reached = _reached(connection, sorted(runs))
+    runs, reached = _runs_and_conversions(connection, sorted(set(run_ids)))
     converted: dict[str, tuple[Any, list[_Window]]] = {}
     for run_id, run in runs.items():
         windows = _windows(connection, run, reached.get(run_id, []))
@@ -136,9 +136,16 @@ _Window = tuple[str, datetime, int | None]
 """A conversion as an attribution window: (goal, when, seconds before it that a send
 counts; None: any)."""
 
+_Reached = dict[str, list[tuple[str, datetime, float]]]
 
-def _runs_with_goals(connection: Connection, ids: list[str]) -> dict[str, Any]:
+
+def _runs_and_conversions(
+    connection: Connection, ids: list[str]
+) -> tuple[dict[str, Any], _Reached]:
+    """The runs of versions with goals among ``ids``, and each one's event-goal
+    conversions (goal, when, value): one read (the runs by key, their rows by theirs)."""
     runs: dict[str, Any] = {}
+    reached: _Reached = defaultdict(list)
     for chunk in _chunks(ids):
         for row in connection.execute(
             select(
@@ -149,29 +156,19 @@ def _runs_with_goals(connection: Connection, ids: list[str]) -> dict[str, Any]:
                 _RUNS.c.holdout,
                 _RUNS.c.outcome,
                 _RUNS.c.ended_at,
-            ).where(_RUNS.c.run_id.in_(chunk))
-        ):
-            if plan_goals(connection, row.journey_id, row.version):
-                runs[row.run_id] = row
-    return runs
-
-
-def _reached(
-    connection: Connection, ids: list[str]
-) -> dict[str, list[tuple[str, datetime, float]]]:
-    """Each run's event-goal conversions: (goal, when, value)."""
-    reached: dict[str, list[tuple[str, datetime, float]]] = defaultdict(list)
-    for chunk in _chunks(ids):
-        for run_id, goal, at, value in connection.execute(
-            select(
-                _CONVERSIONS.c.run_id,
                 _CONVERSIONS.c.goal,
                 _CONVERSIONS.c.at,
                 _CONVERSIONS.c.value,
-            ).where(_CONVERSIONS.c.run_id.in_(chunk))
+            )
+            .select_from(_RUNS.outerjoin(_CONVERSIONS, _CONVERSIONS.c.run_id == _RUNS.c.run_id))
+            .where(_RUNS.c.run_id.in_(chunk))
         ):
-            reached[run_id].append((goal, as_utc(at), float(value or 0.0)))
-    return reached
+            if not plan_goals(connection, row.journey_id, row.version):
+                continue
+            runs[row.run_id] = row
+            if row.goal is not None:
+                reached[row.run_id].append((row.goal, as_utc(row.at), float(row.value or 0.0)))
+    return runs, reached
 
 
 def _arms_and_sends(
@@ -219,12 +216,22 @@ def _windows(
     return windows
 
 
-def recount(connection: Connection, run_ids: Iterable[str], write: Callable[[], T]) -> T:
+def recount(
+    connection: Connection,
+    run_ids: Iterable[str],
+    write: Callable[[], T],
+    *,
+    may_convert: bool = True,
+) -> T:
     """Make ``write`` (in ``connection``'s transaction) and add what it changes in the
-    counts of ``run_ids`` to the counters."""
+    counts of ``run_ids`` to the counters. ``may_convert=False``: the write cannot make
+    a run convert (a message sent, an arm): runs that had not converted before it count
+    nothing after it, and are not read again (the usual case costs one read)."""
     ids = sorted(set(run_ids))
     before = run_counts(connection, ids)
     result = write()
+    if not before and not may_convert:
+        return result
     after = run_counts(connection, ids)
     for group in sorted(set(before) | set(after)):
         delta = Counts.empty()
@@ -234,6 +241,16 @@ def recount(connection: Connection, run_ids: Iterable[str], write: Callable[[], 
             delta.add(before[group], -1)
         _store(connection, group, delta)
     return result
+
+
+def ends_converted(
+    connection: Connection, journey_id: str, version: str, outcome: str | None
+) -> bool:
+    """Whether a run of this version ending with ``outcome`` reaches an outcome goal."""
+    return outcome is not None and any(
+        isinstance(goal, OutcomeGoalPlan) and goal.outcome == outcome
+        for goal in plan_goals(connection, journey_id, version)
+    )
 
 
 def _store(connection: Connection, group: Group, delta: Counts) -> None:
