@@ -11,7 +11,9 @@ quiet-hours deferrals, a wait, a review for some, a holdout, a fifth of the runs
 running), spread over 14 days; then the rollup is filled by `engine.step_rollup.backfill`,
 the counting `write_path` does for each write (and revision 0011 for stored rows), and
 `engine.conversion_counts.backfill`, the counting of conversions (revision 0012). On
-PostgreSQL the tables are ANALYZEd after the load, as autovacuum would. Then each query is
+PostgreSQL the tables are VACUUMed and ANALYZEd after the load, as autovacuum does after
+a bulk insert (PostgreSQL 13 on): until then the visibility map is empty and an index-only
+scan still reads the table (measured: 161 ms instead of 85 ms). Then each query is
 timed ``--repeat`` times after one warm-up, and the median is reported: the whole journey
 (all versions, all time), one version over a window that is not whole hours (its
 part-hours are read from path rows), and a three-step funnel (read from path rows).
@@ -312,7 +314,7 @@ def load(db: Engine, runs: int, seed: int) -> dict[str, float]:
     filled = time.perf_counter()
     if db.dialect.name == "postgresql":
         with db.connect() as connection:
-            connection.execution_options(isolation_level="AUTOCOMMIT").execute(text("ANALYZE"))
+            connection.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM (ANALYZE)"))
     with db.connect() as connection:
         rollup_rows = connection.execute(text("SELECT count(*) FROM step_rollup")).scalar_one()
     return {
