@@ -178,6 +178,7 @@ _sources = st.recursive(
 )
 
 
+@pytest.mark.slow  # in `make test`; over 2 s, out of `make test-fast`
 @settings(max_examples=500, deadline=None)
 @given(
     source=_sources,
