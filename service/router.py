@@ -8,7 +8,9 @@ the runs table) and signals the open runs that wait for or exit on the event and
 is for (correlation: the run's key against the event's, found by the runs table's
 (customer, journey, key) index). An event is
 marked routed only when all of that succeeded, so `route_pending` can finish the job
-later (Temporal down, process killed): nothing accepted is lost.
+later (Temporal down, process killed): nothing accepted is lost. An event that can route
+to nothing (an identify, or a track event no active journey enters on and no run listens
+to) is stored already marked routed, in the storing transaction.
 
 Lives here: routing decisions and the Temporal calls they make. Not here: HTTP (see
 `service.api.routes.events`), the database schema (`engine.database`), the run itself
@@ -326,6 +328,13 @@ def _entry_context(record: EventRecord, plan: Plan, traits: dict[str, Any]) -> d
     }
 
 
+def _routes_somewhere(record: EventRecord, heard: frozenset[str]) -> bool:
+    """Whether routing ``record`` can start or signal anything: only a track event that
+    an active journey enters on or some run listens to (identify traits are merged when
+    the event is stored)."""
+    return record.type == "track" and bool(record.name) and record.name in heard
+
+
 def _search_attributes(plan: Plan, customer_id: str) -> TypedSearchAttributes:
     """What a started run is found by in Temporal's visibility (and its Web UI)."""
     return at_start(journey_id=plan.journey_id, version=plan.version, customer_id=customer_id)
@@ -534,10 +543,13 @@ class EventRouter:
         refused: list[str] = []
         with session_scope(self.db) as session:
             erased = erased_among(session.connection(), {r.customer_id for r in records})
+            heard = self._heard(session.connection())
             for record in records:
                 if record.customer_id in erased:  # stored nowhere, starts nothing
                     refused.append(record.message_id)
                     continue
+                # An event that routes to nothing is stored as routed: no second write.
+                record.routed = record.routed or not _routes_somewhere(record, heard)
                 if not store_event(session, record):
                     duplicates += 1
                     continue
@@ -549,9 +561,10 @@ class EventRouter:
             # Goal conversions, with the events that make them (engine.conversions).
             self.conversions.record(session.connection(), stored)
         prepared: RoutingInputs | None = None
-        if prepare and stored and stored[0].type == "track" and self.client is not None:
+        first = next((record for record in stored if not record.routed), None)
+        if prepare and first is not None and self.client is not None:
             try:
-                prepared = self._routing_inputs(stored[0])
+                prepared = self._routing_inputs(first)
             except Exception as error:  # stored is what matters; route() reads again
                 log.warning("routing read after storing failed: %s", type(error).__name__)
         return IngestResult(stored=stored, duplicates=duplicates, prepared=prepared, erased=refused)
@@ -904,6 +917,14 @@ class EventRouter:
             for workflow_id, journey_id, version, trigger_message_id, key in rows
         ]
         return keys, unmatched, open_runs
+
+    def _heard(self, connection: Connection) -> frozenset[str]:
+        """The event names routing acts on: the active journeys' entry events and what
+        the runs of every stored version wait for or exit on (read as `_routing_inputs`
+        reads them, in the storing transaction)."""
+        entries = {compiled.plan.entry.event for compiled in self._refresh_active(connection)}
+        with self._plans_lock:
+            return frozenset(entries | self._listeners.keys())
 
     def _refresh_active(self, connection: Connection) -> list[_CompiledPlan]:
         # A cheap query per event keeps deploys visible at once; plans compile once per

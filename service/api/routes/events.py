@@ -281,10 +281,13 @@ async def _route_accepted(
     events: EventRouter, stored: Sequence[EventRecord], prepared: RoutingInputs | None
 ) -> IngestResponse:
     response = IngestResponse(accepted=len(stored), duplicates=0)
+    to_route = [record for record in stored if not record.routed]  # the rest route nowhere
+    if not to_route:
+        return response
     try:
-        with events.claimed([record.message_id for record in stored]):
+        with events.claimed([record.message_id for record in to_route]):
             async with asyncio.timeout(ROUTING_TIMEOUT_SECONDS):
-                outcomes = await events.route_in_order(stored, prepared)
+                outcomes = await events.route_in_order(to_route, prepared)
     except Exception as error:
         # Stored is what matters: the background loop routes what is left.
         log.warning("routing deferred: %s", type(error).__name__)
