@@ -52,7 +52,7 @@ from service.api.messages import (
     too_far_ahead,
 )
 from service.api.middleware import MAX_BODY_BYTES
-from service.router import EventRouter, RoutingInputs, SkippedStart
+from service.router import EventRouter, IngestResult, RoutingInputs, SkippedStart
 
 __all__ = [
     "CONFLICT_REASON",
@@ -305,6 +305,13 @@ async def _route_accepted(
     return response
 
 
+def _listened_and_ingest(
+    events: EventRouter, records: Sequence[EventRecord]
+) -> tuple[frozenset[str], IngestResult]:
+    """What journeys listen to, then store ``records`` (`EventRouter.ingest`). Blocking."""
+    return listened_events(events.db), events.ingest(records, prepare=True)
+
+
 async def _ingest(
     events: EventRouter,
     messages: Sequence[TrackMessage | IdentifyMessage],
@@ -319,7 +326,7 @@ async def _ingest(
         if isinstance(message, TrackMessage)
     ]
     unrouted: list[tuple[int, str]] = []
-    if tracked:
+    if tracked and strict:  # refused before anything is stored
         listened = await asyncio.to_thread(listened_events, events.db)
         unrouted = [(index, name) for index, name in tracked if name not in listened]
     refusal = _refusals(
@@ -328,7 +335,11 @@ async def _ingest(
     if refusal is not None:
         return refusal
     records = [message.to_record() for message in messages]
-    outcome = await asyncio.to_thread(events.ingest, records, prepare=True)
+    if strict or not tracked:
+        outcome = await asyncio.to_thread(events.ingest, records, prepare=True)
+    else:  # only named in the answer: read in the storing thread hop (one hop, not two)
+        listened, outcome = await asyncio.to_thread(_listened_and_ingest, events, records)
+        unrouted = [(index, name) for index, name in tracked if name not in listened]
     response = await _route_accepted(events, outcome.stored, outcome.prepared)
     response.duplicates = outcome.duplicates
     response.unrouted = list(dict.fromkeys(name for _, name in unrouted))
