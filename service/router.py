@@ -590,11 +590,19 @@ class EventRouter:
         self._in_flight.add(record.message_id)
         try:
             started: list[_StartedRun] = []
+            finished = False
             try:
                 signals: list[tuple[str, asyncio.Future[bool]]] = []
                 try:
                     result = await self._route(record, started, prepared, signals)
-                    if started:
+                    if started and not signals:
+                        # Nothing to wait for: the runs rows and the routed mark in one
+                        # transaction, before the next event's routing reads the runs.
+                        await asyncio.to_thread(
+                            self._finish_routing, record, started, result.skipped
+                        )
+                        started, finished = [], True
+                    elif started:
                         # Before the next event's routing reads the customer's runs.
                         await asyncio.to_thread(self._record_started_runs, record, started)
                         started = []
@@ -616,7 +624,8 @@ class EventRouter:
                         self._record_started_runs_after_failure, record, started
                     )
                 raise
-            await asyncio.to_thread(self._finish_routing, record, started, result.skipped)
+            if not finished:
+                await asyncio.to_thread(self._finish_routing, record, started, result.skipped)
             return result
         finally:
             self._in_flight.discard(record.message_id)
