@@ -13,9 +13,11 @@ this driver costs the two cores as little as it can):
 - **single**: ``track`` events no journey listens to (``page_viewed``), one per request to
   ``/v1/track``: stored, deduplicated, routed to nothing; and the same to the floor;
 - **batch**: the same events, 100 per request to ``/v1/batch``; and the same to the floor;
-- **signal**: first (not measured) ``order_placed`` starts one ``bench_wait`` run per
-  customer; then one ``order_paid`` per run, one per request: each must answer the run as
-  signalled.
+- **signal**: first (not measured) ``order_placed`` starts two ``bench_wait`` runs per
+  signal to send, and the bench waits until the worker and server are idle (every run
+  waits); then half the runs are signalled straight with the Temporal client, 16 at a time
+  (the floor: what the signal alone costs), and the other half through the API, one
+  ``order_paid`` per request: each must answer its run as signalled.
 
 After each engine phase the events table is counted: every event of the phase stored
 once, every one marked routed (the router marks an event routed once its starts and
@@ -31,15 +33,23 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import text
+from temporalio.client import Client
 
 from bench.stack import Stack, run_watched, running_stack
-from bench.throughput import CpuMeter, deploy_bench_catalogue, machine_info, say
-from engine.payloads import workflow_id_for
+from bench.throughput import (
+    CpuMeter,
+    deploy_bench_catalogue,
+    machine_info,
+    process_cpu_seconds,
+    say,
+)
+from engine.payloads import SIGNAL_EVENT, EventMessage, workflow_id_for
 
 __all__ = ["main"]
 
@@ -200,6 +210,19 @@ class IngestBench:
         say(f"  {result.events_per_s} events/s, {len(refused)} refused")
         return result, answers
 
+    async def settled(self, timeout: float = 180.0) -> None:
+        """Wait (bounded) until the worker and the server are idle: under 0.05 cores each
+        over a second (the runs just started have all reached their wait)."""
+        pids = [*self.stack.pids["worker"], *self.stack.pids["server"]]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            before = [process_cpu_seconds(pid) for pid in pids]
+            await asyncio.sleep(1.0)
+            used = [process_cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
+            if max(used) < 0.05:
+                return
+        say(f"  the worker and server were still busy after {timeout:.0f} s")
+
     def count(self, prefix: str) -> tuple[int, int]:
         """(stored, routed) events whose message id starts with ``prefix``."""
         with self.stack.db.connect() as connection:
@@ -252,25 +275,67 @@ class IngestBench:
             results.append(result)
         return results
 
-    async def signalled(self, count: int) -> PhaseResult:
-        customers = [f"{self.run_id}-w{i}" for i in range(count)]
+    async def signalled(self, count: int, client: Client) -> list[PhaseResult]:
+        """``count`` signals through the API, and ``count`` sent straight with the client
+        (the floor: what a hand-written integration's signal costs Temporal)."""
+        customers = [f"{self.run_id}-w{i}" for i in range(2 * count)]
         placed = [
             json.dumps(
                 _track(f"{self.run_id}-o-{i}", c, "order_placed", {"order_id": f"o{i}"})
             ).encode()
             for i, c in enumerate(customers)
         ]
-        say(f"signal: starting {count} bench_wait runs (not measured)")
+        say(f"signal: starting {len(customers)} bench_wait runs (not measured)")
         elapsed, answers = await blast(self.stack.api_url, self.stack.api_key, "/v1/track", placed)
         started = sum(1 for status, body in answers if status == 202 and b'"started":["' in body)
-        say(f"  {started}/{count} started in {elapsed:.1f} s")
-        if started < count:
-            raise RuntimeError(f"only {started}/{count} bench_wait runs started")
-        await asyncio.sleep(3.0)  # their first workflow tasks: every run waits
+        say(f"  {started}/{len(customers)} started in {elapsed:.1f} s")
+        if started < len(customers):
+            raise RuntimeError(f"only {started}/{len(customers)} bench_wait runs started")
+        await self.settled()  # every run has had its first workflow task: each one waits
+
+        # The floor: the client signals the second half's runs directly, 16 at a time.
+        direct = list(enumerate(customers))[count:]
+        await asyncio.sleep(2.0)
+        say(f"signal/direct: {count} signals with the client, {CONNECTIONS} at a time")
+        self.meter.begin()
+        begin = time.monotonic()
+        queue = iter(direct)
+
+        async def signal_some() -> None:
+            for i, customer in queue:
+                handle = client.get_workflow_handle(
+                    workflow_id_for(WAIT_JOURNEY, customer, f"o{i}")
+                )
+                await handle.signal(
+                    SIGNAL_EVENT,
+                    EventMessage(
+                        name="order_paid",
+                        customer_id=customer,
+                        message_id=f"{self.run_id}-d-{i}",
+                        timestamp=datetime.now(UTC),
+                        properties={"order_id": f"o{i}"},
+                    ),
+                )
+
+        await asyncio.gather(*(signal_some() for _ in range(CONNECTIONS)))
+        elapsed = time.monotonic() - begin
+        floor = PhaseResult(
+            phase="signal",
+            target="floor",
+            events=count,
+            requests=count,
+            elapsed_s=round(elapsed, 3),
+            events_per_s=round(count / elapsed, 1),
+            refused=0,
+            cpu_cores=self.meter.end(),
+        )
+        say(f"  {floor.events_per_s} signals/s")
+        await self.settled()
+
         prefix = f"{self.run_id}-p"
         paid = [
             json.dumps(_track(f"{prefix}-{i}", c, "order_paid", {"order_id": f"o{i}"})).encode()
-            for i, c in enumerate(customers)
+            for i, c in enumerate(customers[:count])
         ]
         result, answers = await self.phase("signal", "engine", "/v1/track", paid, count)
         signalled = 0
@@ -280,11 +345,11 @@ class IngestBench:
                 signalled += expected in json.loads(body).get("signalled", [])
         result.signalled = signalled
         say(f"  {signalled}/{count} answered as signalled")
-        return await self.checked(result, prefix)
+        return [floor, await self.checked(result, prefix)]
 
 
 async def _measure(options: Options, stack: Stack, floor_url: str) -> list[PhaseResult]:
-    await stack.ready()
+    client = await stack.ready()
     bench = IngestBench(stack, floor_url, f"i{int(time.time()) % 100000}")
     warm = [json.dumps(m).encode() for m in _page_views(f"{bench.run_id}-warm", 200)]
     await blast(stack.api_url, stack.api_key, "/v1/track", warm)
@@ -292,7 +357,7 @@ async def _measure(options: Options, stack: Stack, floor_url: str) -> list[Phase
     results = await bench.single(options.single)
     results += await bench.batched(options.batched)
     if options.signals:
-        results.append(await bench.signalled(options.signals))
+        results += await bench.signalled(options.signals, client)
     return results
 
 
@@ -325,8 +390,8 @@ def format_report(results: Sequence[PhaseResult]) -> str:
     floors = {r.phase: r for r in results if r.target == "floor"}
     lines = [
         "| phase | engine events/s | floor events/s | engine/floor | target | met | stored | "
-        "routed | signalled | api cores | server cores | other cores |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "routed | signalled | api cores | server cores | worker cores | other cores |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         if r.target != "engine":
@@ -338,7 +403,8 @@ def format_report(results: Sequence[PhaseResult]) -> str:
             f"| {r.phase} | {r.events_per_s} | {floor.events_per_s if floor else '–'} | {ratio} "
             f"| {target:.0f} | {'yes' if r.events_per_s >= target else 'no'} "
             f"| {r.stored}/{r.events} | {r.routed} | {r.signalled if r.signalled is not None else '–'} "
-            f"| {r.cpu_cores.get('api')} | {r.cpu_cores.get('server')} | {r.cpu_cores.get('other')} |"
+            f"| {r.cpu_cores.get('api')} | {r.cpu_cores.get('server')} "
+            f"| {r.cpu_cores.get('worker')} | {r.cpu_cores.get('other')} |"
         )
     for r in results:
         for note in r.notes:
