@@ -67,7 +67,7 @@ from engine.payloads import (
     workflow_id_for,
 )
 from engine.personal import profile_marks, run_event, run_key, scrubbed
-from engine.plan import Plan
+from engine.plan import EventGoalPlan, Plan
 from engine.profiles import customer_from_traits, masked_customer
 from engine.pseudonyms import erased_among
 from engine.timestamps import as_utc, utcnow
@@ -136,6 +136,10 @@ class IngestResult:
     duplicates: int
     prepared: RoutingInputs | None = None  # the first stored event's, when asked for
     erased: list[str] = dataclasses.field(default_factory=list)  # message ids of erased customers
+    # The event names some journey listens to, read in the storing transaction: the
+    # active entries, and what the runs of every stored version wait for, exit on or
+    # count as a goal (`service.api.routes.events.listened_events`, from the router's cache).
+    listened: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -516,6 +520,7 @@ class EventRouter:
         self._versions_seen = 0
         self._listened: dict[tuple[str, str], _CompiledPlan] = {}
         self._listeners: dict[str, tuple[_Listener, ...]] = {}
+        self._goal_events: frozenset[str] = frozenset()
         self._in_flight: set[str] = set()
         self.signals = RunSignals()
         self.conversions = ConversionRecorder()
@@ -550,6 +555,8 @@ class EventRouter:
         with self._writes, session_scope(self.db) as session:
             erased = erased_among(session.connection(), {r.customer_id for r in records})
             heard = self._heard(session.connection())
+            with self._plans_lock:
+                listened = heard | self._goal_events
             for record in records:
                 if record.customer_id in erased:  # stored nowhere, starts nothing
                     refused.append(record.message_id)
@@ -573,7 +580,13 @@ class EventRouter:
                 prepared = self._routing_inputs(first)
             except Exception as error:  # stored is what matters; route() reads again
                 log.warning("routing read after storing failed: %s", type(error).__name__)
-        return IngestResult(stored=stored, duplicates=duplicates, prepared=prepared, erased=refused)
+        return IngestResult(
+            stored=stored,
+            duplicates=duplicates,
+            prepared=prepared,
+            erased=refused,
+            listened=listened,
+        )
 
     # ------------------------------------------------------------------ routing
 
@@ -971,6 +984,12 @@ class EventRouter:
         with self._plans_lock:
             self._listened = listened
             self._listeners = {event: tuple(found.values()) for event, found in by_event.items()}
+            self._goal_events = frozenset(
+                goal.event
+                for compiled in listened.values()
+                for goal in compiled.plan.goals
+                if isinstance(goal, EventGoalPlan)
+            )
             self._versions_seen = max(self._versions_seen, *(row.id for row in rows))
 
     def _plan_version(self, journey_id: str, version: str) -> _CompiledPlan | None:

@@ -52,7 +52,7 @@ from service.api.messages import (
     too_far_ahead,
 )
 from service.api.middleware import MAX_BODY_BYTES
-from service.router import EventRouter, IngestResult, RoutingInputs, SkippedStart
+from service.router import EventRouter, RoutingInputs, SkippedStart
 
 __all__ = [
     "CONFLICT_REASON",
@@ -305,13 +305,6 @@ async def _route_accepted(
     return response
 
 
-def _listened_and_ingest(
-    events: EventRouter, records: Sequence[EventRecord]
-) -> tuple[frozenset[str], IngestResult]:
-    """What journeys listen to, then store ``records`` (`EventRouter.ingest`). Blocking."""
-    return listened_events(events.db), events.ingest(records, prepare=True)
-
-
 async def _ingest(
     events: EventRouter,
     messages: Sequence[TrackMessage | IdentifyMessage],
@@ -335,11 +328,9 @@ async def _ingest(
     if refusal is not None:
         return refusal
     records = [message.to_record() for message in messages]
-    if strict or not tracked:
-        outcome = await asyncio.to_thread(events.ingest, records, prepare=True)
-    else:  # only named in the answer: read in the storing thread hop (one hop, not two)
-        listened, outcome = await asyncio.to_thread(_listened_and_ingest, events, records)
-        unrouted = [(index, name) for index, name in tracked if name not in listened]
+    outcome = await asyncio.to_thread(events.ingest, records, prepare=True)
+    if tracked and not strict:  # only named in the answer: read when they were stored
+        unrouted = [(index, name) for index, name in tracked if name not in outcome.listened]
     response = await _route_accepted(events, outcome.stored, outcome.prepared)
     response.duplicates = outcome.duplicates
     response.unrouted = list(dict.fromkeys(name for _, name in unrouted))
