@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import socket
 import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from aiosmtpd.controller import Controller
 from apprise.plugins.email import smtp as apprise_smtp
 
-import channels.delivery  # noqa: F401  (installs the shim)
 from channels import smtp_tls
+from channels.delivery import DeliveryError, deliver
+from channels.rendering import RenderedMessage
+from tests.smtp_server import SMTP_PASSWORD, SMTP_USER, Mailbox, authenticate, free_port
+
+EMAIL = RenderedMessage(channel="email", subject="Hello", body="Hi Ann, this is a test.")
 
 
 def test_installed_only_in_apprises_smtp_module() -> None:
@@ -61,3 +69,73 @@ def test_wraps_a_socket_through_the_real_context() -> None:
         wrapped.close()
     finally:
         right.close()
+
+
+# --- STARTTLS to a real server (aiosmtpd, a self-signed certificate) ----------------------
+
+
+@pytest.fixture
+def tls_smtp(tmp_path: Path) -> Iterator[tuple[int, Mailbox]]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(str(cert), str(key))
+    mailbox = Mailbox()
+    port = free_port()
+    controller = Controller(
+        mailbox,
+        hostname="127.0.0.1",
+        port=port,
+        authenticator=authenticate,
+        auth_require_tls=True,
+        tls_context=server_context,
+        require_starttls=True,
+        ready_timeout=5,
+    )
+    controller.start()
+    yield port, mailbox
+    controller.stop()
+
+
+def _starttls_url(port: int, verify: str) -> str:
+    return (
+        f"mailto://{SMTP_USER}:{SMTP_PASSWORD}@127.0.0.1:{port}"
+        f"?from=journeys@example.com&mode=starttls&verify={verify}"
+    )
+
+
+async def test_starttls_without_verification_delivers(tls_smtp: tuple[int, Mailbox]) -> None:
+    port, mailbox = tls_smtp
+    for _ in range(2):  # the second session reuses the shared context
+        await deliver(
+            channel="email",
+            kind="email",
+            url=_starttls_url(port, "no"),
+            recipient="ann@example.com",
+            message=EMAIL,
+        )
+    assert len(mailbox.messages) == 2
+
+
+async def test_starttls_verifies_the_certificate_by_default(
+    tls_smtp: tuple[int, Mailbox],
+) -> None:
+    port, mailbox = tls_smtp
+    with pytest.raises(DeliveryError) as caught:
+        await deliver(
+            channel="email",
+            kind="email",
+            url=_starttls_url(port, "yes"),
+            recipient="ann@example.com",
+            message=EMAIL,
+        )
+    assert mailbox.messages == []
+    assert "certificate" in caught.value.reason.lower() or "ssl" in caught.value.reason.lower()
