@@ -59,6 +59,7 @@ __all__ = [
     "BaselineCartWorkflow",
     "BaselineLoginWorkflow",
     "BaselinePaymentWorkflow",
+    "BaselineWelcomeWorkflow",
     "build_baseline_worker",
     "engine_worker_settings",
     "main",
@@ -84,6 +85,11 @@ TEMPLATES: dict[str, dict[str, str]] = {
         "email.subject": "Your payment of {{ event.amount | money(event.currency) }} is still open",
         "email.text": "Hi {{ profile.first_name | default('there') }}, "
         "your payment did not go through.",
+    },
+    "welcome": {
+        "email.subject": "Welcome aboard, {{ profile.first_name | default('there') }}",
+        "email.text": "Hi {{ profile.first_name | default('there') }}, "
+        "your {{ event.plan }} plan is ready.",
     },
     "login_alert": {
         "email.subject": "Failed sign-ins to your account",
@@ -271,10 +277,22 @@ class BaselineLoginWorkflow:
         return "alerted"
 
 
+@workflow.defn(name="BaselineWelcome")
+class BaselineWelcomeWorkflow:
+    """bench_welcome of bench/latency.yaml by hand: one email, then the end."""
+
+    @workflow.run
+    async def run(self, customer: CustomerContext, trigger: EventMessage) -> str:
+        run = _Run("bench_welcome", customer, trigger)
+        await run.send("welcome_email", "welcome", "email")
+        return "welcomed"
+
+
 WORKFLOWS: dict[str, str] = {
     "cart": "BaselineCart",
     "payment": "BaselinePayment",
     "login": "BaselineLogin",
+    "welcome": "BaselineWelcome",
 }
 """Workflow type per journey kind (the kinds of bench/throughput.py)."""
 
@@ -307,7 +325,12 @@ def build_baseline_worker(
         client, db=db, task_queue=task_queue, workflow_sandbox=workflow_sandbox
     )
     messaging = MessagingActivities(db=db)
-    settings["workflows"] = [BaselineCartWorkflow, BaselinePaymentWorkflow, BaselineLoginWorkflow]
+    settings["workflows"] = [
+        BaselineCartWorkflow,
+        BaselinePaymentWorkflow,
+        BaselineLoginWorkflow,
+        BaselineWelcomeWorkflow,
+    ]
     settings["activities"] = [messaging.send_message, score_customer]
     return Worker(client, **settings)
 

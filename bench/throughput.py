@@ -319,23 +319,24 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def deploy_bench_catalogue(db: Engine) -> dict[str, Plan]:
-    """Validate bench/journeys.yaml, check baseline.py agrees with it, and activate it."""
-    catalog = build_catalog(CATALOGUE)
+def deploy_bench_catalogue(db: Engine, catalogue: Path = CATALOGUE) -> dict[str, Plan]:
+    """Validate ``catalogue`` (bench/journeys.yaml), check baseline.py agrees with it, and
+    activate it."""
+    catalog = build_catalog(catalogue)
     if not catalog.ok:
         problems = "\n".join(v.format() for v in catalog.violations)
-        raise BenchError(f"{CATALOGUE} is not valid:\n{problems}")
+        raise BenchError(f"{catalogue} is not valid:\n{problems}")
     for plan in catalog.plans.values():
         for name, forms in plan.templates.items():
             if TEMPLATES.get(name) != forms:
-                raise BenchError(f"template {name!r} differs between {CATALOGUE} and baseline.py")
+                raise BenchError(f"template {name!r} differs between {catalogue} and baseline.py")
         for name, spec in plan.models.items():
             if MODELS.get(name) != spec:
-                raise BenchError(f"model {name!r} differs between {CATALOGUE} and baseline.py")
+                raise BenchError(f"model {name!r} differs between {catalogue} and baseline.py")
         for name, channel in plan.channel_config.items():
             if CHANNELS.get(name) != channel.model_dump():
-                raise BenchError(f"channel {name!r} differs between {CATALOGUE} and baseline.py")
-    text = CATALOGUE.read_text(encoding="utf-8")
+                raise BenchError(f"channel {name!r} differs between {catalogue} and baseline.py")
+    text = catalogue.read_text(encoding="utf-8")
     with session_scope(db) as session:
         others = session.exec(
             select(PlanVersion.journey_id).where(

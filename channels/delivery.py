@@ -64,8 +64,11 @@ from apprise import AppriseResult, AppriseResultStatus, NotifyFormat
 from apprise.logger import LOGGER_NAME as APPRISE_LOGGER
 from apprise.plugins.email import base as apprise_email_base
 
+from channels import smtp_tls
 from channels.rendering import PUSH_MAX, RenderedMessage
 from channels.sms import MAX_SEGMENTS, segments
+
+smtp_tls.install()  # no new TLS context (~21 ms of CPU) per email: see channels.smtp_tls
 
 __all__ = [
     "DELIVERY_TIMEOUT",

@@ -8,7 +8,9 @@ the runs table) and signals the open runs that wait for or exit on the event and
 is for (correlation: the run's key against the event's, found by the runs table's
 (customer, journey, key) index). An event is
 marked routed only when all of that succeeded, so `route_pending` can finish the job
-later (Temporal down, process killed): nothing accepted is lost.
+later (Temporal down, process killed): nothing accepted is lost. An event that can route
+to nothing (an identify, or a track event no active journey enters on and no run listens
+to) is stored already marked routed, in the storing transaction.
 
 Lives here: routing decisions and the Temporal calls they make. Not here: HTTP (see
 `service.api.routes.events`), the database schema (`engine.database`), the run itself
@@ -65,7 +67,7 @@ from engine.payloads import (
     workflow_id_for,
 )
 from engine.personal import profile_marks, run_event, run_key, scrubbed
-from engine.plan import Plan
+from engine.plan import EventGoalPlan, Plan
 from engine.profiles import customer_from_traits, masked_customer
 from engine.pseudonyms import erased_among
 from engine.timestamps import as_utc, utcnow
@@ -134,6 +136,10 @@ class IngestResult:
     duplicates: int
     prepared: RoutingInputs | None = None  # the first stored event's, when asked for
     erased: list[str] = dataclasses.field(default_factory=list)  # message ids of erased customers
+    # The event names some journey listens to, read in the storing transaction: the
+    # active entries, and what the runs of every stored version wait for, exit on or
+    # count as a goal (`service.api.routes.events.listened_events`, from the router's cache).
+    listened: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -326,6 +332,13 @@ def _entry_context(record: EventRecord, plan: Plan, traits: dict[str, Any]) -> d
     }
 
 
+def _routes_somewhere(record: EventRecord, heard: frozenset[str]) -> bool:
+    """Whether routing ``record`` can start or signal anything: only a track event that
+    an active journey enters on or some run listens to (identify traits are merged when
+    the event is stored)."""
+    return record.type == "track" and bool(record.name) and record.name in heard
+
+
 def _search_attributes(plan: Plan, customer_id: str) -> TypedSearchAttributes:
     """What a started run is found by in Temporal's visibility (and its Web UI)."""
     return at_start(journey_id=plan.journey_id, version=plan.version, customer_id=customer_id)
@@ -507,11 +520,18 @@ class EventRouter:
         self._versions_seen = 0
         self._listened: dict[tuple[str, str], _CompiledPlan] = {}
         self._listeners: dict[str, tuple[_Listener, ...]] = {}
+        self._goal_events: frozenset[str] = frozenset()
         self._in_flight: set[str] = set()
         self.signals = RunSignals()
         self.conversions = ConversionRecorder()
         self._insert_runs = dialect_insert(db.dialect.name)(_RUNS).on_conflict_do_nothing(
             index_elements=["run_id"]
+        )
+        # SQLite has one writer at a time; a writer that finds the database locked sleeps
+        # in SQLite's busy handler (1, 2, 5, 10 ... 100 ms). This process's own writes
+        # queue on a lock instead, and the first in line goes the moment it is free.
+        self._writes: contextlib.AbstractContextManager[Any] = (
+            threading.Lock() if db.dialect.name == "sqlite" else contextlib.nullcontext()
         )
 
     # ------------------------------------------------------------------ storing
@@ -532,12 +552,17 @@ class EventRouter:
         stored: list[EventRecord] = []
         duplicates = 0
         refused: list[str] = []
-        with session_scope(self.db) as session:
+        with self._writes, session_scope(self.db) as session:
             erased = erased_among(session.connection(), {r.customer_id for r in records})
+            heard = self._heard(session.connection())
+            with self._plans_lock:
+                listened = heard | self._goal_events
             for record in records:
                 if record.customer_id in erased:  # stored nowhere, starts nothing
                     refused.append(record.message_id)
                     continue
+                # An event that routes to nothing is stored as routed: no second write.
+                record.routed = record.routed or not _routes_somewhere(record, heard)
                 if not store_event(session, record):
                     duplicates += 1
                     continue
@@ -549,12 +574,19 @@ class EventRouter:
             # Goal conversions, with the events that make them (engine.conversions).
             self.conversions.record(session.connection(), stored)
         prepared: RoutingInputs | None = None
-        if prepare and stored and stored[0].type == "track" and self.client is not None:
+        first = next((record for record in stored if not record.routed), None)
+        if prepare and first is not None and self.client is not None:
             try:
-                prepared = self._routing_inputs(stored[0])
+                prepared = self._routing_inputs(first)
             except Exception as error:  # stored is what matters; route() reads again
                 log.warning("routing read after storing failed: %s", type(error).__name__)
-        return IngestResult(stored=stored, duplicates=duplicates, prepared=prepared, erased=refused)
+        return IngestResult(
+            stored=stored,
+            duplicates=duplicates,
+            prepared=prepared,
+            erased=refused,
+            listened=listened,
+        )
 
     # ------------------------------------------------------------------ routing
 
@@ -577,11 +609,19 @@ class EventRouter:
         self._in_flight.add(record.message_id)
         try:
             started: list[_StartedRun] = []
+            finished = False
             try:
                 signals: list[tuple[str, asyncio.Future[bool]]] = []
                 try:
                     result = await self._route(record, started, prepared, signals)
-                    if started:
+                    if started and not signals:
+                        # Nothing to wait for: the runs rows and the routed mark in one
+                        # transaction, before the next event's routing reads the runs.
+                        await asyncio.to_thread(
+                            self._finish_routing, record, started, result.skipped
+                        )
+                        started, finished = [], True
+                    elif started:
                         # Before the next event's routing reads the customer's runs.
                         await asyncio.to_thread(self._record_started_runs, record, started)
                         started = []
@@ -603,7 +643,8 @@ class EventRouter:
                         self._record_started_runs_after_failure, record, started
                     )
                 raise
-            await asyncio.to_thread(self._finish_routing, record, started, result.skipped)
+            if not finished:
+                await asyncio.to_thread(self._finish_routing, record, started, result.skipped)
             return result
         finally:
             self._in_flight.discard(record.message_id)
@@ -905,6 +946,14 @@ class EventRouter:
         ]
         return keys, unmatched, open_runs
 
+    def _heard(self, connection: Connection) -> frozenset[str]:
+        """The event names routing acts on: the active journeys' entry events and what
+        the runs of every stored version wait for or exit on (read as `_routing_inputs`
+        reads them, in the storing transaction)."""
+        entries = {compiled.plan.entry.event for compiled in self._refresh_active(connection)}
+        with self._plans_lock:
+            return frozenset(entries | self._listeners.keys())
+
     def _refresh_active(self, connection: Connection) -> list[_CompiledPlan]:
         # A cheap query per event keeps deploys visible at once; plans compile once per
         # version (the cache is keyed by it, and versions are immutable). The same read
@@ -935,6 +984,12 @@ class EventRouter:
         with self._plans_lock:
             self._listened = listened
             self._listeners = {event: tuple(found.values()) for event, found in by_event.items()}
+            self._goal_events = frozenset(
+                goal.event
+                for compiled in listened.values()
+                for goal in compiled.plan.goals
+                if isinstance(goal, EventGoalPlan)
+            )
             self._versions_seen = max(self._versions_seen, *(row.id for row in rows))
 
     def _plan_version(self, journey_id: str, version: str) -> _CompiledPlan | None:
@@ -1008,14 +1063,14 @@ class EventRouter:
     ) -> None:
         """Record the runs routing started and mark the event routed, with the entries it
         skipped and why in the audit log: one transaction."""
-        with self.db.begin() as connection:
+        with self._writes, self.db.begin() as connection:
             if started:
                 self._insert_started_runs(connection, record, started)
             connection.execute(_MARK_ROUTED, {"routed_message_id": record.message_id})
             append(connection, [_skipped_record(record, skip) for skip in skipped])
 
     def _record_started_runs(self, record: EventRecord, started: Sequence[_StartedRun]) -> None:
-        with self.db.begin() as connection:
+        with self._writes, self.db.begin() as connection:
             self._insert_started_runs(connection, record, started)
 
     def _record_started_runs_after_failure(
@@ -1023,7 +1078,7 @@ class EventRouter:
     ) -> None:
         # Routing failed after these starts; the error that says why is the one to raise.
         try:
-            with session_scope(self.db) as session:
+            with self._writes, session_scope(self.db) as session:
                 self._insert_started_runs(session.connection(), record, started)
         except Exception:
             log.exception("recording the runs event %s started failed", record.message_id)

@@ -177,13 +177,19 @@ class _SegmentMessage(BaseModel):
         return data
 
     def _record(self, *, kind: str, name: str | None, properties: dict[str, Any]) -> EventRecord:
+        # Every field given: a field left to its default costs SQLModel an
+        # `inspect.signature` of the default factory per record (py-spy: a third of a
+        # batch request's CPU). received_at stays one call per record (arrival order).
+        now = utcnow()
         return EventRecord(
             message_id=self.messageId or str(uuid.uuid4()),
             type=kind,
             name=name,
             customer_id=self.userId,
             properties=properties,
-            timestamp=self.timestamp or utcnow(),
+            timestamp=self.timestamp or now,
+            received_at=now,
+            routed=False,
         )
 
 

@@ -281,10 +281,13 @@ async def _route_accepted(
     events: EventRouter, stored: Sequence[EventRecord], prepared: RoutingInputs | None
 ) -> IngestResponse:
     response = IngestResponse(accepted=len(stored), duplicates=0)
+    to_route = [record for record in stored if not record.routed]  # the rest route nowhere
+    if not to_route:
+        return response
     try:
-        with events.claimed([record.message_id for record in stored]):
+        with events.claimed([record.message_id for record in to_route]):
             async with asyncio.timeout(ROUTING_TIMEOUT_SECONDS):
-                outcomes = await events.route_in_order(stored, prepared)
+                outcomes = await events.route_in_order(to_route, prepared)
     except Exception as error:
         # Stored is what matters: the background loop routes what is left.
         log.warning("routing deferred: %s", type(error).__name__)
@@ -316,7 +319,7 @@ async def _ingest(
         if isinstance(message, TrackMessage)
     ]
     unrouted: list[tuple[int, str]] = []
-    if tracked:
+    if tracked and strict:  # refused before anything is stored
         listened = await asyncio.to_thread(listened_events, events.db)
         unrouted = [(index, name) for index, name in tracked if name not in listened]
     refusal = _refusals(
@@ -326,6 +329,8 @@ async def _ingest(
         return refusal
     records = [message.to_record() for message in messages]
     outcome = await asyncio.to_thread(events.ingest, records, prepare=True)
+    if tracked and not strict:  # only named in the answer: read when they were stored
+        unrouted = [(index, name) for index, name in tracked if name not in outcome.listened]
     response = await _route_accepted(events, outcome.stored, outcome.prepared)
     response.duplicates = outcome.duplicates
     response.unrouted = list(dict.fromkeys(name for _, name in unrouted))
