@@ -128,6 +128,75 @@ def _stats(data: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _latency(data: dict[str, Any]) -> list[Row]:
+    paths = {path["path"]: path for path in data["paths"]}
+    engine, baseline = paths["engine"], paths.get("baseline", {})
+    message, base_message = engine["to_message"], baseline.get("to_message", {})
+    first, base_first = engine["to_first_task"], baseline.get("to_first_task", {})
+    return [
+        Row(
+            "2. latency, event to message in SMTP, p99",
+            message["p99"],
+            "ms",
+            "< 150 ms",
+            _at_most(message["p99"], 149.999),
+            base_message.get("p99"),
+            _ratio(message["p99"], base_message.get("p99")),
+        ),
+        Row(
+            "2. latency, event to message in SMTP, p50",
+            message["p50"],
+            "ms",
+            "<= 1.2 x baseline",
+            _at_most(_ratio(message["p50"], base_message.get("p50")), 1.2),
+            base_message.get("p50"),
+            _ratio(message["p50"], base_message.get("p50")),
+        ),
+        Row(
+            "2. latency, event to the run's first workflow task, p50",
+            first["p50"],
+            "ms",
+            "reported",
+            None,
+            base_first.get("p50"),
+            _ratio(first["p50"], base_first.get("p50")),
+        ),
+    ]
+
+
+_INGEST_GOALS = {
+    "single": ("3. ingest, one by one, 16 connections", 1000.0),
+    "batch": ("3. ingest, batches of 100", 5000.0),
+    "signal": ("3. ingest, each event signals a waiting run", 300.0),
+}
+
+
+def _ingest(data: dict[str, Any]) -> list[Row]:
+    phases = {(p["phase"], p["target"]): p for p in data["phases"]}
+    rows = []
+    for phase, (target, goal) in _INGEST_GOALS.items():
+        engine, floor = phases.get((phase, "engine")), phases.get((phase, "floor"))
+        if engine is None:
+            continue
+        lost = engine["events"] - (engine["stored"] or 0)
+        unrouted = engine["events"] - (engine["routed"] or 0)
+        rate = engine["events_per_s"]
+        floor_rate = floor["events_per_s"] if floor else None
+        rows.append(
+            Row(
+                target,
+                rate,
+                "events/s",
+                f">= {goal:,.0f}/s, none lost",
+                _at_least(rate, goal) and not lost and not unrouted,
+                floor_rate,
+                _ratio(rate, floor_rate),
+                f"baseline: the floor; lost {lost}, unrouted {unrouted}",
+            )
+        )
+    return rows
+
+
 def _rules(data: dict[str, Any]) -> list[Row]:
     rows = []
     found = {(row["shape"], row["path"]): row for row in data["rows"]}
@@ -158,6 +227,14 @@ MEASUREMENTS: list[Measurement] = [
         ("--events", "100", "--rounds", "3", "--direct"),
         ("--events", "20", "--rounds", "1"),
         _throughput,
+    ),
+    Measurement("latency", "bench.latency", (), ("--events", "40", "--warmup", "5"), _latency),
+    Measurement(
+        "ingest",
+        "bench.ingest",
+        (),
+        ("--single", "500", "--batched", "2000", "--signals", "100"),
+        _ingest,
     ),
     Measurement("rules", "bench.rules", (), ("--contexts", "2000", "--repeats", "3"), _rules),
     Measurement("stats", "bench.stats_query", (), ("--runs", "10000", "--repeat", "3"), _stats),
