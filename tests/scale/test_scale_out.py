@@ -15,7 +15,9 @@ What a user would see, and what is asserted:
 - the frequency cap (two SMS a day) held for every customer although their four
   promotions ran at once on both workers;
 - a review decided concurrently through both API processes is taken once: one 200, the
-  other attempts 409, one decision recorded and audited, the run resumed once.
+  other attempts 409, one decision recorded and audited, the run resumed once;
+- no process lost a race on the shared database (no unique-key clash, deadlock or
+  traceback in the API processes' or the surviving worker's log).
 
 Email goes to a real SMTP server on loopback, SMS to a real HTTP gateway endpoint. No
 timing is asserted; every wait is bounded. Run by `make test-scale` (docs/testing.md).
@@ -234,6 +236,7 @@ def test_two_workers_and_two_apis_take_a_mixed_load_with_a_worker_killed(
         _assert_messages_once_beyond_the_window(db, load, smtp, gateway)
         _assert_cap_held(db, load, gateway)
         _assert_reviews_decided_once(db, stack, load, smtp)
+        _assert_no_race_in_the_logs([*stack.apis, survivor])
     finally:
         for client in apis:
             client.close()
@@ -548,6 +551,15 @@ def _assert_reviews_decided_once(
         review = [entry["outcome"] for entry in detail["path"] if entry["step"] == "check"]
         assert review == ["opened", "approve"], detail["path"]
         assert [entry["step"] for entry in detail["path"]][-2:] == ["approved_email", "end"]
+
+
+def _assert_no_race_in_the_logs(children: list[ChildProcess]) -> None:
+    """No process of the shared database lost a race to another: no unique-key clash (the
+    first scale run found one: "routing deferred: IntegrityError") and no traceback."""
+    for child in children:
+        text = child.log.read_text(encoding="utf-8", errors="replace")
+        for sign in ("IntegrityError", "UniqueViolation", "deadlock detected", "Traceback"):
+            assert sign not in text, f"{sign} in {child.name}'s log:\n{child.output()}"
 
 
 def _rows(db: Engine, query: Any) -> list[Any]:
