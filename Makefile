@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 SCHEMA := journeys.schema.json
 
-.PHONY: up test test-long test-fast test-api test-e2e lint typecheck install install-dev clean
+.PHONY: up test test-long test-fast test-api test-e2e test-scale lint typecheck install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +47,7 @@ typecheck: $(DEV_STAMP)
 
 # Everything: lint, types, and every test group (it installs MLServer's venv and Chromium).
 test: lint typecheck mlserver browser
-	$(BIN)/python -m pytest -q -m "not long" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not long and not scale" $(PYTEST_ARGS)
 
 # Tests left out of `make test` (marker `long`) to keep it under 20 minutes: the
 # 20,000-event run of issue #14, about 4 minutes, and 100 real stops of `journeys up`
@@ -61,7 +61,7 @@ test-long: $(DEV_STAMP)
 # Measured on 2 cores: 94 s of tests, 103 s wall; the API tests (2 min alone), the slow
 # groups (e2e, mlserver, browser) and the tests marked `slow` are left out.
 FAST_GROUPS := tests/unit tests/risk_models tests/channels tests/workflows
-SLOW_MARKERS := not e2e and not mlserver and not browser and not slow
+SLOW_MARKERS := not e2e and not mlserver and not browser and not slow and not scale
 
 test-fast: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q -m "$(SLOW_MARKERS)" $(FAST_GROUPS)
@@ -71,6 +71,18 @@ test-api: $(DEV_STAMP)
 
 test-e2e: $(DEV_STAMP) browser
 	$(BIN)/python -m pytest -q -m e2e
+
+# Scale-out, shown working (issue #20; docs/testing.md): every stack with two workers and
+# two API processes on one dev server and PostgreSQL (JOURNEYS_E2E_SCALE=1): the e2e
+# journey suite, the worker crash test, and the mixed load of tests/scale (marker `scale`,
+# left out of `make test`). PostgreSQL is required: JOURNEYS_TEST_DATABASE_URL, else CI's
+# database as .ci/run names it; its tables are dropped and created.
+SCALE_DATABASE_URL := postgresql://postgres@127.0.0.1:5432/test
+SCALE_E2E := tests/e2e/test_journeys_e2e.py tests/e2e/test_worker_crash.py
+
+test-scale: $(DEV_STAMP)
+	JOURNEYS_TEST_DATABASE_URL="$${JOURNEYS_TEST_DATABASE_URL:-$(SCALE_DATABASE_URL)}" \
+	JOURNEYS_E2E_SCALE=1 $(BIN)/python -m pytest -q $(SCALE_E2E) tests/scale $(PYTEST_ARGS)
 
 # The console's browser test drives Debian's Chromium through Playwright; Playwright's own
 # browser download is never used (it cannot work here, and the system one is enough).

@@ -34,6 +34,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 from temporalio.client import Client
 
@@ -130,12 +131,28 @@ def _open_database(settings: RuntimeSettings) -> Engine:
         # Said plainly first: the traceback uvicorn prints after it is about the lifespan.
         log.error("the API cannot start: %s", error)
         raise
+    if settings.api_key:
+        _seed_api_key(db, settings.api_key)
     with session_scope(db) as session:
-        if settings.api_key:
-            create_api_key(session, name="dev", key=settings.api_key, scopes=["admin"])
         if session.exec(select(func.count()).select_from(ApiKey)).one() == 0:
             log.warning("no API keys yet: every /v1 request will get a 401 (set JOURNEYS_API_KEY)")
     return db
+
+
+def _seed_api_key(db: Engine, key: str) -> None:
+    """Store ``JOURNEYS_API_KEY`` (an admin key named "dev") unless it is stored already.
+
+    API replicas started together on a new database race to insert it: the loser's insert
+    fails on the unique hash, and its second try finds the key stored (seen with two
+    replicas, `make test-scale`)."""
+    for attempt in range(2):
+        try:
+            with session_scope(db) as session:
+                create_api_key(session, name="dev", key=key, scopes=["admin"])
+            return
+        except IntegrityError:
+            if attempt:
+                raise
 
 
 def _lifespan(

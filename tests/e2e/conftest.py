@@ -8,6 +8,10 @@ loopback, the way an operator runs it.
   journeys file deployed with `journeys deploy`, `python worker.py` and the API under
   uvicorn, each a subprocess with its output in a log file beside the database. Test
   modules build one with `start_stack` in a module-scoped fixture.
+- Scale mode (``JOURNEYS_E2E_SCALE=1``, `make test-scale`): every stack runs two
+  `python worker.py` processes and two API processes (uvicorn on two ports, the test's
+  HTTP client spreading its requests over both, round-robin), on PostgreSQL, which it
+  requires (``JOURNEYS_TEST_DATABASE_URL``).
 
 Every wait is bounded; every process started here is stopped (terminate, bounded wait,
 kill) whatever the tests did. `tests/e2e/test_up.py` needs none of this and starts its
@@ -19,12 +23,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import itertools
 import os
 import random
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -39,6 +45,7 @@ import pytest
 from sqlmodel import col, select
 
 from engine.database import Delivery, EventRecord, OutboxMessage, make_engine, session_scope
+from engine.pseudonyms import pseudonym_key
 from runtime.devserver import dev_server_command, dev_server_ready
 from tests.database import database_url as test_database_url
 from tests.database import fresh_engine
@@ -71,6 +78,17 @@ _SCRUBBED_ENV = (
     "JOURNEYS_FILE",
     "JOURNEYS_API_URL",
 )
+
+
+# Scale mode: how many workers and API processes each stack runs (docs/testing.md).
+SCALE_ENV = "JOURNEYS_E2E_SCALE"
+SCALE_WORKERS = 2
+SCALE_APIS = 2
+
+
+def scale_mode() -> bool:
+    """True when ``JOURNEYS_E2E_SCALE=1``: every stack runs two workers and two APIs."""
+    return os.environ.get(SCALE_ENV, "") == "1"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -286,6 +304,25 @@ def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tempor
 # ----------------------------------------------------------------------------- the stack
 
 
+class RoundRobinTransport(httpx.BaseTransport):
+    """Sends each request to the next of ``ports`` on 127.0.0.1 in turn: a client spread
+    over several API processes, as a load balancer spreads its clients."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self._ports = itertools.cycle(ports)
+        self._lock = threading.Lock()
+        self._transport = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        with self._lock:
+            port = next(self._ports)
+        request.url = request.url.copy_with(port=port)
+        return self._transport.handle_request(request)
+
+    def close(self) -> None:
+        self._transport.close()
+
+
 @dataclass
 class JourneysStack:
     """One deployment of the product (database, worker, API) on the shared dev server."""
@@ -298,9 +335,14 @@ class JourneysStack:
     api_port: int = 0
     workers: list[ChildProcess] = field(default_factory=list)
     api: ChildProcess | None = None
+    # Every API process (scale mode: two, on `api_ports`); `api` is the first.
+    apis: list[ChildProcess] = field(default_factory=list)
+    api_ports: list[int] = field(default_factory=list)
     http: httpx.Client | None = None
     deploy_output: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Two workers and two API processes, on PostgreSQL (default: `JOURNEYS_E2E_SCALE=1`).
+    scale: bool = field(default_factory=scale_mode)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -323,38 +365,67 @@ class JourneysStack:
         return env
 
     def start(self) -> None:
+        scaled = self.scale
+        if scaled and not os.environ.get("JOURNEYS_TEST_DATABASE_URL"):
+            pytest.fail(
+                f"{SCALE_ENV}=1 runs several workers and API processes on one app database: "
+                "set JOURNEYS_TEST_DATABASE_URL to a PostgreSQL database "
+                "(e.g. postgresql://postgres@127.0.0.1:5432/test)"
+            )
         self.database_url = test_database_url(self.directory)
-        fresh_engine(self.directory).dispose()  # PostgreSQL: drop and create the tables
+        engine = fresh_engine(self.directory)  # PostgreSQL: drop and create the tables
+        try:
+            if engine.dialect.name != "sqlite":
+                # The row migration 0009 makes and create_all does not: without it the
+                # processes' first audit records race to make it, and all but one fail
+                # (IntegrityError). SQLite starts empty and is migrated by the processes.
+                pseudonym_key(engine)
+        finally:
+            engine.dispose()
         self.deploy_output = self.deploy(self.journeys_file)
-        self.start_worker()
-        (self.api_port,) = free_ports(1)
-        self.api = ChildProcess.start(
-            "api",
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "service.api.app:create_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.api_port),
-            ],
-            env=self.env(),
-            log=self.directory / "logs" / "api.log",
-        )
+        for _ in range(SCALE_WORKERS if scaled else 1):
+            self.start_worker()
+        self.api_ports = free_ports(SCALE_APIS if scaled else 1)
+        self.api_port = self.api_ports[0]
+        for number, port in enumerate(self.api_ports, start=1):
+            self.apis.append(
+                ChildProcess.start(
+                    "api" if not scaled else f"api-{number}",
+                    [
+                        sys.executable,
+                        "-m",
+                        "uvicorn",
+                        "--factory",
+                        "service.api.app:create_app",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                    ],
+                    env=self.env(),
+                    log=self.directory
+                    / "logs"
+                    / ("api.log" if not scaled else f"api-{number}.log"),
+                )
+            )
+        self.api = self.apis[0]
         self.http = httpx.Client(
             base_url=self.api_url,
             headers={"Authorization": f"Bearer {API_KEY}"},
             timeout=HTTP_TIMEOUT,
+            transport=RoundRobinTransport(self.api_ports) if scaled else None,
         )
         self._wait_for_api()
+
+    @property
+    def api_urls(self) -> list[str]:
+        """The URL of each API process."""
+        return [f"http://127.0.0.1:{port}" for port in self.api_ports]
 
     def stop(self) -> None:
         if self.http is not None:
             self.http.close()
-        for child in [*([self.api] if self.api else []), *self.workers]:
+        for child in [*self.apis, *self.workers]:
             child.stop()
 
     def deploy(self, file: Path) -> str:
@@ -396,14 +467,15 @@ class JourneysStack:
         return self.workers[-1]
 
     def _wait_for_api(self) -> None:
-        assert self.api is not None
-        api = self.api
+        for api, url in zip(self.apis, self.api_urls, strict=True):
+            self._wait_for_one_api(api, url)
 
+    def _wait_for_one_api(self, api: ChildProcess, url: str) -> None:
         def health() -> dict[str, Any] | None:
             if not api.running():
                 pytest.fail(f"the API exited: {api.describe()}")
             try:
-                answer = httpx.get(f"{self.api_url}/healthz", timeout=5.0)
+                answer = httpx.get(f"{url}/healthz", timeout=5.0)
             except httpx.HTTPError:
                 return None
             return dict(answer.json()) if answer.status_code == 200 else None
@@ -413,11 +485,11 @@ class JourneysStack:
             check=lambda h: h is not None and h.get("temporal") == "ok",
             timeout=PROCESS_START_TIMEOUT,
             interval=0.5,
-            what="the API healthy and connected to Temporal",
+            what=f"{api.name} healthy and connected to Temporal",
         )
 
     def diagnostics(self) -> str:
-        children = [self.temporal.child, *self.workers, *([self.api] if self.api else [])]
+        children = [self.temporal.child, *self.workers, *self.apis]
         return "\n\n".join(child.describe() for child in children)
 
     # ------------------------------------------------------------------ the API, as a user
@@ -545,14 +617,17 @@ def start_stack(
     journeys_file: Path,
     *,
     env: dict[str, str] | None = None,
+    scale: bool | None = None,
 ) -> Iterator[JourneysStack]:
-    """A started `JourneysStack` (``env``: settings added to its processes' environment),
-    stopped on exit whatever happened."""
+    """A started `JourneysStack` (``env``: settings added to its processes' environment;
+    ``scale``: two workers and two APIs, default ``JOURNEYS_E2E_SCALE``), stopped on exit
+    whatever happened."""
     stack = JourneysStack(
         directory=directory,
         temporal=temporal,
         journeys_file=journeys_file,
         extra_env=dict(env or {}),
+        scale=scale_mode() if scale is None else scale,
     )
     try:
         stack.start()
