@@ -314,7 +314,9 @@ def load(db: Engine, runs: int, seed: int) -> dict[str, float]:
     filled = time.perf_counter()
     if db.dialect.name == "postgresql":
         with db.connect() as connection:
-            connection.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM (ANALYZE)"))
+            connection.execution_options(isolation_level="AUTOCOMMIT").execute(
+                text("VACUUM (ANALYZE)")
+            )
     with db.connect() as connection:
         rollup_rows = connection.execute(text("SELECT count(*) FROM step_rollup")).scalar_one()
     return {
