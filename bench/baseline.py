@@ -59,6 +59,7 @@ __all__ = [
     "BaselineCartWorkflow",
     "BaselineLoginWorkflow",
     "BaselinePaymentWorkflow",
+    "BaselineWaitWorkflow",
     "build_baseline_worker",
     "engine_worker_settings",
     "main",
@@ -84,6 +85,10 @@ TEMPLATES: dict[str, dict[str, str]] = {
         "email.subject": "Your payment of {{ event.amount | money(event.currency) }} is still open",
         "email.text": "Hi {{ profile.first_name | default('there') }}, "
         "your payment did not go through.",
+    },
+    "capacity_nudge": {
+        "email.subject": "Still there?",
+        "email.text": "Hi {{ profile.first_name | default('there') }}, a week has passed.",
     },
     "login_alert": {
         "email.subject": "Failed sign-ins to your account",
@@ -271,6 +276,32 @@ class BaselineLoginWorkflow:
         return "alerted"
 
 
+WAKE_SIGNAL = "wake"
+WAIT = timedelta(days=7)
+
+
+@workflow.defn(name="BaselineWait")
+class BaselineWaitWorkflow:
+    """bench/capacity.yaml's bench_wait by hand: wait up to 7 days for a wake-up signal."""
+
+    def __init__(self) -> None:
+        self.woken = False
+
+    @workflow.signal(name=WAKE_SIGNAL)
+    def wake(self) -> None:
+        self.woken = True
+
+    @workflow.run
+    async def run(self, customer: CustomerContext, trigger: EventMessage) -> str:
+        run = _Run("bench_wait", customer, trigger)
+        try:
+            await workflow.wait_condition(lambda: self.woken, timeout=WAIT)
+        except TimeoutError:
+            await run.send("nudge", "capacity_nudge", "email")
+            return "completed"
+        return "woken"
+
+
 WORKFLOWS: dict[str, str] = {
     "cart": "BaselineCart",
     "payment": "BaselinePayment",
@@ -307,7 +338,12 @@ def build_baseline_worker(
         client, db=db, task_queue=task_queue, workflow_sandbox=workflow_sandbox
     )
     messaging = MessagingActivities(db=db)
-    settings["workflows"] = [BaselineCartWorkflow, BaselinePaymentWorkflow, BaselineLoginWorkflow]
+    settings["workflows"] = [
+        BaselineCartWorkflow,
+        BaselinePaymentWorkflow,
+        BaselineLoginWorkflow,
+        BaselineWaitWorkflow,
+    ]
     settings["activities"] = [messaging.send_message, score_customer]
     return Worker(client, **settings)
 
