@@ -197,6 +197,62 @@ def _ingest(data: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _capacity(data: dict[str, Any]) -> list[Row]:
+    sides = {side["side"]: side for side in data["sides"]}
+    engine, baseline = sides["engine"], sides.get("baseline", {})
+    runs = engine["runs"]
+    rows = [
+        Row(
+            f"4. Temporal DB per waiting run (N = {runs:,})",
+            round(engine["temporal_bytes_per_run"] / 1024, 2),
+            "KB",
+            "<= 1.5 x baseline",
+            _at_most(data["summary"].get("temporal_bytes_ratio"), 1.5),
+            _kilobytes(baseline.get("temporal_bytes_per_run")),
+            data["summary"].get("temporal_bytes_ratio"),
+        ),
+        Row(
+            f"4. worker RSS, {runs:,} waiting",
+            engine["worker_rss_waiting_mb"],
+            "MB",
+            "<= 1.5 x baseline",
+            _at_most(data["summary"].get("worker_rss_ratio"), 1.5),
+            baseline.get("worker_rss_waiting_mb"),
+            data["summary"].get("worker_rss_ratio"),
+        ),
+        Row(
+            "4. app DB per run",
+            _kilobytes(engine["app_bytes_per_run"]),
+            "KB",
+            "reported",
+            None,
+        ),
+    ]
+    for index, block in enumerate(engine.get("blocks", [])):
+        base = (
+            (baseline.get("blocks") or [])[index]
+            if index < len(baseline.get("blocks") or [])
+            else {}
+        )
+        rows.append(
+            Row(
+                f"4. starts/s, runs {block['first'] + 1:,}-{block['first'] + block['count']:,}",
+                block.get("start_per_s"),
+                "runs/s",
+                "no collapse",
+                None,
+                base.get("start_per_s"),
+                _ratio(block.get("start_per_s"), base.get("start_per_s")),
+                f"wakes/s {block.get('wake_per_s')} (baseline {base.get('wake_per_s')})",
+            )
+        )
+    return rows
+
+
+def _kilobytes(value: float | None) -> float | None:
+    return None if value is None else round(value / 1024, 2)
+
+
 def _rules(data: dict[str, Any]) -> list[Row]:
     rows = []
     found = {(row["shape"], row["path"]): row for row in data["rows"]}
@@ -235,6 +291,13 @@ MEASUREMENTS: list[Measurement] = [
         (),
         ("--single", "500", "--batched", "2000", "--signals", "100"),
         _ingest,
+    ),
+    Measurement(
+        "capacity",
+        "bench.capacity",
+        ("--runs", "100000"),
+        ("--runs", "1000", "--block", "500"),
+        _capacity,
     ),
     Measurement("rules", "bench.rules", (), ("--contexts", "2000", "--repeats", "3"), _rules),
     Measurement("stats", "bench.stats_query", (), ("--runs", "10000", "--repeat", "3"), _stats),

@@ -59,6 +59,7 @@ __all__ = [
     "BaselineCartWorkflow",
     "BaselineLoginWorkflow",
     "BaselinePaymentWorkflow",
+    "BaselineWaitWorkflow",
     "BaselineWelcomeWorkflow",
     "build_baseline_worker",
     "engine_worker_settings",
@@ -90,6 +91,10 @@ TEMPLATES: dict[str, dict[str, str]] = {
         "email.subject": "Welcome aboard, {{ profile.first_name | default('there') }}",
         "email.text": "Hi {{ profile.first_name | default('there') }}, "
         "your {{ event.plan }} plan is ready.",
+    },
+    "capacity_nudge": {
+        "email.subject": "Still there?",
+        "email.text": "Hi {{ profile.first_name | default('there') }}, a week has passed.",
     },
     "login_alert": {
         "email.subject": "Failed sign-ins to your account",
@@ -288,6 +293,32 @@ class BaselineWelcomeWorkflow:
         return "welcomed"
 
 
+WAKE_SIGNAL = "wake"
+WAIT = timedelta(days=7)
+
+
+@workflow.defn(name="BaselineWait")
+class BaselineWaitWorkflow:
+    """bench/capacity.yaml's bench_wait by hand: wait up to 7 days for a wake-up signal."""
+
+    def __init__(self) -> None:
+        self.woken = False
+
+    @workflow.signal(name=WAKE_SIGNAL)
+    def wake(self) -> None:
+        self.woken = True
+
+    @workflow.run
+    async def run(self, customer: CustomerContext, trigger: EventMessage) -> str:
+        run = _Run("bench_wait", customer, trigger)
+        try:
+            await workflow.wait_condition(lambda: self.woken, timeout=WAIT)
+        except TimeoutError:
+            await run.send("nudge", "capacity_nudge", "email")
+            return "completed"
+        return "woken"
+
+
 WORKFLOWS: dict[str, str] = {
     "cart": "BaselineCart",
     "payment": "BaselinePayment",
@@ -330,6 +361,7 @@ def build_baseline_worker(
         BaselinePaymentWorkflow,
         BaselineLoginWorkflow,
         BaselineWelcomeWorkflow,
+        BaselineWaitWorkflow,
     ]
     settings["activities"] = [messaging.send_message, score_customer]
     return Worker(client, **settings)

@@ -10,7 +10,8 @@ activity. Side effects (messages, scores, review tasks, HTTP calls, profile writ
 activities, called by their one name (`ActivityName`). Events arrive by signal, review
 decisions by a validated Update, and the state is a query.
 
-Deterministic: time, ids and randomness come only from `workflow.*`; no I/O here. A
+Deterministic: time, ids and randomness come only from `workflow.*`; no I/O here; the one
+module state is `workflows.shared_plans`, read-only plans shared by equal content. A
 change to the behaviour of recorded runs goes behind `workflow.patched(...)` with a
 history of the new behaviour added to tests/histories/, then `workflow.deprecate_patch(...)`,
 then its removal once every run started before it has ended (`max_duration`), each step
@@ -85,6 +86,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from engine.personal import profile_marks
     from engine.successors import taken
+    from workflows import shared_plans
     from workflows.search_attributes import CURRENT_STEP, JOURNEY_ID, OUTCOME
 
 __all__ = ["MAX_STEPS", "MAX_WALK", "JourneyRunWorkflow"]
@@ -160,8 +162,12 @@ class JourneyRunWorkflow:
 
     @workflow.init
     def __init__(self, input: JourneyRunInput) -> None:
+        # Every cached run of a version reads one parsed plan (`workflows.shared_plans`):
+        # the input's own copy is dropped here, also from the input the SDK keeps.
+        facts = shared_plans.shared(input.plan)
+        input.plan = facts.plan
         self.input = input
-        self.plan = input.plan
+        self.plan = facts.plan
         self.state = RunState(
             journey_id=input.plan.journey_id,
             version=input.plan.version,
@@ -188,7 +194,7 @@ class JourneyRunWorkflow:
         self.long_runs = False  # the LONG_RUNS patch, asked first thing in `run`
         self.max_steps = self.plan.settings.max_steps or MAX_STEPS
         # Events some wait step takes: any other event is handled by `exit_on` or ignored.
-        self.awaited = {s.event for s in self.plan.steps.values() if isinstance(s, p.EventWaitPlan)}
+        self.awaited = facts.awaited
         # How many of `state.path` the `run_path` table has (written by a record, a
         # delivering send or a review's opening): the rest is the tail records carry.
         self.recorded_upto = 0
@@ -197,9 +203,9 @@ class JourneyRunWorkflow:
         self.exit_found: tuple[p.PlanExit, EventMessage] | None = None
         # The final row a delivering send wrote (`SendMessageInput.finish`), if one did.
         self.recorded: RecordRunInput | None = None
-        self.decidable = {sid: s for sid, s in self.plan.steps.items() if p.decidable(s)}
+        self.decidable = facts.decidable  # shared by the version's runs: never changed
         # The steps a walk (decide_steps) starts from.
-        self.walk_starts = {sid for sid, s in self.decidable.items() if p.walks_from(s)}
+        self.walk_starts = facts.walk_starts
         # A walk decided ahead (the starter's or begin_run's from plan.start, a
         # score_step's after the score), and the step it starts from.
         self.walked: DecideResult | None = None
