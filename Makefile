@@ -43,7 +43,7 @@ lint: $(DEV_STAMP)
 	$(BIN)/lint-imports
 
 typecheck: $(DEV_STAMP)
-	$(BIN)/mypy engine rules workflows activities channels service risk_models runtime worker.py
+	$(BIN)/mypy engine rules workflows activities channels service risk_models runtime worker.py bench
 
 # Everything: lint, types, and every test group (it installs MLServer's venv and Chromium).
 test: lint typecheck mlserver browser
