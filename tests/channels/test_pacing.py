@@ -101,6 +101,7 @@ def test_a_channel_nobody_deployed_gets_its_default_rate_and_deploy_sets_the_cat
     db.dispose()
 
 
+@pytest.mark.slow  # in `make test`; over 2 s, out of `make test-fast`
 def test_two_engines_taking_tokens_concurrently_never_exceed_the_rate(tmp_path: Path) -> None:
     """Two workers (two engines, each its own connection pool), four threads each, take
     tokens for about two seconds; every promised moment is recorded. In any one second

@@ -495,6 +495,7 @@ def _combine(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
 _sources = st.recursive(st.sampled_from(_ATOMS), _combine, max_leaves=8) | st.just("local_hour()")
 
 
+@pytest.mark.slow  # in `make test`; ~2 s, out of `make test-fast`
 @settings(max_examples=400, deadline=None)
 @given(
     source=_sources,
