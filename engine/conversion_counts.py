@@ -22,14 +22,15 @@ ended with an outcome its version declares a goal: `engine.conversions`):
 adds the difference. Its callers: `engine.conversions.ConversionRecorder` (a goal event
 stored), `activities.runs.upsert_run` (a run ended, or put in an arm), and
 `activities.messaging` (a message marked sent). Only runs of journeys with goals are read
-(the goals of a version are cached per process); a run that has not converted costs two
-reads by key. `backfill` fills the counters from the rows (revision 0012).
+(the goals of a version are cached per process). A write that cannot convert a run (a
+send, an arm, an end whose outcome is no goal) costs one read by key when the run has not
+converted: the run's row joined to its conversion rows. `backfill` fills the counters from the rows (revision 0012).
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -282,8 +283,3 @@ def backfill(connection: Connection) -> int:
     for group in sorted(totals):
         _store(connection, group, totals[group])
     return read
-
-
-def values_of(rows: Mapping[Key, float]) -> dict[Key, float]:
-    """Summed values rounded to a millionth (adding and taking off floats leaves dust)."""
-    return {key: round(value, 6) for key, value in rows.items()}
