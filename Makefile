@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 SCHEMA := journeys.schema.json
 
-.PHONY: up test test-long test-fast test-api test-e2e test-scale lint typecheck install install-dev clean
+.PHONY: up test test-long test-fast test-api test-e2e test-scale bench lint typecheck install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -83,6 +83,17 @@ SCALE_E2E := tests/e2e/test_journeys_e2e.py tests/e2e/test_worker_crash.py
 test-scale: $(DEV_STAMP)
 	JOURNEYS_TEST_DATABASE_URL="$${JOURNEYS_TEST_DATABASE_URL:-$(SCALE_DATABASE_URL)}" \
 	JOURNEYS_E2E_SCALE=1 $(BIN)/python -m pytest -q $(SCALE_E2E) tests/scale $(PYTEST_ARGS)
+
+# Every measurement of bench/ and one table of issue #20's targets (bench/README.md); the
+# `bench` extra adds zen-engine (the rules' reference), py-spy and rich. An hour or more on
+# 2 cores at full sizes: `make bench BENCH_ARGS=--quick` for a smoke run.
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(DEV_STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # The console's browser test drives Debian's Chromium through Playwright; Playwright's own
 # browser download is never used (it cannot work here, and the system one is enough).
