@@ -157,6 +157,7 @@ class Options:
     deadline: float
     json_path: Path | None
     keep_state: bool
+    api_processes: int = 1
 
 
 def _track(
@@ -364,7 +365,9 @@ async def _measure(options: Options, stack: Stack, floor_url: str) -> list[Phase
 def run(options: Options) -> dict[str, Any]:
     info = machine_info()
     with running_stack(
-        keep_state=options.keep_state, extra_apis=[("floor", "bench.floor:create_app")]
+        keep_state=options.keep_state,
+        extra_apis=[("floor", "bench.floor:create_app")],
+        api_processes=options.api_processes,
     ) as (stack, urls):
         deploy_bench_catalogue(stack.db, CATALOGUE)
         results = run_watched(stack, _measure(options, stack, urls["floor"]), options.deadline)
@@ -377,6 +380,7 @@ def run(options: Options) -> dict[str, Any]:
             "signals": options.signals,
             "connections": CONNECTIONS,
             "batch": BATCH,
+            "api_processes": options.api_processes,
         },
         "phases": [asdict(r) for r in results],
         "_results": results,
@@ -420,12 +424,20 @@ def _parse(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--single", type=int, default=4000, help="events sent one by one")
     parser.add_argument("--batched", type=int, default=20000, help="events sent 100 a request")
     parser.add_argument("--signals", type=int, default=1000, help="waiting runs to signal")
+    parser.add_argument(
+        "--api-processes",
+        type=int,
+        default=1,
+        help="uvicorn processes for the API and for the floor (uvicorn --workers)",
+    )
     parser.add_argument("--deadline", type=float, default=900.0, help="seconds at most")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--keep-state", action="store_true", help="keep the temp state and logs")
     args = parser.parse_args(argv)
     if args.single < 1 or args.batched < BATCH or args.signals < 0:
         parser.error(f"--single >= 1, --batched >= {BATCH}, --signals >= 0")
+    if args.api_processes < 1:
+        parser.error("--api-processes >= 1")
     return Options(
         single=args.single,
         batched=args.batched,
@@ -433,6 +445,7 @@ def _parse(argv: Sequence[str] | None) -> Options:
         deadline=args.deadline,
         json_path=args.json,
         keep_state=args.keep_state,
+        api_processes=args.api_processes,
     )
 
 

@@ -69,11 +69,28 @@ class Stack:
                 return answer.status_code == 200 and answer.json().get("temporal") == "ok"
 
             await _wait_for("the API", api_healthy, 60)
+        for name, pids in self.pids.items():  # uvicorn --workers N: count its children too
+            self.pids[name] = sorted({pid for root in pids for pid in process_tree(root)})
         return client
 
 
-def _uvicorn(factory: str, port: int) -> list[str]:
-    """The API's command line, as bench/throughput.py (and `journeys up`) run it."""
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (Linux /proc), for CPU accounting."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children = [int(child) for child in task.read_text().split()]
+        except (OSError, ValueError):
+            continue
+        for child in children:
+            found += process_tree(child)
+    return found
+
+
+def _uvicorn(factory: str, port: int, processes: int = 1) -> list[str]:
+    """The API's command line, as bench/throughput.py (and `journeys up`) run it; with
+    ``processes`` > 1, uvicorn's ``--workers``: that many processes on one socket."""
+    workers = ["--workers", str(processes)] if processes > 1 else []
     return [
         sys.executable,
         "-m",
@@ -84,6 +101,7 @@ def _uvicorn(factory: str, port: int) -> list[str]:
         "127.0.0.1",
         "--port",
         str(port),
+        *workers,
     ]
 
 
@@ -94,12 +112,14 @@ def running_stack(
     baseline: bool = False,
     extra_env: Mapping[str, str] | None = None,
     extra_apis: Sequence[tuple[str, str]] = (),
+    api_processes: int = 1,
 ) -> Iterator[tuple[Stack, dict[str, str]]]:
     """Start everything in a new state directory; stop it all on the way out.
 
     ``extra_env`` goes to every child (e.g. ``JOURNEYS_EMAIL_URL``); ``extra_apis`` are
     more uvicorn apps (name, factory) on their own ports, under the same settings as the
-    API: their URLs are the second value yielded, by name. The database is migrated
+    API (``api_processes`` uvicorn processes each): their URLs are the second value
+    yielded, by name. The database is migrated
     (`make_engine`) before any child starts."""
     with _state_dir(keep_state) as state:
         database_url = os.environ.get("DATABASE_URL") or f"sqlite:///{state / 'journeys.db'}"
@@ -144,7 +164,7 @@ def running_stack(
                     pids["baseline_worker"] = [child.pid]
                 api = supervisor.start(
                     "api",
-                    _uvicorn("service.api.app:create_app", api_port),
+                    _uvicorn("service.api.app:create_app", api_port, api_processes),
                     env=env[ENGINE_QUEUE],
                     cwd=ROOT,
                 )
@@ -153,7 +173,10 @@ def running_stack(
                 for name, factory in extra_apis:
                     port = free_port()
                     child = supervisor.start(
-                        name, _uvicorn(factory, port), env=env[ENGINE_QUEUE], cwd=ROOT
+                        name,
+                        _uvicorn(factory, port, api_processes),
+                        env=env[ENGINE_QUEUE],
+                        cwd=ROOT,
                     )
                     pids[name] = [child.pid]
                     urls[name] = f"http://127.0.0.1:{port}"

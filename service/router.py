@@ -20,12 +20,14 @@ Lives here: routing decisions and the Temporal calls they make. Not here: HTTP (
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import functools
 import hashlib
 import logging
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -140,6 +142,21 @@ class IngestResult:
     # active entries, and what the runs of every stored version wait for, exit on or
     # count as a goal (`service.api.routes.events.listened_events`, from the router's cache).
     listened: frozenset[str] = frozenset()
+
+
+GROUP_COMMIT_RECORDS = 1000
+"""The most events `EventRouter.store` writes in one shared transaction."""
+
+
+@dataclass
+class _GroupCommit:
+    """Per event loop: the requests waiting for the next shared transaction, and the task
+    writing them (`EventRouter.store`)."""
+
+    pending: collections.deque[tuple[list[EventRecord], bool, asyncio.Future[IngestResult]]] = (
+        dataclasses.field(default_factory=collections.deque)
+    )
+    writer: asyncio.Task[None] | None = None
 
 
 @dataclass(frozen=True)
@@ -533,60 +550,156 @@ class EventRouter:
         self._writes: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if db.dialect.name == "sqlite" else contextlib.nullcontext()
         )
+        self._group_commits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _GroupCommit] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # ------------------------------------------------------------------ storing
 
     def ingest(self, records: Sequence[EventRecord], *, prepare: bool = False) -> IngestResult:
         """Store ``records`` in one transaction; merge identify traits into profiles.
 
-        Blocking (call it in a thread from async code). A record whose message id was
-        seen before changes nothing and counts as a duplicate. The merge happens here,
-        exactly once per event and in arrival order, rather than at routing time, so a
-        late re-route can never overwrite newer traits with older ones.
+        Blocking (call it in a thread from async code, or use `store`). A record whose
+        message id was seen before changes nothing and counts as a duplicate. The merge
+        happens here, exactly once per event and in arrival order, rather than at routing
+        time, so a late re-route can never overwrite newer traits with older ones.
 
         With ``prepare``, once they are committed, also reads what routing the first
         stored event needs (`IngestResult.prepared`, for `route`): the API's request
         then costs one thread hop less. Only the first: routing an event can start a run
         that the next one's reentry check must see. A failed read leaves it to `route`.
         """
-        stored: list[EventRecord] = []
-        duplicates = 0
-        refused: list[str] = []
+        return self.ingest_groups([records], prepare=prepare)[0]
+
+    def ingest_groups(
+        self,
+        groups: Sequence[Sequence[EventRecord]],
+        *,
+        prepare: bool | Sequence[bool] = False,
+    ) -> list[IngestResult]:
+        """`ingest` for several requests' events at once: one transaction, one commit, and
+        an `IngestResult` per group, in order (``prepare`` for all groups or per group;
+        each group's `prepared` is its own first stored event's). Events are stored in
+        the order given, groups one after the other, so a message id repeated across
+        groups counts as a duplicate in the later one. Blocking."""
+        wanted = [prepare] * len(groups) if isinstance(prepare, bool) else list(prepare)
+        results: list[IngestResult] = []
         with self._writes, session_scope(self.db) as session:
-            erased = erased_among(session.connection(), {r.customer_id for r in records})
-            heard = self._heard(session.connection())
+            connection = session.connection()
+            everyone = {record.customer_id for records in groups for record in records}
+            erased = erased_among(connection, everyone)
+            heard = self._heard(connection)
             with self._plans_lock:
                 listened = heard | self._goal_events
-            for record in records:
-                if record.customer_id in erased:  # stored nowhere, starts nothing
-                    refused.append(record.message_id)
-                    continue
-                # An event that routes to nothing is stored as routed: no second write.
-                record.routed = record.routed or not _routes_somewhere(record, heard)
-                if not store_event(session, record):
-                    duplicates += 1
-                    continue
-                if record.type == "identify":
-                    upsert_profile(
-                        session, customer_id=record.customer_id, traits=dict(record.properties)
+            all_stored: list[EventRecord] = []
+            for records in groups:
+                stored: list[EventRecord] = []
+                duplicates = 0
+                refused: list[str] = []
+                for record in records:
+                    if record.customer_id in erased:  # stored nowhere, starts nothing
+                        refused.append(record.message_id)
+                        continue
+                    # An event that routes to nothing is stored as routed: no second write.
+                    record.routed = record.routed or not _routes_somewhere(record, heard)
+                    if not store_event(session, record):
+                        duplicates += 1
+                        continue
+                    if record.type == "identify":
+                        upsert_profile(
+                            session,
+                            customer_id=record.customer_id,
+                            traits=dict(record.properties),
+                        )
+                    stored.append(record)
+                all_stored += stored
+                results.append(
+                    IngestResult(
+                        stored=stored, duplicates=duplicates, erased=refused, listened=listened
                     )
-                stored.append(record)
+                )
             # Goal conversions, with the events that make them (engine.conversions).
-            self.conversions.record(session.connection(), stored)
-        prepared: RoutingInputs | None = None
-        first = next((record for record in stored if not record.routed), None)
-        if prepare and first is not None and self.client is not None:
+            self.conversions.record(connection, all_stored)
+        if self.client is None:
+            return results
+        return [
+            self._prepared(result) if read else result
+            for result, read in zip(results, wanted, strict=True)
+        ]
+
+    def _prepared(self, result: IngestResult) -> IngestResult:
+        """``result`` with what routing its first stored event needs, when one waits."""
+        first = next((record for record in result.stored if not record.routed), None)
+        if first is None:
+            return result
+        try:
+            return dataclasses.replace(result, prepared=self._routing_inputs(first))
+        except Exception as error:  # stored is what matters; route() reads again
+            log.warning("routing read after storing failed: %s", type(error).__name__)
+            return result
+
+    async def store(self, records: Sequence[EventRecord], *, prepare: bool = False) -> IngestResult:
+        """`ingest` from async code, with group commit: requests that arrive while a
+        transaction is being written wait for the next one, which writes all of them
+        (`ingest_groups`, at most `GROUP_COMMIT_RECORDS` events), so that concurrent
+        single-event requests share a thread hop and a commit instead of queueing for
+        SQLite's one writer one by one. Alone, a request is written at once. When the
+        shared transaction fails, each request's events are written again on their own,
+        so that one request's bad event fails that request only."""
+        loop = asyncio.get_running_loop()
+        queue = self._group_commits.get(loop)
+        if queue is None:
+            queue = self._group_commits[loop] = _GroupCommit()
+        waiter: asyncio.Future[IngestResult] = loop.create_future()
+        queue.pending.append((list(records), prepare, waiter))
+        if queue.writer is None or queue.writer.done():
+            queue.writer = loop.create_task(self._write_groups(queue))
+        return await waiter
+
+    async def _write_groups(self, queue: _GroupCommit) -> None:
+        while queue.pending:
+            taken: list[tuple[list[EventRecord], bool, asyncio.Future[IngestResult]]] = []
+            size = 0
+            while queue.pending and (
+                not taken or size + len(queue.pending[0][0]) <= GROUP_COMMIT_RECORDS
+            ):
+                item = queue.pending.popleft()
+                taken.append(item)
+                size += len(item[0])
+            groups = [(records, prepare) for records, prepare, _ in taken]
             try:
-                prepared = self._routing_inputs(first)
-            except Exception as error:  # stored is what matters; route() reads again
-                log.warning("routing read after storing failed: %s", type(error).__name__)
-        return IngestResult(
-            stored=stored,
-            duplicates=duplicates,
-            prepared=prepared,
-            erased=refused,
-            listened=listened,
-        )
+                outcomes = await asyncio.to_thread(self._ingest_each_on_failure, groups)
+            except BaseException:  # cancelled (shutting down): nobody is left waiting
+                for _, _, waiter in taken:
+                    if not waiter.done():
+                        waiter.set_exception(RuntimeError("stopped before the events were written"))
+                raise
+            for (_, _, waiter), outcome in zip(taken, outcomes, strict=True):
+                if waiter.done():
+                    continue
+                if isinstance(outcome, IngestResult):
+                    waiter.set_result(outcome)
+                else:
+                    waiter.set_exception(outcome)
+
+    def _ingest_each_on_failure(
+        self, groups: Sequence[tuple[Sequence[EventRecord], bool]]
+    ) -> list[IngestResult | Exception]:
+        """`ingest_groups`; when it fails, each group on its own, each failure its own."""
+        records = [group for group, _ in groups]
+        prepare = [wanted for _, wanted in groups]
+        if len(groups) > 1:
+            try:
+                return list(self.ingest_groups(records, prepare=prepare))
+            except Exception:
+                log.warning("a shared transaction failed: writing its requests one by one")
+        outcomes: list[IngestResult | Exception] = []
+        for group, wanted in groups:
+            try:
+                outcomes.append(self.ingest(group, prepare=wanted))
+            except Exception as error:
+                outcomes.append(error)
+        return outcomes
 
     # ------------------------------------------------------------------ routing
 

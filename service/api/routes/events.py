@@ -328,7 +328,7 @@ async def _ingest(
     if refusal is not None:
         return refusal
     records = [message.to_record() for message in messages]
-    outcome = await asyncio.to_thread(events.ingest, records, prepare=True)
+    outcome = await events.store(records, prepare=True)
     if tracked and not strict:  # only named in the answer: read when they were stored
         unrouted = [(index, name) for index, name in tracked if name not in outcome.listened]
     response = await _route_accepted(events, outcome.stored, outcome.prepared)
@@ -372,7 +372,7 @@ async def _store_scoped(
         for record in records
         if id(record) not in kept and record.message_id in taken
     ]
-    outcome = await asyncio.to_thread(events.ingest, again, prepare=True)
+    outcome = await events.store(again, prepare=True)
     routed = await _route_accepted(events, outcome.stored, outcome.prepared)
     response.accepted += routed.accepted
     response.duplicates -= routed.accepted
