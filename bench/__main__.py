@@ -246,7 +246,33 @@ def _capacity(data: dict[str, Any]) -> list[Row]:
                 f"wakes/s {block.get('wake_per_s')} (baseline {base.get('wake_per_s')})",
             )
         )
+    for kind in ("start", "wake"):
+        held, base_held = _held(engine, kind), _held(baseline, kind)
+        rows.append(
+            Row(
+                f"4. {kind}s/s, slowest block / first block",
+                held,
+                "",
+                f">= {COLLAPSE} (no collapse)",
+                _at_least(held, COLLAPSE),
+                base_held,
+                note=f"engine {kind}s/s overall {engine.get(f'{kind}_per_s')} "
+                f"(baseline {baseline.get(f'{kind}_per_s')})",
+            )
+        )
     return rows
+
+
+COLLAPSE = 0.5
+"""A rate collapses when a later block of 10,000 runs goes at less than half the first's."""
+
+
+def _held(side: dict[str, Any], kind: str) -> float | None:
+    """The slowest block's start (or wake) rate over the first block's."""
+    rates = [block.get(f"{kind}_per_s") or 0.0 for block in side.get("blocks") or []]
+    if not rates or not rates[0]:
+        return None
+    return round(min(rates) / rates[0], 3)
 
 
 def _kilobytes(value: float | None) -> float | None:
@@ -295,7 +321,7 @@ MEASUREMENTS: list[Measurement] = [
     Measurement(
         "capacity",
         "bench.capacity",
-        ("--runs", "100000"),
+        ("--runs", "100000", "--wake-sample", "1000"),
         ("--runs", "1000", "--block", "500"),
         _capacity,
     ),
@@ -371,6 +397,13 @@ def markdown(rows: Sequence[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _capacity_size(runs: int) -> list[str]:
+    """``--runs`` and ``--block`` for ``--capacity-runs``: blocks of 10,000, or of a
+    quarter of a smaller count (the later arguments override the full run's)."""
+    block = 10_000 if runs >= 40_000 else max(1, runs // 4)
+    return ["--runs", str(runs), "--block", str(block)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
@@ -378,6 +411,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only", help="comma-separated names: " + ", ".join(m.name for m in MEASUREMENTS)
     )
     parser.add_argument("--postgres", help="an empty PostgreSQL database for the stats query")
+    parser.add_argument(
+        "--capacity-runs",
+        type=int,
+        help="waiting runs per side for the capacity measurement (default 100,000: about "
+        "two hours here; blocks of 10,000, or a quarter of a smaller count)",
+    )
     parser.add_argument("--json", type=Path, help="write every measurement's results here")
     parser.add_argument("--markdown", type=Path, help="write the targets table here")
     options = parser.parse_args(argv)
@@ -401,6 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                     continue
                 extra = ["--url", options.postgres]
+            if measurement.name == "capacity" and options.capacity_runs and not options.quick:
+                extra += _capacity_size(options.capacity_runs)
             out = Path(scratch) / f"{measurement.name}.json"
             try:
                 seconds = _run(measurement, options.quick, out, extra)

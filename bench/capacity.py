@@ -99,6 +99,8 @@ class Options:
     block_timeout: float
     json_path: Path | None
     keep_state: bool
+    wake_sample: int = 0
+    """Runs woken per block (its first ones); 0: every run."""
 
 
 @dataclass
@@ -111,6 +113,9 @@ class Block:
     start_per_s: float = 0.0
     wake_s: float = 0.0
     wake_per_s: float = 0.0
+    woken: int = 0
+    start_cpu_ms: dict[str, float] = field(default_factory=dict)
+    """CPU milliseconds per started run, by process, over the block's start."""
 
 
 @dataclass
@@ -218,6 +223,8 @@ class Capacity:
             for block in blocks:
                 names = customers[block.first : block.first + block.count]
                 began = time.monotonic()
+                per_block = CpuMeter(pids=self.pids)
+                per_block.begin()
                 if side == "engine":
                     await self._post_all(http, names, ENTRY_EVENT, result, task)
                 else:
@@ -226,6 +233,10 @@ class Capacity:
                 await self._first_tasks_done(ids)
                 block.start_s = round(time.monotonic() - began, 2)
                 block.start_per_s = round(block.count / block.start_s, 1)
+                block.start_cpu_ms = {
+                    name: round(cores * block.start_s * 1000 / block.count, 2)
+                    for name, cores in per_block.end().items()
+                }
             result.cpu_cores_start = cpu.end()
             self.progress.remove_task(task)
             total = sum(b.start_s for b in blocks)
@@ -261,26 +272,32 @@ class Capacity:
             if not options.wake:
                 return result
 
-            task = self.progress.add_task(f"{side}: waking", total=options.runs)
+            woken = [
+                customers[block.first : block.first + _wake_count(block, options)]
+                for block in blocks
+            ]
+            task = self.progress.add_task(f"{side}: waking", total=sum(map(len, woken)))
             completed_before = await self._count(side, "Completed")
             cpu.begin()
-            for block in blocks:
-                names = customers[block.first : block.first + block.count]
+            target = completed_before
+            for block, names in zip(blocks, woken, strict=True):
                 began = time.monotonic()
                 if side == "engine":
                     await self._post_all(http, names, WAKE_EVENT, result, task)
                 else:
                     await self._signal_baselines(names, result, task)
-                target = completed_before + block.first + block.count
+                target += len(names)
                 await self._until_completed(side, target)
+                block.woken = len(names)
                 block.wake_s = round(time.monotonic() - began, 2)
-                block.wake_per_s = round(block.count / block.wake_s, 1)
+                block.wake_per_s = round(block.woken / block.wake_s, 1)
             result.cpu_cores_wake = cpu.end()
             self.progress.remove_task(task)
             total = sum(b.wake_s for b in blocks)
-            result.wake_per_s = round(options.runs / total, 1) if total else 0.0
+            result.wake_per_s = round(sum(b.woken for b in blocks) / total, 1) if total else 0.0
             result.woken = await self._count(side, "Completed") - completed_before
             result.worker_rss_after_wake_mb = round(rss_mb(worker), 1)
+            customers = [customer for names in woken for customer in names]
             await self._check_outcomes(side, customers, result)
         return result
 
@@ -449,6 +466,13 @@ class Capacity:
                 result.errors.append(f"{customer}: ended {outcome!r}, expected 'woken'")
 
 
+def _wake_count(block: Block, options: Options) -> int:
+    """How many of ``block``'s runs are woken: ``--wake-sample`` of them, or all."""
+    if options.wake_sample <= 0:
+        return block.count
+    return min(block.count, options.wake_sample)
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -524,6 +548,15 @@ def format_report(results: Sequence[CapacityResult], totals: dict[str, Any]) -> 
             f"{e_block.wake_per_s if e_block else '-':>14} "
             f"{b_block.wake_per_s if b_block else '-':>12}"
         )
+    lines += ["", "CPU ms per started run, by block (server / worker / API):"]
+    for r in results:
+        worker = "worker" if r.side == "engine" else "baseline_worker"
+        for block in r.blocks:
+            cpu = block.start_cpu_ms
+            lines.append(
+                f"{r.side:<9} {block.first + 1}-{block.first + block.count:<12} "
+                f"{cpu.get('server', 0):>7.2f} {cpu.get(worker, 0):>7.2f} {cpu.get('api', 0):>7.2f}"
+            )
     for r in results:
         if r.deferred_batches:
             lines.append(f"{r.side}: {r.deferred_batches} requests routed by the API's loop")
@@ -695,6 +728,7 @@ def run_capacity(options: Options) -> dict[str, Any]:
             "batch": options.batch,
             "connections": options.connections,
             "wake": options.wake,
+            "wake_sample": options.wake_sample,
             "codec": options.codec,
             "sides": list(options.sides),
         },
@@ -717,6 +751,13 @@ def _parse(argv: Sequence[str] | None) -> Options:
         "--connections", type=int, default=4, help="requests at once (baseline: x batch/4 starts)"
     )
     parser.add_argument("--no-wake", dest="wake", action="store_false", help="do not wake runs")
+    parser.add_argument(
+        "--wake-sample",
+        type=int,
+        default=0,
+        help="wake only this many runs of each block, its first ones (0: all). The rest "
+        "still wait when the bench stops; the block's wake rate is measured over these.",
+    )
     parser.add_argument(
         "--no-codec",
         dest="codec",
@@ -751,6 +792,7 @@ def _parse(argv: Sequence[str] | None) -> Options:
         batch=args.batch,
         connections=args.connections,
         wake=args.wake,
+        wake_sample=args.wake_sample,
         codec=args.codec,
         sides=sides,
         deadline=args.deadline,
