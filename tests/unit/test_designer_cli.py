@@ -153,6 +153,7 @@ def test_show_prints_the_plan_and_version() -> None:
     assert len(plan["version"]) == 12
 
 
+@pytest.mark.slow  # ~1.8 s: runs the installed command (test-fast stays under 2 min)
 def test_installed_command_validates_the_example_from_the_repo_root() -> None:
     exe = shutil.which("journeys", path=str(Path(sys.executable).parent))
     assert exe, "the journeys command is installed by `pip install -e .`"

@@ -66,6 +66,7 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@pytest.mark.slow  # ~1.5 s: waits out its timeout (test-fast stays under 2 min)
 async def test_waiting_for_a_server_that_is_not_there_ends_in_time() -> None:
     started = time.monotonic()
     with pytest.raises(TimeoutError, match="not ready within"):

@@ -164,6 +164,7 @@ def test_the_delay_doubles_to_its_cap_and_exit_codes_are_named(tmp_path: Path) -
     assert [RestartPolicy().delay(n) for n in range(7)] == [1, 2, 4, 8, 16, 30, 30]
 
 
+@pytest.mark.slow  # ~1-2 s: real child processes (test-fast stays under 2 min)
 def test_a_child_that_stayed_up_restarts_after_the_shortest_delay(tmp_path: Path) -> None:
     out = io.StringIO()
     policy = RestartPolicy(first_delay=0.1, stable_after=0.3, max_crashes=3, window=60)
@@ -257,6 +258,7 @@ def test_a_restarted_child_that_never_gets_ready_is_killed_and_counted(tmp_path:
     assert "hung was not ready within 0.5 s; killing it" in out.getvalue()
 
 
+@pytest.mark.slow  # ~1-2 s: real child processes (test-fast stays under 2 min)
 def test_up_stops_everything_and_exits_1_when_it_gives_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -329,6 +331,7 @@ def _three(supervisor: Supervisor, tmp_path: Path, **drains: float) -> list[Chil
     return children
 
 
+@pytest.mark.slow  # ~1-2 s: real child processes (test-fast stays under 2 min)
 def test_a_signal_stops_api_then_worker_then_server_each_by_sigterm(tmp_path: Path) -> None:
     out = io.StringIO()
     with Supervisor(log_dir=tmp_path / "logs", stop_timeout=10, out=out) as supervisor:
@@ -368,6 +371,7 @@ def test_the_same_signal_twice_at_once_is_one_clean_stop(tmp_path: Path) -> None
     assert "killing" not in out.getvalue()
 
 
+@pytest.mark.slow  # ~1-2 s: real child processes (test-fast stays under 2 min)
 def test_a_second_signal_a_moment_later_kills_what_is_left_at_once(tmp_path: Path) -> None:
     out = io.StringIO()
     started = time.monotonic()
@@ -466,6 +470,7 @@ def _healthz() -> tuple[int, dict[str, object]]:
     return response.status_code or 200, answer.model_dump(exclude_none=True)
 
 
+@pytest.mark.slow  # ~1-2 s: real child processes (test-fast stays under 2 min)
 def test_healthz_is_degraded_while_a_supervised_child_is_down(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
