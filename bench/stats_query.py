@@ -31,7 +31,6 @@ import argparse
 import json
 import platform
 import random
-import re
 import statistics
 import sys
 import tempfile
@@ -420,12 +419,6 @@ def measure_record(db: Engine, records: int) -> dict[str, float]:
     return out
 
 
-def _with_driver(url: str) -> str:
-    """``postgresql://...`` (as `python -m bench --postgres` takes it) with the driver the
-    project installs: psycopg 3."""
-    return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+psycopg://", url)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", help="an empty database (default: SQLite in a temp dir)")
@@ -440,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as directory:
-        url = _with_driver(args.url) if args.url else f"sqlite:///{directory}/bench.db"
+        url = args.url or f"sqlite:///{directory}/bench.db"
         db = make_engine(url)
         try:
             loaded: dict[str, Any] = {"reused": True}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -575,10 +576,21 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+_NO_DRIVER = re.compile(r"^postgres(ql)?://")
+
+
+def with_driver(url: str) -> str:
+    """``postgresql://`` or ``postgres://`` with the driver the project installs
+    (psycopg 3): SQLAlchemy would pick psycopg2 for a URL that names none. A URL that
+    names its driver is left as it is."""
+    return _NO_DRIVER.sub("postgresql+psycopg://", url)
+
+
 def engine_for(url: str) -> Engine:
-    """An engine for ``url``, the schema untouched; SQLite gets WAL and a busy timeout."""
+    """An engine for ``url``, the schema untouched; SQLite gets WAL and a busy timeout.
+    A PostgreSQL URL without a driver gets psycopg 3 (`with_driver`)."""
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        return create_engine(with_driver(url), pool_pre_ping=True, pool_size=10, max_overflow=20)
     kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
     if url in ("sqlite://", "sqlite:///:memory:"):
         kwargs["poolclass"] = StaticPool

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine
 
-from engine.database import EventRecord, Run, make_engine, session_scope
+from engine.database import EventRecord, Run, engine_for, make_engine, session_scope, with_driver
 from service.router import EventRouter
 from tests.database import database_url, deploy, fresh_engine
 
@@ -155,3 +155,18 @@ def test_routing_reads_a_customers_runs_through_an_index_not_a_scan(tmp_path: Pa
             )
             assert "SCAN runs" not in plan, (statement, plan)
             assert "ix_runs_customer_" in plan, (statement, plan)
+
+
+def test_a_postgresql_url_without_a_driver_gets_psycopg_3() -> None:
+    """`python -m bench --postgres postgresql://...` and a `DATABASE_URL` as most hosts
+    give it name no driver; SQLAlchemy would pick psycopg2, which is not installed."""
+
+    assert with_driver("postgresql://u@h:5432/db") == "postgresql+psycopg://u@h:5432/db"
+    assert with_driver("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert with_driver("postgresql+asyncpg://u@h/db") == "postgresql+asyncpg://u@h/db"
+    assert with_driver("sqlite:///x.db") == "sqlite:///x.db"
+    engine = engine_for("postgresql://postgres@127.0.0.1:1/none")
+    try:
+        assert engine.dialect.driver == "psycopg"
+    finally:
+        engine.dispose()
