@@ -22,7 +22,7 @@ with its history. Patches in force (docs/architecture.md keeps their dates):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, assert_never
 
@@ -189,6 +189,9 @@ class JourneyRunWorkflow:
         self.exit_checked = 0
         self.visits: dict[str, int] = {}
         self.decision: ReviewDecision | None = None
+        # The review step whose task is being opened (its activity is out): a decision sent
+        # in that moment, once the task is visible to reviewers, waits for the task's id.
+        self.opening_review: p.ReviewPlan | None = None
         self.deadline: datetime | None = None
         self.started: datetime | None = None
         self.long_runs = False  # the LONG_RUNS patch, asked first thing in `run`
@@ -279,7 +282,20 @@ class JourneyRunWorkflow:
 
     @workflow.update(name=UPDATE_REVIEW)
     async def decide_review(self, decision: ReviewDecision) -> ReviewDecisionResult:
-        """A reviewer's decision on the open review task (checked by the validator)."""
+        """A reviewer's decision on the open review task (checked by the validator).
+
+        The task is in the review queue as soon as its activity has written it, a moment
+        before the run has the activity's answer. A decision sent in that moment is taken
+        once the run knows the task's id, and checked again then: a second decision that
+        waited with it, or one for another task, fails with the reason."""
+        if self.state.open_review is None and self.opening_review is not None:
+            await workflow.wait_condition(
+                lambda: self.state.open_review is not None or self.opening_review is None
+            )
+            try:
+                self._check_decision(decision)
+            except ValueError as refused:
+                raise ApplicationError(str(refused), non_retryable=True) from None
         self.decision = decision
         review = self.plan.steps.get(self.state.current_step or "")
         target = (
@@ -289,14 +305,26 @@ class JourneyRunWorkflow:
 
     @decide_review.validator
     def _validate_decision(self, decision: ReviewDecision) -> None:
+        opening = self.opening_review
+        if self.state.open_review is None and opening is not None:
+            # The task is being opened: its id is checked when the run has it.
+            self._check_choice(decision, opening.decisions)
+            return
+        self._check_decision(decision)
+
+    def _check_decision(self, decision: ReviewDecision) -> None:
         task = self.state.open_review
+        if task is not None and decision.task_id != task.task_id:
+            raise ValueError(f"review task {decision.task_id} is not the open task of this run")
         if task is None or self.decision is not None:
             raise ValueError("this run has no open review task: it was decided or closed already")
-        if decision.task_id != task.task_id:
-            raise ValueError(f"review task {decision.task_id} is not the open task of this run")
-        if decision.decision not in task.decisions:
+        self._check_choice(decision, task.decisions)
+
+    @staticmethod
+    def _check_choice(decision: ReviewDecision, decisions: Collection[str]) -> None:
+        if decision.decision not in decisions:
             raise ValueError(
-                f"'{decision.decision}' is not a decision of this task: choose one of {', '.join(task.decisions)}"
+                f"'{decision.decision}' is not a decision of this task: choose one of {', '.join(decisions)}"
             )
         if not decision.reviewer.strip():
             raise ValueError("a decision needs the reviewer's name")
@@ -937,6 +965,23 @@ class JourneyRunWorkflow:
 
     async def _open_review(self, step: p.ReviewPlan, due: datetime | None) -> str:
         info = workflow.info()
+        self.opening_review = step
+        try:
+            task_id = await self._open_review_task(step, due, info)
+        finally:
+            self.opening_review = None
+        self.recorded_upto = len(self.state.path)  # the activity wrote them
+        self.decision = None
+        self.state.open_review = ReviewTaskRef(
+            task_id=task_id, queue=step.queue, decisions=list(step.decisions), due_at=due
+        )
+        detail = {"task_id": task_id, "queue": step.queue}
+        self._path(step.id, step.type, outcome="opened", detail=detail)
+        return task_id
+
+    async def _open_review_task(
+        self, step: p.ReviewPlan, due: datetime | None, info: workflow.Info
+    ) -> str:
         task_id: str = await workflow.execute_activity(
             ActivityName.OPEN_REVIEW_TASK,
             OpenReviewInput(
@@ -961,13 +1006,6 @@ class JourneyRunWorkflow:
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=_DB_RETRY,
         )
-        self.recorded_upto = len(self.state.path)  # the activity wrote them
-        self.decision = None
-        self.state.open_review = ReviewTaskRef(
-            task_id=task_id, queue=step.queue, decisions=list(step.decisions), due_at=due
-        )
-        detail = {"task_id": task_id, "queue": step.queue}
-        self._path(step.id, step.type, outcome="opened", detail=detail)
         return task_id
 
     async def _review_decided(
