@@ -187,10 +187,15 @@ def _lock_head(connection: Connection) -> tuple[int, str]:
     return int(row.seq), str(row.hash)
 
 
+_LOGGED_ONE = select(_AUDIT.c.ref).where(_AUDIT.c.ref == bindparam("ref"))
+
+
 def _logged(connection: Connection, refs: Sequence[str]) -> set[str]:
     """Which of ``refs`` are logged already."""
     if not refs:
         return set()
+    if len(refs) == 1:  # most appends: a statement built once (an IN list is rendered each time)
+        return set(connection.execute(_LOGGED_ONE, {"ref": refs[0]}).scalars())
     return set(connection.execute(select(_AUDIT.c.ref).where(_AUDIT.c.ref.in_(refs))).scalars())
 
 

@@ -89,11 +89,13 @@ def pseudonym_key(bind: Engine | Connection) -> bytes:
     return _read_or_make(bind)
 
 
+# Built once: every audit append with a customer reads the key.
+_READ_KEY = select(PSEUDONYM_KEY.c.key).where(PSEUDONYM_KEY.c.id == _ROW_ID)
+
+
 def _read_or_make(bind: Engine | Connection) -> bytes:
     def read(connection: Connection) -> bytes | None:
-        found = connection.execute(
-            select(PSEUDONYM_KEY.c.key).where(PSEUDONYM_KEY.c.id == _ROW_ID)
-        ).scalar()
+        found = connection.execute(_READ_KEY).scalar()
         return bytes(found) if found is not None else None
 
     if isinstance(bind, Connection):
