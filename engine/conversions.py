@@ -5,7 +5,9 @@ a run. An event goal converts a run of the customer when its event comes within 
 goal's ``within`` of the run's entry (any status, holdout runs too: the control group is
 measured by the same goal, which gives lift against doing nothing). `ConversionRecorder`
 writes that as a `run_conversions` row in the transaction that stores the event
-(`service.router.EventRouter.ingest`), the first such event per run and goal. An outcome
+(`service.router.EventRouter.ingest`), the first such event per run and goal; a goal
+event stored before its run's row (the same batch as the trigger, or during the start)
+is found when the router writes the row (`ConversionRecorder.record_started`). An outcome
 goal converts a run that ended with that outcome: the runs table says so, at
 ``ended_at``, and no row is written.
 
@@ -31,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -90,6 +92,7 @@ _PLAN_VERSIONS: Table = PlanVersion.__table__  # type: ignore[attr-defined]
 _DELIVERIES: Table = Delivery.__table__  # type: ignore[attr-defined]
 _PROFILES: Table = Profile.__table__  # type: ignore[attr-defined]
 _ARMS: Table = RunArm.__table__  # type: ignore[attr-defined]
+_EVENTS: Table = EventRecord.__table__  # type: ignore[attr-defined]
 
 _CHUNK = 500  # run ids per IN (...): well under every database's limit of parameters
 
@@ -219,6 +222,95 @@ class ConversionRecorder:
                     )
         return rows
 
+    def record_started(
+        self,
+        connection: Connection,
+        trigger: EventRecord,
+        runs: Sequence[tuple[str, str, str]],
+    ) -> int:
+        """Record the conversions that goal events stored before these runs' rows make:
+        ``runs`` (run id, journey, version) were just started by ``trigger`` and their
+        rows are written in this transaction. `record` found no run for such an event
+        when it was stored: it came in the same batch as the trigger, or while the run
+        was being started. A goal event counts from the trigger's time (the run's entry,
+        as its source saw it), within the goal's window; the trigger itself never.
+        Costs nothing for journeys without event goals. How many rows were written."""
+        wanted: list[tuple[str, str, list[EventGoalPlan]]] = []
+        for run_id, journey_id, version in runs:
+            goals = [
+                goal
+                for goal in plan_goals(connection, journey_id, version)
+                if isinstance(goal, EventGoalPlan)
+            ]
+            if goals:
+                wanted.append((run_id, journey_id, goals))
+        if not wanted:
+            return 0
+        entered = as_utc(trigger.timestamp)
+        names = sorted({goal.event for _, _, goals in wanted for goal in goals})
+        longest = max(goal.within_seconds for _, _, goals in wanted for goal in goals)
+        stored = connection.execute(
+            _STORED_GOAL_EVENTS,
+            {
+                "customer_id": trigger.customer_id,
+                "names": names,
+                "earliest": entered,
+                "latest": entered + timedelta(seconds=longest),
+                "trigger": trigger.message_id,
+            },
+        ).all()
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        traits: dict[str, dict[str, Any]] = {}
+        for found in stored:
+            record = EventRecord(
+                message_id=found.message_id,
+                type="track",
+                name=found.name,
+                customer_id=trigger.customer_id,
+                properties=dict(found.properties or {}),
+                timestamp=found.timestamp,
+            )
+            at = as_utc(record.timestamp)
+            context: dict[str, Any] | None = None
+            for run_id, journey_id, goals in wanted:
+                for goal in goals:
+                    if goal.event != record.name or at > entered + timedelta(
+                        seconds=goal.within_seconds
+                    ):
+                        continue
+                    if context is None:
+                        context = _context(connection, record, traits)
+                    value = _reached(goal, journey_id, context)
+                    key = (run_id, goal.key)
+                    if value is not None and (key not in rows or at < rows[key]["at"]):
+                        rows[key] = {
+                            "run_id": run_id,
+                            "goal": goal.key,
+                            "at": at,
+                            "value": value,
+                            "message_id": record.message_id,
+                        }
+        if rows:
+            recount(
+                connection,
+                [run_id for run_id, _ in rows],
+                lambda: connection.execute(_upsert(connection.dialect.name), list(rows.values())),
+            )
+        return len(rows)
+
+
+# A customer's stored track events of some names in [earliest, latest], the trigger left
+# out: read by the events' customer index.
+_STORED_GOAL_EVENTS = select(
+    _EVENTS.c.message_id, _EVENTS.c.name, _EVENTS.c.properties, _EVENTS.c.timestamp
+).where(
+    _EVENTS.c.customer_id == bindparam("customer_id"),
+    _EVENTS.c.type == "track",
+    _EVENTS.c.name.in_(bindparam("names", expanding=True)),
+    _EVENTS.c.timestamp >= bindparam("earliest"),
+    _EVENTS.c.timestamp <= bindparam("latest"),
+    _EVENTS.c.message_id != bindparam("trigger"),
+)
 
 # The customer's runs of some journeys that entered in [earliest, latest]: read by the
 # runs' (customer, journey, key) index, a handful of rows per customer.

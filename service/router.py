@@ -1201,6 +1201,16 @@ class EventRouter:
     ) -> None:
         # The workflow upserts the same row; whoever comes second leaves it alone.
         connection.execute(self._insert_runs, [_run_row(record, run) for run in started])
+        # Goal events stored before these rows (in the trigger's batch, or while the runs
+        # were being started) found no run to convert then.
+        self.conversions.record_started(
+            connection,
+            record,
+            [
+                (run.run_id, run.entry.compiled.plan.journey_id, run.entry.compiled.plan.version)
+                for run in started
+            ],
+        )
         append(connection, [_started_record(record, run) for run in started])
 
     def _pending_events(self, limit: int, min_age_seconds: float) -> list[EventRecord]:
