@@ -34,7 +34,6 @@ import json
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -310,8 +309,6 @@ async def _measure(options: Options, stack: Stack, mailbox: TimedMailbox, prefix
 
 
 def run(options: Options) -> dict[str, Any]:
-    # aiosmtpd's own AUTH handling warns about its own deprecated attribute, per login.
-    warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
     info = machine_info()
     prefix = f"l{int(time.time()) % 100000}"
     mailbox = TimedMailbox()

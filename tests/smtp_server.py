@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +60,17 @@ class Mailbox:
         if self.on_data is not None and self.on_data(message):
             self.on_data = None
         return "250 Message accepted"
+
+
+class _LegacyLoginNotice(logging.Filter):
+    """aiosmtpd logs a warning about its own deprecated `Session.login_data` on every
+    login it handles itself (``handled=False`` below): one line per mail, nothing to act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Session.login_data is deprecated" not in record.getMessage()
+
+
+logging.getLogger("mail.log").addFilter(_LegacyLoginNotice())
 
 
 def authenticate(
