@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.auth import api_keys, unauthorized
+from service.api.messages import MAX_JSON_DEPTH
 from service.console.auth import basic_user
 from service.review_desk import ReviewRefused
 
@@ -181,9 +182,34 @@ async def _known_caller(request: Request) -> bool:
     return viewer is not None
 
 
-async def _http_error(_request: Request, error: Exception) -> JSONResponse:
+# What FastAPI says when reading the body raised something other than a JSON error (a
+# document nested deeper than Python's JSON parser recurses: RecursionError), its cause
+# chained: it names neither the field nor the fault.
+_UNREADABLE_BODY = "There was an error parsing the body"
+
+
+async def _http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
+    if error.status_code == status.HTTP_400_BAD_REQUEST and error.detail == _UNREADABLE_BODY:
+        return await _unreadable_body(request, error)
     return error_response(error.status_code, str(error.detail), headers=error.headers)
+
+
+async def _unreadable_body(request: Request, error: Exception) -> JSONResponse:
+    """A body FastAPI could not parse, answered as the other invalid bodies are (422,
+    field ``body``), and to a caller with a valid key only (`_validation_error`)."""
+    if request.url.path.startswith("/v1/") and not await _known_caller(request):
+        refusal = unauthorized()
+        return error_response(refusal.status_code, refusal.detail, headers=refusal.headers)
+    if isinstance(error.__cause__, RecursionError):
+        message = f"JSON nested too deeply to read (at most {MAX_JSON_DEPTH} levels in properties and traits)"
+    else:
+        message = "the body could not be read as JSON"
+    return error_response(
+        status.HTTP_422_UNPROCESSABLE_CONTENT,
+        f"body: {message}",
+        [ErrorDetail(field="body", message=message)],
+    )
 
 
 async def _review_refused(_request: Request, error: Exception) -> JSONResponse:

@@ -53,6 +53,35 @@ async def test_every_refusal_has_the_same_body(api: RunningApi) -> None:
     ]
 
 
+@pytest.mark.parametrize("path", ["/v1/track", "/v1/batch", "/v1/identify"])
+async def test_a_body_too_deep_to_parse_is_refused_naming_the_body(
+    api: RunningApi, path: str
+) -> None:
+    """Deeper than Python's JSON parser recurses: FastAPI's own answer was a bare 400
+    "There was an error parsing the body"."""
+    deep = '{"a":' * 5000 + "1" + "}" * 5000
+    body = f'{{"type":"track","event":"e","userId":"c1","properties":{{"x":{deep}}}}}'
+    headers = {**AUTH, "Content-Type": "application/json"}
+
+    answer = await api.http.post(path, content=body, headers=headers)
+
+    assert answer.status_code == 422
+    assert answer.json() == {
+        "detail": "body: JSON nested too deeply to read (at most 32 levels in properties and traits)",
+        "errors": [
+            {
+                "field": "body",
+                "message": "JSON nested too deeply to read (at most 32 levels in properties and traits)",
+            }
+        ],
+    }
+    # Without a valid key, nothing about the input.
+    anonymous = await api.http.post(
+        path, content=body, headers={"Content-Type": "application/json"}
+    )
+    assert anonymous.status_code == 401
+
+
 async def test_the_openapi_document_names_the_error_body(api: RunningApi) -> None:
     document = (await api.http.get("/openapi.json")).json()
 
