@@ -34,7 +34,7 @@ from typing import Any
 from sqlalchemy import Table, insert, select
 from sqlalchemy.engine import Connection, Engine
 
-from engine.database import ErasedCustomer, PseudonymKey
+from engine.database import ErasedCustomer, PseudonymKey, dialect_insert
 from engine.payloads import escape_customer_segment
 
 __all__ = [
@@ -100,9 +100,12 @@ def _read_or_make(bind: Engine | Connection) -> bytes:
 
     if isinstance(bind, Connection):
         # Inside the caller's transaction: the migration made the row, so it is there.
+        # A schema made without it (tests' create_all) gets it here; two transactions
+        # making it at once both go on, the second with the first's key.
         found = read(bind)
         if found is None:
-            bind.execute(insert(PSEUDONYM_KEY).values(id=_ROW_ID, key=secrets.token_bytes(32)))
+            statement = dialect_insert(bind.dialect.name)(PSEUDONYM_KEY).on_conflict_do_nothing()
+            bind.execute(statement.values(id=_ROW_ID, key=secrets.token_bytes(32)))
             found = read(bind)
         assert found is not None
         return found
