@@ -24,7 +24,11 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.service import RPCError
 
 from engine import plan as p
@@ -73,8 +77,16 @@ __all__ = [
 ]
 
 MAX_NOTE_LENGTH = 2000
-UPDATE_TIMEOUT_SECONDS = 15.0
+UPDATE_TIMEOUT_SECONDS = 40.0
+"""How long the desk waits for the run to take a decision. Almost always milliseconds; a
+worker that dies inside `open_review_task` after writing the task leaves the run without
+the task's id until the activity's 30 s start-to-close has passed and another worker has
+run it again, and a decision sent meanwhile waits for that."""
 _REJECTING = ("reject", "deny", "decline", "refuse")
+UNCONFIRMED = (
+    "the run has not confirmed the decision yet and may still take it (a worker may be "
+    "restarting): look at the task again in a minute before deciding again"
+)
 
 
 class ReviewRefused(Exception):
@@ -722,5 +734,7 @@ async def _send_update(
         raise ReviewRefused(
             503, "Temporal did not take the decision; try again in a moment"
         ) from None
-    except TimeoutError:
-        raise ReviewRefused(503, "the run did not answer in time; try again in a moment") from None
+    except (WorkflowUpdateRPCTimeoutOrCancelledError, TimeoutError):
+        # The Update may be with the run, waiting (a worker restarting): it can still be
+        # taken, so the reviewer is not told to decide again.
+        raise ReviewRefused(503, UNCONFIRMED) from None

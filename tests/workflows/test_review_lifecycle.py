@@ -33,7 +33,8 @@ from engine.payloads import (
     ReviewDecisionResult,
     RunState,
 )
-from service.review_desk import ReviewRefused, decide_task
+from service import review_desk
+from service.review_desk import UNCONFIRMED, ReviewRefused, decide_task
 from service.users import Viewer
 from tests.workflows.conftest import StartRun, compile_plan, send_event, set_profile, steps_of
 from tests.workflows.test_journey_run import doc
@@ -322,3 +323,38 @@ async def test_decisions_waiting_for_the_task_are_checked_once_it_is_known(
     entry = next(e for e in state.path if e.step == "ask" and e.outcome in ("approve", "reject"))
     assert (entry.outcome, entry.detail["reviewer"], state.outcome) == winner
     assert (_task(db, task.id).decision, _task(db, task.id).reviewer) == winner[:2]
+
+
+async def test_a_decision_the_run_cannot_confirm_in_time_is_answered_503_and_still_taken(
+    env: WorkflowEnvironment,
+    held: tuple[_HeldOpening, Worker],
+    db: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker that opened the task died before reporting, and the run learns the
+    task's id only when the activity is run again: longer than the desk waits. The
+    reviewer is told so (not a 500, and not "decide again"), and the run takes the
+    decision once it has the id."""
+    monkeypatch.setattr(review_desk, "UPDATE_TIMEOUT_SECONDS", 1.0)
+    opening, worker = held
+    with env.auto_time_skipping_disabled():
+        handle = await _start_held(env, worker)
+        task = await _queued_task(db, opening)
+        olga = Viewer(id=1, name="olga", role="ops")
+        with pytest.raises(ReviewRefused) as unconfirmed:
+            await decide_task(
+                db,
+                env.client,
+                task_id=task.id,
+                viewer=olga,
+                decision="reject",
+                note="no",
+                address=None,
+            )
+        assert (unconfirmed.value.status, unconfirmed.value.message) == (503, UNCONFIRMED)
+        opening.release.set()
+        state = await asyncio.wait_for(handle.result(), 20)
+
+    assert state.outcome == "rejected"
+    decided = _task(db, task.id)
+    assert (decided.status, decided.decision, decided.reviewer) == ("decided", "reject", "olga")
