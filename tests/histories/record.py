@@ -4,7 +4,8 @@ time-skipping server with the real worker. Run it when a journey scenario is add
     .venv/bin/python -m tests.histories.record
 
 The scenarios cover one history per shape of run: every step type, a review approved, one
-timed out (after its escalation) and one whose run an exit event ended, an exit event
+timed out (after its escalation), one whose run an exit event ended and one decided while
+its task was being opened, an exit event
 during a wait, a fallback channel (the first has no address, the second delivers), a
 held-out customer, and runs started as the event router starts them. The untagged files are the interpreter's baseline (issue #13):
 no `workflow.patched` branch existed when they were recorded.
@@ -48,17 +49,21 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from temporalio import activity
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 
+from activities.reviews import ReviewActivities
 from engine.catalog import Catalog, build_catalog
 from engine.database import make_engine, session_scope, upsert_profile
 from engine.decisions import bucket_of, decide_at_entry
 from engine.payloads import (
     WORKFLOW_NAME,
+    ActivityName,
     CustomerContext,
     EventMessage,
     JourneyRunInput,
+    OpenReviewInput,
     ReviewDecision,
     RunState,
 )
@@ -131,6 +136,63 @@ async def _approve_then_pay(
         ReviewDecision(task_id=task_id, decision="approve", reviewer="olga", note="first miss"),
         result_type=None,
     )
+    await env.sleep(timedelta(days=1, hours=2))
+    await handle.signal(
+        "event",
+        _event(
+            "payment_received",
+            handle.id.split("/")[2],
+            await env.get_current_time(),
+            amount=25000,
+            currency="KRW",
+        ),
+    )
+
+
+class _HeldOpening:
+    """`open_review_task` as the product runs it; while ``hold`` is set, its answer waits
+    for ``release`` after the task is written, as when the worker that ran it dies before
+    reporting and the run learns the task's id only later."""
+
+    def __init__(self) -> None:
+        self.real: ReviewActivities | None = None
+        self.hold = False
+        self.task_id: str | None = None
+        self.written = threading.Event()
+        self.release = threading.Event()
+
+
+_OPENING = _HeldOpening()
+
+
+@activity.defn(name=ActivityName.OPEN_REVIEW_TASK)
+def _open_review_task(request: OpenReviewInput) -> str:
+    assert _OPENING.real is not None
+    task_id = _OPENING.real.open_review_task(request)
+    if _OPENING.hold:
+        _OPENING.task_id = task_id
+        _OPENING.written.set()
+        _OPENING.release.wait(timeout=60)
+    return task_id
+
+
+async def _decide_while_opening(
+    env: WorkflowEnvironment, handle: WorkflowHandle[Any, RunState]
+) -> None:
+    """The decision comes while the task is in the queue and the run does not know its id
+    yet: the Update is accepted and waits (`decide_review`), then the payment arrives."""
+    assert await asyncio.to_thread(_OPENING.written.wait, 60), "no review task written"
+    assert _OPENING.task_id is not None
+    decision = ReviewDecision(
+        task_id=_OPENING.task_id, decision="approve", reviewer="olga", note="first miss"
+    )
+    deciding = asyncio.create_task(
+        handle.execute_update("decide_review", decision, result_type=None)
+    )
+    await asyncio.sleep(1.0)
+    assert not deciding.done(), "the decision did not wait for the task's id"
+    _OPENING.release.set()
+    await deciding
     await env.sleep(timedelta(days=1, hours=2))
     await handle.signal(
         "event",
@@ -230,6 +292,7 @@ class Scenario:
     # Traits holding a date: the customer's local date this long after the recording's
     # start (the test server's clock), so that a wait until it lies ahead.
     dates: dict[str, timedelta] = field(default_factory=dict)
+    hold_opening: bool = False  # the review task's opening answered late (`_HeldOpening`)
 
 
 _HIGH_RISK = {"amount": 900000, "currency": "KRW", "days_past_due": 40, "invoice_id": "INV-1"}
@@ -254,6 +317,15 @@ SCENARIOS: dict[str, Scenario] = {
     # (recorded from patch `review-ends-with-run` on: no untagged file)
     "payment_recovery_high_risk_paid_during_review": Scenario(
         "payment_recovery", {**_HIGH_RISK, "invoice_id": "INV-4"}, _MIN, _pay_during_review
+    ),
+    # the decision sent while the review task opens (the run waits for the task's id
+    # before taking it; recorded from 2026-12-06 on, no patch: no untagged file)
+    "payment_recovery_high_risk_decided_while_opening": Scenario(
+        "payment_recovery",
+        {**_HIGH_RISK, "invoice_id": "INV-6"},
+        _MIN,
+        _decide_while_opening,
+        hold_opening=True,
     ),
     # wait for an event that times out, send, timer, call, exit step
     "payment_recovery_low_risk_unpaid": Scenario(
@@ -373,7 +445,14 @@ async def record(
             data_converter=test_data_converter(),
         )
         try:
-            async with build_worker(env.client, db=db, task_queue=QUEUE, workflow_sandbox=True):
+            _OPENING.real = ReviewActivities(db=db)
+            async with build_worker(
+                env.client,
+                db=db,
+                task_queue=QUEUE,
+                workflow_sandbox=True,
+                replace_activities={ActivityName.OPEN_REVIEW_TASK: _open_review_task},
+            ):
                 runs = [(name, False, SCENARIOS[name]) for name in SCENARIOS]
                 runs += [(name, True, SCENARIOS[base]) for name, base in ROUTED.items()]
                 for name, routed, scenario in runs:
@@ -395,6 +474,9 @@ async def record(
                     profile = (
                         masked_customer(customer_from_traits(customer, traits)) if routed else None
                     )
+                    _OPENING.hold = scenario.hold_opening
+                    _OPENING.written.clear()
+                    _OPENING.release.clear()
                     handle = await _start(
                         env.client,
                         plan,
