@@ -5,10 +5,12 @@ time-skipping server with the real worker. Run it when a journey scenario is add
 
 The scenarios cover one history per shape of run: every step type, a review approved, one
 timed out (after its escalation), one whose run an exit event ended and one decided while
-its task was being opened, an exit event
-during a wait, a fallback channel (the first has no address, the second delivers), a
-held-out customer, and runs started as the event router starts them. The untagged files are the interpreter's baseline (issue #13):
-no `workflow.patched` branch existed when they were recorded.
+its task was being opened, an exit event during a wait, a fallback channel (the first has
+no address, the second delivers), a held-out customer, and runs started as the event
+router starts them. The untagged files are the interpreter's baseline (issue #13): no
+`workflow.patched` branch existed when they were recorded; the one exception,
+`payment_recovery_high_risk_decided_while_opening.json`, records a later change that
+needed no patch (it added no command).
 
 Most scenarios run a journey of the example catalogue (journeys.yaml); the waits until a
 date read from the profile (and, when it is missing, `on_missing` and a wait until a
