@@ -143,15 +143,7 @@ class ConversionRecorder:
                 key = (row["run_id"], row["goal"])
                 if key not in rows or row["at"] < rows[key]["at"]:
                     rows[key] = row
-        if rows:
-            # Counted as they are written (`engine.conversion_counts`): the stats read
-            # counters, not these rows.
-            recount(
-                connection,
-                [run_id for run_id, _ in rows],
-                lambda: connection.execute(_upsert(connection.dialect.name), list(rows.values())),
-            )
-        return len(rows)
+        return _write(connection, rows)
 
     def _refresh(self, connection: Connection) -> None:
         rows = connection.execute(
@@ -290,13 +282,19 @@ class ConversionRecorder:
                             "value": value,
                             "message_id": record.message_id,
                         }
-        if rows:
-            recount(
-                connection,
-                [run_id for run_id, _ in rows],
-                lambda: connection.execute(_upsert(connection.dialect.name), list(rows.values())),
-            )
-        return len(rows)
+        return _write(connection, rows)
+
+
+def _write(connection: Connection, rows: Mapping[tuple[str, str], dict[str, Any]]) -> int:
+    """Write conversion rows (one per run and goal), counted as they are written
+    (`engine.conversion_counts`: the stats read counters, not these rows); how many."""
+    if rows:
+        recount(
+            connection,
+            [run_id for run_id, _ in rows],
+            lambda: connection.execute(_upsert(connection.dialect.name), list(rows.values())),
+        )
+    return len(rows)
 
 
 # A customer's stored track events of some names in [earliest, latest], the trigger left

@@ -138,6 +138,11 @@ async def _approve_then_pay(
         ReviewDecision(task_id=task_id, decision="approve", reviewer="olga", note="first miss"),
         result_type=None,
     )
+    await _pay_a_day_later(env, handle)
+
+
+async def _pay_a_day_later(env: WorkflowEnvironment, handle: WorkflowHandle[Any, RunState]) -> None:
+    """After an approval: the payment comes the next day, during the wait for it."""
     await env.sleep(timedelta(days=1, hours=2))
     await handle.signal(
         "event",
@@ -195,17 +200,7 @@ async def _decide_while_opening(
     assert not deciding.done(), "the decision did not wait for the task's id"
     _OPENING.release.set()
     await deciding
-    await env.sleep(timedelta(days=1, hours=2))
-    await handle.signal(
-        "event",
-        _event(
-            "payment_received",
-            handle.id.split("/")[2],
-            await env.get_current_time(),
-            amount=25000,
-            currency="KRW",
-        ),
-    )
+    await _pay_a_day_later(env, handle)
 
 
 async def _nothing(env: WorkflowEnvironment, handle: WorkflowHandle[Any, RunState]) -> None:
