@@ -160,20 +160,6 @@ async def test_the_step_after_a_review_reads_the_profile_as_it_is_after_the_wait
 
 # --------------------------------------------------------------- a decision while opening
 
-OPENING = doc(
-    """
-- id: j
-  entry: {event: payment_failed}
-  steps:
-    - id: ask
-      review: collections
-      title: "Case {{ customer.id }}"
-      decisions: {approve: yes, reject: no}
-    - {id: yes, exit: approved}
-    - {id: no, exit: rejected}
-"""
-)
-
 
 class _HeldOpening:
     """`open_review_task` as the product runs it, whose answer is held back until released:
@@ -215,7 +201,7 @@ async def held(env: WorkflowEnvironment, db: Engine) -> AsyncIterator[tuple[_Hel
 
 
 async def _start_held(env: WorkflowEnvironment, worker: Worker) -> WorkflowHandle[Any, RunState]:
-    plan = compile_plan(OPENING)
+    plan = compile_plan(CLOSING)  # no event or expiry comes in these tests
     trigger = EventMessage(
         name="payment_failed",
         customer_id="c1",
