@@ -27,6 +27,15 @@ from workflows.journey_run import JourneyRunWorkflow
 HISTORIES = sorted((Path(__file__).resolve().parents[1] / "histories").glob("*.json"))
 
 
+def _replayer() -> Replayer:
+    """A replayer of the interpreter. ``debug_mode`` turns off the SDK's 2 s deadlock timer:
+    a replay checks determinism, and on a busy machine (the whole suite on two cores) an
+    activation of a long history once took over 2 s and failed as a "potential deadlock"."""
+    return Replayer(
+        workflows=[JourneyRunWorkflow], data_converter=test_data_converter(), debug_mode=True
+    )
+
+
 def _payload_texts(node: Any) -> Iterator[str]:
     """Every payload in a history as text (histories keep payloads base64-encoded; sealed
     ones are opened first, `tests.history_keys.opened_history_json`)."""
@@ -79,7 +88,7 @@ async def test_recorded_history_replays(path: Path) -> None:
         "workflowId", path.stem
     )
     history = WorkflowHistory.from_json(workflow_id, text)
-    replayer = Replayer(workflows=[JourneyRunWorkflow], data_converter=test_data_converter())
+    replayer = _replayer()
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"
 
@@ -128,6 +137,6 @@ async def test_a_sealed_history_replays_under_the_current_or_an_older_key(key_id
         "workflowId", path.stem
     )
     history = WorkflowHistory.from_json(workflow_id, sealed)
-    replayer = Replayer(workflows=[JourneyRunWorkflow], data_converter=test_data_converter())
+    replayer = _replayer()
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{path.name} sealed: {result.replay_failure}"
